@@ -1,0 +1,32 @@
+"""HTTP endpoints served beside the WebSocket: health, readiness, metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from relay.hub import Hub
+
+
+def _hub(request: Request) -> Hub:
+    hub: Hub = request.app.state.hub
+    return hub
+
+
+async def healthz(request: Request) -> Response:
+    """Liveness: the process is up and serving HTTP."""
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Readiness: 200 while new peers are accepted, 503 while starting or draining."""
+    hub = _hub(request)
+    if hub.accepting:
+        return JSONResponse({"status": "ready", "node": hub.node_id})
+    return JSONResponse({"status": "draining", "node": hub.node_id}, status_code=503)
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this node."""
+    return Response(generate_latest(_hub(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

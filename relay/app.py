@@ -1,0 +1,46 @@
+"""The app factory: ``create_app(settings)`` assembles one relay node."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from relay import api
+from relay.broker import Broker, create_broker
+from relay.hub import Hub
+from relay.metrics import Metrics
+from relay.settings import Settings
+from relay.ws import RelayEndpoint
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings | None = None, *, broker: Broker | None = None) -> Starlette:
+    """Build the ASGI app of one relay node.
+
+    ``broker`` overrides the one named by ``settings.broker`` (tests use it to
+    put several nodes on one in-memory cluster). The hub is ``app.state.hub``.
+    """
+    settings = settings or Settings()
+    hub = Hub(settings, broker or create_broker(settings.broker), Metrics())
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with hub.running():
+            yield
+
+    routes = [
+        WebSocketRoute(settings.path, RelayEndpoint(hub)),
+        Route("/healthz", api.healthz),
+        Route("/readyz", api.readyz),
+        Route("/metrics", api.metrics),
+        Mount("/", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False)),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.hub = hub
+    return app

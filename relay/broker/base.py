@@ -1,0 +1,96 @@
+"""The ``Broker`` seam and the callbacks a node offers to it.
+
+A broker knows which node holds each peer id and which nodes have members in
+each room, and carries frames between nodes. Frames are opaque bytes already
+encoded for the receiving peer; a broker never decodes payloads.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import NamedTuple, Protocol
+
+from relay.exceptions import RequestId
+
+
+class Delivery(Enum):
+    """What became of a frame handed to a peer."""
+
+    DELIVERED = "delivered"  # in the live session's outbound queue
+    QUEUED = "queued"  # kept for a peer inside its resume window
+    OFFLINE = "offline"  # no session holds that id
+    OVERLOADED = "overloaded"  # the peer's queue is full
+
+
+class Undelivered(NamedTuple):
+    """Who to tell if a queued frame is never delivered.
+
+    One instance serves every target of a request: ``listed`` says whether the
+    ``err`` names the unreached peer as a list (the request's ``to`` was a list)
+    or as a string.
+    """
+
+    sender: str
+    request_id: RequestId | None
+    listed: bool
+
+
+class NodeHandler(Protocol):
+    """What a broker calls back on the node it serves (the hub)."""
+
+    node_id: str
+
+    def deliver(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
+        """Queue ``frame`` for a peer held by this node."""
+        ...
+
+    def deliver_room(
+        self, room: str, frame: bytes, exclude: str | None, presence_only: bool
+    ) -> None:
+        """Queue ``frame`` for this node's members of ``room``."""
+        ...
+
+
+class Broker(Protocol):
+    """Everything a hub needs from the rest of the cluster."""
+
+    async def start(self, node: NodeHandler) -> None:
+        """Begin serving ``node``: deliveries for its peers reach it from now on."""
+        ...
+
+    async def close(self) -> None:
+        """Stop serving the node and forget what it registered."""
+        ...
+
+    async def claim(self, peer_id: str) -> str | None:
+        """Register ``peer_id`` on this node unless another holds it.
+
+        Returns None when the claim succeeded, else the holding node's id.
+        """
+        ...
+
+    async def release(self, peer_id: str) -> None:
+        """Forget that this node holds ``peer_id``."""
+        ...
+
+    async def send(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
+        """Deliver ``frame`` to a peer held by another node."""
+        ...
+
+    async def publish(
+        self, room: str, frame: bytes, exclude: str | None, presence_only: bool
+    ) -> None:
+        """Deliver ``frame`` to the members of ``room`` on other nodes."""
+        ...
+
+    async def join(self, room: str, peer_id: str, limit: int) -> bool:
+        """Record ``peer_id`` as a member of ``room``; False if it already has ``limit``."""
+        ...
+
+    async def leave(self, room: str, peer_id: str) -> None:
+        """Remove ``peer_id`` from ``room``."""
+        ...
+
+    async def members(self, room: str) -> list[str]:
+        """The members of ``room`` on every node."""
+        ...

@@ -1,0 +1,85 @@
+"""The in-process broker: the default for one node, and a test cluster.
+
+One ``MemoryBroker`` per node; nodes that should form a cluster share one
+``MemoryCluster``. A lone node gets its own cluster, in which every peer it
+cannot find locally is simply offline.
+"""
+
+from __future__ import annotations
+
+from relay.broker.base import Delivery, NodeHandler, Undelivered
+
+
+class MemoryCluster:
+    """The shared state of the nodes in one process."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeHandler] = {}
+        self.holders: dict[str, str] = {}  # peer id -> node id
+        self.rooms: dict[str, set[str]] = {}  # room -> member peer ids
+
+
+class MemoryBroker:
+    """A ``Broker`` over a ``MemoryCluster``."""
+
+    def __init__(self, cluster: MemoryCluster | None = None) -> None:
+        self._cluster = cluster if cluster is not None else MemoryCluster()
+        self._node: NodeHandler | None = None
+
+    @property
+    def _node_id(self) -> str:
+        if self._node is None:
+            raise RuntimeError("broker used before start()")
+        return self._node.node_id
+
+    async def start(self, node: NodeHandler) -> None:
+        self._node = node
+        self._cluster.nodes[node.node_id] = node
+
+    async def close(self) -> None:
+        node_id = self._node_id
+        self._cluster.nodes.pop(node_id, None)
+        mine = [peer for peer, holder in self._cluster.holders.items() if holder == node_id]
+        for peer in mine:
+            del self._cluster.holders[peer]
+            for members in self._cluster.rooms.values():
+                members.discard(peer)
+
+    async def claim(self, peer_id: str) -> str | None:
+        holder = self._cluster.holders.setdefault(peer_id, self._node_id)
+        return None if holder == self._node_id else holder
+
+    async def release(self, peer_id: str) -> None:
+        if self._cluster.holders.get(peer_id) == self._node_id:
+            del self._cluster.holders[peer_id]
+
+    async def send(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
+        holder = self._cluster.holders.get(peer_id)
+        node = self._cluster.nodes.get(holder) if holder is not None else None
+        if node is None or holder == self._node_id:
+            return Delivery.OFFLINE
+        return node.deliver(peer_id, frame, undelivered)
+
+    async def publish(
+        self, room: str, frame: bytes, exclude: str | None, presence_only: bool
+    ) -> None:
+        for node_id, node in list(self._cluster.nodes.items()):
+            if node_id != self._node_id:
+                node.deliver_room(room, frame, exclude, presence_only)
+
+    async def join(self, room: str, peer_id: str, limit: int) -> bool:
+        members = self._cluster.rooms.setdefault(room, set())
+        if peer_id not in members and len(members) >= limit:
+            return False
+        members.add(peer_id)
+        return True
+
+    async def leave(self, room: str, peer_id: str) -> None:
+        members = self._cluster.rooms.get(room)
+        if members is not None:
+            members.discard(peer_id)
+            if not members:
+                del self._cluster.rooms[room]
+
+    async def members(self, room: str) -> list[str]:
+        return sorted(self._cluster.rooms.get(room, ()))

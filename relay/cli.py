@@ -1,0 +1,153 @@
+"""The ``relay`` command line.
+
+Every ``Settings`` field is a ``relay serve`` flag and a ``RELAY_<NAME>``
+environment variable; ``--config FILE`` reads a TOML file of the same names.
+Precedence: flag, then environment, then file, then the built-in default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import tomllib
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import click
+import uvicorn
+
+from relay import __version__
+from relay.app import create_app
+from relay.hub import Hub
+from relay.settings import Settings, describe
+
+log = logging.getLogger("relay")
+
+
+class RelayServer(uvicorn.Server):
+    """uvicorn, with a drain on the first SIGTERM/SIGINT and a ready line."""
+
+    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+        super().__init__(config)
+        self.hub = hub
+        self._draining = False
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.servers and self.servers[0].sockets:
+            host, port = self.servers[0].sockets[0].getsockname()[:2]
+            scheme = "wss" if self.config.ssl_keyfile else "ws"
+            shown = f"[{host}]" if ":" in host else host
+            print(
+                f"relay ready on {scheme}://{shown}:{port}{self.hub.settings.path}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # The first signal drains; uvicorn would otherwise close sockets with
+        # 1012 and re-raise the signal, so the process would not exit 0.
+        if self._draining:
+            super().handle_exit(sig, frame)
+            return
+        self._draining = True
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        log.info("draining: closing sockets with 1001, flushing queues")
+        await self.hub.drain(self.hub.settings.drain_seconds)
+        self.should_exit = True
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        data = tomllib.loads(Path(value).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.BadParameter(str(exc)) from exc
+    known = {name for name, *_ in describe()}
+    defaults = {key.replace("-", "_"): item for key, item in data.items()}
+    unknown = sorted(set(defaults) - known)
+    if unknown:
+        raise click.BadParameter(f"unknown settings: {', '.join(unknown)}")
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+def settings_options(command: Any) -> Any:
+    """Decorate ``command`` with one option per ``Settings`` field."""
+    for name, group, default, help_text in reversed(describe()):
+        flag = "--" + name.replace("_", "-")
+        envvar = "RELAY_" + name.upper()
+        if isinstance(default, tuple):
+            option = click.option(
+                flag, name, multiple=True, envvar=envvar, show_envvar=True,
+                help=f"{help_text} Repeatable; the env var is space-separated.",
+            )  # fmt: skip
+        else:
+            option = click.option(
+                flag, name, type=type(default), default=default, envvar=envvar,
+                show_default=True, show_envvar=True, help=f"[{group}] {help_text}",
+            )  # fmt: skip
+        command = option(command)
+    return command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="relay")
+def main() -> None:
+    """relay: a self-hosted WebSocket relay hub.
+
+    Peers connect to ws://HOST:PORT/v1/ws, register an id and exchange msgpack
+    envelopes (protocol v1, see docs/protocol.md). Start one with `relay serve`.
+    """
+
+
+@main.command()
+@click.option(
+    "--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
+    expose_value=False, help="TOML file of settings (names as below, e.g. rate_per_second = 50).",
+)  # fmt: skip
+@settings_options
+def serve(**values: Any) -> None:
+    """Run a relay node (WebSocket and HTTP on one port).
+
+    SIGTERM or Ctrl-C drains: /readyz turns 503, new sockets are refused,
+    queues are flushed and open sockets closed with 1001, then the process
+    exits 0. A second signal exits at once.
+    """
+    values["origins"] = tuple(values["origins"])
+    settings = Settings(**values)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws=settings.ws_impl,
+        ws_max_size=settings.max_frame_bytes,
+        ws_ping_interval=settings.ping_interval_seconds,
+        ws_ping_timeout=settings.ping_timeout_seconds,
+        ws_per_message_deflate=False,
+        lifespan="on",
+        log_level=settings.log_level,
+        server_header=False,
+        proxy_headers=False,
+    )
+    server = RelayServer(config, app.state.hub)
+    server.run()
+    sys.exit(0 if server.started else 1)
+
+
+@main.command("config")
+def show_config() -> None:
+    """Print every setting with its default and environment variable."""
+    for name, group, default, help_text in describe():
+        shown = " ".join(default) if isinstance(default, tuple) else default
+        click.echo(f"{name:24} {group:7} {shown!s:20} RELAY_{name.upper():24} {help_text}")

@@ -1,0 +1,346 @@
+"""Routing: the hub registers peers and moves frames between them.
+
+The hub delivers to the peers of its own node directly and hands everything
+else to its ``Broker``; it never asks which broker it has. Frames are encoded
+once per request (``msg`` around the sender's raw payload) and the same bytes
+go to every target's queue, so a slow target never holds up the sender or
+anyone else: a full queue closes that target (4008), nothing waits on it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import anyio
+from anyio.abc import TaskGroup
+
+from relay.broker.base import Broker, Delivery, Undelivered
+from relay.exceptions import IdTaken, Overloaded, PeerOffline, RoomFull
+from relay.metrics import Metrics
+from relay.protocol import codec
+from relay.protocol.codes import CloseCode, ErrorCode
+from relay.protocol.envelopes import Hello, Join, Leave, Publish, Refresh, Send
+from relay.rooms import Rooms
+from relay.session import Peer, Session
+from relay.settings import Settings
+
+log = logging.getLogger("relay.hub")
+
+_CLEAN_CLIENT_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY})
+_KEEP_FOR_RESUME = frozenset({CloseCode.GOING_AWAY, CloseCode.SLOW_CONSUMER, CloseCode.RATE_LIMITED,
+                              CloseCode.INTERNAL_ERROR})  # fmt: skip
+
+
+def _new_secret() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def _new_peer_id() -> str:
+    return secrets.token_urlsafe(9)
+
+
+class Hub:
+    """One node's peers, rooms and routing."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        metrics: Metrics,
+        *,
+        make_peer_id: Callable[[], str] = _new_peer_id,
+        make_secret: Callable[[], str] = _new_secret,
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.metrics = metrics
+        self.node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
+        self.peers: dict[str, Peer] = {}
+        self.sessions: set[Session] = set()
+        self.rooms = Rooms()
+        self.accepting = False
+        self._make_peer_id = make_peer_id
+        self._make_secret = make_secret
+        self._tasks: TaskGroup | None = None
+        self._sessions_gone = anyio.Event()
+
+    # --- lifecycle -----------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Hub]:
+        """Serve while the context is open: broker started, timers running."""
+        async with anyio.create_task_group() as tasks:
+            self._tasks = tasks
+            await self.broker.start(self)
+            self.accepting = True
+            try:
+                yield self
+            finally:
+                self.accepting = False
+                tasks.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await self.broker.close()
+
+    async def drain(self, seconds: float) -> None:
+        """Refuse new sessions, flush every queue, close every socket with 1001."""
+        self.accepting = False
+        for peer in [p for p in self.peers.values() if p.session is None]:
+            await self._remove(peer)
+        for session in list(self.sessions):
+            session.close(CloseCode.GOING_AWAY, "server going away", reason="drain", flush=True)
+        with anyio.move_on_after(seconds):
+            while self.sessions:
+                self._sessions_gone = anyio.Event()
+                await self._sessions_gone.wait()
+
+    # --- sessions ------------------------------------------------------------
+
+    def opened(self, session: Session) -> None:
+        """A socket was accepted."""
+        self.sessions.add(session)
+        self.metrics.connections.inc()
+
+    async def register(self, session: Session, hello: Hello) -> bytes:
+        """Attach ``session`` to the peer ``hello`` asks for; returns the ``welcome``.
+
+        A held id is taken over only by a session proving it is the same peer
+        (its resume secret); the old session is closed with 4503.
+        """
+        peer_id = hello.peer_id or self._unused_peer_id()
+        peer = self.peers.get(peer_id)
+        resumed = False
+        if peer is not None:
+            if hello.resume is None or not hmac.compare_digest(hello.resume, peer.secret):
+                raise IdTaken(f"{peer_id} is held by another session")
+            old = peer.session
+            if old is not None:
+                old.close(CloseCode.REPLACED, "replaced by a newer session", reason="replaced")
+            resumed = True
+        else:
+            holder = await self.broker.claim(peer_id)
+            if holder is not None or peer_id in self.peers:
+                raise IdTaken(f"{peer_id} is held by another session")
+            peer = Peer(
+                peer_id,
+                max_queue_messages=self.settings.queue_messages,
+                max_queue_bytes=self.settings.queue_bytes,
+            )
+            self.peers[peer_id] = peer
+            self.metrics.peers.inc()
+        if peer.expiry is not None:
+            peer.expiry.cancel()
+            peer.expiry = None
+        peer.session = session
+        peer.secret = self._make_secret()
+        session.peer = peer
+        return codec.encode(
+            {
+                "type": "welcome",
+                "id": peer_id,
+                "resume": peer.secret,
+                "limits": self.settings.advertised_limits(),
+                "node": self.node_id,
+                "resumed": resumed,
+            }
+        )
+
+    def _unused_peer_id(self) -> str:
+        while (peer_id := self._make_peer_id()) in self.peers:
+            pass
+        return peer_id
+
+    async def closed(self, session: Session, client_code: int | None) -> None:
+        """A socket ended; its peer waits for a resume or is removed.
+
+        A peer that said goodbye (1000/1001 from the client) or was closed
+        for good is removed now; one whose link dropped, or that the relay
+        asked to reconnect, keeps its id, rooms and queue for the window.
+        """
+        self.sessions.discard(session)
+        self.metrics.connections.dec()
+        if not self.sessions:
+            self._sessions_gone.set()
+        peer = session.peer
+        if peer is None or peer.session is not session:
+            return
+        peer.session = None
+        if session.close_code is not None:
+            resumable = session.close_code in _KEEP_FOR_RESUME
+        else:
+            resumable = client_code not in _CLEAN_CLIENT_CLOSES
+        if resumable and self.settings.resume_seconds > 0 and self.accepting:
+            self._start_expiry(peer)
+        else:
+            await self._remove(peer)
+
+    def _start_expiry(self, peer: Peer) -> None:
+        assert self._tasks is not None
+        scope = anyio.CancelScope()
+        peer.expiry = scope
+
+        async def expire() -> None:
+            with scope:
+                await anyio.sleep(self.settings.resume_seconds)
+                if peer.session is None and self.peers.get(peer.id) is peer:
+                    await self._remove(peer)
+
+        self._tasks.start_soon(expire)
+
+    async def _remove(self, peer: Peer) -> None:
+        """Forget ``peer``: leave its rooms, free its id, report what it never got."""
+        if self.peers.get(peer.id) is not peer:
+            return
+        del self.peers[peer.id]
+        self.metrics.peers.dec()
+        for room in list(peer.rooms):
+            await self._leave_room(peer, room)
+        await self.broker.release(peer.id)
+        pending, peer.queue = peer.queue, type(peer.queue)()
+        peer.queued_bytes = 0
+        for _frame, _kind, undelivered in pending:
+            if undelivered is not None:
+                await self._report(undelivered, peer.id, ErrorCode.PEER_OFFLINE)
+
+    async def disconnect(
+        self, peer_id: str, code: int = CloseCode.GOING_AWAY, reason: str = ""
+    ) -> None:
+        """Close a peer's live socket; its session stays resumable for reconnect codes."""
+        peer = self.peers.get(peer_id)
+        if peer is not None and peer.session is not None:
+            peer.session.close(code, reason, reason="kicked")
+
+    async def refresh(self, session: Session, refresh: Refresh) -> None:
+        """Replace the session's token (auth is off: nothing to refresh)."""
+        if refresh.id is not None:
+            session.reply(codec.encode_ok(refresh.id), "ok")
+
+    # --- routing -------------------------------------------------------------
+
+    async def send(self, sender: Peer, request: Send) -> None:
+        """Deliver a ``send`` to each target; one ``ok`` or ``err`` answers it."""
+        frame = codec.encode_msg(
+            sender.id, request.d_raw, ev=request.ev, rid=request.rid, re=request.re
+        )
+        listed = not isinstance(request.to, str)
+        undelivered = Undelivered(sender.id, request.id, listed)
+        targets = (request.to,) if isinstance(request.to, str) else request.to
+        queued = False
+        offline: list[str] = []
+        overloaded: list[str] = []
+        for target_id in targets:
+            target = self.peers.get(target_id)
+            if target is not None:
+                result = target.enqueue(frame, "msg", undelivered)
+            else:
+                result = await self.broker.send(target_id, frame, undelivered)
+            if result is Delivery.QUEUED:
+                queued = True
+            elif result is Delivery.OFFLINE:
+                offline.append(target_id)
+            elif result is Delivery.OVERLOADED:
+                overloaded.append(target_id)
+                self.metrics.drops.labels("queue-full").inc()
+        if offline or overloaded:
+            unreached = offline + overloaded
+            to: str | list[str] = unreached if listed else unreached[0]
+            if offline:
+                raise PeerOffline(f"not connected: {', '.join(unreached)}", to=to)
+            raise Overloaded(f"cannot take more now: {', '.join(unreached)}", to=to)
+        if request.id is not None:
+            sender.enqueue(codec.encode_ok(request.id, queued=queued), "ok", None)
+
+    async def publish(self, sender: Peer, request: Publish) -> None:
+        """Deliver a ``pub`` to the room's members on every node."""
+        frame = codec.encode_msg(sender.id, request.d_raw, ev=request.ev, room=request.room)
+        exclude = None if request.echo else sender.id
+        self.deliver_room(
+            request.room, frame, exclude, False, Undelivered(sender.id, request.id, False)
+        )
+        await self.broker.publish(request.room, frame, exclude, False)
+        if request.id is not None:
+            sender.enqueue(codec.encode_ok(request.id), "ok", None)
+
+    async def join(self, peer: Peer, request: Join) -> None:
+        """Add ``peer`` to a room, announcing it to members who watch presence."""
+        room = request.room
+        if room not in peer.rooms:
+            if len(peer.rooms) >= self.settings.rooms_per_peer:
+                raise RoomFull(f"already in {self.settings.rooms_per_peer} rooms")
+            if not await self.broker.join(room, peer.id, self.settings.peers_per_room):
+                raise RoomFull(f"{room} has {self.settings.peers_per_room} members")
+            self.rooms.add(room, peer)
+            self.metrics.rooms.set(len(self.rooms))
+            await self._announce(room, peer.id, "join")
+        peer.rooms[room] = request.presence
+        if request.presence:
+            members = await self.broker.members(room)
+            snapshot = {"type": "presence", "room": room, "peer": peer.id, "event": "join"}
+            peer.enqueue(codec.encode({**snapshot, "members": members}), "presence", None)
+        if request.id is not None:
+            peer.enqueue(codec.encode_ok(request.id), "ok", None)
+
+    async def leave(self, peer: Peer, request: Leave) -> None:
+        """Remove ``peer`` from a room (a no-op if it is not a member)."""
+        if request.room in peer.rooms:
+            await self._leave_room(peer, request.room)
+        if request.id is not None:
+            peer.enqueue(codec.encode_ok(request.id), "ok", None)
+
+    async def _leave_room(self, peer: Peer, room: str) -> None:
+        del peer.rooms[room]
+        self.rooms.discard(room, peer)
+        self.metrics.rooms.set(len(self.rooms))
+        await self.broker.leave(room, peer.id)
+        await self._announce(room, peer.id, "leave")
+
+    async def _announce(self, room: str, peer_id: str, event: str) -> None:
+        frame = codec.encode({"type": "presence", "room": room, "peer": peer_id, "event": event})
+        self.deliver_room(room, frame, peer_id, True, None)
+        await self.broker.publish(room, frame, peer_id, True)
+
+    async def _report(self, undelivered: Undelivered, target: str, code: ErrorCode) -> None:
+        """Tell a sender that what it sent to ``target`` was never delivered."""
+        frame = codec.encode_err(
+            code.value,
+            f"{target} did not take the message",
+            request_id=undelivered.request_id,
+            to=[target] if undelivered.listed else target,
+        )
+        sender = self.peers.get(undelivered.sender)
+        if sender is not None:
+            sender.enqueue(frame, "err", None)
+        else:
+            await self.broker.send(undelivered.sender, frame, None)
+
+    # --- the broker's callbacks (NodeHandler) ---------------------------------
+
+    def deliver(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
+        """Queue ``frame`` for one of this node's peers."""
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            return Delivery.OFFLINE
+        return peer.enqueue(frame, "msg" if undelivered is not None else "err", undelivered)
+
+    def deliver_room(
+        self,
+        room: str,
+        frame: bytes,
+        exclude: str | None,
+        presence_only: bool,
+        undelivered: Undelivered | None = None,
+    ) -> None:
+        """Queue ``frame`` for this node's members of ``room``."""
+        kind = "presence" if presence_only else "msg"
+        for member in self.rooms.members(room):
+            if member.id == exclude or (presence_only and not member.rooms.get(room)):
+                continue
+            if member.enqueue(frame, kind, undelivered) is Delivery.OVERLOADED:
+                self.metrics.drops.labels("queue-full").inc()
+                if undelivered is not None and self._tasks is not None:
+                    self._tasks.start_soon(
+                        self._report, undelivered, member.id, ErrorCode.OVERLOADED
+                    )

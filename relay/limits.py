@@ -1,0 +1,53 @@
+"""Per-session rate limiting and misbehaviour budgets.
+
+The clock is injected so tests can drive time instead of sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+class TokenBucket:
+    """Allow ``rate`` events per second on average, in bursts of up to ``burst``."""
+
+    __slots__ = ("_burst", "_clock", "_rate", "_stamp", "_tokens")
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float]) -> None:
+        self._rate = rate
+        self._burst = float(burst)
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+
+    def take(self) -> bool:
+        """Spend one token; False when the bucket is empty."""
+        now = self._clock()
+        tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        self._stamp = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
+
+
+class Strikes:
+    """Counts offences; ``hit`` says whether the budget is now exhausted."""
+
+    __slots__ = ("_budget", "_consecutive", "_count")
+
+    def __init__(self, budget: int, *, consecutive: bool) -> None:
+        self._budget = budget
+        self._consecutive = consecutive
+        self._count = 0
+
+    def hit(self) -> bool:
+        """Record one offence; True once more than ``budget`` have been seen."""
+        self._count += 1
+        return self._count > self._budget
+
+    def forgive(self) -> None:
+        """A good event: resets the count when only consecutive offences matter."""
+        if self._consecutive:
+            self._count = 0

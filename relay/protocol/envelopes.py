@@ -1,0 +1,80 @@
+"""Typed client-to-server envelopes of protocol v1.
+
+Payloads travel as ``d_raw``: the exact msgpack bytes the sender wrote, never
+decoded, so the relay delivers them unchanged type for type (float32 stays
+float32, a str with odd bytes stays as it was) and spends no time on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+RequestId = int | str
+PassThrough = int | str  # the types accepted for ``rid`` and ``re``
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Register as ``peer_id`` (or a server-chosen id), optionally resuming."""
+
+    peer_id: str | None = None
+    token: str | None = None
+    resume: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """Replace the session's token with a fresh one before it expires."""
+
+    token: str
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Deliver ``d_raw`` to one peer (``to`` a str) or several (a tuple)."""
+
+    to: str | tuple[str, ...]
+    d_raw: bytes
+    ev: str | None = None
+    id: RequestId | None = None
+    rid: PassThrough | None = None
+    re: PassThrough | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Deliver ``d_raw`` to every member of ``room``."""
+
+    room: str
+    d_raw: bytes
+    ev: str | None = None
+    id: RequestId | None = None
+    echo: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """Become a member of ``room``."""
+
+    room: str
+    id: RequestId | None = None
+    presence: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """Stop being a member of ``room``."""
+
+    room: str
+    id: RequestId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Ask for a ``pong``; browsers cannot send WebSocket pings."""
+
+    id: RequestId | None = None
+
+
+ClientEnvelope = Hello | Refresh | Send | Publish | Join | Leave | Ping

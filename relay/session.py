@@ -1,0 +1,275 @@
+"""Peers and their sessions.
+
+A ``Peer`` is a registered id: its rooms, its resume secret and its outbound
+queue. It outlives any one WebSocket for the resume window, so a peer that
+reconnects finds its rooms and everything sent to it meanwhile.
+
+A ``Session`` is one WebSocket attached to a peer. It turns frames into hub
+calls, maps every refusal to an ``err`` or a close code (in ``receive``, the
+one place that does), and runs the writer that drains the peer's queue. It
+writes through a ``Transport``, so it knows nothing of ASGI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import anyio
+
+from relay.broker.base import Delivery, Undelivered
+from relay.exceptions import BadEnvelope, NotRegistered, RateLimited, RelayError, UnknownType
+from relay.limits import Strikes, TokenBucket
+from relay.protocol import codec
+from relay.protocol.codes import CloseCode, ErrorCode
+from relay.protocol.envelopes import Hello, Join, Leave, Ping, Publish, Refresh, Send
+
+if TYPE_CHECKING:
+    from relay.hub import Hub
+
+log = logging.getLogger("relay.session")
+
+QueueEntry = tuple[bytes, str, Undelivered | None]  # frame, kind for metrics, who to tell
+
+
+class Transport(Protocol):
+    """What a session writes through (a WebSocket, or a fake in tests)."""
+
+    async def send_bytes(self, data: bytes) -> None:
+        """Send one binary frame."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close the connection with ``code``."""
+        ...
+
+
+class Peer:
+    """A registered peer id and the state that survives its reconnects."""
+
+    __slots__ = (
+        "expiry",
+        "id",
+        "max_queue_bytes",
+        "max_queue_messages",
+        "queue",
+        "queued_bytes",
+        "rooms",
+        "secret",
+        "session",
+    )
+
+    def __init__(self, peer_id: str, *, max_queue_messages: int, max_queue_bytes: int) -> None:
+        self.id = peer_id
+        self.secret = ""
+        self.rooms: dict[str, bool] = {}  # room -> receives presence
+        self.queue: deque[QueueEntry] = deque()
+        self.queued_bytes = 0
+        self.max_queue_messages = max_queue_messages
+        self.max_queue_bytes = max_queue_bytes
+        self.session: Session | None = None
+        self.expiry: anyio.CancelScope | None = None
+
+    def enqueue(self, frame: bytes, kind: str, undelivered: Undelivered | None) -> Delivery:
+        """Queue ``frame``; a live session is woken to send it.
+
+        A full queue means the peer is not reading: its session is closed with
+        4008 (what is queued stays for a resume) and the frame is refused.
+        """
+        size = len(frame)
+        if (
+            len(self.queue) >= self.max_queue_messages
+            or self.queued_bytes + size > self.max_queue_bytes
+        ):
+            if self.session is not None:
+                self.session.close(CloseCode.SLOW_CONSUMER, "outbound queue full", reason="slow")
+            return Delivery.OVERLOADED
+        self.queue.append((frame, kind, undelivered))
+        self.queued_bytes += size
+        session = self.session
+        if session is None or session.close_code is not None:
+            return Delivery.QUEUED
+        session.wakeup.set()
+        return Delivery.DELIVERED
+
+
+class Session:
+    """One WebSocket attached (after ``hello``) to a peer."""
+
+    def __init__(self, hub: Hub, transport: Transport, clock: Callable[[], float]) -> None:
+        settings = hub.settings
+        self.hub = hub
+        self.transport = transport
+        self.peer: Peer | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.wakeup = asyncio.Event()
+        self._flush = False
+        self._send_scope: anyio.CancelScope | None = None
+        self._rate = TokenBucket(settings.rate_per_second, settings.rate_burst, clock)
+        self._rate_strikes = Strikes(settings.rate_strikes, consecutive=True)
+        self._bad_envelopes = Strikes(settings.bad_envelope_budget, consecutive=False)
+        self._limits = settings.codec_limits()
+        self._metrics = hub.metrics
+
+    # --- closing -------------------------------------------------------------
+
+    def close(self, code: int, message: str, *, reason: str, flush: bool = False) -> None:
+        """Ask the writer to close the socket with ``code``.
+
+        With ``flush`` the queue is sent first (drain); otherwise a send in
+        progress is abandoned and its frame stays queued for a resume.
+        """
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        self.close_reason = message
+        self._flush = flush
+        self._metrics.disconnects.labels(reason).inc()
+        self.wakeup.set()
+        if not flush and self._send_scope is not None:
+            self._send_scope.cancel()
+
+    # --- writing -------------------------------------------------------------
+
+    async def send_now(self, frame: bytes, kind: str) -> None:
+        """Send a frame before the writer runs (``welcome``, a refused ``hello``)."""
+        await self.transport.send_bytes(frame)
+        messages, size = self._metrics.out_counters[kind]
+        messages.inc()
+        size.inc(len(frame))
+
+    async def write(self) -> None:
+        """Drain the peer's queue into the socket until the session closes."""
+        peer = self.peer
+        assert peer is not None, "write() runs only after hello"
+        queue = peer.queue
+        out_counters = self._metrics.out_counters
+        while True:
+            if not queue or (self.close_code is not None and not self._flush):
+                if self.close_code is not None:
+                    break
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            if peer.session is not self:
+                break
+            entry = queue.popleft()
+            frame = entry[0]
+            peer.queued_bytes -= len(frame)
+            with anyio.CancelScope() as scope:
+                self._send_scope = scope
+                try:
+                    await self.transport.send_bytes(frame)
+                except BaseException:
+                    queue.appendleft(entry)
+                    peer.queued_bytes += len(frame)
+                    raise
+                finally:
+                    self._send_scope = None
+            if scope.cancelled_caught:
+                # Abandoned by close(): whether it left is unknown, so it is
+                # queued again (a resume may see it twice, never not at all).
+                queue.appendleft(entry)
+                peer.queued_bytes += len(frame)
+                break
+            messages, size = out_counters[entry[1]]
+            messages.inc()
+            size.inc(len(frame))
+        with anyio.move_on_after(5):
+            await self.transport.close(self.close_code or CloseCode.NORMAL, self.close_reason)
+
+    def reply(self, frame: bytes, kind: str) -> None:
+        """Queue a reply to this session's own peer."""
+        if self.peer is not None:
+            self.peer.enqueue(frame, kind, None)
+
+    # --- reading -------------------------------------------------------------
+
+    def decode_hello(self, frame: bytes) -> Hello:
+        """Decode the first frame, which must be a ``hello``."""
+        envelope = codec.decode(frame, self._limits)
+        self._count_in(_KINDS[type(envelope)], len(frame))
+        if not isinstance(envelope, Hello):
+            raise NotRegistered("the first envelope must be hello")
+        return envelope
+
+    async def receive(self, frame: bytes) -> None:
+        """Handle one binary frame after ``hello``; refusals become ``err`` or a close."""
+        started = anyio.current_time()
+        try:
+            envelope = codec.decode(frame, self._limits)
+        except RelayError as exc:
+            self._metrics.invalid_in[0].inc()
+            self._metrics.invalid_in[1].inc(len(frame))
+            self._refuse(exc)
+            if isinstance(exc, BadEnvelope | UnknownType) and self._bad_envelopes.hit():
+                self.close(CloseCode.TOO_MANY_BAD_ENVELOPES, "too many bad envelopes", reason="bad")
+            return
+        kind = _KINDS[type(envelope)]
+        self._count_in(kind, len(frame))
+        if not self._rate.take():
+            self._refuse(RateLimited("slow down", request_id=getattr(envelope, "id", None)))
+            if self._rate_strikes.hit():
+                self.close(CloseCode.RATE_LIMITED, "rate limit exceeded", reason="flood")
+            return
+        self._rate_strikes.forgive()
+        peer = self.peer
+        assert peer is not None, "receive() runs only after hello"
+        try:
+            if isinstance(envelope, Send):
+                await self.hub.send(peer, envelope)
+                self._metrics.routing_seconds.observe(anyio.current_time() - started)
+            elif isinstance(envelope, Publish):
+                await self.hub.publish(peer, envelope)
+                self._metrics.routing_seconds.observe(anyio.current_time() - started)
+            elif isinstance(envelope, Join):
+                await self.hub.join(peer, envelope)
+            elif isinstance(envelope, Leave):
+                await self.hub.leave(peer, envelope)
+            elif isinstance(envelope, Ping):
+                pong: dict[str, object] = {"type": "pong"}
+                if envelope.id is not None:
+                    pong["id"] = envelope.id
+                self.reply(codec.encode(pong), "pong")
+            elif isinstance(envelope, Refresh):
+                await self.hub.refresh(self, envelope)
+            else:
+                raise BadEnvelope("hello was already accepted")
+        except RelayError as exc:
+            if exc.request_id is None:
+                exc.request_id = getattr(envelope, "id", None)
+            self._refuse(exc)
+        except Exception:
+            log.exception("internal error handling %s from %s", kind, peer.id)
+            self._refuse(_Internal("internal error", request_id=getattr(envelope, "id", None)))
+
+    def _refuse(self, exc: RelayError) -> None:
+        self._metrics.errors.labels(exc.code.value).inc()
+        self.reply(
+            codec.encode_err(exc.code.value, exc.message, request_id=exc.request_id, to=exc.to),
+            "err",
+        )
+
+    def _count_in(self, kind: str, size: int) -> None:
+        messages, total = self._metrics.in_counters[kind]
+        messages.inc()
+        total.inc(size)
+
+
+class _Internal(RelayError):
+    code = ErrorCode.INTERNAL
+
+
+_KINDS = {
+    Hello: "hello",
+    Refresh: "refresh",
+    Send: "send",
+    Publish: "pub",
+    Join: "join",
+    Leave: "leave",
+    Ping: "ping",
+}
