@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 import uvicorn
+from starlette.applications import Starlette
 
 from relay import __version__
 from relay.app import create_app
@@ -60,6 +61,24 @@ class RelayServer(uvicorn.Server):
         log.info("draining: closing sockets with 1001, flushing queues")
         await self.hub.drain(self.hub.settings.drain_seconds)
         self.should_exit = True
+
+
+def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """The uvicorn configuration that serves ``app`` as ``settings`` say."""
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "ws": settings.ws_impl,
+        "ws_max_size": settings.max_frame_bytes,
+        "ws_ping_interval": settings.ping_interval_seconds,
+        "ws_ping_timeout": settings.ping_timeout_seconds,
+        "ws_per_message_deflate": False,
+        "lifespan": "on",
+        "log_level": settings.log_level,
+        "server_header": False,
+        "proxy_headers": False,
+    }
+    return uvicorn.Config(app, **{**options, **overrides})
 
 
 def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -126,21 +145,7 @@ def serve(**values: Any) -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        ws=settings.ws_impl,
-        ws_max_size=settings.max_frame_bytes,
-        ws_ping_interval=settings.ping_interval_seconds,
-        ws_ping_timeout=settings.ping_timeout_seconds,
-        ws_per_message_deflate=False,
-        lifespan="on",
-        log_level=settings.log_level,
-        server_header=False,
-        proxy_headers=False,
-    )
-    server = RelayServer(config, app.state.hub)
+    server = RelayServer(uvicorn_config(app, settings), app.state.hub)
     server.run()
     sys.exit(0 if server.started else 1)
 

@@ -1,0 +1,93 @@
+"""Shared fixtures: real relays on free ports, in this test's event loop.
+
+``relay_factory(**settings)`` starts a relay node (uvicorn, the real app) and
+returns a ``RunningRelay``; every relay it started is shut down at the end of
+the test. ``relay`` is one with default settings.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+
+from relay.app import create_app
+from relay.broker import Broker
+from relay.cli import uvicorn_config
+from relay.hub import Hub
+from relay.settings import Settings
+
+
+@dataclass
+class RunningRelay:
+    """A relay node serving on 127.0.0.1 for one test."""
+
+    url: str  # ws://127.0.0.1:PORT/v1/ws
+    http_url: str  # http://127.0.0.1:PORT
+    port: int
+    app: Starlette
+    hub: Hub
+    settings: Settings
+    server: uvicorn.Server
+
+
+class _TestServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = anyio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # leave pytest's signal handling alone
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+RelayFactory = Callable[..., Awaitable[RunningRelay]]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def relay_factory() -> AsyncIterator[RelayFactory]:
+    servers: list[_TestServer] = []
+    async with anyio.create_task_group() as tasks:
+
+        async def start(*, broker: Broker | None = None, **overrides: Any) -> RunningRelay:
+            settings = Settings(**{"port": 0, "log_level": "warning", **overrides})
+            app = create_app(settings, broker=broker)
+            server = _TestServer(uvicorn_config(app, settings))
+            servers.append(server)
+            tasks.start_soon(server.serve)
+            with anyio.fail_after(10):
+                await server.ready.wait()
+            port = server.servers[0].sockets[0].getsockname()[1]
+            return RunningRelay(
+                url=f"ws://127.0.0.1:{port}{settings.path}",
+                http_url=f"http://127.0.0.1:{port}",
+                port=port,
+                app=app,
+                hub=app.state.hub,
+                settings=settings,
+                server=server,
+            )
+
+        yield start
+        for server in servers:
+            server.should_exit = True
+
+
+@pytest.fixture
+async def relay(relay_factory: RelayFactory) -> RunningRelay:
+    return await relay_factory()
