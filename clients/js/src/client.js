@@ -1,0 +1,661 @@
+/**
+ * The relay peer: one WebSocket to the relay, msgpack envelopes on it
+ * (protocol v1, see /docs/js-client.md), reconnect/resume, request/reply.
+ * Runs unchanged in browsers and Node 20+ (pass `WebSocket` from the `ws`
+ * package in Node, which has no global one before Node 22).
+ */
+import { backoffDelay, shouldReconnect } from "./backoff.js";
+import { createCodec } from "./codec.js";
+import {
+  ConnectionClosed,
+  ConnectionLost,
+  NotConnected,
+  OfflineBufferFull,
+  ProtocolError,
+  RemoteError,
+  RequestTimeout,
+  TooLarge,
+  errorFromEnvelope,
+} from "./errors.js";
+import {
+  DisconnectEvent,
+  OpenEvent,
+  PresenceEvent,
+  RelayCloseEvent,
+  RelayErrorEvent,
+  RelayMessageEvent,
+  StateEvent,
+  UndeliveredEvent,
+} from "./events.js";
+
+/** The WebSocket subprotocol of protocol v1. */
+export const SUBPROTOCOL = "relay.v1";
+
+/** The `ev` of a reply whose handler threw (cross-client convention). */
+export const ERROR_EV = "relay.error";
+
+const DEFAULTS = {
+  reconnect: true,
+  maxRetries: Infinity,
+  backoff: { base: 250, max: 10_000 },
+  connectTimeout: 10_000,
+  pingInterval: 20_000,
+  pingTimeout: 10_000,
+  requestTimeout: 30_000,
+  maxBuffered: 256,
+  pace: true,
+};
+
+const noop = () => {};
+
+/**
+ * Connects to a relay and resolves once it has welcomed us.
+ * Rejects (typed error) if the first connection attempt fails; later drops
+ * are retried according to the options.
+ * @param {string} url `ws://host:port/v1/ws` (http(s) URLs are accepted too)
+ * @param {import("./index.js").ConnectOptions} [options]
+ * @returns {Promise<RelayPeer>}
+ */
+export function connect(url, options = {}) {
+  const peer = new RelayPeer(url, options);
+  return peer._start();
+}
+
+export class RelayPeer extends EventTarget {
+  /**
+   * Use {@link connect} instead; the constructor does not connect.
+   * @param {string} url
+   * @param {import("./index.js").ConnectOptions} [options]
+   */
+  constructor(url, options = {}) {
+    super();
+    const WS = options.WebSocket ?? globalThis.WebSocket;
+    if (typeof WS !== "function") {
+      throw new TypeError(
+        "relay-client: no WebSocket implementation. Pass one as the `WebSocket` option " +
+          "(in Node 20: `import WebSocket from \"ws\"` then connect(url, {WebSocket}))",
+      );
+    }
+    this._WS = WS;
+    this.url = url.replace(/^http(s?):/, "ws$1:");
+    this._opts = { ...DEFAULTS, ...options, backoff: { ...DEFAULTS.backoff, ...options.backoff } };
+    this._codec = createCodec(options.msgpack);
+    /** @type {string | undefined} our id: the one asked for, or the one the relay picked */
+    this.id = options.id;
+    /** @type {string | undefined} secret of the latest `welcome`, to resume this session */
+    this.resumeSecret = options.resume;
+    /** @type {Record<string, number>} limits from the latest `welcome` */
+    this.limits = {};
+    /** @type {string | undefined} relay node that welcomed us */
+    this.node = undefined;
+    /** @type {"connecting" | "open" | "reconnecting" | "closed"} */
+    this.state = "connecting";
+
+    this._ws = null;
+    this._nextId = 1; // request ids (ok/err correlation); never reused
+    this._nextRid = 1; // request/reply ids (rid/re)
+    /** @type {Array<{id?: number, bytes: Uint8Array, ack: boolean, resolve: Function, reject: Function}>} */
+    this._outbox = []; // written in order when connected (and paced)
+    this._acks = new Map(); // id -> outbox item written, awaiting ok/err
+    this._pings = new Map(); // id -> {resolve, reject}
+    this._requests = new Map(); // rid -> {to, resolve, reject, timer}
+    this._handlers = new Map(); // ev -> request handler
+    this._rooms = new Map(); // room -> {presence}; rejoined after a non-resumed reconnect
+    this._retries = 0;
+    this._welcomed = false;
+    this._closing = null; // {code, reason} once close() was called
+    this._lastErr = undefined; // id-less err received on the current socket
+    this._timers = { retry: 0, connect: 0, heartbeat: 0, pump: 0, closeFallback: 0 };
+    this._bucket = null; // client-side pacing to the relay's rate limit
+    this._closedError = null;
+    this._closed = new Promise((resolve) => (this._resolveClosed = resolve));
+  }
+
+  /** true while a welcomed socket is up */
+  get connected() {
+    return this.state === "open";
+  }
+
+  // ---------------------------------------------------------------- API
+
+  /**
+   * Sends `data` to one peer or several.
+   * @param {string | string[]} to
+   * @param {unknown} data any msgpack value
+   * @param {{ev?: string, ack?: boolean, rid?: unknown, re?: unknown}} [opts]
+   *   `ack: false` = fire-and-forget: resolves once written, failures arrive as "error" events
+   * @returns {Promise<{id?: number, queued: boolean}>} resolves on the relay's `ok`;
+   *   `queued` when a target is resuming (see the "undelivered" event)
+   */
+  send(to, data, { ev, ack = true, rid, re } = {}) {
+    return this._submit({ type: "send", to, d: data === undefined ? null : data, ev, rid, re }, ack);
+  }
+
+  /**
+   * Delivers `data` to every member of `room` (not to us unless `echo`).
+   * @param {string} room
+   * @param {unknown} data
+   * @param {{ev?: string, echo?: boolean, ack?: boolean}} [opts]
+   */
+  publish(room, data, { ev, echo, ack = true } = {}) {
+    return this._submit({ type: "pub", room, d: data === undefined ? null : data, ev, echo }, ack);
+  }
+
+  /**
+   * Joins `room`; with `presence`, "presence" events follow for it. Rooms
+   * are rejoined automatically after a reconnect the relay did not resume.
+   * @param {string} room
+   * @param {{presence?: boolean}} [opts]
+   */
+  async join(room, { presence = false } = {}) {
+    const result = await this._submit({ type: "join", room, presence: presence || undefined }, true);
+    this._rooms.set(room, { presence });
+    return result;
+  }
+
+  /** @param {string} room */
+  leave(room) {
+    this._rooms.delete(room);
+    return this._submit({ type: "leave", room }, true);
+  }
+
+  /** Rooms joined (as far as this client knows). */
+  get rooms() {
+    return [...this._rooms.keys()];
+  }
+
+  /**
+   * Sends a request and resolves with the reply's data. Rejects with
+   * PeerOffline (target not connected), RequestTimeout, or RemoteError (the
+   * remote handler threw).
+   * @param {string} to
+   * @param {unknown} data
+   * @param {{ev?: string, timeout?: number}} [opts] timeout in ms
+   */
+  request(to, data, { ev, timeout = this._opts.requestTimeout } = {}) {
+    if (typeof to !== "string") return Promise.reject(new TypeError("request() takes a single target id"));
+    const rid = this._nextRid++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._requests.delete(rid);
+        reject(new RequestTimeout(`no reply from ${to} within ${timeout} ms`));
+      }, timeout);
+      this._requests.set(rid, { to, resolve, reject, timer });
+      this.send(to, data, { ev, rid }).catch((err) => this._settleRequest(rid, err, true));
+    });
+  }
+
+  /**
+   * Answers requests whose `ev` is `ev` (`"*"`: any request no other handler
+   * takes). The handler's return value (or promise) is the reply; if it
+   * throws, the requester gets a RemoteError with its message. Requests with
+   * no handler arrive as "message" events (answer them with `reply`).
+   * @param {string} ev
+   * @param {(data: any, msg: RelayMessageEvent) => unknown} handler
+   * @returns {() => void} removes the handler
+   */
+  onRequest(ev, handler) {
+    this._handlers.set(ev, handler);
+    return () => {
+      if (this._handlers.get(ev) === handler) this._handlers.delete(ev);
+    };
+  }
+
+  /**
+   * Replies to a request message by hand (fire-and-forget).
+   * @param {RelayMessageEvent} msg a "message" event with `rid`
+   * @param {unknown} data
+   * @param {{error?: boolean}} [opts] `error: true` sends `data` as the error message
+   */
+  reply(msg, data, { error = false } = {}) {
+    if (msg.rid === undefined || msg.rid === null) throw new TypeError("message is not a request (no rid)");
+    const env = error
+      ? { type: "send", to: msg.from, re: msg.rid, ev: ERROR_EV, d: String(data) }
+      : { type: "send", to: msg.from, re: msg.rid, d: data === undefined ? null : data };
+    return this._submit(env, false);
+  }
+
+  /**
+   * Application-level ping: resolves with the round-trip time in ms.
+   * @param {{timeout?: number}} [opts]
+   */
+  ping({ timeout = this._opts.pingTimeout } = {}) {
+    const ws = this._ws;
+    if (this.state !== "open" || !ws) return Promise.reject(new NotConnected());
+    const id = this._nextId++;
+    const t0 = performance.now();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._pings.delete(id);
+        reject(new RequestTimeout(`no pong within ${timeout} ms`));
+      }, timeout);
+      this._pings.set(id, {
+        resolve: () => (clearTimeout(timer), resolve(performance.now() - t0)),
+        reject: (/** @type {Error} */ e) => (clearTimeout(timer), reject(e)),
+      });
+      this._writeNow(ws, { type: "ping", id });
+    });
+  }
+
+  /**
+   * Closes the connection for good; pending work is rejected with
+   * ConnectionClosed. Resolves once the socket is closed.
+   * @param {number} [code] @param {string} [reason]
+   * @returns {Promise<void>}
+   */
+  close(code = 1000, reason = "closed by client") {
+    if (this.state === "closed" || this._closing) return this._closed;
+    this._closing = { code, reason };
+    clearTimeout(this._timers.retry);
+    const ws = this._ws;
+    if (!ws) {
+      this._finish(code, reason, new ConnectionClosed(code, reason));
+    } else {
+      try {
+        ws.close(code, reason);
+      } catch {
+        // already closing: the close event follows
+      }
+      // A dead link may never complete the closing handshake: don't wait for it.
+      this._timers.closeFallback = setTimeout(() => this._onSocketClose(ws, code, reason), 2000);
+    }
+    return this._closed;
+  }
+
+  /**
+   * Async iteration over incoming messages (`for await (const m of peer)`),
+   * ending when the peer closes. Messages are buffered until consumed.
+   * @returns {AsyncIterableIterator<RelayMessageEvent>}
+   */
+  [Symbol.asyncIterator]() {
+    /** @type {RelayMessageEvent[]} */
+    const queue = [];
+    let done = this.state === "closed";
+    let wake = noop;
+    const onMessage = (/** @type {any} */ e) => (queue.push(e), wake());
+    const onClose = () => ((done = true), wake());
+    const cleanup = () => {
+      this.removeEventListener("message", onMessage);
+      this.removeEventListener("close", onClose);
+    };
+    this.addEventListener("message", onMessage);
+    this.addEventListener("close", onClose);
+    return {
+      next: async () => {
+        while (queue.length === 0 && !done) await new Promise((r) => (wake = r));
+        if (queue.length) return { value: /** @type {RelayMessageEvent} */ (queue.shift()), done: false };
+        cleanup();
+        return { value: undefined, done: true };
+      },
+      return: async () => {
+        done = true;
+        cleanup();
+        return { value: undefined, done: true };
+      },
+      [Symbol.asyncIterator]() {
+        return this;
+      },
+    };
+  }
+
+  // ---------------------------------------------------------- internals
+
+  _start() {
+    this._firstConnect = {};
+    const p = new Promise((resolve, reject) => Object.assign(this._firstConnect, { resolve, reject }));
+    this._open();
+    return p.then(() => this);
+  }
+
+  _setState(/** @type {RelayPeer["state"]} */ state) {
+    if (state === this.state) return;
+    const previous = this.state;
+    this.state = state;
+    this.dispatchEvent(new StateEvent(state, previous));
+  }
+
+  _open() {
+    this._setState(this._welcomed ? "reconnecting" : "connecting");
+    let ws;
+    try {
+      ws = new this._WS(this.url, [SUBPROTOCOL]);
+    } catch (err) {
+      // e.g. a malformed URL: nothing a retry would fix
+      this._finish(1006, String(err), err instanceof Error ? err : new Error(String(err)));
+      return;
+    }
+    this._ws = ws;
+    this._lastErr = undefined;
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => this._sendHello(ws);
+    ws.onmessage = (/** @type {{data: unknown}} */ e) => this._onFrame(ws, e.data);
+    ws.onclose = (/** @type {{code: number, reason: string}} */ e) => this._onSocketClose(ws, e.code, e.reason);
+    ws.onerror = noop; // a close event always follows
+    this._timers.connect = setTimeout(() => this._drop(ws, "connect timeout"), this._opts.connectTimeout);
+  }
+
+  async _sendHello(/** @type {any} */ ws) {
+    let token = this._opts.token;
+    try {
+      // A function lets a long-lived peer fetch a fresh JWT for each (re)connect.
+      if (typeof token === "function") token = await token();
+    } catch (err) {
+      this._dispatchError(err);
+      this._drop(ws, "token callback failed");
+      return;
+    }
+    if (ws !== this._ws) return;
+    this._writeNow(ws, { type: "hello", id: this.id, token: token ?? undefined, resume: this.resumeSecret });
+  }
+
+  /** Encodes and writes one envelope now, bypassing the outbox. */
+  _writeNow(/** @type {any} */ ws, /** @type {object} */ env) {
+    try {
+      ws.send(this._codec.encode(env));
+    } catch {
+      // the socket is going away; its close event handles the rest
+    }
+  }
+
+  /**
+   * Queues an envelope for writing. Every request gets an `id` when `ack`,
+   * and the returned promise settles on the relay's `ok`/`err`.
+   * `urgent` items (rejoins after a reconnect) skip the bound and the queue.
+   */
+  _submit(/** @type {Record<string, unknown>} */ env, /** @type {boolean} */ ack, urgent = false) {
+    if (this.state === "closed") return Promise.reject(this._closedError);
+    if (this._closing) return Promise.reject(new ConnectionClosed(this._closing.code, this._closing.reason));
+    const id = ack ? this._nextId++ : undefined;
+    if (ack) env.id = id;
+    let bytes;
+    try {
+      bytes = this._codec.encode(env);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    // Checked here: a frame over the limit would get the socket closed (1009).
+    const max = this.limits.max_frame_bytes;
+    if (max && bytes.byteLength > max) {
+      return Promise.reject(
+        new TooLarge("too-large", `frame of ${bytes.byteLength} bytes exceeds the relay's max_frame_bytes (${max})`, { id }),
+      );
+    }
+    if (!urgent && this._outbox.length >= this._opts.maxBuffered) {
+      return Promise.reject(new OfflineBufferFull(`${this._outbox.length} sends already waiting (maxBuffered)`));
+    }
+    return new Promise((resolve, reject) => {
+      const item = { id, bytes, ack, urgent, resolve, reject };
+      // Urgent items (rejoins after a reconnect) go ahead of buffered sends.
+      const at = urgent ? this._outbox.findIndex((i) => !i.urgent) : -1;
+      if (at === -1) this._outbox.push(item);
+      else this._outbox.splice(at, 0, item);
+      this._pump();
+    });
+  }
+
+  /** Writes queued envelopes in order, as fast as the relay's rate limit allows. */
+  _pump() {
+    const ws = this._ws;
+    if (this.state !== "open" || !ws || this._timers.pump) return;
+    while (this._outbox.length) {
+      const wait = this._takeToken();
+      if (wait > 0) {
+        this._timers.pump = setTimeout(() => {
+          this._timers.pump = 0;
+          this._pump();
+        }, wait);
+        return;
+      }
+      const item = /** @type {any} */ (this._outbox.shift());
+      if (item.ack) this._acks.set(item.id, item);
+      try {
+        ws.send(item.bytes);
+      } catch (err) {
+        if (item.ack) this._acks.delete(item.id);
+        item.reject(new ConnectionLost(`write failed: ${err}`));
+        continue;
+      }
+      if (!item.ack) item.resolve({ queued: false });
+    }
+  }
+
+  /** Token bucket mirroring the relay's; returns 0 or ms to wait. */
+  _takeToken() {
+    const b = this._bucket;
+    if (!b) return 0;
+    const now = performance.now();
+    b.tokens = Math.min(b.cap, b.tokens + ((now - b.at) * b.rate) / 1000);
+    b.at = now;
+    if (b.tokens >= 1) {
+      b.tokens -= 1;
+      return 0;
+    }
+    return Math.ceil(((1 - b.tokens) * 1000) / b.rate);
+  }
+
+  _onFrame(/** @type {any} */ ws, /** @type {unknown} */ data) {
+    if (ws !== this._ws) return;
+    if (typeof data === "string") {
+      this._dispatchError(new ProtocolError("text frame from the relay"));
+      return;
+    }
+    /** @type {any} */
+    let env;
+    try {
+      env = this._codec.decode(/** @type {ArrayBuffer} */ (data));
+    } catch (err) {
+      this._dispatchError(new ProtocolError(`undecodable frame: ${err}`, { cause: err }));
+      return;
+    }
+    if (!env || typeof env !== "object" || typeof env.type !== "string") {
+      this._dispatchError(new ProtocolError("frame is not an envelope"));
+      return;
+    }
+    switch (env.type) {
+      case "welcome":
+        return this._onWelcome(ws, env);
+      case "msg":
+        return this._onMsg(env);
+      case "ok": {
+        const item = this._acks.get(env.id);
+        if (item) {
+          this._acks.delete(env.id);
+          item.resolve({ id: env.id, queued: env.queued === true });
+        }
+        return;
+      }
+      case "err":
+        return this._onErr(env);
+      case "presence":
+        this.dispatchEvent(new PresenceEvent(env));
+        return;
+      case "pong":
+        this._pings.get(env.id)?.resolve();
+        this._pings.delete(env.id);
+        return;
+      default:
+        // Newer relays may add envelope types: ignore what we don't know.
+        return;
+    }
+  }
+
+  _onWelcome(/** @type {any} */ ws, /** @type {any} */ env) {
+    clearTimeout(this._timers.connect);
+    this.id = env.id;
+    this.resumeSecret = env.resume;
+    this.limits = env.limits && typeof env.limits === "object" ? env.limits : {};
+    this.node = env.node;
+    const first = !this._welcomed;
+    this._welcomed = true;
+    this._retries = 0;
+    this._lastErr = undefined;
+    const resumed = env.resumed === true;
+    const { rate_per_second: rate, rate_burst: burst } = this.limits;
+    // Pace a little under the relay's limit so flushing a full offline buffer
+    // does not trip it (rate-limited errors, or a 4029 close).
+    this._bucket =
+      this._opts.pace && rate > 0
+        ? { rate: rate * 0.9, cap: Math.max(1, Math.floor(burst || 1) - 1), tokens: Math.max(1, Math.floor(burst || 1) - 1), at: performance.now() }
+        : null;
+    if (!resumed) {
+      // A fresh session has no rooms: rejoin ours ahead of the buffered sends.
+      for (const [room, { presence }] of this._rooms) {
+        this._submit({ type: "join", room, presence: presence || undefined }, true, true).catch((err) => {
+          this._rooms.delete(room);
+          this._dispatchError(err);
+        });
+      }
+    }
+    this._setState("open");
+    this._pump();
+    this._startHeartbeat(ws);
+    this.dispatchEvent(new OpenEvent({ id: env.id, resumed, node: env.node }));
+    if (first) this._firstConnect?.resolve();
+  }
+
+  _onMsg(/** @type {any} */ env) {
+    // A reply to one of our requests?
+    if (env.re !== undefined && env.re !== null) {
+      const req = this._requests.get(env.re);
+      if (req && req.to === env.from) {
+        if (env.ev === ERROR_EV) this._settleRequest(env.re, new RemoteError(String(env.d)), true);
+        else this._settleRequest(env.re, env.d, false);
+        return;
+      }
+    }
+    const event = new RelayMessageEvent(env);
+    // A request we have a handler for?
+    if (env.rid !== undefined && env.rid !== null) {
+      const handler = this._handlers.get(env.ev) ?? this._handlers.get("*");
+      if (handler) {
+        Promise.resolve()
+          .then(() => handler(env.d, event))
+          .then(
+            (result) => this.reply(event, result),
+            (err) => this.reply(event, err instanceof Error ? err.message : String(err), { error: true }),
+          )
+          .catch((err) => this._dispatchError(err));
+        return;
+      }
+    }
+    this.dispatchEvent(event);
+  }
+
+  _onErr(/** @type {any} */ env) {
+    const err = errorFromEnvelope(env);
+    const item = env.id !== undefined ? this._acks.get(env.id) : undefined;
+    if (item) {
+      this._acks.delete(env.id);
+      item.reject(err);
+    } else if (env.id !== undefined && err.code === "peer-offline") {
+      // The second answer to a send that was `ok queued`: its target never resumed.
+      this.dispatchEvent(new UndeliveredEvent(err));
+    } else {
+      this._lastErr = err;
+      this._dispatchError(err);
+    }
+  }
+
+  _settleRequest(/** @type {unknown} */ rid, /** @type {unknown} */ value, /** @type {boolean} */ failed) {
+    const req = this._requests.get(rid);
+    if (!req) return;
+    this._requests.delete(rid);
+    clearTimeout(req.timer);
+    if (failed) req.reject(value);
+    else req.resolve(value);
+  }
+
+  _startHeartbeat(/** @type {any} */ ws) {
+    clearInterval(this._timers.heartbeat);
+    const every = this._opts.pingInterval;
+    if (!every) return;
+    // Browsers cannot send WebSocket pings, so liveness is checked with the
+    // protocol's own ping: a link that stops answering is dropped and redialled.
+    this._timers.heartbeat = setInterval(() => {
+      if (ws !== this._ws) return;
+      this.ping({ timeout: this._opts.pingTimeout }).catch((err) => {
+        if (err instanceof RequestTimeout && ws === this._ws) this._drop(ws, "ping timeout");
+      });
+    }, every);
+  }
+
+  /** Gives up on a socket now (dead link, timeout) and proceeds as if it had closed. */
+  _drop(/** @type {any} */ ws, /** @type {string} */ reason) {
+    if (ws !== this._ws) return;
+    try {
+      // ws (Node) can destroy the socket at once; browsers only have close().
+      if (typeof ws.terminate === "function") ws.terminate();
+      else ws.close(4000, reason);
+    } catch {
+      // ignore: we are abandoning it anyway
+    }
+    this._onSocketClose(ws, 1006, reason);
+  }
+
+  _onSocketClose(/** @type {any} */ ws, /** @type {number} */ code, /** @type {string} */ reason = "") {
+    if (ws !== this._ws) return;
+    this._ws = null;
+    ws.onopen = ws.onmessage = ws.onclose = noop;
+    clearTimeout(this._timers.connect);
+    clearInterval(this._timers.heartbeat);
+    clearTimeout(this._timers.pump);
+    this._timers.pump = 0;
+    // Written but unanswered: the outcome is unknown, so don't resend blindly.
+    const lost = new ConnectionLost();
+    for (const item of this._acks.values()) item.reject(lost);
+    this._acks.clear();
+    for (const p of this._pings.values()) p.reject(lost);
+    this._pings.clear();
+
+    if (this._closing) {
+      this._finish(this._closing.code, this._closing.reason, new ConnectionClosed(this._closing.code, this._closing.reason));
+      return;
+    }
+    if (!this._welcomed) {
+      // The first attempt failed: connect() rejects, with the relay's own
+      // error (e.g. IdTaken, Unauthorized) when it sent one.
+      this._finish(code, reason, this._lastErr ?? new ConnectionClosed(code, reason || "could not connect"));
+      return;
+    }
+    if (!this._opts.reconnect || !shouldReconnect(code) || this._retries >= this._opts.maxRetries) {
+      this._finish(code, reason, new ConnectionClosed(code, reason, { cause: this._lastErr }));
+      return;
+    }
+    const delay = backoffDelay(this._retries++, this._opts.backoff);
+    this._setState("reconnecting");
+    this.dispatchEvent(new DisconnectEvent(code, reason, delay));
+    this._timers.retry = setTimeout(() => this._open(), delay);
+  }
+
+  /** Ends the peer: rejects everything pending with `error`, emits "close". */
+  _finish(/** @type {number} */ code, /** @type {string} */ reason, /** @type {Error} */ error) {
+    if (this.state === "closed") return;
+    this._closedError = error;
+    for (const t of Object.values(this._timers)) clearTimeout(t);
+    clearInterval(this._timers.heartbeat);
+    if (this._ws) {
+      const ws = this._ws;
+      this._ws = null;
+      ws.onopen = ws.onmessage = ws.onclose = noop;
+      try {
+        ws.close();
+      } catch {
+        // ignore
+      }
+    }
+    for (const item of this._outbox.splice(0)) item.reject(error);
+    for (const item of this._acks.values()) item.reject(error);
+    this._acks.clear();
+    for (const p of this._pings.values()) p.reject(error);
+    this._pings.clear();
+    for (const rid of [...this._requests.keys()]) this._settleRequest(rid, error, true);
+    this._setState("closed");
+    this._firstConnect?.reject(error);
+    this.dispatchEvent(new RelayCloseEvent(code, reason, error));
+    this._resolveClosed();
+  }
+
+  _dispatchError(/** @type {unknown} */ err) {
+    this.dispatchEvent(new RelayErrorEvent(err instanceof Error ? err : new Error(String(err))));
+  }
+}

@@ -1,0 +1,32 @@
+import type { RelayPeer } from "./index.js";
+
+export const SIGNAL_EV: "webrtc.signal";
+
+export interface DataChannelOptions {
+  /** default []: host candidates only (enough on one machine or a LAN) */
+  iceServers?: RTCIceServer[];
+  /** extra RTCPeerConnection configuration */
+  rtcConfig?: RTCConfiguration;
+  /** data channel label (default "relay") */
+  label?: string;
+  /** negotiated channel id, the same on both sides (default 0) */
+  channelId?: number;
+  channelOptions?: RTCDataChannelInit;
+  /** signaling `ev` (default "webrtc.signal") */
+  ev?: string;
+  /** ms to wait for the channel to open (default 30000) */
+  timeout?: number;
+  RTCPeerConnection?: typeof RTCPeerConnection;
+  signal?: AbortSignal;
+}
+
+export interface DataChannelResult {
+  pc: RTCPeerConnection;
+  channel: RTCDataChannel;
+  /** this side's perfect-negotiation role */
+  polite: boolean;
+  /** closes the channel and the connection and stops listening for signals */
+  close(): void;
+}
+
+export function openDataChannel(peer: RelayPeer, remoteId: string, options?: DataChannelOptions): Promise<DataChannelResult>;
