@@ -70,7 +70,7 @@ export function startRelay(args = [], { env = {}, timeout = 20_000 } = {}) {
  * @param {string} relayUrl ws://127.0.0.1:PORT/v1/ws
  */
 export async function startProxy(relayUrl) {
-  const target = new URL(relayUrl);
+  let target = new URL(relayUrl);
   /** @type {Set<net.Socket>} */
   const sockets = new Set();
   let paused = false; // when paused, accepted connections are dropped at once
@@ -101,6 +101,10 @@ export async function startProxy(relayUrl) {
   const port = /** @type {net.AddressInfo} */ (server.address()).port;
   return {
     url: `ws://127.0.0.1:${port}${target.pathname}`,
+    /** send new connections to another relay (e.g. after a restart) */
+    setTarget(/** @type {string} */ url) {
+      target = new URL(url);
+    },
     /** drop every live connection (both directions, abruptly) */
     sever() {
       for (const s of sockets) s.destroy();
