@@ -1627,12 +1627,17 @@ var RelayCloseEvent = class extends Event {
   }
 };
 var UndeliveredEvent = class extends Event {
-  /** @param {import("./errors.js").RelayError} error */
-  constructor(error) {
+  /**
+   * @param {import("./errors.js").RelayError} error
+   * @param {{data: unknown, ev?: string}} [original] the lost send, if still remembered
+   */
+  constructor(error, original) {
     super("undelivered");
     this.id = error.id;
     this.to = error.to;
     this.error = error;
+    this.data = original?.data;
+    this.ev = original?.ev;
   }
 };
 var RelayErrorEvent = class extends Event {
@@ -1695,6 +1700,7 @@ var RelayPeer = class extends EventTarget {
     this._requests = /* @__PURE__ */ new Map();
     this._handlers = /* @__PURE__ */ new Map();
     this._rooms = /* @__PURE__ */ new Map();
+    this._queued = /* @__PURE__ */ new Map();
     this._retries = 0;
     this._welcomed = false;
     this._closing = null;
@@ -1767,22 +1773,25 @@ var RelayPeer = class extends EventTarget {
         reject(new RequestTimeout(`no reply from ${to} within ${timeout} ms`));
       }, timeout);
       this._requests.set(rid, { to, resolve, reject, timer });
-      this.send(to, data, { ev, rid }).catch((err) => this._settleRequest(rid, err, true));
+      this.send(to, data, { ev, rid }).catch((err) => {
+        if (!(err instanceof ConnectionLost)) this._settleRequest(rid, err, true);
+      });
     });
   }
   /**
-   * Answers requests whose `ev` is `ev` (`"*"`: any request no other handler
-   * takes). The handler's return value (or promise) is the reply; if it
+   * Answers requests whose `ev` is `ev` (`null`: requests without `ev`;
+   * `"*"`: any request no other handler takes). The handler's return value (or promise) is the reply; if it
    * throws, the requester gets a RemoteError with its message. Requests with
    * no handler arrive as "message" events (answer them with `reply`).
-   * @param {string} ev
+   * @param {string | null} ev
    * @param {(data: any, msg: RelayMessageEvent) => unknown} handler
    * @returns {() => void} removes the handler
    */
   onRequest(ev, handler) {
-    this._handlers.set(ev, handler);
+    const key = ev ?? null;
+    this._handlers.set(key, handler);
     return () => {
-      if (this._handlers.get(ev) === handler) this._handlers.delete(ev);
+      if (this._handlers.get(key) === handler) this._handlers.delete(key);
     };
   }
   /**
@@ -1952,7 +1961,7 @@ var RelayPeer = class extends EventTarget {
       return Promise.reject(new OfflineBufferFull(`${this._outbox.length} sends already waiting (maxBuffered)`));
     }
     return new Promise((resolve, reject) => {
-      const item = { id, bytes, ack, urgent, resolve, reject };
+      const item = { id, bytes, ack, urgent, env, resolve, reject };
       const at = urgent ? this._outbox.findIndex((i) => !i.urgent) : -1;
       if (at === -1) this._outbox.push(item);
       else this._outbox.splice(at, 0, item);
@@ -2029,6 +2038,7 @@ var RelayPeer = class extends EventTarget {
         const item = this._acks.get(env.id);
         if (item) {
           this._acks.delete(env.id);
+          if (env.queued === true) this._rememberQueued(item.env);
           item.resolve({ id: env.id, queued: env.queued === true });
         }
         return;
@@ -2084,7 +2094,7 @@ var RelayPeer = class extends EventTarget {
     }
     const event = new RelayMessageEvent(env);
     if (env.rid !== void 0 && env.rid !== null) {
-      const handler = this._handlers.get(env.ev) ?? this._handlers.get("*");
+      const handler = this._handlers.get(env.ev ?? null) ?? this._handlers.get("*");
       if (handler) {
         Promise.resolve().then(() => handler(env.d, event)).then(
           (result) => this.reply(event, result),
@@ -2102,11 +2112,18 @@ var RelayPeer = class extends EventTarget {
       this._acks.delete(env.id);
       item.reject(err);
     } else if (env.id !== void 0 && err.code === "peer-offline") {
-      this.dispatchEvent(new UndeliveredEvent(err));
+      const original = this._queued.get(env.id);
+      this._queued.delete(env.id);
+      this.dispatchEvent(new UndeliveredEvent(err, original));
     } else {
       this._lastErr = err;
       this._dispatchError(err);
     }
+  }
+  /** Keeps the last queued sends, so an "undelivered" event can say what was lost. */
+  _rememberQueued(env) {
+    this._queued.set(env.id, { data: env.d, ev: env.ev });
+    if (this._queued.size > 256) this._queued.delete(this._queued.keys().next().value);
   }
   _settleRequest(rid, value, failed) {
     const req = this._requests.get(rid);

@@ -101,6 +101,7 @@ export class RelayPeer extends EventTarget {
     this._requests = new Map(); // rid -> {to, resolve, reject, timer}
     this._handlers = new Map(); // ev -> request handler
     this._rooms = new Map(); // room -> {presence}; rejoined after a non-resumed reconnect
+    this._queued = new Map(); // id -> {data, ev} of recent sends the relay queued
     this._retries = 0;
     this._welcomed = false;
     this._closing = null; // {code, reason} once close() was called
@@ -181,23 +182,28 @@ export class RelayPeer extends EventTarget {
         reject(new RequestTimeout(`no reply from ${to} within ${timeout} ms`));
       }, timeout);
       this._requests.set(rid, { to, resolve, reject, timer });
-      this.send(to, data, { ev, rid }).catch((err) => this._settleRequest(rid, err, true));
+      this.send(to, data, { ev, rid }).catch((err) => {
+        // Written but unanswered when the link dropped: it may have arrived,
+        // and the reply can still come after we resume, so keep waiting.
+        if (!(err instanceof ConnectionLost)) this._settleRequest(rid, err, true);
+      });
     });
   }
 
   /**
-   * Answers requests whose `ev` is `ev` (`"*"`: any request no other handler
-   * takes). The handler's return value (or promise) is the reply; if it
+   * Answers requests whose `ev` is `ev` (`null`: requests without `ev`;
+   * `"*"`: any request no other handler takes). The handler's return value (or promise) is the reply; if it
    * throws, the requester gets a RemoteError with its message. Requests with
    * no handler arrive as "message" events (answer them with `reply`).
-   * @param {string} ev
+   * @param {string | null} ev
    * @param {(data: any, msg: RelayMessageEvent) => unknown} handler
    * @returns {() => void} removes the handler
    */
   onRequest(ev, handler) {
-    this._handlers.set(ev, handler);
+    const key = ev ?? null;
+    this._handlers.set(key, handler);
     return () => {
-      if (this._handlers.get(ev) === handler) this._handlers.delete(ev);
+      if (this._handlers.get(key) === handler) this._handlers.delete(key);
     };
   }
 
@@ -384,7 +390,7 @@ export class RelayPeer extends EventTarget {
       return Promise.reject(new OfflineBufferFull(`${this._outbox.length} sends already waiting (maxBuffered)`));
     }
     return new Promise((resolve, reject) => {
-      const item = { id, bytes, ack, urgent, resolve, reject };
+      const item = { id, bytes, ack, urgent, env, resolve, reject };
       // Urgent items (rejoins after a reconnect) go ahead of buffered sends.
       const at = urgent ? this._outbox.findIndex((i) => !i.urgent) : -1;
       if (at === -1) this._outbox.push(item);
@@ -460,6 +466,7 @@ export class RelayPeer extends EventTarget {
         const item = this._acks.get(env.id);
         if (item) {
           this._acks.delete(env.id);
+          if (env.queued === true) this._rememberQueued(item.env);
           item.resolve({ id: env.id, queued: env.queued === true });
         }
         return;
@@ -526,7 +533,7 @@ export class RelayPeer extends EventTarget {
     const event = new RelayMessageEvent(env);
     // A request we have a handler for?
     if (env.rid !== undefined && env.rid !== null) {
-      const handler = this._handlers.get(env.ev) ?? this._handlers.get("*");
+      const handler = this._handlers.get(env.ev ?? null) ?? this._handlers.get("*");
       if (handler) {
         Promise.resolve()
           .then(() => handler(env.d, event))
@@ -549,11 +556,19 @@ export class RelayPeer extends EventTarget {
       item.reject(err);
     } else if (env.id !== undefined && err.code === "peer-offline") {
       // The second answer to a send that was `ok queued`: its target never resumed.
-      this.dispatchEvent(new UndeliveredEvent(err));
+      const original = this._queued.get(env.id);
+      this._queued.delete(env.id);
+      this.dispatchEvent(new UndeliveredEvent(err, original));
     } else {
       this._lastErr = err;
       this._dispatchError(err);
     }
+  }
+
+  /** Keeps the last queued sends, so an "undelivered" event can say what was lost. */
+  _rememberQueued(/** @type {any} */ env) {
+    this._queued.set(env.id, { data: env.d, ev: env.ev });
+    if (this._queued.size > 256) this._queued.delete(this._queued.keys().next().value);
   }
 
   _settleRequest(/** @type {unknown} */ rid, /** @type {unknown} */ value, /** @type {boolean} */ failed) {

@@ -89,14 +89,20 @@ export class RelayCloseEvent extends Event {
  * resuming) was dropped because the target never came back.
  */
 export class UndeliveredEvent extends Event {
-  /** @param {import("./errors.js").RelayError} error */
-  constructor(error) {
+  /**
+   * @param {import("./errors.js").RelayError} error
+   * @param {{data: unknown, ev?: string}} [original] the lost send, if still remembered
+   */
+  constructor(error, original) {
     super("undelivered");
     /** the `id` of the original request (as returned by `send`) */
     this.id = error.id;
     /** the target(s) that were not reached */
     this.to = error.to;
     this.error = error;
+    /** the original payload and ev (the client remembers its last 256 queued sends) */
+    this.data = original?.data;
+    this.ev = original?.ev;
   }
 }
 

@@ -95,7 +95,7 @@ export class RelayPeer extends EventTarget {
   join(room: string, opts?: { presence?: boolean }): Promise<SendResult>;
   leave(room: string): Promise<SendResult>;
   request<T = any>(to: string, data: unknown, opts?: { ev?: string; timeout?: number }): Promise<T>;
-  onRequest(ev: string, handler: (data: any, msg: RelayMessageEvent) => unknown): () => void;
+  onRequest(ev: string | null, handler: (data: any, msg: RelayMessageEvent) => unknown): () => void;
   reply(msg: RelayMessageEvent, data: unknown, opts?: { error?: boolean }): Promise<SendResult>;
   /** application-level ping; resolves with the round-trip time in ms */
   ping(opts?: { timeout?: number }): Promise<number>;
@@ -157,6 +157,9 @@ export class UndeliveredEvent extends Event {
   readonly id: unknown;
   readonly to: string | string[] | undefined;
   readonly error: PeerOffline;
+  /** the original payload, when still remembered (last 256 queued sends) */
+  readonly data: unknown;
+  readonly ev: string | undefined;
 }
 export class RelayErrorEvent extends Event {
   readonly error: Error;

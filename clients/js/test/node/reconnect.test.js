@@ -116,6 +116,7 @@ describe("reconnect and resume", () => {
     assert.equal(u.id, r.id);
     assert.equal(u.to, a.id);
     assert.equal(u.error.code, "peer-offline");
+    assert.equal(u.data, "never arrives");
 
     const reopened = nextEvent(a, "open");
     const presence = nextEvent(a, "presence", (p) => p.members);
