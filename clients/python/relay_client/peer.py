@@ -315,6 +315,8 @@ class Peer:
             self._close_error = exc
             raise
         self._apply_welcome(welcome)
+        self._conn = self._ws = conn
+        self._set_state(State.CONNECTED)
         self._runner = asyncio.create_task(self._run(conn), name=f"relay-peer-{self.id}")
         return self
 
@@ -825,9 +827,11 @@ class Peer:
 
     async def _run(self, conn: ClientConnection) -> None:
         """Serve connections until closed for good, reconnecting in between."""
+        restore = False  # the first session has nothing to restore
         try:
             while True:
-                code, reason = await self._serve(conn)
+                code, reason = await self._serve(conn, restore=restore)
+                restore = True
                 if self._closing:
                     return
                 if not self._reconnect or not should_reconnect(code):
@@ -847,13 +851,13 @@ class Peer:
             if self._conn is not None:
                 await self._conn.close()
 
-    async def _serve(self, conn: ClientConnection) -> tuple[int, str]:
+    async def _serve(self, conn: ClientConnection, *, restore: bool) -> tuple[int, str]:
         """Restore the session on ``conn``, then read until it closes."""
         self._conn = conn
         reader = asyncio.create_task(self._read(conn))
         try:
             welcome = self._welcome
-            if welcome is not None and not welcome.resumed:
+            if restore and welcome is not None and not welcome.resumed:
                 await self._rejoin(conn)
             while self._outbox and conn.state is WsState.OPEN:
                 out = self._outbox.popleft()
