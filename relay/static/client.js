@@ -2217,6 +2217,12 @@ var RelayPeer = class extends EventTarget {
 
 // src/webrtc.js
 var SIGNAL_EV = "webrtc.signal";
+var active = /* @__PURE__ */ new WeakMap();
+var activeFor = (peer) => {
+  let set = active.get(peer);
+  if (!set) active.set(peer, set = /* @__PURE__ */ new Set());
+  return set;
+};
 function openDataChannel(peer, remoteId, options = {}) {
   const {
     iceServers = [],
@@ -2236,6 +2242,8 @@ function openDataChannel(peer, remoteId, options = {}) {
     return Promise.reject(new TypeError("openDataChannel needs a connected peer and a different remote id"));
   }
   const polite = peer.id > remoteId;
+  const mine = activeFor(peer);
+  mine.add(remoteId);
   const sid = randomId();
   const pc = new PC({ ...rtcConfig, iceServers });
   let remoteSid = (
@@ -2278,6 +2286,7 @@ function openDataChannel(peer, remoteId, options = {}) {
     const onPeerClose = () => fail(new Error("relay connection closed"));
     peer.addEventListener("close", onPeerClose);
     function cleanup() {
+      mine.delete(remoteId);
       clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
       peer.removeEventListener("close", onPeerClose);
@@ -2287,6 +2296,7 @@ function openDataChannel(peer, remoteId, options = {}) {
       if (channel) return;
       channel = pc.createDataChannel(label, { ...channelOptions, negotiated: true, id: channelId });
       channel.binaryType = "arraybuffer";
+      channel.addEventListener("close", cleanup);
       channel.addEventListener("open", () => {
         if (settled) return;
         settled = true;
@@ -2313,8 +2323,9 @@ function openDataChannel(peer, remoteId, options = {}) {
       if (candidate) sendSignal({ candidate: candidate.toJSON() });
     };
     pc.onconnectionstatechange = () => {
-      if (pc.connectionState === "failed") fail(new Error(`WebRTC connection to ${remoteId} failed`));
-      if (pc.connectionState === "closed") cleanup();
+      if (pc.connectionState !== "failed" && pc.connectionState !== "closed") return;
+      if (settled) cleanup();
+      else fail(new Error(`WebRTC connection to ${remoteId} ${pc.connectionState}`));
     };
     function onMessage(e) {
       if (e.from !== remoteId || e.ev !== ev) return;
@@ -2356,6 +2367,20 @@ function openDataChannel(peer, remoteId, options = {}) {
     }
     sendSignal({ ready: true });
   });
+}
+function acceptDataChannels(peer, onChannel, options = {}) {
+  const ev = options.ev ?? SIGNAL_EV;
+  const onMessage = (e) => {
+    const body = e.data;
+    if (e.ev !== ev || !body || typeof body !== "object" || !body.ready || body.ack) return;
+    if (activeFor(peer).has(e.from) || options.accept && !options.accept(e.from)) return;
+    openDataChannel(peer, e.from, options).then(
+      (result) => onChannel(result, e.from),
+      (err) => options.onError?.(err, e.from)
+    );
+  };
+  peer.addEventListener("message", onMessage);
+  return () => peer.removeEventListener("message", onMessage);
 }
 function plainDescription(d) {
   return d ? { type: d.type, sdp: d.sdp } : null;
@@ -2399,6 +2424,7 @@ export {
   Unauthorized,
   UndeliveredEvent,
   UnknownType,
+  acceptDataChannels,
   backoffDelay,
   connect,
   errorFromEnvelope,

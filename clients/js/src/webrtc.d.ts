@@ -30,3 +30,13 @@ export interface DataChannelResult {
 }
 
 export function openDataChannel(peer: RelayPeer, remoteId: string, options?: DataChannelOptions): Promise<DataChannelResult>;
+
+export function acceptDataChannels(
+  peer: RelayPeer,
+  onChannel: (result: DataChannelResult, remoteId: string) => void,
+  options?: DataChannelOptions & {
+    /** who may connect (default: anyone) */
+    accept?: (remoteId: string) => boolean;
+    onError?: (err: Error, remoteId: string) => void;
+  },
+): () => void;

@@ -16,6 +16,15 @@
 /** Default signaling `ev`. */
 export const SIGNAL_EV = "webrtc.signal";
 
+/** Remote ids with an attempt in progress or a live connection, per relay peer. */
+const active = new WeakMap();
+/** @param {object} peer @returns {Set<string>} */
+const activeFor = (peer) => {
+  let set = active.get(peer);
+  if (!set) active.set(peer, (set = new Set()));
+  return set;
+};
+
 /**
  * @typedef {object} DataChannelOptions
  * @property {RTCIceServer[]} [iceServers] default [] (host candidates: enough on one machine or LAN)
@@ -59,6 +68,8 @@ export function openDataChannel(peer, remoteId, options = {}) {
   // Deterministic roles: both sides compute the same answer from the two ids.
   // The polite side yields when both send offers at once.
   const polite = peer.id > remoteId;
+  const mine = activeFor(peer);
+  mine.add(remoteId);
   const sid = randomId();
   const pc = new PC({ ...rtcConfig, iceServers });
   let remoteSid = /** @type {string | null} */ (null);
@@ -97,6 +108,7 @@ export function openDataChannel(peer, remoteId, options = {}) {
     peer.addEventListener("close", onPeerClose);
 
     function cleanup() {
+      mine.delete(remoteId);
       clearTimeout(timer);
       signal?.removeEventListener("abort", onAbort);
       peer.removeEventListener("close", onPeerClose);
@@ -110,6 +122,7 @@ export function openDataChannel(peer, remoteId, options = {}) {
       // neither waits for the other's ondatachannel.
       channel = pc.createDataChannel(label, { ...channelOptions, negotiated: true, id: channelId });
       channel.binaryType = "arraybuffer";
+      channel.addEventListener("close", cleanup);
       channel.addEventListener("open", () => {
         if (settled) return;
         settled = true;
@@ -136,8 +149,9 @@ export function openDataChannel(peer, remoteId, options = {}) {
       if (candidate) sendSignal({ candidate: candidate.toJSON() });
     };
     pc.onconnectionstatechange = () => {
-      if (pc.connectionState === "failed") fail(new Error(`WebRTC connection to ${remoteId} failed`));
-      if (pc.connectionState === "closed") cleanup();
+      if (pc.connectionState !== "failed" && pc.connectionState !== "closed") return;
+      if (settled) cleanup(); // stop signaling for a connection that is over
+      else fail(new Error(`WebRTC connection to ${remoteId} ${pc.connectionState}`));
     };
 
     /** @param {any} e a relay "message" event */
@@ -187,6 +201,31 @@ export function openDataChannel(peer, remoteId, options = {}) {
     // already listening, otherwise its own "ready" reaches us later.
     sendSignal({ ready: true });
   });
+}
+
+/**
+ * Answers other peers' `openDataChannel` calls: when a peer announces itself
+ * ("ready") and no attempt with it is in progress, calls `openDataChannel`
+ * towards it and hands the result to `onChannel`.
+ * @param {import("./client.js").RelayPeer} peer
+ * @param {(result: {pc: RTCPeerConnection, channel: RTCDataChannel, polite: boolean, close: () => void}, remoteId: string) => void} onChannel
+ * @param {DataChannelOptions & {accept?: (remoteId: string) => boolean, onError?: (err: Error, remoteId: string) => void}} [options]
+ *   `accept` filters who may connect (default: anyone)
+ * @returns {() => void} stops accepting
+ */
+export function acceptDataChannels(peer, onChannel, options = {}) {
+  const ev = options.ev ?? SIGNAL_EV;
+  const onMessage = (/** @type {any} */ e) => {
+    const body = e.data;
+    if (e.ev !== ev || !body || typeof body !== "object" || !body.ready || body.ack) return;
+    if (activeFor(peer).has(e.from) || (options.accept && !options.accept(e.from))) return;
+    openDataChannel(peer, e.from, options).then(
+      (result) => onChannel(result, e.from),
+      (err) => options.onError?.(err, e.from),
+    );
+  };
+  peer.addEventListener("message", onMessage);
+  return () => peer.removeEventListener("message", onMessage);
 }
 
 /** RTCSessionDescription -> plain map msgpack can encode. */

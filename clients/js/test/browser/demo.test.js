@@ -1,0 +1,146 @@
+// Real-browser test: Debian's chromium (driven by playwright-core, which
+// never downloads a browser) loads the demo page the relay serves at "/",
+// two pages chat through the relay, then open a WebRTC data channel to each
+// other with the relay as signaling and talk over it.
+import assert from "node:assert/strict";
+import { existsSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { after, afterEach, before, describe, test } from "node:test";
+import { chromium } from "playwright-core";
+import { REPO, peer, startRelay, uid } from "../helpers.js";
+
+const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
+const RESULTS = join(REPO, "clients", "js", "test-results");
+const ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--no-first-run",
+  "--disable-sync",
+];
+
+describe("demo page in chromium", () => {
+  /** @type {Awaited<ReturnType<typeof startRelay>>} */
+  let relay;
+  /** @type {import("playwright-core").Browser} */
+  let browser;
+  /** @type {import("playwright-core").Page[]} */
+  let pages = [];
+
+  before(async () => {
+    assert.ok(
+      existsSync(CHROMIUM),
+      `no browser at ${CHROMIUM}: install Debian's "chromium" package (apt-get install chromium) or set CHROMIUM_PATH`,
+    );
+    mkdirSync(RESULTS, { recursive: true });
+    relay = await startRelay();
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true });
+  });
+  afterEach(async (t) => {
+    // Keep a picture of every page when something went wrong.
+    // @ts-ignore -- node:test exposes the outcome only on the context object
+    const failed = t.passed === false || t.error;
+    for (const [i, page] of pages.entries()) {
+      if (failed && !page.isClosed()) {
+        await page.screenshot({ path: join(RESULTS, `failure-${t.name.replace(/\W+/g, "_")}-${i}.png`), fullPage: true });
+      }
+      await page.context().close();
+    }
+    pages = [];
+  });
+  after(async () => {
+    await browser?.close();
+    await relay?.stop();
+  });
+
+  async function openPage(/** @type {{width: number, height: number}} */ viewport = { width: 1280, height: 800 }) {
+    const context = await browser.newContext({ viewport });
+    const page = await context.newPage();
+    pages.push(page);
+    const errors = [];
+    page.on("pageerror", (e) => errors.push(e));
+    page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
+    const res = await page.goto(`${relay.httpUrl}/`);
+    assert.equal(res?.status(), 200, "the relay serves the demo at /");
+    return { page, errors };
+  }
+
+  async function joinAs(/** @type {import("playwright-core").Page} */ page, /** @type {string} */ id, /** @type {string} */ room) {
+    await page.fill("#peer-id", id);
+    await page.fill("#room", room);
+    await page.click("#connect");
+    await page.waitForSelector('#status[data-state="open"]');
+    await page.waitForSelector(`#members li[data-peer="${id}"]`);
+  }
+
+  test("two pages chat through the relay, then over a WebRTC data channel", async () => {
+    const room = uid("room");
+    const alice = uid("alice");
+    const bob = uid("bob");
+    const a = await openPage();
+    const b = await openPage();
+    await joinAs(a.page, alice, room);
+    await joinAs(b.page, bob, room);
+    await a.page.waitForSelector(`#members li[data-peer="${bob}"]`);
+
+    // chat through the relay
+    await a.page.fill("#chat-input", "hello bob, via the relay");
+    await a.page.click("#chat-send");
+    await b.page.waitForSelector('#chat-log li:has-text("hello bob, via the relay")');
+    await b.page.fill("#chat-input", "hi alice!");
+    await b.page.press("#chat-input", "Enter");
+    await a.page.waitForSelector('#chat-log li:has-text("hi alice!")');
+
+    // direct channel: alice presses "Direct" next to bob; bob's page accepts
+    await a.page.click(`#members li[data-peer="${bob}"] button`);
+    await a.page.waitForSelector('#rtc-status[data-state="open"]', { timeout: 20_000 });
+    await b.page.waitForSelector('#rtc-status[data-state="open"]', { timeout: 20_000 });
+    await a.page.fill("#rtc-input", "peer-to-peer hello");
+    await a.page.click("#rtc-send");
+    await b.page.waitForSelector('#rtc-log li:has-text("peer-to-peer hello")');
+    await b.page.fill("#rtc-input", "and back");
+    await b.page.press("#rtc-input", "Enter");
+    await a.page.waitForSelector('#rtc-log li:has-text("and back")');
+
+    // the channel is really peer-to-peer: its messages never went through the relay
+    const chatLines = await b.page.locator("#chat-log li").allTextContents();
+    assert.ok(!chatLines.some((t) => t.includes("peer-to-peer hello")));
+
+    await a.page.screenshot({ path: join(RESULTS, "demo.png") });
+    await b.page.setViewportSize({ width: 390, height: 844 });
+    await b.page.screenshot({ path: join(RESULTS, "demo-mobile.png"), fullPage: true });
+    assert.deepEqual(a.errors, []);
+    assert.deepEqual(b.errors, []);
+  });
+
+  test("the served bundle works as a plain ES module: import {connect} from '/client.js'", async () => {
+    const { page } = await openPage();
+    const node = await peer(relay.url, { id: uid("node") });
+    node.onRequest("reverse", (d) => Uint8Array.from(d).reverse());
+    try {
+      const result = await page.evaluate(
+        async ({ url, target }) => {
+          // @ts-ignore -- resolved by the browser against the relay
+          const { connect, PeerOffline, RemoteError } = await import("/client.js");
+          const p = await connect(url, {});
+          const reversed = await p.request(target, new Uint8Array([1, 2, 3]), { ev: "reverse" });
+          const offline = await p.send("nobody-" + Date.now(), 1).catch((/** @type {any} */ e) => e instanceof PeerOffline);
+          const remote = await p.request(target, 1, { ev: "missing", timeout: 300 }).catch((/** @type {any} */ e) => e.name);
+          const rtt = await p.ping();
+          await p.close();
+          return { isBytes: reversed instanceof Uint8Array, reversed: Array.from(reversed), offline, remote, rtt, id: p.id, RemoteError: typeof RemoteError };
+        },
+        { url: relay.url, target: node.id },
+      );
+      assert.equal(result.isBytes, true);
+      assert.deepEqual(result.reversed, [3, 2, 1]);
+      assert.equal(result.offline, true);
+      assert.equal(result.remote, "RequestTimeout");
+      assert.ok(result.rtt >= 0);
+      assert.match(result.id, /^[A-Za-z0-9_.:~-]+$/);
+    } finally {
+      await node.close();
+    }
+  });
+});

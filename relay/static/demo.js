@@ -1,0 +1,231 @@
+// The relay demo page: room chat through the relay, plus a direct WebRTC
+// data channel between two members, signaled through the relay.
+// Everything comes from the browser bundle the relay serves at /client.js.
+import { acceptDataChannels, connect, openDataChannel } from "./client.js";
+
+const $ = (/** @type {string} */ sel) => /** @type {HTMLElement} */ (document.querySelector(sel));
+const params = new URLSearchParams(location.search);
+
+// The relay's WebSocket: same host as the page, unless ?relay=ws://... says otherwise.
+const relayUrl = params.get("relay") || new URL("v1/ws", location.href).href.replace(/^http/, "ws");
+
+/** @type {import("./client.js").RelayPeer | null} */
+let peer = null;
+let room = "";
+/** @type {Set<string>} */
+const members = new Set();
+/** @type {{remote: string, channel: RTCDataChannel, close: () => void} | null} */
+let direct = null;
+let stopAccepting = () => {};
+
+const ui = {
+  form: /** @type {HTMLFormElement} */ ($("#join-form")),
+  id: /** @type {HTMLInputElement} */ ($("#peer-id")),
+  room: /** @type {HTMLInputElement} */ ($("#room")),
+  connect: /** @type {HTMLButtonElement} */ ($("#connect")),
+  disconnect: /** @type {HTMLButtonElement} */ ($("#disconnect")),
+  status: $("#status"),
+  roomName: $("#room-name"),
+  chatLog: $("#chat-log"),
+  chatForm: /** @type {HTMLFormElement} */ ($("#chat-form")),
+  chatInput: /** @type {HTMLInputElement} */ ($("#chat-input")),
+  chatSend: /** @type {HTMLButtonElement} */ ($("#chat-send")),
+  members: $("#members"),
+  memberCount: $("#member-count"),
+  rtcStatus: $("#rtc-status"),
+  rtcLog: $("#rtc-log"),
+  rtcForm: /** @type {HTMLFormElement} */ ($("#rtc-form")),
+  rtcInput: /** @type {HTMLInputElement} */ ($("#rtc-input")),
+  rtcSend: /** @type {HTMLButtonElement} */ ($("#rtc-send")),
+};
+
+ui.id.value = params.get("id") || `guest-${Math.random().toString(36).slice(2, 6)}`;
+if (params.get("room")) ui.room.value = /** @type {string} */ (params.get("room"));
+
+function setStatus(/** @type {string} */ state, /** @type {string} */ text) {
+  ui.status.dataset.state = state;
+  ui.status.textContent = text;
+}
+
+/** Appends a line to a log; text only (never HTML), so payloads cannot inject markup. */
+function log(/** @type {HTMLElement} */ list, /** @type {string} */ text, { who = "", kind = "" } = {}) {
+  const li = document.createElement("li");
+  if (kind) li.className = kind;
+  if (who) {
+    const name = document.createElement("span");
+    name.className = "who";
+    name.textContent = who;
+    li.append(name);
+  }
+  li.append(text);
+  list.append(li);
+  list.scrollTop = list.scrollHeight;
+}
+
+const show = (/** @type {unknown} */ data) => (typeof data === "string" ? data : JSON.stringify(data));
+
+function renderMembers() {
+  ui.members.replaceChildren();
+  for (const id of [...members].sort()) {
+    const li = document.createElement("li");
+    li.dataset.peer = id;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = id;
+    li.append(name);
+    if (id === peer?.id) {
+      const you = document.createElement("span");
+      you.className = "you";
+      you.textContent = "you";
+      li.append(you);
+    } else {
+      const button = document.createElement("button");
+      button.className = "small";
+      button.type = "button";
+      button.textContent = direct?.remote === id ? "Connected" : "Direct";
+      button.disabled = direct?.remote === id;
+      button.addEventListener("click", () => startDirect(id));
+      li.append(button);
+    }
+    ui.members.append(li);
+  }
+  ui.memberCount.textContent = String(members.size);
+}
+
+function setChatEnabled(/** @type {boolean} */ on) {
+  ui.chatInput.disabled = ui.chatSend.disabled = !on;
+  ui.connect.hidden = on;
+  ui.disconnect.hidden = !on;
+  ui.id.disabled = ui.room.disabled = on;
+}
+
+function setRtc(/** @type {string} */ state, /** @type {string} */ text) {
+  ui.rtcStatus.dataset.state = state;
+  ui.rtcStatus.textContent = text;
+  ui.rtcInput.disabled = ui.rtcSend.disabled = state !== "open";
+}
+
+/** Wires an open data channel into the page. */
+function useChannel(/** @type {{channel: RTCDataChannel, polite: boolean, close: () => void}} */ result, /** @type {string} */ remote) {
+  direct?.close();
+  direct = { remote, channel: result.channel, close: result.close };
+  setRtc("open", `Direct channel open with ${remote} (peer-to-peer, ${result.polite ? "polite" : "impolite"} side)`);
+  result.channel.addEventListener("message", (e) => log(ui.rtcLog, String(e.data), { who: remote }));
+  result.channel.addEventListener("close", () => {
+    if (direct?.channel !== result.channel) return;
+    direct = null;
+    setRtc("idle", `Direct channel with ${remote} closed.`);
+    renderMembers();
+  });
+  renderMembers();
+}
+
+async function startDirect(/** @type {string} */ remote) {
+  setRtc("connecting", `Connecting to ${remote}…`);
+  try {
+    useChannel(await openDataChannel(/** @type {any} */ (peer), remote, { timeout: 20_000 }), remote);
+  } catch (err) {
+    setRtc("failed", `Could not open a channel to ${remote}: ${err instanceof Error ? err.message : err}`);
+  }
+}
+
+ui.form.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  if (!ui.form.reportValidity()) return;
+  ui.connect.disabled = true;
+  setStatus("connecting", "connecting…");
+  try {
+    peer = await connect(relayUrl, { id: ui.id.value.trim() });
+  } catch (err) {
+    setStatus("closed", `could not connect: ${err instanceof Error ? err.message : err}`);
+    ui.connect.disabled = false;
+    return;
+  }
+  const p = peer;
+  room = ui.room.value.trim();
+  ui.roomName.textContent = room;
+  setStatus("open", `${p.id} · connected`);
+
+  p.addEventListener("state", (ev) => {
+    if (ev.state === "reconnecting") setStatus("reconnecting", "reconnecting…");
+  });
+  p.addEventListener("open", (ev) => {
+    setStatus("open", `${p.id} · connected`);
+    log(ui.chatLog, ev.resumed ? "reconnected (session resumed)" : "reconnected", { kind: "system" });
+  });
+  p.addEventListener("close", (ev) => {
+    setStatus("closed", `disconnected (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`);
+    setChatEnabled(false);
+    members.clear();
+    renderMembers();
+    ui.connect.disabled = false;
+    stopAccepting();
+  });
+  p.addEventListener("presence", (ev) => {
+    if (ev.room !== room) return;
+    if (ev.members) {
+      members.clear();
+      for (const m of ev.members) members.add(m);
+    } else if (ev.event === "join") {
+      members.add(ev.peer);
+      log(ui.chatLog, `${ev.peer} joined`, { kind: "system" });
+    } else {
+      members.delete(ev.peer);
+      log(ui.chatLog, `${ev.peer} left`, { kind: "system" });
+    }
+    renderMembers();
+  });
+  p.addEventListener("message", (ev) => {
+    if (ev.room === room && ev.ev === "chat") {
+      const mine = ev.from === p.id;
+      log(ui.chatLog, show(ev.data), { who: mine ? "you" : ev.from, kind: mine ? "mine" : "" });
+    }
+  });
+  // Someone pressed "Direct" on us: answer with our side of the negotiation.
+  stopAccepting = acceptDataChannels(p, (result, remote) => useChannel(result, remote), {
+    accept: (remote) => members.has(remote),
+    onError: (err, remote) => setRtc("failed", `Channel from ${remote} failed: ${err.message}`),
+  });
+
+  try {
+    await p.join(room, { presence: true });
+  } catch (err) {
+    setStatus("closed", `could not join ${room}: ${err instanceof Error ? err.message : err}`);
+    await p.close();
+    return;
+  }
+  setChatEnabled(true);
+  ui.connect.disabled = false;
+  log(ui.chatLog, `you joined ${room} as ${p.id}`, { kind: "system" });
+  ui.chatInput.focus();
+});
+
+ui.disconnect.addEventListener("click", () => {
+  direct?.close();
+  peer?.close();
+});
+
+ui.chatForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const text = ui.chatInput.value.trim();
+  if (!text || !peer) return;
+  ui.chatInput.value = "";
+  try {
+    // echo: our own line comes back through the relay, in room order
+    await peer.publish(room, text, { ev: "chat", echo: true });
+  } catch (err) {
+    log(ui.chatLog, `not sent: ${err instanceof Error ? err.message : err}`, { kind: "system" });
+  }
+});
+
+ui.rtcForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const text = ui.rtcInput.value.trim();
+  if (!text || !direct) return;
+  direct.channel.send(text);
+  log(ui.rtcLog, text, { who: "you", kind: "mine" });
+  ui.rtcInput.value = "";
+});
+
+// Let tests and the curious reach the live peer from the console.
+Object.defineProperty(window, "relayPeer", { get: () => peer });
