@@ -1664,6 +1664,7 @@ var DEFAULTS = {
 };
 var noop = () => {
 };
+var payload = (data) => data === void 0 ? null : data instanceof ArrayBuffer ? new Uint8Array(data) : data;
 function connect(url, options = {}) {
   const peer = new RelayPeer(url, options);
   return peer._start();
@@ -1725,7 +1726,7 @@ var RelayPeer = class extends EventTarget {
    *   `queued` when a target is resuming (see the "undelivered" event)
    */
   send(to, data, { ev, ack = true, rid, re } = {}) {
-    return this._submit({ type: "send", to, d: data === void 0 ? null : data, ev, rid, re }, ack);
+    return this._submit({ type: "send", to, d: payload(data), ev, rid, re }, ack);
   }
   /**
    * Delivers `data` to every member of `room` (not to us unless `echo`).
@@ -1734,7 +1735,7 @@ var RelayPeer = class extends EventTarget {
    * @param {{ev?: string, echo?: boolean, ack?: boolean}} [opts]
    */
   publish(room, data, { ev, echo, ack = true } = {}) {
-    return this._submit({ type: "pub", room, d: data === void 0 ? null : data, ev, echo }, ack);
+    return this._submit({ type: "pub", room, d: payload(data), ev, echo }, ack);
   }
   /**
    * Joins `room`; with `presence`, "presence" events follow for it. Rooms
@@ -1802,7 +1803,7 @@ var RelayPeer = class extends EventTarget {
    */
   reply(msg, data, { error = false } = {}) {
     if (msg.rid === void 0 || msg.rid === null) throw new TypeError("message is not a request (no rid)");
-    const env = error ? { type: "send", to: msg.from, re: msg.rid, ev: ERROR_EV, d: String(data) } : { type: "send", to: msg.from, re: msg.rid, d: data === void 0 ? null : data };
+    const env = error ? { type: "send", to: msg.from, re: msg.rid, ev: ERROR_EV, d: String(data) } : { type: "send", to: msg.from, re: msg.rid, d: payload(data) };
     return this._submit(env, false);
   }
   /**

@@ -49,6 +49,16 @@ const DEFAULTS = {
 const noop = () => {};
 
 /**
+ * The `d` of an envelope: `undefined` becomes nil (the relay wants a `d`),
+ * and a bare ArrayBuffer becomes a Uint8Array, because @msgpack/msgpack
+ * encodes only typed arrays/DataViews as bin (an ArrayBuffer would turn into
+ * an empty map). Nested ArrayBuffers are the caller's to wrap.
+ * @param {unknown} data
+ */
+const payload = (data) =>
+  data === undefined ? null : data instanceof ArrayBuffer ? new Uint8Array(data) : data;
+
+/**
  * Connects to a relay and resolves once it has welcomed us.
  * Rejects (typed error) if the first connection attempt fails; later drops
  * are retried according to the options.
@@ -129,7 +139,7 @@ export class RelayPeer extends EventTarget {
    *   `queued` when a target is resuming (see the "undelivered" event)
    */
   send(to, data, { ev, ack = true, rid, re } = {}) {
-    return this._submit({ type: "send", to, d: data === undefined ? null : data, ev, rid, re }, ack);
+    return this._submit({ type: "send", to, d: payload(data), ev, rid, re }, ack);
   }
 
   /**
@@ -139,7 +149,7 @@ export class RelayPeer extends EventTarget {
    * @param {{ev?: string, echo?: boolean, ack?: boolean}} [opts]
    */
   publish(room, data, { ev, echo, ack = true } = {}) {
-    return this._submit({ type: "pub", room, d: data === undefined ? null : data, ev, echo }, ack);
+    return this._submit({ type: "pub", room, d: payload(data), ev, echo }, ack);
   }
 
   /**
@@ -217,7 +227,7 @@ export class RelayPeer extends EventTarget {
     if (msg.rid === undefined || msg.rid === null) throw new TypeError("message is not a request (no rid)");
     const env = error
       ? { type: "send", to: msg.from, re: msg.rid, ev: ERROR_EV, d: String(data) }
-      : { type: "send", to: msg.from, re: msg.rid, d: data === undefined ? null : data };
+      : { type: "send", to: msg.from, re: msg.rid, d: payload(data) };
     return this._submit(env, false);
   }
 

@@ -79,6 +79,10 @@ describe("relay-client against a relay", () => {
       assert.deepEqual(m.data, payloads[i]);
     });
     assert.ok(got.at(-1).data instanceof Uint8Array);
+    // a bare ArrayBuffer payload is sent as bin too
+    const ab = nextEvent(b, "message", (m) => m.ev === "ab");
+    await a.send(b.id ?? "", new Uint8Array([5, 6]).buffer, { ev: "ab" });
+    assert.deepEqual((await ab).data, new Uint8Array([5, 6]));
   });
 
   test("send to an offline peer rejects with PeerOffline; multi-target lists the unreached", async () => {
