@@ -168,6 +168,7 @@ class Peer:
         open_timeout: float = 10.0,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
+        close_timeout: float | None = 5.0,
         max_size: int | None = 2**24,
     ) -> None:
         """See :func:`connect` for the meaning of the arguments."""
@@ -193,6 +194,7 @@ class Peer:
         self._open_timeout = open_timeout
         self._ping_interval = ping_interval
         self._ping_timeout = ping_timeout
+        self._close_timeout = close_timeout
         self._max_size = max_size
 
         self._state = State.CONNECTING
@@ -768,6 +770,7 @@ class Peer:
                 open_timeout=self._open_timeout,
                 ping_interval=self._ping_interval,
                 ping_timeout=self._ping_timeout,
+                close_timeout=self._close_timeout,
                 max_size=self._max_size,
                 proxy=None,
             )
@@ -855,35 +858,49 @@ class Peer:
         """Restore the session on ``conn``, then read until it closes."""
         self._conn = conn
         reader = asyncio.create_task(self._read(conn))
+        restoring = asyncio.create_task(self._restore(conn, restore=restore))
         try:
-            welcome = self._welcome
-            if restore and welcome is not None and not welcome.resumed:
-                await self._rejoin(conn)
-            while self._outbox and conn.state is WsState.OPEN:
-                out = self._outbox.popleft()
-                if out.pending is not None and out.pending.future.done():
-                    continue
-                await self._transmit(conn, out)
-            if conn.state is WsState.OPEN and not self._closing:
-                self._ws = conn
-                self._set_state(State.CONNECTED)
+            await asyncio.wait({reader, restoring}, return_when=asyncio.FIRST_COMPLETED)
+            if restoring.done():
+                restoring.result()
             return await reader
         finally:
             self._ws = None
-            if not reader.done():
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+            for task in (restoring, reader):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+    async def _restore(self, conn: ClientConnection, *, restore: bool) -> None:
+        """Rejoin rooms if the relay did not keep them, flush the offline buffer, go live."""
+        welcome = self._welcome
+        if restore and welcome is not None and not welcome.resumed:
+            await self._rejoin(conn)
+        while self._outbox and conn.state is WsState.OPEN:
+            out = self._outbox.popleft()
+            if out.pending is not None and out.pending.future.done():
+                continue
+            await self._transmit(conn, out)
+        if conn.state is WsState.OPEN and not self._closing:
+            self._ws = conn
+            self._set_state(State.CONNECTED)
 
     async def _rejoin(self, conn: ClientConnection) -> None:
+        """Join the remembered rooms again and wait for the relay's answers, so
+        that buffered publishes and the CONNECTED state come after them."""
+        futures: list[asyncio.Future[Any]] = []
         for room, presence in list(self._rooms.items()):
             envelope: dict[str, Any] = {"type": "join", "room": room, "id": next(self._ids)}
             envelope["presence"] = presence or None
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.add_done_callback(self._rejoined(room))
+            futures.append(future)
             await self._transmit(
                 conn, _Outgoing(envelope, pack(envelope), _Pending(future, "join", envelope))
             )
+        if futures:
+            await asyncio.gather(*futures, return_exceptions=True)
 
     def _rejoined(self, room: str) -> Callable[[asyncio.Future[Any]], None]:
         def done(future: asyncio.Future[Any]) -> None:
@@ -1201,6 +1218,7 @@ def connect(
     open_timeout: float = 10.0,
     ping_interval: float | None = 20.0,
     ping_timeout: float | None = 20.0,
+    close_timeout: float | None = 5.0,
     max_size: int | None = 2**24,
 ) -> _Connector:
     """Connect to the relay at ``url`` as peer ``id``.
@@ -1228,7 +1246,9 @@ def connect(
         open_timeout: timeout for the WebSocket handshake and the welcome.
         ping_interval: seconds between WebSocket keepalive pings (``None``: off).
         ping_timeout: seconds to wait for a keepalive pong before the link is
-            declared dead and a reconnect starts.
+            declared dead; after that the client waits up to ``close_timeout``
+            for the closing handshake, then drops the socket and reconnects.
+        close_timeout: seconds to wait for the closing handshake (``None``: no limit).
         max_size: largest incoming frame in bytes (``None``: no limit).
 
     Raises:
@@ -1253,6 +1273,7 @@ def connect(
             open_timeout=open_timeout,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
+            close_timeout=close_timeout,
             max_size=max_size,
         )
     )

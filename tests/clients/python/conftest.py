@@ -66,48 +66,49 @@ class Proxy:
         self._flowing.set()
 
     async def close(self) -> None:
+        self.refusing = True
+        self.thaw()
         self.sever()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):
-                await task
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        with contextlib.suppress(asyncio.CancelledError):  # asyncio 3.11 logs cancelled handlers
+            await self._forward(reader, writer)
+        self._tasks.discard(task)
+
+    async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            writer.transport.abort()
+            return
         try:
-            if self.refusing:
-                writer.transport.abort()
-                return
-            try:
-                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-            except OSError:
-                writer.transport.abort()
-                return
-            self.accepted += 1
-            self._writers.update((writer, up_writer))
-            pipes = [
-                asyncio.create_task(self._pipe(reader, up_writer)),
-                asyncio.create_task(self._pipe(up_reader, writer)),
-            ]
-            try:
-                await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for pipe in pipes:
-                    pipe.cancel()
-                for pipe in pipes:
-                    with contextlib.suppress(BaseException):
-                        await pipe
-                for w in (writer, up_writer):
-                    self._writers.discard(w)
-                    w.transport.abort()
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self.accepted += 1
+        self._writers.update((writer, up_writer))
+        pipes = [
+            asyncio.create_task(self._pipe(reader, up_writer)),
+            asyncio.create_task(self._pipe(up_reader, writer)),
+        ]
+        try:
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._tasks.discard(task)
+            for pipe in pipes:
+                pipe.cancel()
+            for pipe in pipes:
+                with contextlib.suppress(BaseException):
+                    await pipe
+            for w in (writer, up_writer):
+                self._writers.discard(w)
+                w.transport.abort()
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError, OSError):
