@@ -1664,6 +1664,7 @@ var DEFAULTS = {
 };
 var noop = () => {
 };
+var STABLE_MS = 5e3;
 var payload = (data) => data === void 0 ? null : data instanceof ArrayBuffer ? new Uint8Array(data) : data;
 function connect(url, options = {}) {
   const peer = new RelayPeer(url, options);
@@ -1704,6 +1705,7 @@ var RelayPeer = class extends EventTarget {
     this._queued = /* @__PURE__ */ new Map();
     this._retries = 0;
     this._welcomed = false;
+    this._welcomedAt = 0;
     this._closing = null;
     this._lastErr = void 0;
     this._timers = { retry: 0, connect: 0, heartbeat: 0, pump: 0, closeFallback: 0 };
@@ -2065,7 +2067,7 @@ var RelayPeer = class extends EventTarget {
     this.node = env.node;
     const first = !this._welcomed;
     this._welcomed = true;
-    this._retries = 0;
+    this._welcomedAt = performance.now();
     this._lastErr = void 0;
     const resumed = env.resumed === true;
     const { rate_per_second: rate, rate_burst: burst } = this.limits;
@@ -2163,23 +2165,25 @@ var RelayPeer = class extends EventTarget {
     clearInterval(this._timers.heartbeat);
     clearTimeout(this._timers.pump);
     this._timers.pump = 0;
+    if (this._welcomed && performance.now() - this._welcomedAt >= STABLE_MS) this._retries = 0;
+    let end = null;
+    if (this._closing) {
+      const { code: c, reason: r } = this._closing;
+      end = [c, r, new ConnectionClosed(c, r)];
+    } else if (!this._welcomed) {
+      end = [code, reason, this._lastErr ?? new ConnectionClosed(code, reason || "could not connect")];
+    } else if (!this._opts.reconnect || !shouldReconnect(code) || this._retries >= this._opts.maxRetries) {
+      end = [code, reason, new ConnectionClosed(code, reason, { cause: this._lastErr })];
+    }
+    if (end) {
+      this._finish(...end);
+      return;
+    }
     const lost = new ConnectionLost();
     for (const item of this._acks.values()) item.reject(lost);
     this._acks.clear();
     for (const p of this._pings.values()) p.reject(lost);
     this._pings.clear();
-    if (this._closing) {
-      this._finish(this._closing.code, this._closing.reason, new ConnectionClosed(this._closing.code, this._closing.reason));
-      return;
-    }
-    if (!this._welcomed) {
-      this._finish(code, reason, this._lastErr ?? new ConnectionClosed(code, reason || "could not connect"));
-      return;
-    }
-    if (!this._opts.reconnect || !shouldReconnect(code) || this._retries >= this._opts.maxRetries) {
-      this._finish(code, reason, new ConnectionClosed(code, reason, { cause: this._lastErr }));
-      return;
-    }
     const delay = backoffDelay(this._retries++, this._opts.backoff);
     this._setState("reconnecting");
     this.dispatchEvent(new DisconnectEvent(code, reason, delay));

@@ -48,6 +48,9 @@ const DEFAULTS = {
 
 const noop = () => {};
 
+/** A session up this long (ms) counts as stable: the backoff starts over after it. */
+const STABLE_MS = 5000;
+
 /**
  * The `d` of an envelope: `undefined` becomes nil (the relay wants a `d`),
  * and a bare ArrayBuffer becomes a Uint8Array, because @msgpack/msgpack
@@ -112,8 +115,9 @@ export class RelayPeer extends EventTarget {
     this._handlers = new Map(); // ev -> request handler
     this._rooms = new Map(); // room -> {presence}; rejoined after a non-resumed reconnect
     this._queued = new Map(); // id -> {data, ev} of recent sends the relay queued
-    this._retries = 0;
+    this._retries = 0; // reconnect attempts since the last stable session
     this._welcomed = false;
+    this._welcomedAt = 0;
     this._closing = null; // {code, reason} once close() was called
     this._lastErr = undefined; // id-less err received on the current socket
     this._timers = { retry: 0, connect: 0, heartbeat: 0, pump: 0, closeFallback: 0 };
@@ -504,7 +508,7 @@ export class RelayPeer extends EventTarget {
     this.node = env.node;
     const first = !this._welcomed;
     this._welcomed = true;
-    this._retries = 0;
+    this._welcomedAt = performance.now();
     this._lastErr = undefined;
     const resumed = env.resumed === true;
     const { rate_per_second: rate, rate_burst: burst } = this.limits;
@@ -625,27 +629,33 @@ export class RelayPeer extends EventTarget {
     clearInterval(this._timers.heartbeat);
     clearTimeout(this._timers.pump);
     this._timers.pump = 0;
+    // The backoff restarts only after a session that stayed up a while: a
+    // relay that welcomes and at once closes again (4029, 4008...) must not
+    // be redialled in a tight loop.
+    if (this._welcomed && performance.now() - this._welcomedAt >= STABLE_MS) this._retries = 0;
+    // Terminal? Then _finish rejects everything pending with the close error.
+    /** @type {[number, string, Error] | null} */
+    let end = null;
+    if (this._closing) {
+      const { code: c, reason: r } = this._closing;
+      end = [c, r, new ConnectionClosed(c, r)];
+    } else if (!this._welcomed) {
+      // The first attempt failed: connect() rejects, with the relay's own
+      // error (e.g. IdTaken, Unauthorized) when it sent one.
+      end = [code, reason, this._lastErr ?? new ConnectionClosed(code, reason || "could not connect")];
+    } else if (!this._opts.reconnect || !shouldReconnect(code) || this._retries >= this._opts.maxRetries) {
+      end = [code, reason, new ConnectionClosed(code, reason, { cause: this._lastErr })];
+    }
+    if (end) {
+      this._finish(...end);
+      return;
+    }
     // Written but unanswered: the outcome is unknown, so don't resend blindly.
     const lost = new ConnectionLost();
     for (const item of this._acks.values()) item.reject(lost);
     this._acks.clear();
     for (const p of this._pings.values()) p.reject(lost);
     this._pings.clear();
-
-    if (this._closing) {
-      this._finish(this._closing.code, this._closing.reason, new ConnectionClosed(this._closing.code, this._closing.reason));
-      return;
-    }
-    if (!this._welcomed) {
-      // The first attempt failed: connect() rejects, with the relay's own
-      // error (e.g. IdTaken, Unauthorized) when it sent one.
-      this._finish(code, reason, this._lastErr ?? new ConnectionClosed(code, reason || "could not connect"));
-      return;
-    }
-    if (!this._opts.reconnect || !shouldReconnect(code) || this._retries >= this._opts.maxRetries) {
-      this._finish(code, reason, new ConnectionClosed(code, reason, { cause: this._lastErr }));
-      return;
-    }
     const delay = backoffDelay(this._retries++, this._opts.backoff);
     this._setState("reconnecting");
     this.dispatchEvent(new DisconnectEvent(code, reason, delay));

@@ -20,7 +20,7 @@ export interface ConnectOptions {
   WebSocket?: WebSocketConstructor;
   /** reconnect after drops and retryable closes (default true) */
   reconnect?: boolean;
-  /** give up after this many consecutive failed reconnects (default Infinity) */
+  /** give up after this many reconnects without a stable (5 s) session (default Infinity) */
   maxRetries?: number;
   /** full-jitter exponential backoff, ms (default {base: 250, max: 10000}) */
   backoff?: { base?: number; max?: number };
