@@ -69,12 +69,14 @@ def _jsonish(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, bytes | bytearray):
         return _bytes(bytes(value))
+    if isinstance(value, msgpack.ExtType):
+        return f"<ext {value.code}: {_bytes(value.data)}>"
+    if isinstance(value, msgpack.Timestamp):
+        return str(value.to_datetime().isoformat())
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_jsonish(v) for v in value) + "]"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_jsonish(k)}: {_jsonish(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, msgpack.ExtType):
-        return f"<ext {value.code}: {_bytes(value.data)}>"
     return repr(value)
 
 

@@ -1,0 +1,178 @@
+"""relay-peer end to end, as subprocesses against a real relay."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgpack
+import pytest
+import relay_client
+from anyio.abc import ByteReceiveStream, Process
+from relay_client.cli import format_message, format_payload
+
+if TYPE_CHECKING:
+    from tests.conftest import RunningRelay
+
+CLI = [sys.executable, "-m", "relay_client"]
+ENV = {k: v for k, v in os.environ.items() if k not in ("RELAY_URL", "RELAY_TOKEN")}
+
+
+class Lines:
+    """Line reader over a subprocess stream."""
+
+    def __init__(self, stream: ByteReceiveStream | None) -> None:
+        assert stream is not None
+        self.stream = stream
+        self.buffer = b""
+
+    async def line(self) -> str:
+        while b"\n" not in self.buffer:
+            chunk = await self.stream.receive()
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()
+
+
+async def run(*args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+    with anyio.fail_after(20):
+        done = await anyio.run_process([*CLI, *args], input=stdin, check=False, env=ENV)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_payload_formatting() -> None:
+    assert format_payload("hello") == "hello"
+    assert format_payload("two\nlines") == "two\\nlines"
+    assert format_payload(b"\x00\xff") == "<2 bytes> 00ff"
+    assert format_payload(b"x" * 100).endswith("...")
+    assert format_payload({"a": [1, None, True], 2: b"\x01"}) == (
+        '{"a": [1, null, true], 2: <1 bytes> 01}'
+    )
+    assert format_payload(msgpack.ExtType(3, b"\x01")) == "<ext 3: <1 bytes> 01>"
+    msg = relay_client.Message("alice", "hi", ev="chat", room="lobby")
+    assert format_message(msg) == "from=alice room=lobby ev=chat: hi"
+
+
+@pytest.mark.anyio
+async def test_listen_prints_what_send_delivers(relay: RunningRelay) -> None:
+    listen: Process = await anyio.open_process(
+        [*CLI, "listen", "--url", relay.url, "--id", "bob", "--room", "lobby", "-n", "4"],
+        env=ENV,
+    )
+    async with listen:
+        out, err = Lines(listen.stdout), Lines(listen.stderr)
+        with anyio.fail_after(20):
+            assert (await err.line()).startswith("relay-peer: listening as bob")
+        sends: list[tuple[str, ...]] = [
+            ("--id", "alice", "--ev", "chat", "bob", "hello there"),
+            ("--id", "alice", "--json", "bob", '{"n": [1, 2]}'),
+            ("--id", "alice", "--hex", "bob", "00ff10"),
+            ("--id", "carol", "--room", "lobby", "to the room"),
+        ]
+        for args in sends:
+            code, stdout, stderr = await run("send", "--url", relay.url, *args)
+            assert (code, stdout, stderr) == (0, "ok\n", "")
+        with anyio.fail_after(20):
+            lines = [await out.line() for _ in range(4)]
+            assert await listen.wait() == 0
+    assert lines == [
+        "from=alice ev=chat: hello there",
+        'from=alice: {"n": [1, 2]}',
+        "from=alice: <3 bytes> 00ff10",
+        "from=carol room=lobby: to the room",
+    ]
+
+
+@pytest.mark.anyio
+async def test_send_uses_relay_url_from_the_environment(relay: RunningRelay) -> None:
+    async with relay_client.connect(relay.url, id="bob") as bob:
+        with anyio.fail_after(20):
+            done = await anyio.run_process(
+                [*CLI, "send", "--id", "alice", "bob", "via env"],
+                env={**ENV, "RELAY_URL": relay.url},
+                check=False,
+            )
+        assert done.returncode == 0, done.stderr
+        with anyio.fail_after(5):
+            assert (await bob.recv()).data == "via env"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["send", "--id", "alice", "bob", "hello"],
+        ["listen", "--id", "bob"],
+        ["shell", "--id", "bob"],
+    ],
+)
+async def test_relay_down_is_one_line_and_exit_1(command: list[str]) -> None:
+    url = f"ws://127.0.0.1:{_free_port()}/v1/ws"
+    code, stdout, stderr = await run(*command, "--url", url)
+    assert code == 1
+    assert stdout == ""
+    assert stderr == f"relay-peer: cannot reach relay at {url}: connection refused\n"
+
+
+@pytest.mark.anyio
+async def test_send_errors_are_one_line(relay: RunningRelay) -> None:
+    code, _, stderr = await run("send", "--url", relay.url, "--id", "alice", "ghost", "x")
+    assert code == 1
+    assert stderr.startswith("relay-peer: peer-offline") and stderr.count("\n") == 1
+    code, _, stderr = await run("send", "--url", relay.url, "--json", "bob", "{not json")
+    assert code == 1 and stderr.startswith("relay-peer: invalid JSON payload")
+    code, _, stderr = await run("send", "--url", relay.url, "bob")
+    assert code == 1 and "give a target id and a message" in stderr
+
+
+@pytest.mark.anyio
+async def test_request_command_prints_the_reply(relay: RunningRelay) -> None:
+    async with relay_client.connect(relay.url, id="bob") as bob:
+        bob.on_request("echo", lambda msg: {"echo": msg.data})
+        code, stdout, stderr = await run(
+            "request", "--url", relay.url, "--id", "alice", "bob", "hi", "--ev", "echo"
+        )
+    assert (code, stdout, stderr) == (0, '{"echo": "hi"}\n', "")
+
+
+@pytest.mark.anyio
+async def test_shell_runs_commands_from_stdin(relay: RunningRelay) -> None:
+    async with relay_client.connect(relay.url, id="bob") as bob:
+        await bob.join("lobby")
+        script = b"\n".join(
+            [
+                b"help",
+                b"join lobby presence",
+                b"rooms",
+                b"send bob hi bob",
+                b"send -j bob [1, 2]",
+                b"pub lobby hi room",
+                b"send ghost nobody",
+                b"ping",
+                b"bogus",
+                b"leave lobby",
+                b"quit",
+            ]
+        )
+        code, stdout, stderr = await run("shell", "--url", relay.url, "--id", "alice", stdin=script)
+        assert code == 0, stderr
+        with anyio.fail_after(5):
+            got: list[Any] = [(await bob.recv()).data for _ in range(3)]
+    assert got == ["hi bob", [1, 2], "hi room"]
+    assert "send [-j] TO[,TO...] TEXT" in stdout
+    assert "joined lobby" in stdout
+    assert "error: peer-offline" in stdout
+    assert "pong in" in stdout
+    assert "unknown command 'bogus'" in stdout
+    assert "left lobby" in stdout
+    assert "Traceback" not in stderr
