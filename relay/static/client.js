@@ -1846,8 +1846,9 @@ var RelayPeer = class extends EventTarget {
       try {
         ws.close(code, reason);
       } catch {
+        ws.close();
       }
-      this._timers.closeFallback = setTimeout(() => this._onSocketClose(ws, code, reason), 2e3);
+      this._timers.closeFallback = setTimeout(() => this._drop(ws, reason), 2e3);
     }
     return this._closed;
   }

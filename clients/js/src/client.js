@@ -274,10 +274,10 @@ export class RelayPeer extends EventTarget {
       try {
         ws.close(code, reason);
       } catch {
-        // already closing: the close event follows
+        ws.close(); // a code the WebSocket API refuses (only 1000 and 3000-4999 are allowed)
       }
       // A dead link may never complete the closing handshake: don't wait for it.
-      this._timers.closeFallback = setTimeout(() => this._onSocketClose(ws, code, reason), 2000);
+      this._timers.closeFallback = setTimeout(() => this._drop(ws, reason), 2000);
     }
     return this._closed;
   }
