@@ -158,10 +158,10 @@ export function collect(/** @type {EventTarget} */ target, type = "message") {
   return got;
 }
 
-/** Polls `fn` until it returns truthy. */
+/** Polls `fn` (sync or async) until it returns truthy. */
 export async function until(/** @type {() => unknown} */ fn, timeout = 5000, what = "condition") {
   const t0 = Date.now();
-  while (!fn()) {
+  while (!(await fn())) {
     if (Date.now() - t0 > timeout) throw new Error(`timed out waiting for ${what}`);
     await sleep(20);
   }

@@ -105,6 +105,26 @@ describe("interop with the Python client", () => {
     assert.match(data.failure, /js says no/);
   });
 
+  test("the relay-peer CLI (python -m relay_client) sends to and listens for a JS peer", async () => {
+    const cli = (/** @type {string[]} */ args) => spawn(PYTHON, ["-m", "relay_client", ...args], { env: PY_ENV, stdio: ["ignore", "pipe", "pipe"] });
+    const got = nextEvent(js, "message", (m) => m.ev === "cli", 10_000);
+    const sender = cli(["send", "--url", relay.url, "--id", uid("cli"), "--ev", "cli", "--hex", js.id ?? "", "00ff10"]);
+    const m = await got;
+    assert.deepEqual(m.data, new Uint8Array([0, 255, 16]));
+    await new Promise((r) => sender.on("exit", r));
+
+    const listenerId = uid("listen");
+    const listener = cli(["listen", "--url", relay.url, "--id", listenerId, "-n", "1"]);
+    let out = "";
+    listener.stdout.on("data", (c) => (out += c));
+    listener.stderr.on("data", (c) => (out += c));
+    const exited = new Promise((r) => listener.on("exit", r));
+    // retry until the listener has registered
+    await until(() => js.send(listenerId, "hello cli", { ev: "greet" }).then(() => true, () => false), 10_000, "listener online");
+    assert.equal(await exited, 0, out);
+    assert.match(out, /hello cli/);
+  });
+
   test("a stopped Python peer is offline for JS", async () => {
     await js.send(pyId, null, { ev: "stop" });
     assert.equal(await py.exited, 0, py.stderr());
