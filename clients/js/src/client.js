@@ -107,7 +107,7 @@ export class RelayPeer extends EventTarget {
     this._ws = null;
     this._nextId = 1; // request ids (ok/err correlation); never reused
     this._nextRid = 1; // request/reply ids (rid/re)
-    /** @type {Array<{id?: number, bytes: Uint8Array, ack: boolean, resolve: Function, reject: Function}>} */
+    /** @type {Array<{id?: number, bytes: Uint8Array, ack: boolean, urgent: boolean, env: any, resolve: Function, reject: Function}>} */
     this._outbox = []; // written in order when connected (and paced)
     this._acks = new Map(); // id -> outbox item written, awaiting ok/err
     this._pings = new Map(); // id -> {resolve, reject}
