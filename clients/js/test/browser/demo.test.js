@@ -18,6 +18,7 @@ const ARGS = [
   "--disable-component-update",
   "--no-first-run",
   "--disable-sync",
+  "--disable-quic",
 ];
 
 describe("demo page in chromium", () => {
