@@ -77,6 +77,8 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         "log_level": settings.log_level,
         "server_header": False,
         "proxy_headers": False,
+        # After a drain only stragglers are left; don't wait on them forever.
+        "timeout_graceful_shutdown": 5,
     }
     return uvicorn.Config(app, **{**options, **overrides})
 
