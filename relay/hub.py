@@ -128,12 +128,16 @@ class Hub:
                 peer_id,
                 max_queue_messages=self.settings.queue_messages,
                 max_queue_bytes=self.settings.queue_bytes,
+                replay_messages=self.settings.replay_messages,
             )
             self.peers[peer_id] = peer
             self.metrics.peers.inc()
         if peer.expiry is not None:
             peer.expiry.cancel()
             peer.expiry = None
+        lost = peer.replay(hello.received if resumed else None)
+        if lost:
+            self.metrics.drops.labels("replay-window").inc(lost)
         peer.session = session
         peer.secret = self._make_secret()
         session.peer = peer

@@ -60,9 +60,13 @@ class Peer:
         "rooms",
         "secret",
         "session",
+        "written",
+        "written_count",
     )
 
-    def __init__(self, peer_id: str, *, max_queue_messages: int, max_queue_bytes: int) -> None:
+    def __init__(
+        self, peer_id: str, *, max_queue_messages: int, max_queue_bytes: int, replay_messages: int
+    ) -> None:
         self.id = peer_id
         self.secret = ""
         self.rooms: dict[str, bool] = {}  # room -> receives presence
@@ -72,6 +76,29 @@ class Peer:
         self.max_queue_bytes = max_queue_bytes
         self.session: Session | None = None
         self.expiry: anyio.CancelScope | None = None
+        # The last frames written to the current socket. A socket that dies
+        # takes what sat in its buffers with it; a resume that says how many
+        # frames it received gets the rest again from here.
+        self.written: deque[QueueEntry] = deque(maxlen=replay_messages)
+        self.written_count = 0
+
+    def replay(self, received: int | None) -> int:
+        """Start a new session's count; requeue frames the last socket never delivered.
+
+        ``received`` is the client's count of envelopes since its last
+        welcome; None means the client does not count, and nothing is
+        replayed. Returns how many frames were lost beyond the replay window.
+        """
+        lost = 0
+        if received is not None and received < self.written_count:
+            oldest = self.written_count - len(self.written)
+            lost = max(0, oldest - received)
+            missed = list(self.written)[max(0, received - oldest) :]
+            self.queue.extendleft(reversed(missed))
+            self.queued_bytes += sum(len(entry[0]) for entry in missed)
+        self.written.clear()
+        self.written_count = 0
+        return lost
 
     def enqueue(self, frame: bytes, kind: str, undelivered: Undelivered | None) -> Delivery:
         """Queue ``frame``; a live session is woken to send it.
@@ -160,22 +187,16 @@ class Session:
             entry = queue.popleft()
             frame = entry[0]
             peer.queued_bytes -= len(frame)
+            peer.written.append(entry)
+            peer.written_count += 1
             with anyio.CancelScope() as scope:
                 self._send_scope = scope
                 try:
                     await self.transport.send_bytes(frame)
-                except BaseException:
-                    queue.appendleft(entry)
-                    peer.queued_bytes += len(frame)
-                    raise
                 finally:
                     self._send_scope = None
             if scope.cancelled_caught:
-                # Abandoned by close(): whether it left is unknown, so it is
-                # queued again (a resume may see it twice, never not at all).
-                queue.appendleft(entry)
-                peer.queued_bytes += len(frame)
-                break
+                break  # abandoned by close(); a resume replays it if it never arrived
             messages, size = out_counters[entry[1]]
             messages.inc()
             size.inc(len(frame))

@@ -73,6 +73,11 @@ class Settings:
     queue_bytes: int = _setting(
         1048576, "Outbound queue per peer, in bytes (4008 when full).", group="limits"
     )
+    replay_messages: int = _setting(
+        256,
+        "Frames kept after sending, replayed on resume if the client never got them.",
+        group="limits",
+    )
     resume_seconds: float = _setting(
         30.0, "How long a dropped peer's id, rooms and queue wait for a resume.", group="limits"
     )
@@ -102,6 +107,7 @@ class Settings:
             "queue_messages": self.queue_messages,
             "queue_bytes": self.queue_bytes,
             "resume_seconds": self.resume_seconds,
+            "replay_messages": self.replay_messages,
             "hello_timeout_seconds": self.hello_timeout_seconds,
         }
 

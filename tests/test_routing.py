@@ -33,9 +33,17 @@ async def test_hello_without_id_gets_a_random_one(relay: RunningRelay) -> None:
 async def test_send_to_one_stamps_from_and_passes_fields_through(relay: RunningRelay) -> None:
     alice = await join_as(relay.url, "alice")
     bob = await join_as(relay.url, "bob")
-    await alice.send({"type": "send", "to": "bob", "d": {"k": [1, 2]}, "ev": "e", "rid": 9, "id": 1})
+    await alice.send(
+        {"type": "send", "to": "bob", "d": {"k": [1, 2]}, "ev": "e", "rid": 9, "id": 1}
+    )
     await alice.expect(type="ok", id=1)
-    assert await bob.recv() == {"type": "msg", "from": "alice", "d": {"k": [1, 2]}, "ev": "e", "rid": 9}
+    assert await bob.recv() == {
+        "type": "msg",
+        "from": "alice",
+        "d": {"k": [1, 2]},
+        "ev": "e",
+        "rid": 9,
+    }
     await bob.send({"type": "send", "to": "alice", "d": "pong", "re": 9})
     assert await alice.recv() == {"type": "msg", "from": "bob", "d": "pong", "re": 9}
 
@@ -105,7 +113,13 @@ async def test_pub_reaches_members_but_not_the_sender_unless_echo(relay: Running
         await peer.expect(type="ok", id="j")
     await alice.send({"type": "pub", "room": "lobby", "d": "hi", "ev": "chat", "id": 1})
     await alice.expect(type="ok", id=1)
-    assert await bob.recv() == {"type": "msg", "from": "alice", "d": "hi", "ev": "chat", "room": "lobby"}
+    assert await bob.recv() == {
+        "type": "msg",
+        "from": "alice",
+        "d": "hi",
+        "ev": "chat",
+        "room": "lobby",
+    }
     await alice.send({"type": "pub", "room": "lobby", "d": "again", "echo": True, "id": 2})
     await alice.expect(type="msg", d="again", room="lobby")
     await alice.expect(type="ok", id=2)
@@ -175,7 +189,9 @@ async def test_room_limits(relay_factory: RelayFactory) -> None:
 async def test_a_peer_that_never_reads_is_closed_and_others_keep_flowing(
     relay_factory: RelayFactory,
 ) -> None:
-    relay = await relay_factory(queue_messages=50, queue_bytes=200_000, rate_per_second=1e6, rate_burst=10**6)
+    relay = await relay_factory(
+        queue_messages=50, queue_bytes=200_000, rate_per_second=1e6, rate_burst=10**6
+    )
     sender = await join_as(relay.url, "sender")
     reader = await join_as(relay.url, "reader")
     stuck = await join_as(relay.url, "stuck")
@@ -195,7 +211,10 @@ async def test_a_peer_that_never_reads_is_closed_and_others_keep_flowing(
                 saw_overloaded = True
                 break
     assert saw_overloaded
-    assert relay.hub.peers["stuck"].session is None or relay.hub.peers["stuck"].session.close_code == 4008
+    assert (
+        relay.hub.peers["stuck"].session is None
+        or relay.hub.peers["stuck"].session.close_code == 4008
+    )
     # the reader was never held up
     await sender.send({"type": "send", "to": "reader", "d": "still here"})
     await reader.expect(type="msg", d="still here")

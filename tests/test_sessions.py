@@ -95,12 +95,31 @@ async def test_an_abrupt_disconnect_keeps_the_session_resumable(relay: RunningRe
     bob = await join_as(relay.url, "bob")
     alice = await join_as(relay.url, "alice")
     bob.ws.transport.abort()
-    # Whether or not the relay has noticed the drop yet, the message waits for bob.
+    # Whether the relay had noticed the drop yet or wrote into the dead socket,
+    # the message reaches bob once he resumes saying he received nothing.
     await alice.send({"type": "send", "to": "bob", "d": 1, "id": 1})
     await alice.expect(type="ok", id=1)
-    back = await join_as(relay.url, "bob", resume=bob.welcome["resume"])
+    back = await join_as(relay.url, "bob", resume=bob.welcome["resume"], received=0)
     assert back.welcome["resumed"] is True
     await back.expect(type="msg", d=1)
+
+
+async def test_resume_replays_exactly_what_the_client_did_not_receive(
+    relay: RunningRelay,
+) -> None:
+    bob = await join_as(relay.url, "bob")
+    alice = await join_as(relay.url, "alice")
+    for n in range(5):
+        await alice.send({"type": "send", "to": "bob", "d": n})
+    assert [(await bob.recv())["d"] for _ in range(2)] == [0, 1]
+    # bob's socket "dies" having handed only two envelopes to the application
+    back = await join_as(relay.url, "bob", resume=bob.welcome["resume"], received=2)
+    await alice.send({"type": "send", "to": "bob", "d": 5})
+    assert [(await back.recv())["d"] for _ in range(4)] == [2, 3, 4, 5]
+    # the count starts again at each welcome
+    again = await join_as(relay.url, "bob", resume=back.welcome["resume"], received=4)
+    await alice.send({"type": "send", "to": "bob", "d": 6})
+    assert (await again.recv())["d"] == 6
 
 
 async def test_window_expiry_reports_each_queued_message(relay_factory: RelayFactory) -> None:

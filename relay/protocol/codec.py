@@ -255,6 +255,15 @@ def _optional_str(fields: dict[str, Any], name: str, max_length: int) -> str | N
     return value
 
 
+def _optional_count(fields: dict[str, Any], name: str) -> int | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise BadEnvelope(f"{name} must be a non-negative integer")
+    return value
+
+
 def _optional_bool(fields: dict[str, Any], name: str) -> bool:
     value = fields.get(name, False)
     if value is None:
@@ -290,6 +299,7 @@ def _build_hello(
         peer_id=None if peer_id is None else limits.check_peer_id(peer_id),
         token=_optional_str(fields, "token", _MAX_TOKEN_LENGTH),
         resume=_optional_str(fields, "resume", _MAX_SECRET_LENGTH),
+        received=_optional_count(fields, "received"),
     )
 
 

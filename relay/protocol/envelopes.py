@@ -20,6 +20,7 @@ class Hello:
     peer_id: str | None = None
     token: str | None = None
     resume: str | None = None
+    received: int | None = None  # envelopes the client got since its last welcome
 
 
 @dataclass(frozen=True, slots=True)

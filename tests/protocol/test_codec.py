@@ -32,7 +32,9 @@ def test_decodes_every_client_type() -> None:
         peer_id="alice", token="t"
     )
     assert decode(pack({"type": "hello"}), LIMITS) == Hello()
-    send = decode(pack({"type": "send", "to": ["a", "b", "a"], "d": 1, "id": 7, "rid": "r"}), LIMITS)
+    send = decode(
+        pack({"type": "send", "to": ["a", "b", "a"], "d": 1, "id": 7, "rid": "r"}), LIMITS
+    )
     assert send == Send(to=("a", "b"), d_raw=b"\x01", id=7, rid="r")
     assert decode(pack({"type": "pub", "room": "r", "d": None, "echo": True}), LIMITS) == Publish(
         room="r", d_raw=b"\xc0", echo=True
@@ -40,7 +42,9 @@ def test_decodes_every_client_type() -> None:
     assert decode(pack({"type": "join", "room": "r", "presence": True}), LIMITS) == Join(
         room="r", presence=True
     )
-    assert decode(pack({"type": "leave", "room": "r", "id": "x"}), LIMITS) == Leave(room="r", id="x")
+    assert decode(pack({"type": "leave", "room": "r", "id": "x"}), LIMITS) == Leave(
+        room="r", id="x"
+    )
     assert decode(pack({"type": "ping"}), LIMITS) == Ping()
     assert decode(pack({"type": "refresh", "token": "t"}), LIMITS) == Refresh(token="t")
 
@@ -197,8 +201,10 @@ msgpack_values = st.recursive(
     | st.floats(allow_nan=False)
     | st.text(max_size=20)
     | st.binary(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=5) | st.integers(-100, 100), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(st.text(max_size=5) | st.integers(-100, 100), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
