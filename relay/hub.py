@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 import anyio
 from anyio.abc import TaskGroup
 
-from relay.broker.base import Broker, Delivery, Undelivered
+from relay.broker.base import Broker, Delivery, Handover, Proof, Undelivered
 from relay.exceptions import IdTaken, Overloaded, PeerOffline, RoomFull
 from relay.metrics import Metrics
 from relay.protocol import codec
@@ -121,17 +121,14 @@ class Hub:
                 old.close(CloseCode.REPLACED, "replaced by a newer session", reason="replaced")
             resumed = True
         else:
+            handover = None
             holder = await self.broker.claim(peer_id)
-            if holder is not None or peer_id in self.peers:
+            if holder is not None and hello.resume is not None:
+                handover = await self.broker.take_over(peer_id, holder, Proof(hello.resume, False))
+            if (holder is not None and handover is None) or peer_id in self.peers:
                 raise IdTaken(f"{peer_id} is held by another session")
-            peer = Peer(
-                peer_id,
-                max_queue_messages=self.settings.queue_messages,
-                max_queue_bytes=self.settings.queue_bytes,
-                replay_messages=self.settings.replay_messages,
-            )
-            self.peers[peer_id] = peer
-            self.metrics.peers.inc()
+            peer = self._new_peer(peer_id, handover)
+            resumed = handover is not None
         if peer.expiry is not None:
             peer.expiry.cancel()
             peer.expiry = None
@@ -151,6 +148,51 @@ class Hub:
                 "resumed": resumed,
             }
         )
+
+    def _new_peer(self, peer_id: str, handover: Handover | None) -> Peer:
+        peer = Peer(
+            peer_id,
+            max_queue_messages=self.settings.queue_messages,
+            max_queue_bytes=self.settings.queue_bytes,
+            replay_messages=self.settings.replay_messages,
+        )
+        if handover is not None:
+            peer.rooms.update(handover.rooms)
+            for room in handover.rooms:
+                self.rooms.add(room, peer)
+            self.metrics.rooms.set(len(self.rooms))
+            peer.queue.extend(handover.queue)
+            peer.queued_bytes = sum(len(entry[0]) for entry in handover.queue)
+            peer.written.extend(handover.written)
+            peer.written_count = handover.written_count
+        self.peers[peer_id] = peer
+        self.metrics.peers.inc()
+        return peer
+
+    async def hand_over(self, peer_id: str, proof: Proof) -> Handover | None:
+        """Give ``peer_id`` up to another node, which proved it is the same peer."""
+        peer = self.peers.get(peer_id)
+        if peer is None or not (
+            proof.verified
+            or (proof.secret is not None and hmac.compare_digest(proof.secret, peer.secret))
+        ):
+            return None
+        session, peer.session = peer.session, None
+        if session is not None:
+            session.close(CloseCode.REPLACED, "replaced by a newer session", reason="replaced")
+        if peer.expiry is not None:
+            peer.expiry.cancel()
+        del self.peers[peer_id]
+        self.metrics.peers.dec()
+        for room in peer.rooms:
+            self.rooms.discard(room, peer)
+        self.metrics.rooms.set(len(self.rooms))
+        handover = Handover(
+            dict(peer.rooms), list(peer.queue), list(peer.written), peer.written_count
+        )
+        peer.queue.clear()
+        peer.queued_bytes = 0
+        return handover
 
     def _unused_peer_id(self) -> str:
         while (peer_id := self._make_peer_id()) in self.peers:

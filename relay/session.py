@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from relay.broker.base import Delivery, Undelivered
+from relay.broker.base import Delivery, QueueEntry, Undelivered
 from relay.exceptions import BadEnvelope, NotRegistered, RateLimited, RelayError, UnknownType
 from relay.limits import Strikes, TokenBucket
 from relay.protocol import codec
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from relay.hub import Hub
 
 log = logging.getLogger("relay.session")
-
-QueueEntry = tuple[bytes, str, Undelivered | None]  # frame, kind for metrics, who to tell
 
 
 class Transport(Protocol):

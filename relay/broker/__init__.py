@@ -6,10 +6,19 @@ it never asks which broker it has. ``MemoryBroker`` connects the hubs of one
 process (a cluster of one node in production, several in tests).
 """
 
-from relay.broker.base import Broker, Delivery, NodeHandler, Undelivered
+from relay.broker.base import Broker, Delivery, Handover, NodeHandler, Proof, Undelivered
 from relay.broker.memory import MemoryBroker
 
-__all__ = ["Broker", "Delivery", "MemoryBroker", "NodeHandler", "Undelivered", "create_broker"]
+__all__ = [
+    "Broker",
+    "Delivery",
+    "Handover",
+    "MemoryBroker",
+    "NodeHandler",
+    "Proof",
+    "Undelivered",
+    "create_broker",
+]
 
 
 def create_broker(url: str) -> Broker:

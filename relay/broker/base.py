@@ -35,6 +35,25 @@ class Undelivered(NamedTuple):
     listed: bool
 
 
+class Proof(NamedTuple):
+    """What a session offers to take over a peer id held elsewhere."""
+
+    secret: str | None  # the resume secret from the peer's last welcome
+    verified: bool  # True when a valid token for this very id was presented
+
+
+QueueEntry = tuple[bytes, str, Undelivered | None]  # frame, kind for metrics, who to tell
+
+
+class Handover(NamedTuple):
+    """A peer's state, moved from the node that held it to the one taking over."""
+
+    rooms: dict[str, bool]  # room -> receives presence
+    queue: list[QueueEntry]  # not yet written to any socket
+    written: list[QueueEntry]  # the replay window of the last socket
+    written_count: int
+
+
 class NodeHandler(Protocol):
     """What a broker calls back on the node it serves (the hub)."""
 
@@ -48,6 +67,10 @@ class NodeHandler(Protocol):
         self, room: str, frame: bytes, exclude: str | None, presence_only: bool
     ) -> None:
         """Queue ``frame`` for this node's members of ``room``."""
+        ...
+
+    async def hand_over(self, peer_id: str, proof: Proof) -> Handover | None:
+        """Give up ``peer_id`` (closing its socket 4503) if ``proof`` is good."""
         ...
 
 
@@ -71,6 +94,13 @@ class Broker(Protocol):
 
     async def release(self, peer_id: str) -> None:
         """Forget that this node holds ``peer_id``."""
+        ...
+
+    async def take_over(self, peer_id: str, holder: str, proof: Proof) -> Handover | None:
+        """Move ``peer_id`` from node ``holder`` to this one, if ``proof`` convinces it.
+
+        On success this node holds the id from then on.
+        """
         ...
 
     async def send(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:

@@ -7,7 +7,7 @@ cannot find locally is simply offline.
 
 from __future__ import annotations
 
-from relay.broker.base import Delivery, NodeHandler, Undelivered
+from relay.broker.base import Delivery, Handover, NodeHandler, Proof, Undelivered
 
 
 class MemoryCluster:
@@ -52,6 +52,15 @@ class MemoryBroker:
     async def release(self, peer_id: str) -> None:
         if self._cluster.holders.get(peer_id) == self._node_id:
             del self._cluster.holders[peer_id]
+
+    async def take_over(self, peer_id: str, holder: str, proof: Proof) -> Handover | None:
+        node = self._cluster.nodes.get(holder)
+        if node is None or self._cluster.holders.get(peer_id) != holder:
+            return None
+        handover = await node.hand_over(peer_id, proof)
+        if handover is not None:
+            self._cluster.holders[peer_id] = self._node_id
+        return handover
 
     async def send(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
         holder = self._cluster.holders.get(peer_id)

@@ -1,0 +1,54 @@
+# The two commands: `make run` (set up, then start a relay on 127.0.0.1:8080)
+# and `make test` (set up, then run every check and test). Everything lives in
+# .venv and clients/js/node_modules; nothing is installed system-wide.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+JS := clients/js
+JS_STAMP := $(JS)/node_modules/.installed
+ARGS ?=
+
+.PHONY: run test install lint typecheck pytest js-test js-browser-test bench clean
+
+run: $(STAMP)
+	$(BIN)/relay serve $(ARGS)
+
+test: lint typecheck pytest js-test js-browser-test
+
+install: $(STAMP) $(JS_STAMP)
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "relay needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]' -e ./clients/python
+	@touch $@
+
+$(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
+	npm ci --prefix $(JS) --no-audit --no-fund
+	@touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check relay clients/python tests
+	$(BIN)/ruff format --check relay clients/python tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy relay clients/python/relay_client
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+js-test: $(STAMP) $(JS_STAMP)
+	npm test --prefix $(JS)
+
+js-browser-test: $(STAMP) $(JS_STAMP)
+	@command -v chromium >/dev/null || { echo "Chromium is missing: apt-get install chromium (the browser test needs /usr/bin/chromium)"; exit 1; }
+	npm run test:browser --prefix $(JS)
+
+bench: $(STAMP)
+	$(BIN)/relay bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) $(JS)/node_modules .pytest_cache .mypy_cache .ruff_cache
