@@ -59,6 +59,8 @@ PresenceHandler = Callable[[Presence], Awaitable[None] | None]
 UndeliveredHandler = Callable[[Undelivered], Awaitable[None] | None]
 ErrorHandler = Callable[[RelayError], Awaitable[None] | None]
 StateHandler = Callable[[State], Awaitable[None] | None]
+TokenSource = str | Callable[[], str | Awaitable[str]] | None
+"""A token, or a function (sync or async) called before every (re)connect for a fresh one."""
 
 _TRANSIENT_CODES = frozenset({"overloaded", "internal", "rate-limited"})
 _QUEUED_MEMORY = 4096
@@ -156,9 +158,10 @@ class Peer:
         url: str = DEFAULT_URL,
         *,
         id: str | None = None,
-        token: str | None = None,
+        token: TokenSource = None,
         resume: str | None = None,
         reconnect: bool = True,
+        pace: bool = True,
         backoff_base: float = 0.25,
         backoff_max: float = 30.0,
         max_retries: int | None = None,
@@ -218,6 +221,10 @@ class Peer:
         self._handlers = _Handlers()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sessions = 0
+        self._pace_writes = pace
+        self._tokens = 0.0
+        self._tokens_at = 0.0
+        self._write_lock = asyncio.Lock()
         self.dropped = 0
         """Number of messages dropped because the inbox was full."""
 
@@ -728,15 +735,24 @@ class Peer:
             future = asyncio.get_running_loop().create_future()
             pending = _Pending(future, kind, envelope, on_ok=on_ok)
         out = _Outgoing(envelope, self._encode(envelope), pending)
-        conn = self._ws
-        if conn is not None and not self._outbox and conn.state is WsState.OPEN:
-            await self._transmit(conn, out)
-        else:
-            if len(self._outbox) >= self._buffer_size:
-                raise OfflineBufferFull(
-                    f"offline buffer full ({self._buffer_size} messages) while reconnecting"
-                )
-            self._outbox.append(out)
+        # One writer at a time (FIFO), so frames leave in call order, paced and
+        # never overtaking what waits in the offline buffer.
+        async with self._write_lock:
+            self._check_open()
+            conn = self._ws
+            live = conn is not None and not self._outbox and conn.state is WsState.OPEN
+            if live:
+                await self._pace()
+                self._check_open()
+                live = conn is self._ws and conn is not None and conn.state is WsState.OPEN
+            if live and conn is not None:
+                await self._transmit(conn, out)
+            else:
+                if len(self._outbox) >= self._buffer_size:
+                    raise OfflineBufferFull(
+                        f"offline buffer full ({self._buffer_size} messages) while reconnecting"
+                    )
+                self._outbox.append(out)
         if pending is None:
             return None
         try:
@@ -745,6 +761,25 @@ class Peer:
             with contextlib.suppress(ValueError):
                 self._outbox.remove(out)
             raise
+
+    async def _pace(self) -> None:
+        """Wait for a token of the client-side bucket: 90% of the relay's
+        advertised rate, a burst one below its own, so that a flushed buffer
+        does not earn ``rate-limited`` errors (or a 4029 close)."""
+        limits = self._welcome.limits if (self._pace_writes and self._welcome) else {}
+        rate, burst = limits.get("rate_per_second"), limits.get("rate_burst")
+        if not isinstance(rate, int | float) or rate <= 0 or not isinstance(burst, int):
+            return
+        rate, capacity = rate * 0.9, max(1.0, burst - 1.0)
+        now = time.monotonic()
+        self._tokens = min(capacity, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            await asyncio.sleep((1 - self._tokens) / rate)
+            now = time.monotonic()
+            self._tokens = min(capacity, self._tokens + (now - self._tokens_at) * rate)
+            self._tokens_at = now
+        self._tokens -= 1
 
     async def _transmit(self, conn: ClientConnection, out: _Outgoing) -> None:
         """Write one frame; an unacknowledged frame lost with the socket fails
@@ -784,7 +819,7 @@ class Peer:
         hello = {
             "type": "hello",
             "id": self.id,
-            "token": self._token,
+            "token": await self._current_token(),
             "resume": self.resume_secret or self._resume,
         }
         try:
@@ -815,9 +850,21 @@ class Peer:
         )
         return conn, welcome
 
+    async def _current_token(self) -> str | None:
+        source = self._token
+        if source is None or isinstance(source, str):
+            return source
+        value = source()
+        if inspect.isawaitable(value):
+            value = await value
+        return value
+
     def _apply_welcome(self, welcome: Welcome) -> None:
         self._welcome = welcome
         self._sessions += 1
+        burst = welcome.limits.get("rate_burst")
+        self._tokens = max(1.0, burst - 2.0) if isinstance(burst, int) else 1.0
+        self._tokens_at = time.monotonic()
         if not welcome.resumed:
             self._members.clear()
         log.info(
@@ -881,6 +928,7 @@ class Peer:
             out = self._outbox.popleft()
             if out.pending is not None and out.pending.future.done():
                 continue
+            await self._pace()
             await self._transmit(conn, out)
         if conn.state is WsState.OPEN and not self._closing:
             self._ws = conn
@@ -896,6 +944,7 @@ class Peer:
             future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             future.add_done_callback(self._rejoined(room))
             futures.append(future)
+            await self._pace()
             await self._transmit(
                 conn, _Outgoing(envelope, pack(envelope), _Pending(future, "join", envelope))
             )
@@ -1206,9 +1255,10 @@ def connect(
     url: str = DEFAULT_URL,
     *,
     id: str | None = None,
-    token: str | None = None,
+    token: TokenSource = None,
     resume: str | None = None,
     reconnect: bool = True,
+    pace: bool = True,
     backoff_base: float = 0.25,
     backoff_max: float = 30.0,
     max_retries: int | None = None,
@@ -1229,10 +1279,15 @@ def connect(
     Args:
         url: the relay's WebSocket URL, e.g. ``ws://127.0.0.1:8080/v1/ws``.
         id: the peer id to register; ``None`` lets the relay pick one.
-        token: a JWT, when the relay requires authentication.
+        token: a JWT, when the relay requires authentication; or a function
+            (sync or async) returning one, called before every (re)connect so
+            an expiring token can be refreshed.
         resume: a resume secret from an earlier session's welcome, to take it
             over (the old connection is closed with 4503).
         reconnect: reconnect automatically after a drop or retryable close.
+        pace: pace writes at 90% of the relay's advertised rate
+            (``limits.rate_per_second`` / ``rate_burst``), so bursts and
+            flushed buffers are not refused with ``rate-limited``.
         backoff_base: first reconnect delay ceiling, in seconds; doubles per
             attempt (each delay is uniformly random up to the ceiling).
         backoff_max: the largest delay ceiling, in seconds.
@@ -1264,6 +1319,7 @@ def connect(
             token=token,
             resume=resume,
             reconnect=reconnect,
+            pace=pace,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
             max_retries=max_retries,

@@ -92,10 +92,25 @@ async def test_id_taken_on_connect(relay: RunningRelay) -> None:
 @pytest.mark.anyio
 async def test_rate_limited(relay_factory: Callable[..., Awaitable[RunningRelay]]) -> None:
     relay = await relay_factory(rate_per_second=0.5, rate_burst=3)
-    async with relay_client.connect(relay.url, id="alice") as alice:
+    async with relay_client.connect(relay.url, id="alice", pace=False) as alice:
         with pytest.raises(relay_client.RateLimited):
             for _ in range(10):
                 await alice.send("alice", "spam")
+
+
+@pytest.mark.anyio
+async def test_pacing_keeps_under_the_advertised_rate(
+    relay_factory: Callable[..., Awaitable[RunningRelay]],
+) -> None:
+    relay = await relay_factory(rate_per_second=40, rate_burst=5)
+    async with relay_client.connect(relay.url, id="alice") as alice:
+        start = anyio.current_time()
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tasks:
+                for i in range(30):
+                    tasks.start_soon(alice.send, "alice", i)
+        assert anyio.current_time() - start >= (30 - 5) / 40
+        assert [(await alice.recv()).data for _ in range(30)] == list(range(30))
 
 
 @pytest.mark.anyio

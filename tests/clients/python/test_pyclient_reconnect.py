@@ -194,6 +194,27 @@ async def test_offline_buffer_is_bounded_and_flushed_in_order(
         assert alice.buffered == 0
 
 
+async def test_flushing_a_full_buffer_is_paced_under_the_rate_limit(
+    relay_factory: Callable[..., Awaitable[RunningRelay]], proxy_factory: ProxyFactory
+) -> None:
+    relay = await relay_factory(rate_per_second=50, rate_burst=5, rate_strikes=3)
+    proxy = await proxy_factory(relay)
+    async with (
+        relay_client.connect(proxy.url, id="alice", **FAST) as alice,
+        relay_client.connect(relay.url, id="bob") as bob,
+    ):
+        errors: list[relay_client.RelayError] = []
+        alice.on_error(errors.append)
+        await drop_and_hold(relay, proxy, alice)
+        for i in range(40):
+            await alice.send("bob", i, ack=False)
+        back = States(alice).expect(State.CONNECTED)
+        proxy.refusing = False
+        await wait(back)
+        assert [(await recv(bob)).data for _ in range(40)] == list(range(40))
+        assert errors == [] and alice.sessions == 2
+
+
 async def test_unacknowledged_send_fails_with_connection_lost(
     relay: RunningRelay, proxy_factory: ProxyFactory
 ) -> None:
