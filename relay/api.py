@@ -22,11 +22,15 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """Readiness: 200 while new peers are accepted, 503 while starting or draining."""
     hub = _hub(request)
-    if hub.accepting:
-        return JSONResponse({"status": "ready", "node": hub.node_id})
-    return JSONResponse({"status": "draining", "node": hub.node_id}, status_code=503)
+    if not hub.accepting:
+        return JSONResponse({"status": "draining", "node": hub.node_id}, status_code=503)
+    if not hub.broker.ready:
+        return JSONResponse({"status": "backplane-down", "node": hub.node_id}, status_code=503)
+    return JSONResponse({"status": "ready", "node": hub.node_id})
 
 
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this node."""
-    return Response(generate_latest(_hub(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    hub = _hub(request)
+    hub.metrics.broker_up.set(1 if hub.broker.ready else 0)
+    return Response(generate_latest(hub.metrics.registry), media_type=CONTENT_TYPE_LATEST)

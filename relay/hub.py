@@ -18,7 +18,14 @@ from contextlib import asynccontextmanager
 import anyio
 from anyio.abc import TaskGroup
 
-from relay.broker.base import Broker, Delivery, Handover, Proof, Undelivered
+from relay.broker.base import (
+    Broker,
+    BrokerUnavailable,
+    Delivery,
+    Handover,
+    Proof,
+    Undelivered,
+)
 from relay.exceptions import IdTaken, Overloaded, PeerOffline, RoomFull
 from relay.metrics import Metrics
 from relay.protocol import codec
@@ -242,14 +249,18 @@ class Hub:
             return
         del self.peers[peer.id]
         self.metrics.peers.dec()
-        for room in list(peer.rooms):
-            await self._leave_room(peer, room)
-        await self.broker.release(peer.id)
         pending, peer.queue = peer.queue, type(peer.queue)()
         peer.queued_bytes = 0
-        for _frame, _kind, undelivered in pending:
-            if undelivered is not None:
-                await self._report(undelivered, peer.id, ErrorCode.PEER_OFFLINE)
+        try:
+            for room in list(peer.rooms):
+                await self._leave_room(peer, room)
+            await self.broker.release(peer.id)
+            for _frame, _kind, undelivered in pending:
+                if undelivered is not None:
+                    await self._report(undelivered, peer.id, ErrorCode.PEER_OFFLINE)
+        except BrokerUnavailable:
+            # The broker forgets this node's registrations when it recovers.
+            log.warning("backplane unavailable while removing %s", peer.id)
 
     async def disconnect(
         self, peer_id: str, code: int = CloseCode.GOING_AWAY, reason: str = ""
@@ -387,6 +398,10 @@ class Hub:
             if member.enqueue(frame, kind, undelivered) is Delivery.OVERLOADED:
                 self.metrics.drops.labels("queue-full").inc()
                 if undelivered is not None and self._tasks is not None:
-                    self._tasks.start_soon(
-                        self._report, undelivered, member.id, ErrorCode.OVERLOADED
-                    )
+                    self._tasks.start_soon(self._report_quietly, undelivered, member.id)
+
+    async def _report_quietly(self, undelivered: Undelivered, target: str) -> None:
+        try:
+            await self._report(undelivered, target, ErrorCode.OVERLOADED)
+        except BrokerUnavailable:
+            log.warning("backplane unavailable: could not tell %s", undelivered.sender)

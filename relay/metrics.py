@@ -21,6 +21,7 @@ class Metrics:
         self.connections = Gauge("relay_connections", "Open WebSocket connections.", registry=r)
         self.peers = Gauge("relay_peers", "Registered peers, live or resumable.", registry=r)
         self.rooms = Gauge("relay_rooms", "Rooms with a member on this node.", registry=r)
+        self.broker_up = Gauge("relay_broker_up", "1 while the backplane is reachable.", registry=r)
         messages_in = Counter(
             "relay_messages_in", "Envelopes received, by type.", ["type"], registry=r
         )

@@ -20,8 +20,16 @@ from typing import TYPE_CHECKING, Protocol
 
 import anyio
 
-from relay.broker.base import Delivery, QueueEntry, Undelivered
-from relay.exceptions import BadEnvelope, NotRegistered, RateLimited, RelayError, UnknownType
+from relay.broker.base import BrokerUnavailable, Delivery, QueueEntry, Undelivered
+from relay.exceptions import (
+    BadEnvelope,
+    NotRegistered,
+    Overloaded,
+    RateLimited,
+    RelayError,
+    RequestId,
+    UnknownType,
+)
 from relay.limits import Strikes, TokenBucket
 from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
@@ -231,7 +239,7 @@ class Session:
         kind = _KINDS[type(envelope)]
         self._count_in(kind, len(frame))
         if not self._rate.take():
-            self._refuse(RateLimited("slow down", request_id=getattr(envelope, "id", None)))
+            self._refuse(RateLimited("slow down", request_id=envelope_id(envelope)))
             if self._rate_strikes.hit():
                 self.close(CloseCode.RATE_LIMITED, "rate limit exceeded", reason="flood")
             return
@@ -260,11 +268,15 @@ class Session:
                 raise BadEnvelope("hello was already accepted")
         except RelayError as exc:
             if exc.request_id is None:
-                exc.request_id = getattr(envelope, "id", None)
+                exc.request_id = envelope_id(envelope)
             self._refuse(exc)
+        except BrokerUnavailable:
+            self._refuse(
+                Overloaded("the cluster backplane is unavailable", request_id=envelope_id(envelope))
+            )
         except Exception:
             log.exception("internal error handling %s from %s", kind, peer.id)
-            self._refuse(_Internal("internal error", request_id=getattr(envelope, "id", None)))
+            self._refuse(_Internal("internal error", request_id=envelope_id(envelope)))
 
     def _refuse(self, exc: RelayError) -> None:
         self._metrics.errors.labels(exc.code.value).inc()
@@ -277,6 +289,12 @@ class Session:
         messages, total = self._metrics.in_counters[kind]
         messages.inc()
         total.inc(size)
+
+
+def envelope_id(envelope: object) -> RequestId | None:
+    """The request id of an envelope (None for those that carry none)."""
+    request_id: RequestId | None = getattr(envelope, "id", None)
+    return request_id
 
 
 class _Internal(RelayError):

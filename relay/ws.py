@@ -16,6 +16,7 @@ from typing import Any
 import anyio
 from starlette.types import Message, Receive, Scope, Send
 
+from relay.broker import BrokerUnavailable
 from relay.exceptions import IdTaken, RelayError
 from relay.hub import Hub
 from relay.protocol import codec
@@ -102,6 +103,12 @@ class RelayEndpoint:
             return False
         try:
             welcome = await self.hub.register(session, session.decode_hello(frame))
+        except BrokerUnavailable:
+            await session.send_now(
+                codec.encode_err("overloaded", "the cluster backplane is unavailable"), "err"
+            )
+            await transport.close(CloseCode.TRY_AGAIN_LATER, "backplane unavailable")
+            return False
         except RelayError as exc:
             self.hub.metrics.errors.labels(exc.code.value).inc()
             await session.send_now(codec.encode_err(exc.code.value, exc.message), "err")

@@ -6,11 +6,20 @@ it never asks which broker it has. ``MemoryBroker`` connects the hubs of one
 process (a cluster of one node in production, several in tests).
 """
 
-from relay.broker.base import Broker, Delivery, Handover, NodeHandler, Proof, Undelivered
+from relay.broker.base import (
+    Broker,
+    BrokerUnavailable,
+    Delivery,
+    Handover,
+    NodeHandler,
+    Proof,
+    Undelivered,
+)
 from relay.broker.memory import MemoryBroker
 
 __all__ = [
     "Broker",
+    "BrokerUnavailable",
     "Delivery",
     "Handover",
     "MemoryBroker",

@@ -13,6 +13,10 @@ from typing import NamedTuple, Protocol
 from relay.exceptions import RequestId
 
 
+class BrokerUnavailable(Exception):
+    """The backplane cannot be reached now; the caller answers without waiting."""
+
+
 class Delivery(Enum):
     """What became of a frame handed to a peer."""
 
@@ -75,7 +79,16 @@ class NodeHandler(Protocol):
 
 
 class Broker(Protocol):
-    """Everything a hub needs from the rest of the cluster."""
+    """Everything a hub needs from the rest of the cluster.
+
+    Any method may raise ``BrokerUnavailable`` when the backplane is down;
+    it must do so promptly rather than wait or buffer without bound.
+    """
+
+    @property
+    def ready(self) -> bool:
+        """Whether the backplane is connected and serving (for /readyz)."""
+        ...
 
     async def start(self, node: NodeHandler) -> None:
         """Begin serving ``node``: deliveries for its peers reach it from now on."""

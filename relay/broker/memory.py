@@ -27,6 +27,10 @@ class MemoryBroker:
         self._node: NodeHandler | None = None
 
     @property
+    def ready(self) -> bool:
+        return True
+
+    @property
     def _node_id(self) -> str:
         if self._node is None:
             raise RuntimeError("broker used before start()")
