@@ -27,7 +27,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     put several nodes on one in-memory cluster). The hub is ``app.state.hub``.
     """
     settings = settings or Settings()
-    hub = Hub(settings, broker or create_broker(settings.broker), Metrics())
+    hub = Hub(settings, broker or create_broker(settings.broker, settings), Metrics())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -39,7 +39,9 @@ class Settings:
     ping_interval_seconds: float = _setting(20.0, "WebSocket keepalive ping interval.")
     ping_timeout_seconds: float = _setting(20.0, "Close a peer whose pong is this late.")
     drain_seconds: float = _setting(10.0, "On SIGTERM, time allowed to flush queues.")
-    broker: str = _setting("memory", "Broker backend: memory (one node).")
+    broker: str = _setting(
+        "memory", "Broker backend: memory (one node) or redis://host:6379/0 (a cluster)."
+    )
     log_level: str = _setting("info", "Log level: debug, info, warning or error.")
 
     # Limits
@@ -80,6 +82,28 @@ class Settings:
     )
     resume_seconds: float = _setting(
         30.0, "How long a dropped peer's id, rooms and queue wait for a resume.", group="limits"
+    )
+
+    # Cluster (the redis broker; see docs/scaling.md)
+    workers: int = _setting(
+        1, "Worker processes on this machine (more than 1 needs a shared broker).", group="cluster"
+    )
+    redis_prefix: str = _setting(
+        "relay", "Prefix of every Redis key and channel, so relays can share a Redis.",
+        group="cluster",
+    )  # fmt: skip
+    node_lease_seconds: float = _setting(
+        5.0, "A node silent this long is dead: its peers and rooms are dropped.", group="cluster"
+    )
+    heartbeat_seconds: float = _setting(1.0, "How often a node renews its lease.", group="cluster")
+    probe_seconds: float = _setting(
+        2.0, "How often a node checks its own subscription end to end.", group="cluster"
+    )
+    broker_timeout_seconds: float = _setting(
+        1.0, "Longest wait for any backplane operation before err overloaded.", group="cluster"
+    )
+    broker_queue: int = _setting(
+        10000, "Frames waiting to be published to the backplane, at most.", group="cluster"
     )
 
     def codec_limits(self) -> CodecLimits:

@@ -16,6 +16,7 @@ from relay.broker.base import (
     Undelivered,
 )
 from relay.broker.memory import MemoryBroker
+from relay.settings import Settings
 
 __all__ = [
     "Broker",
@@ -30,8 +31,21 @@ __all__ = [
 ]
 
 
-def create_broker(url: str) -> Broker:
-    """Build the broker named by a ``--broker`` value."""
+def create_broker(url: str, settings: Settings | None = None) -> Broker:
+    """Build the broker named by a ``--broker`` value (``memory`` or a Redis URL)."""
     if url == "memory":
         return MemoryBroker()
-    raise ValueError(f"unknown broker {url!r}: expected 'memory'")
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from relay.broker.redis import RedisBroker
+
+        settings = settings or Settings()
+        return RedisBroker(
+            url,
+            prefix=settings.redis_prefix,
+            lease_seconds=settings.node_lease_seconds,
+            heartbeat_seconds=settings.heartbeat_seconds,
+            probe_seconds=settings.probe_seconds,
+            timeout_seconds=settings.broker_timeout_seconds,
+            queue_size=settings.broker_queue,
+        )
+    raise ValueError(f"unknown broker {url!r}: expected 'memory' or redis://host:port/db")
