@@ -146,6 +146,15 @@ def serve(**values: Any) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.workers > 1:
+        if settings.broker == "memory":
+            raise click.UsageError(
+                "--workers N > 1 needs a shared broker such as --broker redis://host:6379/0: "
+                "with the memory broker each worker would be a separate relay"
+            )
+        from relay.workers import run_workers
+
+        sys.exit(run_workers(settings))
     app = create_app(settings)
     server = RelayServer(uvicorn_config(app, settings), app.state.hub)
     server.run()

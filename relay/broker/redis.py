@@ -266,14 +266,14 @@ class RedisBroker:
 
     async def close(self) -> None:
         self._closing = True
+        was_up = self._up
         if self._supervisor is not None:
             self._supervisor.cancel()
             with contextlib.suppress(BaseException):
                 await self._supervisor
         for task in list(self._background):
             task.cancel()
-        if self._up and self._cmd is not None:
-            self._up = False
+        if was_up and self._cmd is not None:
             try:
                 async with asyncio.timeout(self._timeout * 2):
                     reaped = await self._cmd.eval(
@@ -453,7 +453,7 @@ class RedisBroker:
                 level = logging.WARNING if self._up else logging.DEBUG
                 log.log(level, "backplane lost (%s: %s); reconnecting", type(exc).__name__, exc)
             finally:
-                if self._up:
+                if self._up and not self._closing:
                     log.warning("backplane down")
                 self._up = False
                 self._connected.clear()
