@@ -230,6 +230,8 @@ class RedisBroker:
         self._peers: set[str] = set()
         self._rooms: dict[str, set[str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._stale_leaves: list[tuple[str, str]] = []
+        self._dirty = False  # the registry may hold what this node let go
 
     # --- names ---------------------------------------------------------------
 
@@ -299,19 +301,36 @@ class RedisBroker:
     # --- the Broker interface ---------------------------------------------------
 
     async def claim(self, peer_id: str) -> str | None:
-        holder = await self._call(
-            "EVAL", _CLAIM, 1, self._key("peer", peer_id), self._node_id, self._prefix, peer_id
-        )
+        # Counted as held before Redis answers, so that a concurrent
+        # _reconcile never takes a claim in flight for a stale entry.
+        fresh = peer_id not in self._peers
+        self._peers.add(peer_id)
+        try:
+            holder = await self._call(
+                "EVAL", _CLAIM, 1, self._key("peer", peer_id),
+                self._node_id, self._prefix, peer_id,
+            )  # fmt: skip
+        except BrokerUnavailable:
+            if fresh:
+                self._peers.discard(peer_id)
+            raise
         if holder is None:
-            self._peers.add(peer_id)
             return None
+        if fresh:
+            self._peers.discard(peer_id)
         return _text(holder)
 
     async def release(self, peer_id: str) -> None:
+        # Forgetting never fails: what the registry could not be told now is
+        # put right from this node's own state when it can (``_reconcile``).
         self._peers.discard(peer_id)
-        await self._call(
-            "EVAL", _RELEASE, 1, self._key("peer", peer_id), self._node_id, self._prefix, peer_id
-        )
+        try:
+            await self._call(
+                "EVAL", _RELEASE, 1, self._key("peer", peer_id),
+                self._node_id, self._prefix, peer_id,
+            )  # fmt: skip
+        except BrokerUnavailable:
+            self._dirty = True
 
     async def take_over(self, peer_id: str, holder: str, proof: Proof) -> Handover | None:
         cid = secrets.token_hex(8)
@@ -331,13 +350,20 @@ class RedisBroker:
             self._pending.pop(cid, None)
         if handover is None:
             return None
+        # The peer is ours now, whatever happens next: its state must not be
+        # lost. Should the registry be unreachable, the reconnect registers it.
         self._peers.add(peer_id)
-        await self._call(
-            "EVAL", _TAKE, 1, self._key("peer", peer_id),
-            self._node_id, self._prefix, peer_id, holder,
-        )  # fmt: skip
         for room in handover.rooms:
-            await self._join(room, peer_id, -1)
+            self._rooms.setdefault(room, set()).add(peer_id)
+        try:
+            await self._call(
+                "EVAL", _TAKE, 1, self._key("peer", peer_id),
+                self._node_id, self._prefix, peer_id, holder,
+            )  # fmt: skip
+            for room in handover.rooms:
+                await self._join(room, peer_id, -1)
+        except BrokerUnavailable:
+            log.warning("took over %s but could not register it yet", peer_id)
         return handover
 
     async def send(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
@@ -352,29 +378,47 @@ class RedisBroker:
         self, room: str, frame: bytes, exclude: str | None, presence_only: bool
     ) -> None:
         payload = wire.encode_room(room, frame, exclude, presence_only)
-        await self._write(
-            "EVAL", _PUBLISH, 1, self._key("roomnodes", room),
-            self._channel(""), payload, self._node_id,
-        )  # fmt: skip
+        try:
+            await self._write(
+                "EVAL", _PUBLISH, 1, self._key("roomnodes", room),
+                self._channel(""), payload, self._node_id,
+            )  # fmt: skip
+        except BrokerUnavailable:
+            if not presence_only:
+                raise
+            # A presence event that cannot go out now: the other nodes learn
+            # of a leave from _reconcile, and the node that is cut off is
+            # the one a join would be refused on.
+            self._dirty = True
 
     async def join(self, room: str, peer_id: str, limit: int) -> bool:
         return await self._join(room, peer_id, limit)
 
     async def _join(self, room: str, peer_id: str, limit: int) -> bool:
-        joined = await self._call(
-            "EVAL", _JOIN, 2, self._key("room", room), self._key("roomnodes", room),
-            self._node_id, peer_id, limit, self._prefix, room,
-        )  # fmt: skip
-        if joined:
-            self._rooms.setdefault(room, set()).add(peer_id)
-        return bool(joined)
+        members = self._rooms.setdefault(room, set())
+        fresh = peer_id not in members
+        members.add(peer_id)  # before Redis answers, as in claim()
+        joined = False
+        try:
+            result = await self._call(
+                "EVAL", _JOIN, 2, self._key("room", room), self._key("roomnodes", room),
+                self._node_id, peer_id, limit, self._prefix, room,
+            )  # fmt: skip
+            joined = bool(result)
+        finally:
+            if fresh and not joined:
+                self._forget_membership(room, peer_id)
+        return joined
 
     async def leave(self, room: str, peer_id: str) -> None:
         self._forget_membership(room, peer_id)
-        await self._call(
-            "EVAL", _LEAVE, 2, self._key("room", room), self._key("roomnodes", room),
-            self._node_id, peer_id, self._prefix, room,
-        )  # fmt: skip
+        try:
+            await self._call(
+                "EVAL", _LEAVE, 2, self._key("room", room), self._key("roomnodes", room),
+                self._node_id, peer_id, self._prefix, room,
+            )  # fmt: skip
+        except BrokerUnavailable:
+            self._dirty = True
 
     async def members(self, room: str) -> list[str]:
         found = await self._call("EVAL", _MEMBERS, 1, self._key("room", room), self._prefix)
@@ -474,6 +518,9 @@ class RedisBroker:
             await self._probe_once()  # the subscription really works
             self._up = True
             self._connected.set()
+            stale, self._stale_leaves = self._stale_leaves, []
+            for room, peer_id in stale:
+                self._announce_leave(room, peer_id)
             log.info("backplane up: node %s on %s", self._node_id, self._prefix)
             tasks += [
                 asyncio.create_task(self._heartbeats()),
@@ -494,8 +541,16 @@ class RedisBroker:
             return await self._cmd.execute_command(*args)  # type: ignore[no-untyped-call]
 
     async def _register(self) -> None:
-        """Register the node, and again every peer and membership it holds."""
+        """Register the node, and again every peer and membership it holds.
+
+        After an outage the registry may hold less (Redis restarted empty) or
+        more (a release or leave that failed while it was unreachable) than
+        this node holds: both are put right, and members that are no longer
+        here are announced as gone.
+        """
         await self._renew()
+        self._dirty = False
+        self._stale_leaves = await self._reconcile()
         for peer_id in list(self._peers):
             holder = await self._raw(
                 "EVAL", _CLAIM, 1, self._key("peer", peer_id), self._node_id, self._prefix, peer_id
@@ -514,6 +569,35 @@ class RedisBroker:
                     self._node_id, peer_id, -1, self._prefix, room,
                 )  # fmt: skip
 
+    async def _reconcile(self) -> list[tuple[str, str]]:
+        """Drop what the registry holds for this node that the node no longer has.
+
+        Returns the memberships removed, to be announced as presence leave.
+        """
+        stale: list[tuple[str, str]] = []
+        registered = await self._raw("SMEMBERS", self._key("peers", self._node_id))
+        for peer_id in {_text(item) for item in registered} - self._peers:
+            await self._raw(
+                "EVAL",
+                _RELEASE,
+                1,
+                self._key("peer", peer_id),
+                self._node_id,
+                self._prefix,
+                peer_id,
+            )
+        rooms = await self._raw("SMEMBERS", self._key("rooms", self._node_id))
+        for room in {_text(item) for item in rooms}:
+            entries: dict[bytes, bytes] = await self._raw("HGETALL", self._key("room", room))
+            for peer_id, node in ((_text(k), _text(v)) for k, v in entries.items()):
+                if node == self._node_id and peer_id not in self._rooms.get(room, ()):
+                    await self._raw(
+                        "EVAL", _LEAVE, 2, self._key("room", room), self._key("roomnodes", room),
+                        self._node_id, peer_id, self._prefix, room,
+                    )  # fmt: skip
+                    stale.append((room, peer_id))
+        return stale
+
     async def _give_up(self, peer_id: str) -> None:
         assert self._node is not None
         await self._node.hand_over(peer_id, Proof(None, True))
@@ -525,17 +609,25 @@ class RedisBroker:
     async def _heartbeats(self) -> None:
         while True:
             await self._renew()
+            if self._dirty:
+                self._dirty = False
+                for room, peer in await self._reconcile():
+                    self._announce_leave(room, peer)
             reaped = await self._raw("EVAL", _REAP, 0, self._prefix, self._node_id, "")
             for room, peer in _pairs(reaped):
-                log.info("node of %s is gone: %s leaves %s", peer, peer, room)
-                frame = _presence_leave(room, peer)
-                assert self._node is not None
-                self._node.deliver_room(room, frame, peer, True)
-                self._post(
-                    "EVAL", _PUBLISH, 1, self._key("roomnodes", room),
-                    self._channel(""), wire.encode_room(room, frame, peer, True), self._node_id,
-                )  # fmt: skip
+                log.info("the node of %s is gone: it leaves %s", peer, room)
+                self._announce_leave(room, peer)
             await asyncio.sleep(self._heartbeat)
+
+    def _announce_leave(self, room: str, peer_id: str) -> None:
+        """Presence ``leave`` for a member this node removed from the registry."""
+        assert self._node is not None
+        frame = _presence_leave(room, peer_id)
+        self._node.deliver_room(room, frame, peer_id, True)
+        self._post(
+            "EVAL", _PUBLISH, 1, self._key("roomnodes", room),
+            self._channel(""), wire.encode_room(room, frame, peer_id, True), self._node_id,
+        )  # fmt: skip
 
     async def _probe_once(self) -> None:
         nonce = secrets.token_hex(8)

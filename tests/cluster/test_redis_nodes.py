@@ -230,6 +230,35 @@ async def test_redis_restart_mid_traffic(own_redis: RedisServer, nodes: Nodes) -
     await impostor.expect(type="err", code="id-taken")
 
 
+async def test_what_changed_during_a_blip_is_put_right(
+    own_redis: RedisServer, nodes: Nodes
+) -> None:
+    a, b = await nodes.start(own_redis.url, "a", "b")
+    alice = await join_as(a.url, "alice")
+    await alice.request({"type": "join", "room": "r", "presence": True, "id": 1})
+    await alice.expect(type="ok", id=1)
+    bob = await join_as(b.url, "bob")
+    await bob.request({"type": "join", "room": "r", "id": 1})
+    await alice.expect(type="presence", peer="bob", event="join")
+
+    own_redis.pause()  # unreachable, but its data survives
+    try:
+        with anyio.fail_after(5):
+            # Polling: readiness has no event to wait on from outside.
+            for _attempt in itertools.count():
+                if await _is_status(b, 503):
+                    break
+                await anyio.sleep(0.1)
+        await bob.close()  # b cannot tell Redis that bob left
+        assert await bob.closed() == 1000
+    finally:
+        own_redis.resume()
+    with anyio.fail_after(10):
+        await _until_presence(alice, "bob", "leave")
+    again = await join_as(a.url, "bob")  # the id was freed too
+    assert again.welcome["node"] == "a"
+
+
 async def test_malformed_backplane_messages_are_dropped(redis_url: str, nodes: Nodes) -> None:
     a, b = await nodes.start(redis_url, "a", "b")
     alice = await join_as(a.url, "alice")
