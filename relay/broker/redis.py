@@ -519,8 +519,8 @@ class RedisBroker:
             self._up = True
             self._connected.set()
             stale, self._stale_leaves = self._stale_leaves, []
-            for room, peer_id in stale:
-                self._announce_leave(room, peer_id)
+            if stale:
+                self._spawn(self._announce_when_heard(stale))
             log.info("backplane up: node %s on %s", self._node_id, self._prefix)
             tasks += [
                 asyncio.create_task(self._heartbeats()),
@@ -618,6 +618,26 @@ class RedisBroker:
                 log.info("the node of %s is gone: it leaves %s", peer, room)
                 self._announce_leave(room, peer)
             await asyncio.sleep(self._heartbeat)
+
+    async def _announce_when_heard(self, stale: list[tuple[str, str]]) -> None:
+        """Announce leaves found after an outage once the other nodes listen again.
+
+        They went through the same outage and may still be reconnecting: a
+        frame published to a channel nobody listens on is lost. Wait (at most
+        a lease) until every registered node has its channel subscribed.
+        """
+        deadline = asyncio.get_running_loop().time() + self._lease_ms / 1000
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                nodes = [_text(n) for n in await self._raw("SMEMBERS", f"{self._prefix}:nodes")]
+                counts = await self._raw("PUBSUB", "NUMSUB", *map(self._channel, nodes))
+                if all(isinstance(n, int) and n > 0 for _channel, n in _pairs_raw(counts)):
+                    break
+            except _ERRORS:
+                pass
+            await asyncio.sleep(self._heartbeat / 2)
+        for room, peer_id in stale:
+            self._announce_leave(room, peer_id)
 
     def _announce_leave(self, room: str, peer_id: str) -> None:
         """Presence ``leave`` for a member this node removed from the registry."""
@@ -775,6 +795,13 @@ def _text(value: object) -> str:
 
 def _pairs(flat: object) -> list[tuple[str, str]]:
     items = [_text(item) for item in flat] if isinstance(flat, list) else []
+    return list(zip(items[::2], items[1::2], strict=True))
+
+
+def _pairs_raw(reply: object) -> list[tuple[object, object]]:
+    if isinstance(reply, dict):
+        return list(reply.items())
+    items = list(reply) if isinstance(reply, list | tuple) else []
     return list(zip(items[::2], items[1::2], strict=True))
 
 
