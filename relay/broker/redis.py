@@ -37,13 +37,15 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections import deque
 from collections.abc import Awaitable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from relay.broker import wire
 from relay.broker.base import (
@@ -222,6 +224,8 @@ class RedisBroker:
         self._pub: aioredis.Redis | None = None
         self._sub: aioredis.Redis | None = None
         self._ops: asyncio.Queue[_Op] = asyncio.Queue(queue_size)
+        self._inflight: deque[_Op] = deque()  # written, reply not read yet
+        self._replies_due = asyncio.Event()
         self._pending: dict[str, asyncio.Future[Handover | None]] = {}
         self._probe_nonce = ""
         self._probe_heard = asyncio.Event()
@@ -471,6 +475,10 @@ class RedisBroker:
             log.warning("backplane queue full: dropped %s", args[0])
 
     def _fail_pending(self) -> None:
+        while self._inflight:
+            _args, future = self._inflight.popleft()
+            if future is not None and not future.done():
+                future.set_exception(BrokerUnavailable("the backplane is down"))
         while not self._ops.empty():
             _args, future = self._ops.get_nowait()
             if future is not None and not future.done():
@@ -509,9 +517,14 @@ class RedisBroker:
             delay = min(delay * 2, 1.0)
 
     async def _run(self, pubsub: aioredis.client.PubSub) -> None:
+        assert self._pub is not None
+        conn: AbstractConnection = self._pub.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        async with asyncio.timeout(self._timeout):
+            await conn.connect()  # type: ignore[no-untyped-call]
         tasks = [
             asyncio.create_task(self._reader(pubsub)),
-            asyncio.create_task(self._writer()),
+            asyncio.create_task(self._writer(conn)),
+            asyncio.create_task(self._replies(conn)),
         ]
         try:
             await self._register()
@@ -534,6 +547,9 @@ class RedisBroker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._fail_pending()
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
 
     async def _raw(self, *args: Any) -> Any:
         assert self._cmd is not None
@@ -669,32 +685,36 @@ class RedisBroker:
             await asyncio.sleep(self._probe_interval)
             await self._probe_once()
 
-    async def _writer(self) -> None:
-        assert self._pub is not None
+    async def _writer(self, conn: AbstractConnection) -> None:
+        """Write queued commands to the one ordered connection, without waiting for replies."""
         while True:
             batch = [await self._ops.get()]
             while len(batch) < _BATCH and not self._ops.empty():
                 batch.append(self._ops.get_nowait())
-            pipe = self._pub.pipeline(transaction=False)
-            for args, _future in batch:
-                pipe.execute_command(*args)
+            self._inflight.extend(batch)
+            self._replies_due.set()
+            await conn.send_packed_command(
+                conn.pack_commands([args for args, _future in batch]), check_health=False
+            )
+
+    async def _replies(self, conn: AbstractConnection) -> None:
+        """Read the writer's replies, in order, and hand each to its caller."""
+        while True:
+            if not self._inflight:
+                self._replies_due.clear()
+                await self._replies_due.wait()
+                continue
             try:
-                async with asyncio.timeout(self._timeout):
-                    results = await pipe.execute(raise_on_error=False)
-            except BaseException:
-                for _args, future in batch:
-                    if future is not None and not future.done():
-                        future.set_exception(BrokerUnavailable("the backplane is down"))
-                raise
-            finally:
-                await pipe.reset()  # type: ignore[no-untyped-call]
-            for (args, future), result in zip(batch, results, strict=True):
-                if isinstance(result, Exception):
-                    log.warning("backplane refused %s: %s", args[0], result)
-                    if future is not None and not future.done():
-                        future.set_exception(BrokerUnavailable("the backplane refused"))
-                elif future is not None and not future.done():
-                    future.set_result(result)
+                result = await conn.read_response(timeout=self._timeout)
+            except ResponseError as exc:
+                result = exc
+            args, future = self._inflight.popleft()
+            if isinstance(result, Exception):
+                log.warning("backplane refused %s: %s", args[0], result)
+                if future is not None and not future.done():
+                    future.set_exception(BrokerUnavailable("the backplane refused"))
+            elif future is not None and not future.done():
+                future.set_result(result)
 
     async def _reader(self, pubsub: aioredis.client.PubSub) -> None:
         while True:
