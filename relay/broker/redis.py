@@ -224,6 +224,7 @@ class RedisBroker:
         self._pub: aioredis.Redis | None = None
         self._sub: aioredis.Redis | None = None
         self._ops: asyncio.Queue[_Op] = asyncio.Queue(queue_size)
+        self._pubsub: aioredis.client.PubSub | None = None  # the live subscription
         self._inflight: deque[_Op] = deque()  # written, reply not read yet
         self._replies_due = asyncio.Event()
         self._pending: dict[str, asyncio.Future[Handover | None]] = {}
@@ -521,6 +522,7 @@ class RedisBroker:
         conn: AbstractConnection = self._pub.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         async with asyncio.timeout(self._timeout):
             await conn.connect()  # type: ignore[no-untyped-call]
+        self._pubsub = pubsub
         tasks = [
             asyncio.create_task(self._reader(pubsub)),
             asyncio.create_task(self._writer(conn)),

@@ -1,0 +1,84 @@
+"""The Redis broker on its own, in this process: failure detection and prompt refusals."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+
+import anyio
+import pytest
+
+from relay.broker import BrokerUnavailable, Delivery, Handover, Proof, Undelivered
+from relay.broker.redis import RedisBroker
+from tests.redis_server import free_port
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeNode:
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.frames: list[bytes] = []
+
+    def deliver(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
+        self.frames.append(frame)
+        return Delivery.DELIVERED
+
+    def deliver_room(
+        self, room: str, frame: bytes, exclude: str | None, presence_only: bool
+    ) -> None:
+        self.frames.append(frame)
+
+    async def hand_over(self, peer_id: str, proof: Proof) -> Handover | None:
+        return None
+
+
+def _broker(url: str) -> RedisBroker:
+    return RedisBroker(
+        url, prefix=f"t{secrets.token_hex(4)}", lease_seconds=2, heartbeat_seconds=0.2,
+        probe_seconds=0.2, timeout_seconds=0.5,
+    )  # fmt: skip
+
+
+async def _until(broker: RedisBroker, ready: bool) -> None:
+    # Polling: readiness is a flag with no event to wait on.
+    for _attempt in itertools.count():
+        if broker.ready is ready:
+            return
+        await anyio.sleep(0.05)
+
+
+async def test_the_probe_catches_a_subscription_that_silently_died(redis_url: str) -> None:
+    broker = _broker(redis_url)
+    await broker.start(FakeNode("n1"))
+    try:
+        assert broker.ready
+        assert broker._pubsub is not None
+        await broker._pubsub.unsubscribe()  # no error anywhere: deliveries just stop
+        with anyio.fail_after(3):
+            await _until(broker, False)
+        with anyio.fail_after(5):
+            await _until(broker, True)
+        assert await broker.claim("alice") is None  # serving again
+    finally:
+        await broker.close()
+
+
+async def test_an_unreachable_redis_is_refused_promptly() -> None:
+    broker = _broker(f"redis://127.0.0.1:{free_port()}/0")
+    with anyio.fail_after(3):
+        await broker.start(FakeNode("n1"))
+    try:
+        assert not broker.ready
+        with anyio.fail_after(0.1):
+            with pytest.raises(BrokerUnavailable):
+                await broker.claim("alice")
+            with pytest.raises(BrokerUnavailable):
+                await broker.send("bob", b"x", None)
+            with pytest.raises(BrokerUnavailable):
+                await broker.publish("r", b"x", None, False)
+            await broker.release("alice")  # forgetting never fails
+            await broker.leave("r", "alice")
+    finally:
+        with anyio.fail_after(3):
+            await broker.close()
