@@ -224,7 +224,6 @@ class RedisBroker:
         self._pub: aioredis.Redis | None = None
         self._sub: aioredis.Redis | None = None
         self._ops: asyncio.Queue[_Op] = asyncio.Queue(queue_size)
-        self._pubsub: aioredis.client.PubSub | None = None  # the live subscription
         self._inflight: deque[_Op] = deque()  # written, reply not read yet
         self._replies_due = asyncio.Event()
         self._pending: dict[str, asyncio.Future[Handover | None]] = {}
@@ -506,6 +505,8 @@ class RedisBroker:
                 level = logging.WARNING if self._up else logging.DEBUG
                 log.log(level, "backplane lost (%s: %s); reconnecting", type(exc).__name__, exc)
             finally:
+                if self._up:
+                    delay = 0.1  # it worked until now: retry soon
                 if self._up and not self._closing:
                     log.warning("backplane down")
                 self._up = False
@@ -522,7 +523,6 @@ class RedisBroker:
         conn: AbstractConnection = self._pub.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         async with asyncio.timeout(self._timeout):
             await conn.connect()  # type: ignore[no-untyped-call]
-        self._pubsub = pubsub
         tasks = [
             asyncio.create_task(self._reader(pubsub)),
             asyncio.create_task(self._writer(conn)),
