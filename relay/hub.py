@@ -98,7 +98,9 @@ class Hub:
         for peer in [p for p in self.peers.values() if p.session is None]:
             await self._remove(peer)
         for session in list(self.sessions):
-            session.close(CloseCode.GOING_AWAY, "server going away", reason="drain", flush=True)
+            session.close(
+                CloseCode.GOING_AWAY, "server going away", reason="drain", flush_seconds=seconds
+            )
         with anyio.move_on_after(seconds):
             while self.sessions:
                 self._sessions_gone = anyio.Event()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -140,7 +141,7 @@ class Session:
         self.close_code: int | None = None
         self.close_reason = ""
         self.wakeup = asyncio.Event()
-        self._flush = False
+        self._flush_until = 0.0
         self._send_scope: anyio.CancelScope | None = None
         self._rate = TokenBucket(settings.rate_per_second, settings.rate_burst, clock)
         self._rate_strikes = Strikes(settings.rate_strikes, consecutive=True)
@@ -150,21 +151,22 @@ class Session:
 
     # --- closing -------------------------------------------------------------
 
-    def close(self, code: int, message: str, *, reason: str, flush: bool = False) -> None:
+    def close(self, code: int, message: str, *, reason: str, flush_seconds: float = 0.0) -> None:
         """Ask the writer to close the socket with ``code``.
 
-        With ``flush`` the queue is sent first (drain); otherwise a send in
-        progress is abandoned and its frame stays queued for a resume.
+        The writer first sends what is queued for up to ``flush_seconds``
+        (a drain, or the ``err`` that explains a policy close); a send still
+        in progress then is abandoned, and a resume replays it.
         """
         if self.close_code is not None:
             return
         self.close_code = code
         self.close_reason = message
-        self._flush = flush
+        self._flush_until = anyio.current_time() + flush_seconds
         self._metrics.disconnects.labels(reason).inc()
         self.wakeup.set()
-        if not flush and self._send_scope is not None:
-            self._send_scope.cancel()
+        if self._send_scope is not None:
+            self._send_scope.deadline = self._flush_until
 
     # --- writing -------------------------------------------------------------
 
@@ -182,8 +184,9 @@ class Session:
         queue = peer.queue
         out_counters = self._metrics.out_counters
         while True:
-            if not queue or (self.close_code is not None and not self._flush):
-                if self.close_code is not None:
+            closing = self.close_code is not None
+            if not queue or (closing and anyio.current_time() >= self._flush_until):
+                if closing:
                     break
                 self.wakeup.clear()
                 await self.wakeup.wait()
@@ -195,7 +198,7 @@ class Session:
             peer.queued_bytes -= len(frame)
             peer.written.append(entry)
             peer.written_count += 1
-            with anyio.CancelScope() as scope:
+            with anyio.CancelScope(deadline=self._flush_until if closing else math.inf) as scope:
                 self._send_scope = scope
                 try:
                     await self.transport.send_bytes(frame)
@@ -234,14 +237,24 @@ class Session:
             self._metrics.invalid_in[1].inc(len(frame))
             self._refuse(exc)
             if isinstance(exc, BadEnvelope | UnknownType) and self._bad_envelopes.hit():
-                self.close(CloseCode.TOO_MANY_BAD_ENVELOPES, "too many bad envelopes", reason="bad")
+                self.close(
+                    CloseCode.TOO_MANY_BAD_ENVELOPES,
+                    "too many bad envelopes",
+                    reason="bad",
+                    flush_seconds=_EXPLAIN_SECONDS,
+                )
             return
         kind = _KINDS[type(envelope)]
         self._count_in(kind, len(frame))
         if not self._rate.take():
             self._refuse(RateLimited("slow down", request_id=envelope_id(envelope)))
             if self._rate_strikes.hit():
-                self.close(CloseCode.RATE_LIMITED, "rate limit exceeded", reason="flood")
+                self.close(
+                    CloseCode.RATE_LIMITED,
+                    "rate limit exceeded",
+                    reason="flood",
+                    flush_seconds=_EXPLAIN_SECONDS,
+                )
             return
         self._rate_strikes.forgive()
         peer = self.peer
@@ -289,6 +302,9 @@ class Session:
         messages, total = self._metrics.in_counters[kind]
         messages.inc()
         total.inc(size)
+
+
+_EXPLAIN_SECONDS = 1.0  # how long a policy close waits to deliver the errs that explain it
 
 
 def envelope_id(envelope: object) -> RequestId | None:
