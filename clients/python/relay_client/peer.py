@@ -807,14 +807,16 @@ class Peer:
                 ping_timeout=self._ping_timeout,
                 close_timeout=self._close_timeout,
                 max_size=self._max_size,
-                proxy=None,
             )
         except InvalidStatus as exc:
             raise RelayUnavailable(
                 f"relay at {self.url} refused the WebSocket upgrade "
                 f"(HTTP {exc.response.status_code})"
             ) from None
-        except (OSError, TimeoutError, InvalidHandshake, WsConnectionClosed) as exc:
+        except (OSError, TimeoutError, EOFError, InvalidHandshake, WsConnectionClosed) as exc:
+            raise RelayUnavailable(f"cannot reach relay at {self.url}: {_describe(exc)}") from None
+        except Exception as exc:  # anything else the opening handshake may raise
+            log.debug("handshake failed", exc_info=True)
             raise RelayUnavailable(f"cannot reach relay at {self.url}: {_describe(exc)}") from None
         hello = {
             "type": "hello",
