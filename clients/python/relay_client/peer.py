@@ -130,6 +130,18 @@ def _is_transient(exc: RelayError) -> bool:
     return False
 
 
+def _new_future() -> asyncio.Future[Any]:
+    """A future whose exception counts as retrieved even if its caller went away."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.add_done_callback(_retrieve)
+    return future
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _closed_error(code: int, reason: str) -> ConnectionClosed:
     if code == 4503:
         return SessionReplaced(code, reason)
@@ -527,9 +539,7 @@ class Peer:
             raise NotConnected("not connected to the relay (reconnecting)")
         rid = next(self._ids)
         envelope = {"type": "ping", "id": rid}
-        pending = _Pending(
-            asyncio.get_running_loop().create_future(), "ping", envelope, time.monotonic()
-        )
+        pending = _Pending(_new_future(), "ping", envelope, time.monotonic())
         self._pending[rid] = pending
         with contextlib.suppress(WsConnectionClosed):
             await conn.send(pack(envelope))
@@ -564,7 +574,7 @@ class Peer:
         """
         limit = self._request_timeout if timeout is None else timeout
         rid = next(self._rids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = _new_future()
         self._requests[rid] = _Request(to, future)
         envelope = {"type": "send", "to": to, "d": data, "ev": ev, "rid": rid}
         try:
@@ -732,7 +742,7 @@ class Peer:
         pending: _Pending | None = None
         if wait:
             envelope["id"] = next(self._ids)
-            future = asyncio.get_running_loop().create_future()
+            future = _new_future()
             pending = _Pending(future, kind, envelope, on_ok=on_ok)
         out = _Outgoing(envelope, self._encode(envelope), pending)
         # One writer at a time (FIFO), so frames leave in call order, paced and
@@ -927,11 +937,13 @@ class Peer:
         if restore and welcome is not None and not welcome.resumed:
             await self._rejoin(conn)
         while self._outbox and conn.state is WsState.OPEN:
-            out = self._outbox.popleft()
-            if out.pending is not None and out.pending.future.done():
+            if self._outbox[0].pending is not None and self._outbox[0].pending.future.done():
+                self._outbox.popleft()  # its caller gave up
                 continue
-            await self._pace()
-            await self._transmit(conn, out)
+            await self._pace()  # before popping: a cancelled flush loses nothing
+            if not self._outbox or conn.state is not WsState.OPEN:
+                break
+            await self._transmit(conn, self._outbox.popleft())
         if conn.state is WsState.OPEN and not self._closing:
             self._ws = conn
             self._set_state(State.CONNECTED)
@@ -943,7 +955,7 @@ class Peer:
         for room, presence in list(self._rooms.items()):
             envelope: dict[str, Any] = {"type": "join", "room": room, "id": next(self._ids)}
             envelope["presence"] = presence or None
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[Any] = _new_future()
             future.add_done_callback(self._rejoined(room))
             futures.append(future)
             await self._pace()
