@@ -356,3 +356,47 @@ async def test_gives_up_after_max_retries(relay: RunningRelay, proxy_factory: Pr
             error = await bob.wait_closed()
         assert isinstance(error, relay_client.RelayUnavailable)
         assert "3 attempts" in str(error)
+
+
+async def test_cancelled_send_leaves_the_offline_buffer(
+    relay: RunningRelay, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await proxy_factory(relay)
+    async with (
+        relay_client.connect(proxy.url, id="alice", **FAST) as alice,
+        relay_client.connect(relay.url, id="bob") as bob,
+    ):
+        await drop_and_hold(relay, proxy, alice)
+        with anyio.move_on_after(0.05):
+            await alice.send("bob", "abandoned")
+        assert alice.buffered == 0
+        await alice.send("bob", "kept", ack=False)
+        back = States(alice).expect(State.CONNECTED)
+        proxy.refusing = False
+        await wait(back)
+        assert (await recv(bob)).data == "kept"
+
+
+async def test_token_function_is_called_for_every_connect(
+    relay: RunningRelay, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await proxy_factory(relay)
+    calls: list[int] = []
+
+    async def token() -> str:
+        calls.append(len(calls))
+        return f"token-{len(calls)}"
+
+    async with relay_client.connect(proxy.url, id="alice", token=token, **FAST) as alice:
+        back = States(alice).expect(State.CONNECTED)
+        proxy.sever()
+        await wait(back)
+    assert calls == [0, 1]
+
+
+async def test_closed_state_is_reported(relay: RunningRelay) -> None:
+    async with relay_client.connect(relay.url, id="alice") as alice:
+        states = States(alice)
+        closed = states.expect(State.CLOSED)
+    await wait(closed)
+    assert states.seen == [State.CLOSED]
