@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -19,6 +20,13 @@ if TYPE_CHECKING:
 
 CLI = [sys.executable, "-m", "relay_client"]
 ENV = {k: v for k, v in os.environ.items() if k not in ("RELAY_URL", "RELAY_TOKEN")}
+# the package may be importable here without being installed: tell the subprocesses too
+ENV["PYTHONPATH"] = os.pathsep.join(
+    [
+        str(Path(relay_client.__file__).resolve().parents[1]),
+        *filter(None, [os.environ.get("PYTHONPATH")]),
+    ]
+)
 
 
 class Lines:
