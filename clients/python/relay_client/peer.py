@@ -809,6 +809,16 @@ class Peer:
 
     async def _handshake(self) -> tuple[ClientConnection, Welcome]:
         try:
+            token = await self._current_token()
+        except Exception as exc:
+            raise RelayUnavailable(f"the token function failed: {_describe(exc)}") from exc
+        hello = {
+            "type": "hello",
+            "id": self.id,
+            "token": token,
+            "resume": self.resume_secret or self._resume,
+        }
+        try:
             conn = await ws_connect(
                 self.url,
                 subprotocols=[Subprotocol(SUBPROTOCOL)],
@@ -828,12 +838,14 @@ class Peer:
         except Exception as exc:  # anything else the opening handshake may raise
             log.debug("handshake failed", exc_info=True)
             raise RelayUnavailable(f"cannot reach relay at {self.url}: {_describe(exc)}") from None
-        hello = {
-            "type": "hello",
-            "id": self.id,
-            "token": await self._current_token(),
-            "resume": self.resume_secret or self._resume,
-        }
+        try:
+            return conn, await self._register(conn, hello)
+        except BaseException:
+            conn.transport.abort()  # never leak the socket (refusal, timeout, cancellation)
+            raise
+
+    async def _register(self, conn: ClientConnection, hello: dict[str, Any]) -> Welcome:
+        """Send ``hello`` on a fresh socket and return the ``welcome``."""
         try:
             await conn.send(pack(hello))
             async with asyncio.timeout(self._open_timeout):
@@ -841,26 +853,22 @@ class Peer:
         except WsConnectionClosed:
             raise _closed_error(conn.close_code or 1006, conn.close_reason or "") from None
         except TimeoutError:
-            await conn.close()
             raise RelayUnavailable(f"relay at {self.url} sent no welcome") from None
         envelope = unpack(frame) if isinstance(frame, bytes) else None
         if envelope is None or envelope["type"] not in ("welcome", "err"):
-            await conn.close(1002, "expected welcome")
             raise ProtocolError(f"relay at {self.url} answered hello with something unexpected")
         if envelope["type"] == "err":
-            await conn.close()
             raise error_from_code(
                 str(envelope.get("code", "internal")), str(envelope.get("msg", ""))
             )
         limits = envelope.get("limits")
-        welcome = Welcome(
+        return Welcome(
             id=str(envelope.get("id", "")),
             resume=str(envelope.get("resume", "")),
             limits=dict(limits) if isinstance(limits, dict) else {},
             node=str(envelope.get("node", "")),
             resumed=bool(envelope.get("resumed", False)),
         )
-        return conn, welcome
 
     async def _current_token(self) -> str | None:
         source = self._token
