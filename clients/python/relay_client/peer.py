@@ -361,8 +361,7 @@ class Peer:
         runner = self._runner
         if runner is not None and runner is not asyncio.current_task() and not runner.done():
             runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await runner
+            await asyncio.wait({runner})  # never raises; our own cancellation still does
         if self._outbox:
             log.warning(
                 "closing with %d unsent message(s) in the offline buffer", len(self._outbox)
@@ -375,8 +374,7 @@ class Peer:
     async def wait_closed(self) -> RelayError | None:
         """Wait until the peer is closed for good; return :attr:`close_error`."""
         if self._runner is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._runner)
+            await asyncio.wait({self._runner})
         return self._close_error
 
     async def __aenter__(self) -> Peer:
