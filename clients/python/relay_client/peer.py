@@ -214,6 +214,9 @@ class Peer:
 
         self._state = State.CONNECTING
         self._welcome: Welcome | None = None
+        # Envelopes received since the latest welcome: a resume tells the
+        # relay, which replays whatever the dead socket never delivered.
+        self._received = 0
         self._conn: ClientConnection | None = None  # the current socket, even while restoring
         self._ws: ClientConnection | None = None  # set only when fully online
         self._runner: asyncio.Task[None] | None = None
@@ -816,6 +819,8 @@ class Peer:
             "token": token,
             "resume": self.resume_secret or self._resume,
         }
+        if hello["resume"]:
+            hello["received"] = self._received
         try:
             conn = await ws_connect(
                 self.url,
@@ -879,6 +884,7 @@ class Peer:
 
     def _apply_welcome(self, welcome: Welcome) -> None:
         self._welcome = welcome
+        self._received = 0
         self._sessions += 1
         burst = welcome.limits.get("rate_burst")
         self._tokens = max(1.0, burst - 2.0) if isinstance(burst, int) else 1.0
@@ -1089,6 +1095,7 @@ class Peer:
             self._invoke(handler, exc)
 
     def _dispatch(self, frame: bytes) -> None:
+        self._received += 1
         envelope = unpack(frame)
         if envelope is None:
             log.warning("ignoring an undecodable frame from the relay")

@@ -430,3 +430,25 @@ async def test_closed_state_is_reported(relay: RunningRelay) -> None:
         closed = states.expect(State.CLOSED)
     await wait(closed)
     assert states.seen == [State.CLOSED]
+
+
+async def test_frames_lost_in_a_dying_socket_are_replayed_on_resume(
+    relay: RunningRelay, proxy_factory: ProxyFactory
+) -> None:
+    proxy = await proxy_factory(relay)
+    async with (
+        relay_client.connect(relay.url, id="alice") as alice,
+        relay_client.connect(proxy.url, id="bob", **FAST) as bob,
+    ):
+        await alice.send("bob", "before")
+        assert (await recv(bob)).data == "before"
+        back = States(bob).expect(State.CONNECTED)
+        proxy.freeze()  # the relay writes into a link that delivers nothing
+        for n in range(5):
+            ack = await alice.send("bob", n)
+            assert ack is not None and not ack.queued  # the relay believes bob got it
+        proxy.sever()
+        proxy.thaw()
+        await wait(back)
+        assert bob.resumed
+        assert [(await recv(bob)).data for _ in range(5)] == [0, 1, 2, 3, 4]
