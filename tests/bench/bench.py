@@ -122,7 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("node") is None or not (ROOT / "clients/js/node_modules/ws").exists():
         raise SystemExit("needs node and clients/js/node_modules (npm ci --prefix clients/js)")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     relay = None
     url = args.url
