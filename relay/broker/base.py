@@ -109,6 +109,10 @@ class Broker(Protocol):
         """Forget that this node holds ``peer_id``."""
         ...
 
+    async def locate(self, peer_id: str) -> str | None:
+        """The id of the node holding ``peer_id``, or None when no node does."""
+        ...
+
     async def take_over(self, peer_id: str, holder: str, proof: Proof) -> Handover | None:
         """Move ``peer_id`` from node ``holder`` to this one, if ``proof`` convinces it.
 
