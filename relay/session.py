@@ -37,6 +37,7 @@ from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Leave, Ping, Publish, Refresh, Send
 
 if TYPE_CHECKING:
+    from relay.auth import Claims
     from relay.hub import Hub
 
 log = logging.getLogger("relay.session")
@@ -138,6 +139,7 @@ class Session:
         self.hub = hub
         self.transport = transport
         self.peer: Peer | None = None
+        self.claims: Claims | None = None  # the current token's, when auth is on
         self.close_code: int | None = None
         self.close_reason = ""
         self.wakeup = asyncio.Event()
