@@ -120,6 +120,8 @@ def _as_frame(kind: str, body: bytes, content_type: str, extra: dict[str, Any]) 
             raise _APIError(400, "bad-request", "the body is not valid JSON") from None
         if not isinstance(fields, dict):
             raise _APIError(400, "bad-request", "the body must be a JSON object")
+        if "type" in fields:
+            raise _APIError(400, "bad-request", "type is not a field of an API body")
         try:
             return codec.pack_value({**fields, **extra, "type": kind})
         except (ValueError, TypeError, OverflowError):
