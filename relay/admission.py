@@ -25,10 +25,19 @@ import ipaddress
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from relay.limits import TokenBucket
 from relay.settings import Settings
+
+
+class Refusal(NamedTuple):
+    """Why a handshake is refused: the HTTP status, the body, a metrics label."""
+
+    status: int
+    message: str
+    reason: str
+
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -94,18 +103,18 @@ class Admission:
                 break
         return str(current)
 
-    def admit(self, ip: str) -> tuple[int, str] | None:
-        """Reserve a socket for ``ip``; None when admitted, else (HTTP status, reason).
+    def admit(self, ip: str) -> Refusal | None:
+        """Reserve a socket for ``ip``; None when admitted, else why not.
 
         Every admitted socket must be given back with ``release``.
         """
         if self._max_total and self.total >= self._max_total:
-            return 503, "the node is full, try again later"
+            return Refusal(503, "the node is full, try again later", "node-full")
         count = self.per_ip.get(ip, 0)
         if self._max_per_ip and count >= self._max_per_ip:
-            return 429, "too many connections from your address"
+            return Refusal(429, "too many connections from your address", "ip-cap")
         if self._rate > 0 and not self._bucket(ip).take():
-            return 429, "too many handshakes from your address, slow down"
+            return Refusal(429, "too many handshakes from your address, slow down", "ip-rate")
         self.per_ip[ip] = count + 1
         self.total += 1
         return None

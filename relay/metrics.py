@@ -68,6 +68,12 @@ class Metrics(Collector):
         self.drops = Counter(
             "relay_queue_drops", "Frames refused by a full queue.", ["reason"], registry=r
         )
+        self.refused = Counter(
+            "relay_handshakes_refused",
+            "WebSockets refused before the upgrade by admission, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.received = {kind: Tally() for kind in ENVELOPE_TYPES}
         self.sent = {kind: Tally() for kind in OUT_KINDS}
         self.routing = LatencyHistogram()

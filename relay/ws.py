@@ -65,9 +65,12 @@ class RelayEndpoint:
             await _refuse(scope, send, *refusal)
             return
         ip = self.admission.client_ip(scope)
-        refusal = self.admission.admit(ip)
-        if refusal is not None:
-            await _refuse(scope, send, *refusal, close_code=CloseCode.TRY_AGAIN_LATER)
+        denied = self.admission.admit(ip)
+        if denied is not None:
+            self.hub.metrics.refused.labels(denied.reason).inc()
+            await _refuse(
+                scope, send, denied.status, denied.message, close_code=CloseCode.TRY_AGAIN_LATER
+            )
             return
         try:
             await self._accept(scope, receive, send)

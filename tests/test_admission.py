@@ -104,6 +104,7 @@ async def test_the_node_cap_gets_503(relay_factory: RelayFactory) -> None:
     relay = await relay_factory(max_connections=2)
     peers = [await open_peer(relay.url), await open_peer(relay.url)]
     assert await refused_with(relay.url) == (503, "the node is full, try again later")
+    assert relay.hub.metrics.refused.labels("node-full")._value.get() == 1
     await peers[0].close()
     await released(relay, 1)
     await (await open_peer(relay.url)).close()
@@ -194,6 +195,7 @@ def test_the_address_table_is_bounded() -> None:
     assert admission.admit("192.0.2.99") == (
         429,
         "too many handshakes from your address, slow down",
+        "ip-rate",
     )
     now[0] = 1.0
     assert admission.admit("192.0.2.99") is None
