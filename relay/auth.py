@@ -41,6 +41,7 @@ HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
 EC_ALGORITHMS = frozenset({"ES256", "ES384", "ES512"})
 SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | RSA_ALGORITHMS | EC_ALGORITHMS
+MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 
 
 class AuthConfigError(ValueError):
@@ -106,6 +107,10 @@ class TokenVerifier:
         if unknown:
             raise AuthConfigError(f"unsupported JWT algorithms: {', '.join(sorted(unknown))}")
         if settings.jwt_secret:
+            if len(settings.jwt_secret.encode()) < MIN_SECRET_BYTES:
+                raise AuthConfigError(
+                    f"jwt_secret must be at least {MIN_SECRET_BYTES} bytes (HS256 key strength)"
+                )
             self._secret = settings.jwt_secret
             family = HMAC_ALGORITHMS
             algorithms = algorithms or {"HS256"}

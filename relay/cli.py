@@ -258,6 +258,10 @@ def token(
         else:
             raise click.UsageError("--private-key-file must hold an RSA or EC private key")
     elif jwt_secret:
+        from relay.auth import MIN_SECRET_BYTES
+
+        if len(jwt_secret.encode()) < MIN_SECRET_BYTES:
+            raise click.UsageError(f"the HS256 secret must be at least {MIN_SECRET_BYTES} bytes")
         key = jwt_secret
         algorithm = algorithm or "HS256"
     else:

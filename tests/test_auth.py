@@ -355,6 +355,8 @@ def test_configuration_mistakes_are_refused(tmp_path: Path) -> None:
         TokenVerifier(Settings(jwt_public_key_file=pem, jwt_algorithms=("HS256",)))
     with pytest.raises(AuthConfigError, match="do not fit"):
         TokenVerifier(Settings(jwt_secret=SECRET, jwt_algorithms=("RS256",)))
+    with pytest.raises(AuthConfigError, match="at least 32 bytes"):
+        TokenVerifier(Settings(jwt_secret="short"))
     with pytest.raises(AuthConfigError, match="cannot load"):
         TokenVerifier(Settings(jwt_public_key_file=str(tmp_path / "missing.pem")))
     assert TokenVerifier(Settings(jwt_public_key_file=pem)).algorithms == {"RS256"}
