@@ -69,6 +69,9 @@ def start_relay(args: argparse.Namespace) -> tuple[subprocess.Popen[str], str]:
         "--log-level", "warning", "--ws-impl", args.ws_impl,
         "--rate-per-second", "1000000", "--rate-burst", "1000000",
         "--queue-messages", "100000", "--queue-bytes", "100000000",
+        # every load connection comes from 127.0.0.1: no admission caps
+        "--max-connections", "0", "--max-connections-per-ip", "0",
+        "--handshake-rate-per-second", "0",
     ]  # fmt: skip
     relay = subprocess.Popen(pinned(0, command), stderr=subprocess.PIPE, text=True)
     assert relay.stderr is not None
