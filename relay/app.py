@@ -15,7 +15,7 @@ from relay.broker import Broker, create_broker
 from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.settings import Settings
-from relay.ws import RelayEndpoint
+from relay.ws import RelayEndpoint, unknown_path
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         Route("/healthz", api.healthz),
         Route("/readyz", api.readyz),
         Route("/metrics", api.metrics),
+        WebSocketRoute("/{path:path}", unknown_path),
         Mount("/", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False)),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
