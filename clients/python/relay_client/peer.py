@@ -813,13 +813,9 @@ class Peer:
             token = await self._current_token()
         except Exception as exc:
             raise RelayUnavailable(f"the token function failed: {_describe(exc)}") from exc
-        hello = {
-            "type": "hello",
-            "id": self.id,
-            "token": token,
-            "resume": self.resume_secret or self._resume,
-        }
-        if hello["resume"]:
+        resume = self.resume_secret or self._resume
+        hello: dict[str, Any] = {"type": "hello", "id": self.id, "token": token, "resume": resume}
+        if resume:
             hello["received"] = self._received
         try:
             conn = await ws_connect(
