@@ -165,11 +165,21 @@ def serve(**values: Any) -> None:
 
 
 @main.command("config")
-def show_config() -> None:
-    """Print every setting with its default and environment variable."""
+@click.option("--markdown", is_flag=True, help="Print the table docs/configuration.md holds.")
+def show_config(markdown: bool) -> None:
+    """Print every setting with its default, flag and environment variable."""
+    if markdown:
+        click.echo("| setting | flag / environment | default | meaning |")
+        click.echo("|---|---|---|---|")
     for name, group, default, help_text in describe():
-        shown = " ".join(default) if isinstance(default, tuple) else default
-        click.echo(f"{name:24} {group:7} {shown!s:20} RELAY_{name.upper():24} {help_text}")
+        shown = " ".join(default) if isinstance(default, tuple) else str(default)
+        flag = "--" + name.replace("_", "-")
+        env = "RELAY_" + name.upper()
+        if markdown:
+            cell = f"`{shown}`" if shown else "(empty)"
+            click.echo(f"| {name} | `{flag}` `{env}` | {cell} | [{group}] {help_text} |")
+        else:
+            click.echo(f"{flag:26} {env:30} {shown!s:20} {help_text}")
 
 
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -78,7 +78,7 @@ class Hub:
         self._make_peer_id = make_peer_id
         self._make_secret = make_secret
         self._tasks: TaskGroup | None = None
-        self._sessions_gone = anyio.Event()
+        self._changed = anyio.Event()  # set when a session or a peer goes away
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -98,18 +98,30 @@ class Hub:
                     await self.broker.close()
 
     async def drain(self, seconds: float) -> None:
-        """Refuse new sessions, flush every queue, close every socket with 1001."""
+        """Stop taking peers and let the ones this node holds move elsewhere.
+
+        Readiness goes false and new sockets are refused; every queue is
+        flushed and every socket closed with 1001. When other nodes serve
+        the cluster, the peers stay resumable until they reconnect there
+        (their rooms and queues move with them). Whatever is left at the
+        deadline is removed, and its senders are told it was not delivered.
+        """
         self.accepting = False
-        for peer in [p for p in self.peers.values() if p.session is None]:
-            await self._remove(peer)
         for session in list(self.sessions):
             session.close(
                 CloseCode.GOING_AWAY, "server going away", reason="drain", flush_seconds=seconds
             )
         with anyio.move_on_after(seconds):
-            while self.sessions:
-                self._sessions_gone = anyio.Event()
-                await self._sessions_gone.wait()
+            await self._until(lambda: not self.sessions)
+            if await self.broker.other_nodes():
+                await self._until(lambda: not self.peers)
+        for peer in list(self.peers.values()):
+            await self._remove(peer)
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            self._changed = anyio.Event()
+            await self._changed.wait()
 
     # --- sessions ------------------------------------------------------------
 
@@ -213,6 +225,7 @@ class Hub:
             peer.expiry.cancel()
         del self.peers[peer_id]
         self.metrics.peers.dec()
+        self._changed.set()
         for room in peer.rooms:
             self.rooms.discard(room, peer)
         self.metrics.rooms.set(len(self.rooms))
@@ -237,8 +250,7 @@ class Hub:
         """
         self.sessions.discard(session)
         self.metrics.connections.dec()
-        if not self.sessions:
-            self._sessions_gone.set()
+        self._changed.set()
         peer = session.peer
         if peer is None or peer.session is not session:
             return
@@ -247,7 +259,7 @@ class Hub:
             resumable = session.close_code in _KEEP_FOR_RESUME
         else:
             resumable = client_code not in _CLEAN_CLIENT_CLOSES
-        if resumable and self.settings.resume_seconds > 0 and self.accepting:
+        if resumable and self.settings.resume_seconds > 0:
             self._start_expiry(peer)
         else:
             await self._remove(peer)
@@ -271,6 +283,7 @@ class Hub:
             return
         del self.peers[peer.id]
         self.metrics.peers.dec()
+        self._changed.set()
         pending, peer.queue = peer.queue, type(peer.queue)()
         peer.queued_bytes = 0
         try:

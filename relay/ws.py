@@ -16,7 +16,9 @@ import time
 from typing import Any
 
 import anyio
+from starlette.responses import PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from relay.admission import Admission
 from relay.auth import close_at_expiry
@@ -173,6 +175,13 @@ async def _write(session: Session, transport: ASGITransport) -> None:
         with anyio.move_on_after(1):
             with contextlib.suppress(Exception):
                 await transport.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+
+async def unknown_path(websocket: WebSocket) -> None:
+    """Refuse a WebSocket upgrade on any other path with a 404, not Starlette's 403."""
+    await websocket.send_denial_response(
+        PlainTextResponse("no WebSocket endpoint at this path", status_code=404)
+    )
 
 
 def _hello_close_code(exc: RelayError) -> int:

@@ -125,3 +125,9 @@ async def test_an_internal_error_is_reported_without_details(relay: RunningRelay
     err = await alice.expect(type="err", code="internal", id=1)
     assert "secret" not in err["msg"]
     assert await alice.request({"type": "ping", "id": 2}) == {"type": "pong", "id": 2}
+
+
+async def test_other_websocket_paths_get_404(relay: RunningRelay) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        await open_peer(relay.url.replace("/v1/ws", "/v2/ws"))
+    assert refused.value.response.status_code == 404

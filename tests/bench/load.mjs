@@ -58,6 +58,26 @@ function summary(latencies, counted, seconds, extra = {}) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Calls fire() `rate` times a second: a 1 ms tick catches up on whatever is due.
+function atRate(rate, fire) {
+  const start = performance.now();
+  let fired = 0;
+  return setInterval(() => {
+    const due = Math.floor(((performance.now() - start) / 1000) * rate);
+    for (; fired < due; fired++) fire();
+  }, 1);
+}
+
+// Runs the warm-up, then measures for opts.seconds; returns the elapsed seconds.
+async function measure(setMeasuring) {
+  await sleep(opts.warmup * 1000);
+  setMeasuring(true);
+  const t0 = performance.now();
+  await sleep(opts.seconds * 1000);
+  setMeasuring(false);
+  return (performance.now() - t0) / 1000;
+}
 const payload = new Uint8Array(opts.size).fill(120);
 
 async function pingPong(fixedRate) {
@@ -87,22 +107,12 @@ async function pingPong(fixedRate) {
   }));
   let timer;
   if (fixedRate) {
-    // A 1 ms tick sends whatever is due, spread round-robin over the pairs.
-    const start = performance.now();
-    let sent = 0, next = 0;
-    timer = setInterval(() => {
-      const due = Math.floor(((performance.now() - start) / 1000) * opts.rate);
-      for (; sent < due; sent++) { fire(pingers[next], next); next = (next + 1) % opts.pairs; }
-    }, 1);
+    let next = 0; // round-robin over the pairs
+    timer = atRate(opts.rate, () => { fire(pingers[next], next); next = (next + 1) % opts.pairs; });
   } else {
     pingers.forEach((ws, i) => { for (let k = 0; k < opts.inflight; k++) fire(ws, i); });
   }
-  await sleep(opts.warmup * 1000);
-  measuring = true;
-  const t0 = performance.now();
-  await sleep(opts.seconds * 1000);
-  measuring = false;
-  const elapsed = (performance.now() - t0) / 1000;
+  const elapsed = await measure((on) => { measuring = on; });
   clearInterval(timer);
   const result = summary(latencies, relayed, elapsed, { pairs: opts.pairs, size: opts.size,
     ...(fixedRate ? { target_rt_per_second: opts.rate } : { inflight: opts.inflight }) });
@@ -125,20 +135,9 @@ async function room() {
     delivered++;
     latencies.push(performance.now() - m.d[0]);
   }));
-  const start = performance.now();
-  let sent = 0;
-  const timer = setInterval(() => {
-    const due = Math.floor(((performance.now() - start) / 1000) * opts.rate);
-    for (; sent < due; sent++) {
-      publisher.send(encode({ type: "pub", room: "bench", d: [performance.now(), payload] }));
-    }
-  }, 1);
-  await sleep(opts.warmup * 1000);
-  measuring = true;
-  const t0 = performance.now();
-  await sleep(opts.seconds * 1000);
-  measuring = false;
-  const elapsed = (performance.now() - t0) / 1000;
+  const timer = atRate(opts.rate, () =>
+    publisher.send(encode({ type: "pub", room: "bench", d: [performance.now(), payload] })));
+  const elapsed = await measure((on) => { measuring = on; });
   clearInterval(timer);
   const result = summary(latencies, delivered, elapsed, { members: opts.members,
     publish_rate: opts.rate, size: opts.size, expected_per_second: opts.rate * opts.members });

@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Literal, overload
 
@@ -185,6 +186,7 @@ class Peer:
         ping_timeout: float | None = 20.0,
         close_timeout: float | None = 5.0,
         max_size: int | None = 2**24,
+        ssl: SSLContext | None = None,
     ) -> None:
         """See :func:`connect` for the meaning of the arguments."""
         try:
@@ -196,6 +198,7 @@ class Peer:
         if backoff_base <= 0 or backoff_max < backoff_base:
             raise ValueError("need 0 < backoff_base <= backoff_max")
         self.url = url
+        self._ssl = ssl
         self._requested_id = id
         self._token = token
         self._resume = resume
@@ -813,14 +816,11 @@ class Peer:
             token = await self._current_token()
         except Exception as exc:
             raise RelayUnavailable(f"the token function failed: {_describe(exc)}") from exc
-        hello = {
-            "type": "hello",
-            "id": self.id,
-            "token": token,
-            "resume": self.resume_secret or self._resume,
-        }
-        if hello["resume"]:
+        resume = self.resume_secret or self._resume
+        hello: dict[str, Any] = {"type": "hello", "id": self.id, "token": token, "resume": resume}
+        if resume:
             hello["received"] = self._received
+        tls: dict[str, Any] = {} if self._ssl is None else {"ssl": self._ssl}
         try:
             conn = await ws_connect(
                 self.url,
@@ -830,6 +830,7 @@ class Peer:
                 ping_timeout=self._ping_timeout,
                 close_timeout=self._close_timeout,
                 max_size=self._max_size,
+                **tls,
             )
         except InvalidStatus as exc:
             raise RelayUnavailable(
@@ -1297,6 +1298,7 @@ def connect(
     ping_timeout: float | None = 20.0,
     close_timeout: float | None = 5.0,
     max_size: int | None = 2**24,
+    ssl: SSLContext | None = None,
 ) -> _Connector:
     """Connect to the relay at ``url`` as peer ``id``.
 
@@ -1332,6 +1334,9 @@ def connect(
             for the closing handshake, then drops the socket and reconnects.
         close_timeout: seconds to wait for the closing handshake (``None``: no limit).
         max_size: largest incoming frame in bytes (``None``: no limit).
+        ssl: the TLS context for ``wss://`` URLs, e.g. one trusting a private
+            CA (``ssl.create_default_context(cafile=...)``); the default
+            context (the system's CAs) when ``None``.
 
     Raises:
         RelayUnavailable: the relay cannot be reached.
@@ -1358,5 +1363,6 @@ def connect(
             ping_timeout=ping_timeout,
             close_timeout=close_timeout,
             max_size=max_size,
+            ssl=ssl,
         )
     )
