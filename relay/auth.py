@@ -246,7 +246,9 @@ async def close_at_expiry(session: Session, verifier: TokenVerifier) -> None:
                 CloseCode.UNAUTHORIZED, "token expired", reason="expired", flush_seconds=1.0
             )
             return
-        await anyio.sleep(min(left, 3600.0) + 0.001)
+        session.claims_changed.clear()
+        with anyio.move_on_after(left + 0.001):
+            await session.claims_changed.wait()
 
 
 def mint(

@@ -318,6 +318,7 @@ class Hub:
             if peer is None or claims.sub != peer.id:
                 raise Forbidden("the token is for another id")
             session.claims = claims
+            session.claims_changed.set()
             await self._leave_forbidden_rooms(peer, claims)
         if refresh.id is not None:
             session.reply(codec.encode_ok(refresh.id), "ok")

@@ -140,6 +140,7 @@ class Session:
         self.transport = transport
         self.peer: Peer | None = None
         self.claims: Claims | None = None  # the current token's, when auth is on
+        self.claims_changed = asyncio.Event()  # a refresh replaced them
         self.close_code: int | None = None
         self.close_reason = ""
         self.wakeup = asyncio.Event()

@@ -297,6 +297,18 @@ async def test_a_refresh_keeps_the_session_alive(secured: RunningRelay) -> None:
     assert await alice.request({"type": "ping", "id": 2}) == {"type": "pong", "id": 2}
 
 
+async def test_a_refresh_to_a_shorter_token_ends_the_session_sooner(
+    secured: RunningRelay,
+) -> None:
+    alice = await join_as(secured.url, "alice", token=hs256(ttl=600))
+    assert (await alice.request({"type": "refresh", "token": hs256(ttl=2), "id": 1}))["type"] == (
+        "ok"
+    )
+    received, code = await alice.drain()
+    assert code == 4501
+    assert received[-1] == {"type": "err", "code": "unauthorized", "msg": "token expired"}
+
+
 async def test_a_refresh_with_narrower_rooms_leaves_the_others(secured: RunningRelay) -> None:
     alice = await join_as(secured.url, "alice", token=hs256(rooms=["a", "b"]))
     await alice.request({"type": "join", "room": "a", "id": 1})
