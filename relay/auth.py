@@ -247,7 +247,7 @@ async def close_at_expiry(session: Session, verifier: TokenVerifier) -> None:
             )
             return
         session.claims_changed.clear()
-        with anyio.move_on_after(left + 0.001):
+        with anyio.move_on_after(min(left, 86400.0) + 0.001):
             await session.claims_changed.wait()
 
 
