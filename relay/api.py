@@ -86,7 +86,7 @@ def _check_key(request: Request) -> None:
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented or " " in presented:
         raise _APIError(401, "unauthorized", "malformed Authorization header: use Bearer <api key>")
-    given = presented.encode("utf-8", "surrogateescape")
+    given = presented.encode("latin-1")  # the header's raw bytes (Starlette decodes latin-1)
     matched = False
     for key in keys:  # every key, in constant time each: no early exit to time
         matched |= hmac.compare_digest(given, key.encode())

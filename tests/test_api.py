@@ -80,6 +80,15 @@ async def test_a_wrong_key_is_403(http: httpx.AsyncClient, key: str) -> None:
     assert_error(response, 403, "forbidden")
 
 
+async def test_a_non_ascii_key_matches_its_utf8_bytes(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(api_keys=("clé-ünïcode",))
+    async with httpx.AsyncClient(base_url=relay.http_url) as client:
+        good = {"Authorization": "Bearer clé-ünïcode".encode()}
+        assert (await client.get("/v1/rooms/r", headers=good)).status_code == 200
+        latin = {"Authorization": "Bearer clé-ünïcode".encode("latin-1")}
+        assert_error(await client.get("/v1/rooms/r", headers=latin), 403, "forbidden")
+
+
 async def test_every_configured_key_works(http: httpx.AsyncClient) -> None:
     for key in ("other-key", KEY):
         response = await http.get("/v1/rooms/r", headers={"Authorization": f"bearer {key}"})
