@@ -15,6 +15,7 @@ configured otherwise), when present, lists the rooms (names or
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -100,6 +101,7 @@ class TokenVerifier:
         self._secret: str | None = None
         self._public_key: Any = None
         self._jwks: jwt.PyJWKSet | None = None
+        self._declared: dict[str | None, str] = {}  # kid -> the alg its JWK declares
         algorithms = {a.upper() for a in settings.jwt_algorithms}
         if "NONE" in algorithms:
             raise AuthConfigError("the none algorithm is never accepted")
@@ -128,8 +130,15 @@ class TokenVerifier:
                 }
         else:
             try:
-                self._jwks = jwt.PyJWKSet.from_json(Path(settings.jwt_jwks_file).read_text())
-            except (OSError, ValueError, jwt.PyJWTError) as exc:
+                text = Path(settings.jwt_jwks_file).read_text()
+                self._jwks = jwt.PyJWKSet.from_json(text)
+                # An "alg" a JWK declares binds that key to that one algorithm.
+                self._declared = {
+                    entry.get("kid"): entry["alg"]
+                    for entry in json.loads(text).get("keys", [])
+                    if isinstance(entry, dict) and isinstance(entry.get("alg"), str)
+                }
+            except (OSError, ValueError, AttributeError, jwt.PyJWTError) as exc:
                 raise AuthConfigError(f"cannot load jwt_jwks_file: {exc}") from exc
             family = RSA_ALGORITHMS | EC_ALGORITHMS
             algorithms = algorithms or {"RS256", "ES256"}
@@ -189,13 +198,19 @@ class TokenVerifier:
             return self._public_key
         kid = header.get("kid")
         if kid is None and len(self._jwks.keys) == 1:
-            return self._jwks.keys[0].key
-        if not isinstance(kid, str):
+            found = self._jwks.keys[0]
+        elif not isinstance(kid, str):
             raise Unauthorized("token names no key (kid)")
-        for jwk in self._jwks.keys:
-            if jwk.key_id == kid:
-                return jwk.key
-        raise Unauthorized("token names an unknown key")
+        else:
+            for found in self._jwks.keys:
+                if found.key_id == kid:
+                    break
+            else:
+                raise Unauthorized("token names an unknown key")
+        declared = self._declared.get(found.key_id)
+        if declared is not None and declared != header.get("alg"):
+            raise Unauthorized("token algorithm does not fit its key")
+        return found.key
 
     def _claims(self, payload: dict[str, Any]) -> Claims:
         sub = payload.get("sub")

@@ -67,8 +67,11 @@ def write_public_key(tmp_path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePr
     return str(path)
 
 
-def write_jwks(tmp_path: Path, keys: dict[str, Any]) -> str:
-    """A JWKS file of the public halves of ``keys`` (kid -> private key)."""
+def write_jwks(tmp_path: Path, keys: dict[str, Any], algs: dict[str, str] | None = None) -> str:
+    """A JWKS file of the public halves of ``keys`` (kid -> private key).
+
+    ``algs`` (kid -> algorithm) adds an ``alg`` member to those keys.
+    """
     entries = []
     for kid, key in keys.items():
         algorithm = jwt.algorithms.RSAAlgorithm if isinstance(key, rsa.RSAPrivateKey) else None
@@ -77,6 +80,8 @@ def write_jwks(tmp_path: Path, keys: dict[str, Any]) -> str:
         else:
             jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
         entries.append({**jwk, "kid": kid, "use": "sig"})
+        if algs and kid in algs:
+            entries[-1]["alg"] = algs[kid]
     path = tmp_path / "jwks.json"
     path.write_text(json.dumps({"keys": entries}))
     return str(path)

@@ -354,6 +354,20 @@ async def test_jwks_picks_the_key_by_kid(relay_factory: RelayFactory, tmp_path: 
     )
 
 
+async def test_a_jwk_declaring_its_alg_accepts_only_that_one(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    key = jwtkit.rsa_key()
+    path = jwtkit.write_jwks(tmp_path, {"r1": key}, {"r1": "RS512"})
+    relay = await relay_factory(jwt_jwks_file=path, jwt_algorithms=("RS256", "RS512"))
+    rs256 = jwt.encode(claims(), key, algorithm="RS256", headers={"kid": "r1"})
+    assert await assert_unauthorized(relay.url, {"token": rs256}) == (
+        "token algorithm does not fit its key"
+    )
+    rs512 = jwt.encode(claims(), key, algorithm="RS512", headers={"kid": "r1"})
+    assert (await join_as(relay.url, token=rs512)).id == "alice"
+
+
 # --- configuration -------------------------------------------------------------
 
 
