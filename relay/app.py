@@ -15,7 +15,7 @@ from relay.broker import Broker, create_broker
 from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.settings import Settings
-from relay.ws import RelayEndpoint
+from relay.ws import RelayEndpoint, unknown_path
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -39,6 +39,11 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         Route("/healthz", api.healthz),
         Route("/readyz", api.readyz),
         Route("/metrics", api.metrics),
+        Route("/v1/send", api.api_send, methods=["POST"]),
+        Route("/v1/rooms/{room:path}/publish", api.api_publish, methods=["POST"]),
+        Route("/v1/rooms/{room:path}", api.api_room, methods=["GET"]),
+        Route("/v1/peers/{peer_id}", api.api_peer, methods=["GET"]),
+        WebSocketRoute("/{path:path}", unknown_path),
         Mount("/", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False)),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)

@@ -80,6 +80,10 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         # After a drain only stragglers are left; don't wait on them forever.
         "timeout_graceful_shutdown": 5,
     }
+    if settings.certfile or settings.keyfile:
+        # TLS straight from uvicorn: wss:// and https:// on the same port.
+        options["ssl_certfile"] = settings.certfile or None
+        options["ssl_keyfile"] = settings.keyfile or None
     return uvicorn.Config(app, **{**options, **overrides})
 
 
@@ -142,7 +146,12 @@ def serve(**values: Any) -> None:
     exits 0. A second signal exits at once.
     """
     values["origins"] = tuple(values["origins"])
+    for name, _group, default, _help in describe():
+        if isinstance(default, tuple):
+            values[name] = tuple(values[name])
     settings = Settings(**values)
+    if bool(settings.certfile) != bool(settings.keyfile):
+        raise click.UsageError("TLS needs both --certfile and --keyfile")
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -155,15 +164,137 @@ def serve(**values: Any) -> None:
         from relay.workers import run_workers
 
         sys.exit(run_workers(settings))
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except ValueError as exc:  # AuthConfigError, a bad trusted_proxies entry
+        raise click.UsageError(str(exc)) from exc
     server = RelayServer(uvicorn_config(app, settings), app.state.hub)
     server.run()
     sys.exit(0 if server.started else 1)
 
 
 @main.command("config")
-def show_config() -> None:
-    """Print every setting with its default and environment variable."""
+@click.option("--markdown", is_flag=True, help="Print the table docs/configuration.md holds.")
+def show_config(markdown: bool) -> None:
+    """Print every setting with its default, flag and environment variable."""
+    if markdown:
+        click.echo("| setting | flag / environment | default | meaning |")
+        click.echo("|---|---|---|---|")
     for name, group, default, help_text in describe():
-        shown = " ".join(default) if isinstance(default, tuple) else default
-        click.echo(f"{name:24} {group:7} {shown!s:20} RELAY_{name.upper():24} {help_text}")
+        shown = " ".join(default) if isinstance(default, tuple) else str(default)
+        flag = "--" + name.replace("_", "-")
+        env = "RELAY_" + name.upper()
+        if markdown:
+            cell = f"`{shown}`" if shown else "(empty)"
+            click.echo(f"| {name} | `{flag}` `{env}` | {cell} | [{group}] {help_text} |")
+        else:
+            click.echo(f"{flag:26} {env:30} {shown!s:20} {help_text}")
+
+
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_ttl(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    text = value.strip().lower()
+    unit = _TTL_UNITS.get(text[-1:])
+    number = text[:-1] if unit is not None else text
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise click.BadParameter("use a number of seconds or e.g. 90s, 30m, 1h, 7d") from None
+    if not 0 < seconds < 10 * 365 * 86400:
+        raise click.BadParameter("must be positive (and under ten years)")
+    return seconds
+
+
+@main.command("token")
+@click.option(
+    "--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
+    expose_value=False, help="TOML settings file (jwt_secret, jwt_audience... are read from it).",
+)  # fmt: skip
+@click.option("--sub", required=True, help="Peer id the token is for (its sub claim).")
+@click.option(
+    "--rooms", multiple=True,
+    help="Room or glob pattern the peer may join/publish to; repeatable or comma-separated. "
+    "Without it the token allows every room.",
+)  # fmt: skip
+@click.option("--ttl", default="1h", show_default=True, callback=_parse_ttl,
+              help="Lifetime: seconds, or 90s, 30m, 1h, 7d.")  # fmt: skip
+@click.option("--jwt-secret", "jwt_secret", default="", envvar="RELAY_JWT_SECRET",
+              show_envvar=True, help="HS256 shared secret to sign with.")  # fmt: skip
+@click.option(
+    "--private-key-file", type=click.Path(dir_okay=False, exists=True), default=None,
+    envvar="RELAY_JWT_PRIVATE_KEY_FILE", show_envvar=True,
+    help="PEM private key (RSA or EC) to sign RS256/ES256 tokens with.",
+)  # fmt: skip
+@click.option("--algorithm", default="", help="HS256, RS256, ES256... (default: from the key).")
+@click.option("--kid", default="", help="Key id to put in the header (for a JWKS).")
+@click.option("--jwt-audience", "jwt_audience", default="", envvar="RELAY_JWT_AUDIENCE",
+              show_envvar=True, help="aud claim.")  # fmt: skip
+@click.option("--jwt-issuer", "jwt_issuer", default="", envvar="RELAY_JWT_ISSUER",
+              show_envvar=True, help="iss claim.")  # fmt: skip
+@click.option("--jwt-rooms-claim", "jwt_rooms_claim", default="rooms",
+              envvar="RELAY_JWT_ROOMS_CLAIM", show_envvar=True, show_default=True,
+              help="Name of the rooms claim.")  # fmt: skip
+def token(
+    sub: str,
+    rooms: tuple[str, ...],
+    ttl: float,
+    jwt_secret: str,
+    private_key_file: str | None,
+    algorithm: str,
+    kid: str,
+    jwt_audience: str,
+    jwt_issuer: str,
+    jwt_rooms_claim: str,
+) -> None:
+    """Mint a token for a peer and print it.
+
+    Signs with the configured HS256 secret (--jwt-secret / RELAY_JWT_SECRET,
+    or jwt_secret in --config), or with --private-key-file for RS256/ES256.
+
+        relay token --sub alice --rooms 'chat-*' --ttl 1h
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from relay.auth import mint
+
+    try:
+        Settings().codec_limits().check_peer_id(sub, "--sub")
+    except Exception as exc:
+        raise click.BadParameter(str(exc), param_hint="--sub") from None
+    key: Any
+    if private_key_file:
+        try:
+            key = load_pem_private_key(Path(private_key_file).read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as exc:
+            raise click.UsageError(f"cannot load --private-key-file: {exc}") from None
+        if isinstance(key, rsa.RSAPrivateKey):
+            algorithm = algorithm or "RS256"
+        elif isinstance(key, ec.EllipticCurvePrivateKey):
+            algorithm = algorithm or {384: "ES384", 521: "ES512"}.get(key.curve.key_size, "ES256")
+        else:
+            raise click.UsageError("--private-key-file must hold an RSA or EC private key")
+    elif jwt_secret:
+        from relay.auth import MIN_SECRET_BYTES
+
+        if len(jwt_secret.encode()) < MIN_SECRET_BYTES:
+            raise click.UsageError(f"the HS256 secret must be at least {MIN_SECRET_BYTES} bytes")
+        key = jwt_secret
+        algorithm = algorithm or "HS256"
+    else:
+        raise click.UsageError(
+            "no signing key configured: set --jwt-secret (or RELAY_JWT_SECRET, or jwt_secret "
+            "in --config) for HS256, or --private-key-file for RS256/ES256"
+        )
+    listed = [room.strip() for entry in rooms for room in entry.split(",") if room.strip()]
+    try:
+        minted = mint(
+            sub=sub, ttl_seconds=ttl, key=key, algorithm=algorithm.upper(),
+            rooms=listed or None, rooms_claim=jwt_rooms_claim, audience=jwt_audience or None,
+            issuer=jwt_issuer or None, kid=kid or None,
+        )  # fmt: skip
+    except Exception as exc:  # a wrong --algorithm for the key
+        raise click.UsageError(f"cannot sign: {exc}") from None
+    click.echo(minted)

@@ -18,6 +18,7 @@ from contextlib import asynccontextmanager
 import anyio
 from anyio.abc import TaskGroup
 
+from relay.auth import Claims, load_verifier
 from relay.broker.base import (
     Broker,
     BrokerUnavailable,
@@ -26,7 +27,7 @@ from relay.broker.base import (
     Proof,
     Undelivered,
 )
-from relay.exceptions import IdTaken, Overloaded, PeerOffline, RoomFull
+from relay.exceptions import Forbidden, IdTaken, Overloaded, PeerOffline, RoomFull
 from relay.metrics import Metrics
 from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
@@ -40,6 +41,9 @@ log = logging.getLogger("relay.hub")
 _CLEAN_CLIENT_CLOSES = frozenset({CloseCode.NORMAL, CloseCode.GOING_AWAY})
 _KEEP_FOR_RESUME = frozenset({CloseCode.GOING_AWAY, CloseCode.SLOW_CONSUMER, CloseCode.RATE_LIMITED,
                               CloseCode.INTERNAL_ERROR})  # fmt: skip
+
+
+SERVER_ID = "@server"  # ``from`` of server-originated messages; no peer id can start with @
 
 
 def _new_secret() -> str:
@@ -65,6 +69,7 @@ class Hub:
         self.settings = settings
         self.broker = broker
         self.metrics = metrics
+        self.auth = load_verifier(settings)  # None: open mode
         self.node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
         self.peers: dict[str, Peer] = {}
         self.sessions: set[Session] = set()
@@ -73,7 +78,7 @@ class Hub:
         self._make_peer_id = make_peer_id
         self._make_secret = make_secret
         self._tasks: TaskGroup | None = None
-        self._sessions_gone = anyio.Event()
+        self._changed = anyio.Event()  # set when a session or a peer goes away
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -93,16 +98,30 @@ class Hub:
                     await self.broker.close()
 
     async def drain(self, seconds: float) -> None:
-        """Refuse new sessions, flush every queue, close every socket with 1001."""
+        """Stop taking peers and let the ones this node holds move elsewhere.
+
+        Readiness goes false and new sockets are refused; every queue is
+        flushed and every socket closed with 1001. When other nodes serve
+        the cluster, the peers stay resumable until they reconnect there
+        (their rooms and queues move with them). Whatever is left at the
+        deadline is removed, and its senders are told it was not delivered.
+        """
         self.accepting = False
-        for peer in [p for p in self.peers.values() if p.session is None]:
-            await self._remove(peer)
         for session in list(self.sessions):
-            session.close(CloseCode.GOING_AWAY, "server going away", reason="drain", flush=True)
+            session.close(
+                CloseCode.GOING_AWAY, "server going away", reason="drain", flush_seconds=seconds
+            )
         with anyio.move_on_after(seconds):
-            while self.sessions:
-                self._sessions_gone = anyio.Event()
-                await self._sessions_gone.wait()
+            await self._until(lambda: not self.sessions)
+            if await self.broker.other_nodes():
+                await self._until(lambda: not self.peers)
+        for peer in list(self.peers.values()):
+            await self._remove(peer)
+
+    async def _until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            self._changed = anyio.Event()
+            await self._changed.wait()
 
     # --- sessions ------------------------------------------------------------
 
@@ -115,13 +134,23 @@ class Hub:
         """Attach ``session`` to the peer ``hello`` asks for; returns the ``welcome``.
 
         A held id is taken over only by a session proving it is the same peer
-        (its resume secret); the old session is closed with 4503.
+        (its resume secret, or a valid token for that id); the old session is
+        closed with 4503. With auth on, every hello needs a valid token whose
+        ``sub`` is the id (``Unauthorized`` / ``Forbidden`` otherwise).
         """
-        peer_id = hello.peer_id or self._unused_peer_id()
+        claims: Claims | None = None
+        if self.auth is not None:
+            claims = self.auth.authenticate(hello)
+            peer_id = claims.sub
+        else:
+            peer_id = hello.peer_id or self._unused_peer_id()
+        verified = claims is not None  # a valid token for this very id
         peer = self.peers.get(peer_id)
         resumed = False
         if peer is not None:
-            if hello.resume is None or not hmac.compare_digest(hello.resume, peer.secret):
+            if not verified and (
+                hello.resume is None or not hmac.compare_digest(hello.resume, peer.secret)
+            ):
                 raise IdTaken(f"{peer_id} is held by another session")
             old = peer.session
             if old is not None:
@@ -130,8 +159,10 @@ class Hub:
         else:
             handover = None
             holder = await self.broker.claim(peer_id)
-            if holder is not None and hello.resume is not None:
-                handover = await self.broker.take_over(peer_id, holder, Proof(hello.resume, False))
+            if holder is not None and (hello.resume is not None or verified):
+                handover = await self.broker.take_over(
+                    peer_id, holder, Proof(hello.resume, verified)
+                )
             if (holder is not None and handover is None) or peer_id in self.peers:
                 raise IdTaken(f"{peer_id} is held by another session")
             peer = self._new_peer(peer_id, handover)
@@ -145,6 +176,9 @@ class Hub:
         peer.session = session
         peer.secret = self._make_secret()
         session.peer = peer
+        session.claims = claims
+        if claims is not None:
+            await self._leave_forbidden_rooms(peer, claims)
         return codec.encode(
             {
                 "type": "welcome",
@@ -191,6 +225,7 @@ class Hub:
             peer.expiry.cancel()
         del self.peers[peer_id]
         self.metrics.peers.dec()
+        self._changed.set()
         for room in peer.rooms:
             self.rooms.discard(room, peer)
         self.metrics.rooms.set(len(self.rooms))
@@ -215,8 +250,7 @@ class Hub:
         """
         self.sessions.discard(session)
         self.metrics.connections.dec()
-        if not self.sessions:
-            self._sessions_gone.set()
+        self._changed.set()
         peer = session.peer
         if peer is None or peer.session is not session:
             return
@@ -225,7 +259,7 @@ class Hub:
             resumable = session.close_code in _KEEP_FOR_RESUME
         else:
             resumable = client_code not in _CLEAN_CLIENT_CLOSES
-        if resumable and self.settings.resume_seconds > 0 and self.accepting:
+        if resumable and self.settings.resume_seconds > 0:
             self._start_expiry(peer)
         else:
             await self._remove(peer)
@@ -249,6 +283,7 @@ class Hub:
             return
         del self.peers[peer.id]
         self.metrics.peers.dec()
+        self._changed.set()
         pending, peer.queue = peer.queue, type(peer.queue)()
         peer.queued_bytes = 0
         try:
@@ -271,9 +306,34 @@ class Hub:
             peer.session.close(code, reason, reason="kicked")
 
     async def refresh(self, session: Session, refresh: Refresh) -> None:
-        """Replace the session's token (auth is off: nothing to refresh)."""
+        """Replace the session's token with a fresh one for the same id.
+
+        In open mode there is nothing to refresh and the answer is ``ok``. A
+        bad token (``Unauthorized``) or one for another id (``Forbidden``)
+        changes nothing: the session keeps its current token until it expires.
+        """
+        if self.auth is not None:
+            claims = self.auth.verify(refresh.token)
+            peer = session.peer
+            if peer is None or claims.sub != peer.id:
+                raise Forbidden("the token is for another id")
+            session.claims = claims
+            session.claims_changed.set()
+            await self._leave_forbidden_rooms(peer, claims)
         if refresh.id is not None:
             session.reply(codec.encode_ok(refresh.id), "ok")
+
+    def _check_room(self, peer: Peer, room: str) -> None:
+        """Refuse a room the peer's token does not list (``Forbidden``)."""
+        session = peer.session
+        claims = session.claims if session is not None else None
+        if self.auth is not None and (claims is None or not claims.allows_room(room)):
+            raise Forbidden(f"the token does not allow room {room}")
+
+    async def _leave_forbidden_rooms(self, peer: Peer, claims: Claims) -> None:
+        """Drop rooms (kept from a resumed session) the current token no longer lists."""
+        for room in [r for r in peer.rooms if not claims.allows_room(r)]:
+            await self._leave_room(peer, room)
 
     # --- routing -------------------------------------------------------------
 
@@ -285,22 +345,10 @@ class Hub:
         listed = not isinstance(request.to, str)
         undelivered = Undelivered(sender.id, request.id, listed)
         targets = (request.to,) if isinstance(request.to, str) else request.to
-        queued = False
-        offline: list[str] = []
-        overloaded: list[str] = []
-        for target_id in targets:
-            target = self.peers.get(target_id)
-            if target is not None:
-                result = target.enqueue(frame, "msg", undelivered)
-            else:
-                result = await self.broker.send(target_id, frame, undelivered)
-            if result is Delivery.QUEUED:
-                queued = True
-            elif result is Delivery.OFFLINE:
-                offline.append(target_id)
-            elif result is Delivery.OVERLOADED:
-                overloaded.append(target_id)
-                self.metrics.drops.labels("queue-full").inc()
+        outcome = await self._route(targets, frame, undelivered)
+        queued = bool(outcome[Delivery.QUEUED])
+        offline = outcome[Delivery.OFFLINE]
+        overloaded = outcome[Delivery.OVERLOADED]
         if offline or overloaded:
             unreached = offline + overloaded
             to: str | list[str] = unreached if listed else unreached[0]
@@ -310,20 +358,56 @@ class Hub:
         if request.id is not None:
             sender.enqueue(codec.encode_ok(request.id, queued=queued), "ok", None)
 
+    async def _route(
+        self, targets: tuple[str, ...], frame: bytes, undelivered: Undelivered
+    ) -> dict[Delivery, list[str]]:
+        """Queue ``frame`` for each target, locally or through the broker."""
+        outcome: dict[Delivery, list[str]] = {result: [] for result in Delivery}
+        for target_id in targets:
+            target = self.peers.get(target_id)
+            if target is not None:
+                result = target.enqueue(frame, "msg", undelivered)
+            else:
+                result = await self.broker.send(target_id, frame, undelivered)
+            outcome[result].append(target_id)
+            if result is Delivery.OVERLOADED:
+                self.metrics.drops.labels("queue-full").inc()
+        return outcome
+
+    async def server_send(
+        self, to: str | tuple[str, ...], d_raw: bytes, ev: str | None = None
+    ) -> dict[Delivery, list[str]]:
+        """Deliver a message from the server itself (``from`` is ``@server``)."""
+        frame = codec.encode_msg(SERVER_ID, d_raw, ev=ev)
+        targets = (to,) if isinstance(to, str) else to
+        return await self._route(targets, frame, Undelivered(SERVER_ID, None, False))
+
+    async def server_publish(self, room: str, d_raw: bytes, ev: str | None = None) -> None:
+        """Publish to ``room`` on every node from the server itself."""
+        frame = codec.encode_msg(SERVER_ID, d_raw, ev=ev, room=room)
+        await self._publish_frame(room, frame, None, Undelivered(SERVER_ID, None, False))
+
+    async def _publish_frame(
+        self, room: str, frame: bytes, exclude: str | None, undelivered: Undelivered
+    ) -> None:
+        self.deliver_room(room, frame, exclude, False, undelivered)
+        await self.broker.publish(room, frame, exclude, False)
+
     async def publish(self, sender: Peer, request: Publish) -> None:
         """Deliver a ``pub`` to the room's members on every node."""
+        self._check_room(sender, request.room)
         frame = codec.encode_msg(sender.id, request.d_raw, ev=request.ev, room=request.room)
         exclude = None if request.echo else sender.id
-        self.deliver_room(
-            request.room, frame, exclude, False, Undelivered(sender.id, request.id, False)
+        await self._publish_frame(
+            request.room, frame, exclude, Undelivered(sender.id, request.id, False)
         )
-        await self.broker.publish(request.room, frame, exclude, False)
         if request.id is not None:
             sender.enqueue(codec.encode_ok(request.id), "ok", None)
 
     async def join(self, peer: Peer, request: Join) -> None:
         """Add ``peer`` to a room, announcing it to members who watch presence."""
         room = request.room
+        self._check_room(peer, room)
         if room not in peer.rooms:
             if len(peer.rooms) >= self.settings.rooms_per_peer:
                 raise RoomFull(f"already in {self.settings.rooms_per_peer} rooms")
@@ -361,6 +445,8 @@ class Hub:
 
     async def _report(self, undelivered: Undelivered, target: str, code: ErrorCode) -> None:
         """Tell a sender that what it sent to ``target`` was never delivered."""
+        if undelivered.sender == SERVER_ID:
+            return  # the API caller got its answer already
         frame = codec.encode_err(
             code.value,
             f"{target} did not take the message",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -36,6 +37,7 @@ from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Leave, Ping, Publish, Refresh, Send
 
 if TYPE_CHECKING:
+    from relay.auth import Claims
     from relay.hub import Hub
 
 log = logging.getLogger("relay.session")
@@ -137,11 +139,13 @@ class Session:
         self.hub = hub
         self.transport = transport
         self.peer: Peer | None = None
+        self.claims: Claims | None = None  # the current token's, when auth is on
+        self.claims_changed = asyncio.Event()  # a refresh replaced them
         self.close_code: int | None = None
         self.close_reason = ""
         self.wakeup = asyncio.Event()
-        self._flush = False
-        self._send_scope: anyio.CancelScope | None = None
+        self._flush_until = 0.0
+        self._writer_scope: anyio.CancelScope | None = None
         self._rate = TokenBucket(settings.rate_per_second, settings.rate_burst, clock)
         self._rate_strikes = Strikes(settings.rate_strikes, consecutive=True)
         self._bad_envelopes = Strikes(settings.bad_envelope_budget, consecutive=False)
@@ -150,64 +154,68 @@ class Session:
 
     # --- closing -------------------------------------------------------------
 
-    def close(self, code: int, message: str, *, reason: str, flush: bool = False) -> None:
+    def close(self, code: int, message: str, *, reason: str, flush_seconds: float = 0.0) -> None:
         """Ask the writer to close the socket with ``code``.
 
-        With ``flush`` the queue is sent first (drain); otherwise a send in
-        progress is abandoned and its frame stays queued for a resume.
+        The writer first sends what is queued for up to ``flush_seconds``
+        (a drain, or the ``err`` that explains a policy close); a send still
+        in progress then is abandoned, and a resume replays it.
         """
         if self.close_code is not None:
             return
         self.close_code = code
         self.close_reason = message
-        self._flush = flush
+        self._flush_until = anyio.current_time() + flush_seconds
         self._metrics.disconnects.labels(reason).inc()
         self.wakeup.set()
-        if not flush and self._send_scope is not None:
-            self._send_scope.cancel()
+        if self._writer_scope is not None:
+            self._writer_scope.deadline = self._flush_until
 
     # --- writing -------------------------------------------------------------
 
     async def send_now(self, frame: bytes, kind: str) -> None:
         """Send a frame before the writer runs (``welcome``, a refused ``hello``)."""
         await self.transport.send_bytes(frame)
-        messages, size = self._metrics.out_counters[kind]
-        messages.inc()
-        size.inc(len(frame))
+        self._metrics.sent[kind].add(len(frame))
 
     async def write(self) -> None:
         """Drain the peer's queue into the socket until the session closes."""
+        # One cancel scope for the writer's life, not one per frame: close()
+        # moves its deadline, which abandons a send stuck on a full socket.
+        with anyio.CancelScope() as scope:
+            self._writer_scope = scope
+            if self.close_code is not None:
+                scope.deadline = self._flush_until
+            await self._send_queued()
+        self._writer_scope = None
+        with anyio.move_on_after(5):
+            await self.transport.close(self.close_code or CloseCode.NORMAL, self.close_reason)
+
+    async def _send_queued(self) -> None:
         peer = self.peer
         assert peer is not None, "write() runs only after hello"
         queue = peer.queue
-        out_counters = self._metrics.out_counters
+        written = peer.written
+        send_bytes = self.transport.send_bytes
+        sent = self._metrics.sent
         while True:
-            if not queue or (self.close_code is not None and not self._flush):
+            if not queue:
                 if self.close_code is not None:
-                    break
+                    return
                 self.wakeup.clear()
                 await self.wakeup.wait()
                 continue
             if peer.session is not self:
-                break
+                return
             entry = queue.popleft()
             frame = entry[0]
             peer.queued_bytes -= len(frame)
-            peer.written.append(entry)
+            # Recorded before sending: if the send is abandoned or the socket
+            # dies with it in its buffers, a resume replays it from here.
+            written.append(entry)
             peer.written_count += 1
-            with anyio.CancelScope() as scope:
-                self._send_scope = scope
-                try:
-                    await self.transport.send_bytes(frame)
-                finally:
-                    self._send_scope = None
-            if scope.cancelled_caught:
-                break  # abandoned by close(); a resume replays it if it never arrived
-            messages, size = out_counters[entry[1]]
-            messages.inc()
-            size.inc(len(frame))
-        with anyio.move_on_after(5):
-            await self.transport.close(self.close_code or CloseCode.NORMAL, self.close_reason)
+            await send_bytes(frame)
+            sent[entry[1]].add(len(frame))
 
     def reply(self, frame: bytes, kind: str) -> None:
         """Queue a reply to this session's own peer."""
@@ -219,29 +227,38 @@ class Session:
     def decode_hello(self, frame: bytes) -> Hello:
         """Decode the first frame, which must be a ``hello``."""
         envelope = codec.decode(frame, self._limits)
-        self._count_in(_KINDS[type(envelope)], len(frame))
+        self._metrics.received[_KINDS[type(envelope)]].add(len(frame))
         if not isinstance(envelope, Hello):
             raise NotRegistered("the first envelope must be hello")
         return envelope
 
     async def receive(self, frame: bytes) -> None:
         """Handle one binary frame after ``hello``; refusals become ``err`` or a close."""
-        started = anyio.current_time()
+        started = time.perf_counter()
         try:
             envelope = codec.decode(frame, self._limits)
         except RelayError as exc:
-            self._metrics.invalid_in[0].inc()
-            self._metrics.invalid_in[1].inc(len(frame))
+            self._metrics.received["invalid"].add(len(frame))
             self._refuse(exc)
             if isinstance(exc, BadEnvelope | UnknownType) and self._bad_envelopes.hit():
-                self.close(CloseCode.TOO_MANY_BAD_ENVELOPES, "too many bad envelopes", reason="bad")
+                self.close(
+                    CloseCode.TOO_MANY_BAD_ENVELOPES,
+                    "too many bad envelopes",
+                    reason="bad",
+                    flush_seconds=_EXPLAIN_SECONDS,
+                )
             return
         kind = _KINDS[type(envelope)]
-        self._count_in(kind, len(frame))
+        self._metrics.received[kind].add(len(frame))
         if not self._rate.take():
             self._refuse(RateLimited("slow down", request_id=envelope_id(envelope)))
             if self._rate_strikes.hit():
-                self.close(CloseCode.RATE_LIMITED, "rate limit exceeded", reason="flood")
+                self.close(
+                    CloseCode.RATE_LIMITED,
+                    "rate limit exceeded",
+                    reason="flood",
+                    flush_seconds=_EXPLAIN_SECONDS,
+                )
             return
         self._rate_strikes.forgive()
         peer = self.peer
@@ -249,10 +266,10 @@ class Session:
         try:
             if isinstance(envelope, Send):
                 await self.hub.send(peer, envelope)
-                self._metrics.routing_seconds.observe(anyio.current_time() - started)
+                self._metrics.routing.observe(time.perf_counter() - started)
             elif isinstance(envelope, Publish):
                 await self.hub.publish(peer, envelope)
-                self._metrics.routing_seconds.observe(anyio.current_time() - started)
+                self._metrics.routing.observe(time.perf_counter() - started)
             elif isinstance(envelope, Join):
                 await self.hub.join(peer, envelope)
             elif isinstance(envelope, Leave):
@@ -285,10 +302,8 @@ class Session:
             "err",
         )
 
-    def _count_in(self, kind: str, size: int) -> None:
-        messages, total = self._metrics.in_counters[kind]
-        messages.inc()
-        total.inc(size)
+
+_EXPLAIN_SECONDS = 1.0  # how long a policy close waits to deliver the errs that explain it
 
 
 def envelope_id(envelope: object) -> RequestId | None:

@@ -84,6 +84,64 @@ class Settings:
         30.0, "How long a dropped peer's id, rooms and queue wait for a resume.", group="limits"
     )
 
+    # Authentication (docs/security.md): open mode unless a key is configured
+    jwt_secret: str = _setting(
+        "", "HS256 shared secret for hello tokens (empty: no HS256).", group="auth"
+    )
+    jwt_public_key_file: str = _setting(
+        "", "PEM public key file verifying RS256/ES256 hello tokens.", group="auth"
+    )
+    jwt_jwks_file: str = _setting(
+        "", "Local JWKS file whose keys (chosen by kid) verify hello tokens.", group="auth"
+    )
+    jwt_algorithms: tuple[str, ...] = _setting(
+        (),
+        "Accepted JWT algorithms (empty: HS256 for a secret, the key's own for a key).",
+        group="auth",
+    )
+    jwt_audience: str = _setting("", "Required aud claim (empty: tokens with aud are refused).",
+                                 group="auth")  # fmt: skip
+    jwt_issuer: str = _setting("", "Required iss claim (empty: not checked).", group="auth")
+    jwt_rooms_claim: str = _setting(
+        "rooms", "Claim listing the rooms (globs) a peer may join and publish to.", group="auth"
+    )
+    jwt_leeway_seconds: float = _setting(
+        0.0, "Clock skew allowed when checking exp and nbf.", group="auth"
+    )
+
+    # Server-side HTTP API
+    api_keys: tuple[str, ...] = _setting(
+        (), "Bearer keys of the /v1 HTTP API (empty: the API is disabled).", group="api"
+    )
+    api_max_body_bytes: int = _setting(65536, "Largest HTTP API request body.", group="api")
+
+    # TLS
+    certfile: str = _setting("", "PEM certificate chain: serve wss:// and https://.", group="tls")
+    keyfile: str = _setting("", "PEM private key of certfile.", group="tls")
+
+    # Admission (before the WebSocket upgrade)
+    max_connections: int = _setting(
+        10000, "Sockets this node holds at most (503 / 1013 beyond; 0: no cap).", group="admission"
+    )
+    max_connections_per_ip: int = _setting(
+        256, "Sockets one client address may hold (429 beyond; 0: no cap).", group="admission"
+    )
+    handshake_rate_per_second: float = _setting(
+        10.0, "WebSocket handshakes per second per client address (0: no limit).",
+        group="admission",
+    )  # fmt: skip
+    handshake_burst: int = _setting(
+        30, "Token bucket size for the handshake rate.", group="admission"
+    )
+    ip_table_size: int = _setting(
+        65536, "Client addresses whose handshake rate is remembered (LRU).", group="admission"
+    )
+    trusted_proxies: tuple[str, ...] = _setting(
+        (),
+        "Proxy addresses/CIDRs whose X-Forwarded-For is believed (right-most untrusted wins).",
+        group="admission",
+    )
+
     # Cluster (the redis broker; see docs/scaling.md)
     workers: int = _setting(
         1, "Worker processes on this machine (more than 1 needs a shared broker).", group="cluster"

@@ -3,7 +3,9 @@
 A raw ASGI app rather than Starlette's ``WebSocket`` wrapper: the hot path
 receives and sends ASGI messages directly. Refusals before the upgrade are
 plain HTTP responses (403 foreign Origin, 400 unknown subprotocol, 503 while
-draining) where the server supports them, a close otherwise.
+draining) where the server supports them, a close otherwise; so are those of
+``relay.admission`` (503 node full, 429 per-address cap or handshake rate,
+1013 as a close).
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ import time
 from typing import Any
 
 import anyio
+from starlette.responses import PlainTextResponse
 from starlette.types import Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
+from relay.admission import Admission
+from relay.auth import close_at_expiry
 from relay.broker import BrokerUnavailable
 from relay.exceptions import IdTaken, RelayError
 from relay.hub import Hub
@@ -50,6 +56,7 @@ class RelayEndpoint:
         self.hub = hub
         self.settings = hub.settings
         self._origins = frozenset(origin.lower().rstrip("/") for origin in hub.settings.origins)
+        self.admission = Admission(hub.settings)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -59,6 +66,20 @@ class RelayEndpoint:
         if refusal is not None:
             await _refuse(scope, send, *refusal)
             return
+        ip = self.admission.client_ip(scope)
+        denied = self.admission.admit(ip)
+        if denied is not None:
+            self.hub.metrics.refused.labels(denied.reason).inc()
+            await _refuse(
+                scope, send, denied.status, denied.message, close_code=CloseCode.TRY_AGAIN_LATER
+            )
+            return
+        try:
+            await self._accept(scope, receive, send)
+        finally:
+            self.admission.release(ip)
+
+    async def _accept(self, scope: Scope, receive: Receive, send: Send) -> None:
         offered = scope.get("subprotocols") or []
         accept: dict[str, Any] = {"type": "websocket.accept"}
         if SUBPROTOCOL in offered:
@@ -122,6 +143,8 @@ class RelayEndpoint:
         """Read frames until the socket ends; returns the client's close code."""
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(_write, session, transport)
+            if self.hub.auth is not None and session.claims is not None:
+                tasks.start_soon(close_at_expiry, session, self.hub.auth)
             while True:
                 message = await receive()
                 kind = message["type"]
@@ -154,6 +177,13 @@ async def _write(session: Session, transport: ASGITransport) -> None:
                 await transport.close(CloseCode.INTERNAL_ERROR, "internal error")
 
 
+async def unknown_path(websocket: WebSocket) -> None:
+    """Refuse a WebSocket upgrade on any other path with a 404, not Starlette's 403."""
+    await websocket.send_denial_response(
+        PlainTextResponse("no WebSocket endpoint at this path", status_code=404)
+    )
+
+
 def _hello_close_code(exc: RelayError) -> int:
     if exc.code.value == "unauthorized":
         return CloseCode.UNAUTHORIZED
@@ -169,7 +199,14 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _refuse(scope: Scope, send: Send, status: int, body: str) -> None:
+async def _refuse(
+    scope: Scope,
+    send: Send,
+    status: int,
+    body: str,
+    *,
+    close_code: int = CloseCode.POLICY_VIOLATION,
+) -> None:
     if "websocket.http.response" in scope.get("extensions", {}):
         await send(
             {
@@ -180,4 +217,4 @@ async def _refuse(scope: Scope, send: Send, status: int, body: str) -> None:
         )
         await send({"type": "websocket.http.response.body", "body": body.encode()})
     else:
-        await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION})
+        await send({"type": "websocket.close", "code": close_code})

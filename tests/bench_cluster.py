@@ -35,7 +35,10 @@ from websockets.asyncio.client import connect
 from tests.cluster.processes import RelayProcess
 from tests.redis_server import RedisServer, redis_url_from_env
 
-UNLIMITED = ("--rate-per-second", "1000000", "--rate-burst", "1000000", "--log-level", "warning")
+UNLIMITED = (
+    "--rate-per-second", "1000000", "--rate-burst", "1000000", "--log-level", "warning",
+    "--handshake-rate-per-second", "0", "--max-connections-per-ip", "0",
+)  # fmt: skip
 
 
 async def _hello(url: str, peer_id: str) -> Any:

@@ -58,6 +58,17 @@ class RawPeer:
                 assert exc.rcvd is not None, "closed without a close frame"
                 return exc.rcvd.code
 
+    async def drain(self) -> tuple[list[dict[str, Any]], int]:
+        """Everything received until the server closes the socket, and the close code."""
+        received: list[dict[str, Any]] = []
+        with anyio.fail_after(TIMEOUT):
+            try:
+                while True:
+                    received.append(msgpack.unpackb(await self.ws.recv(), strict_map_key=False))
+            except ConnectionClosed as exc:
+                assert exc.rcvd is not None, "closed without a close frame"
+                return received, exc.rcvd.code
+
     async def close(self, code: int = 1000) -> None:
         await self.ws.close(code)
 

@@ -185,3 +185,27 @@ async def test_welcome_precedes_queued_messages(relay: RunningRelay) -> None:
     await back.send({"type": "hello", "id": "bob", "resume": bob.welcome["resume"]})
     frames = [msgpack.unpackb(await back.ws.recv()) for _ in range(2)]
     assert [f["type"] for f in frames] == ["welcome", "msg"]
+
+
+async def test_permessage_deflate_is_not_negotiated(relay: RunningRelay) -> None:
+    peer = await open_peer(relay.url)  # the websockets client offers it by default
+    assert peer.ws.response is not None
+    assert "Sec-WebSocket-Extensions" not in peer.ws.response.headers
+
+
+async def test_a_peer_that_stops_answering_pings_is_reaped(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(
+        ping_interval_seconds=0.1, ping_timeout_seconds=0.1, resume_seconds=0.1
+    )
+    watcher = await join_as(relay.url, "watcher")
+    await watcher.send({"type": "join", "room": "r", "presence": True, "id": 1})
+    await watcher.expect(type="presence", members=["watcher"])
+    await watcher.expect(type="ok", id=1)
+    alice = await join_as(relay.url, "alice")
+    await alice.request({"type": "join", "room": "r", "id": 1})
+    await watcher.expect(type="presence", peer="alice", event="join")
+    alice.ws.transport.pause_reading()  # pings go unanswered from now on
+    # reaped, then not resumed within the window: the room hears she left
+    await watcher.expect(type="presence", peer="alice", event="leave")
+    assert "alice" not in relay.hub.peers
+    alice.ws.transport.abort()

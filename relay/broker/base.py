@@ -109,6 +109,14 @@ class Broker(Protocol):
         """Forget that this node holds ``peer_id``."""
         ...
 
+    async def other_nodes(self) -> int:
+        """How many other live nodes serve the cluster (where peers can move to)."""
+        ...
+
+    async def locate(self, peer_id: str) -> str | None:
+        """The id of the node holding ``peer_id``, or None when no node does."""
+        ...
+
     async def take_over(self, peer_id: str, holder: str, proof: Proof) -> Handover | None:
         """Move ``peer_id`` from node ``holder`` to this one, if ``proof`` convinces it.
 

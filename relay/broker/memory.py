@@ -57,6 +57,13 @@ class MemoryBroker:
         if self._cluster.holders.get(peer_id) == self._node_id:
             del self._cluster.holders[peer_id]
 
+    async def other_nodes(self) -> int:
+        return len(self._cluster.nodes) - 1
+
+    async def locate(self, peer_id: str) -> str | None:
+        holder = self._cluster.holders.get(peer_id)
+        return holder if holder in self._cluster.nodes else None
+
     async def take_over(self, peer_id: str, holder: str, proof: Proof) -> Handover | None:
         node = self._cluster.nodes.get(holder)
         if node is None or self._cluster.holders.get(peer_id) != holder:

@@ -83,6 +83,22 @@ redis.call('SREM', ARGV[2] .. ':peers:' .. ARGV[1], ARGV[3])
 return 1
 """
 
+# KEYS[1] peer key; ARGV: prefix. The holder, if its lease is live.
+_LOCATE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and redis.call('EXISTS', ARGV[1] .. ':alive:' .. holder) == 1 then return holder end
+return false
+"""
+
+# ARGV: prefix, this node. How many other nodes hold a live lease.
+_OTHER_NODES = """
+local n = 0
+for _, node in ipairs(redis.call('SMEMBERS', ARGV[1] .. ':nodes')) do
+  if node ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. ':alive:' .. node) == 1 then n = n + 1 end
+end
+return n
+"""
+
 # KEYS[1] peer key; ARGV: node, prefix, peer, old holder
 _TAKE = """
 redis.call('SET', KEYS[1], ARGV[1])
@@ -335,6 +351,17 @@ class RedisBroker:
             )  # fmt: skip
         except BrokerUnavailable:
             self._dirty = True
+
+    async def other_nodes(self) -> int:
+        try:
+            count = await self._call("EVAL", _OTHER_NODES, 0, self._prefix, self._node_id)
+        except BrokerUnavailable:
+            return 0  # none that a peer could be handed to from here
+        return int(count)
+
+    async def locate(self, peer_id: str) -> str | None:
+        holder = await self._call("EVAL", _LOCATE, 1, self._key("peer", peer_id), self._prefix)
+        return None if holder is None else _text(holder)
 
     async def take_over(self, peer_id: str, holder: str, proof: Proof) -> Handover | None:
         cid = secrets.token_hex(8)

@@ -62,29 +62,23 @@ class CodecLimits:
 
     def check_peer_id(self, value: object, what: str = "id") -> str:
         """Return ``value`` if it is a valid peer id, else raise BadEnvelope."""
-        if (
-            not isinstance(value, str)
-            or not 0 < len(value) <= self.max_id_length
-            or not self._id_re.fullmatch(value)
-        ):
-            raise BadEnvelope(
-                f"{what} must be a string of 1-{self.max_id_length} characters "
-                f"matching {self.id_pattern}"
-            )
-        return value
+        return _checked_name(value, what, self.max_id_length, self._id_re)
 
     def check_room(self, value: object) -> str:
         """Return ``value`` if it is a valid room name, else raise BadEnvelope."""
-        if (
-            not isinstance(value, str)
-            or not 0 < len(value) <= self.max_room_length
-            or not self._room_re.fullmatch(value)
-        ):
-            raise BadEnvelope(
-                f"room must be a string of 1-{self.max_room_length} characters "
-                f"matching {self.room_pattern}"
-            )
-        return value
+        return _checked_name(value, "room", self.max_room_length, self._room_re)
+
+
+def _checked_name(value: object, what: str, max_length: int, pattern: re.Pattern[str]) -> str:
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= max_length
+        or not pattern.fullmatch(value)
+    ):
+        raise BadEnvelope(
+            f"{what} must be a string of 1-{max_length} characters matching {pattern.pattern}"
+        )
+    return value
 
 
 # --- decoding ---------------------------------------------------------------

@@ -13,7 +13,7 @@ RequestId = int | str
 PassThrough = int | str  # the types accepted for ``rid`` and ``re``
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Hello:
     """Register as ``peer_id`` (or a server-chosen id), optionally resuming."""
 
@@ -23,7 +23,7 @@ class Hello:
     received: int | None = None  # envelopes the client got since its last welcome
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Refresh:
     """Replace the session's token with a fresh one before it expires."""
 
@@ -31,7 +31,7 @@ class Refresh:
     id: RequestId | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Send:
     """Deliver ``d_raw`` to one peer (``to`` a str) or several (a tuple)."""
 
@@ -43,7 +43,7 @@ class Send:
     re: PassThrough | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Publish:
     """Deliver ``d_raw`` to every member of ``room``."""
 
@@ -54,7 +54,7 @@ class Publish:
     echo: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Join:
     """Become a member of ``room``."""
 
@@ -63,7 +63,7 @@ class Join:
     presence: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Leave:
     """Stop being a member of ``room``."""
 
@@ -71,7 +71,7 @@ class Leave:
     id: RequestId | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ping:
     """Ask for a ``pong``; browsers cannot send WebSocket pings."""
 

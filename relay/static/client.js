@@ -1705,6 +1705,7 @@ var RelayPeer = class extends EventTarget {
     this._queued = /* @__PURE__ */ new Map();
     this._retries = 0;
     this._welcomed = false;
+    this._received = 0;
     this._welcomedAt = 0;
     this._closing = null;
     this._lastErr = void 0;
@@ -1930,7 +1931,13 @@ var RelayPeer = class extends EventTarget {
       return;
     }
     if (ws !== this._ws) return;
-    this._writeNow(ws, { type: "hello", id: this.id, token: token ?? void 0, resume: this.resumeSecret });
+    this._writeNow(ws, {
+      type: "hello",
+      id: this.id,
+      token: token ?? void 0,
+      resume: this.resumeSecret,
+      received: this.resumeSecret ? this._received : void 0
+    });
   }
   /** Encodes and writes one envelope now, bypassing the outbox. */
   _writeNow(ws, env) {
@@ -2015,6 +2022,7 @@ var RelayPeer = class extends EventTarget {
   }
   _onFrame(ws, data) {
     if (ws !== this._ws) return;
+    this._received++;
     if (typeof data === "string") {
       this._dispatchError(new ProtocolError("text frame from the relay"));
       return;
@@ -2064,6 +2072,7 @@ var RelayPeer = class extends EventTarget {
     clearTimeout(this._timers.connect);
     this.id = env.id;
     this.resumeSecret = env.resume;
+    this._received = 0;
     this.limits = env.limits && typeof env.limits === "object" ? env.limits : {};
     this.node = env.node;
     const first = !this._welcomed;

@@ -17,7 +17,7 @@ _READY = re.compile(r"relay ready on (ws://\S+)")
 # Short leases so node-death tests finish quickly; the bound is asserted.
 FAST_CLUSTER = (
     "--node-lease-seconds", "2", "--heartbeat-seconds", "0.25",
-    "--probe-seconds", "0.5", "--broker-timeout-seconds", "0.5",
+    "--probe-seconds", "0.5", "--broker-timeout-seconds", "0.5", "--drain-seconds", "2",
 )  # fmt: skip
 
 

@@ -84,3 +84,27 @@ async def test_takeover_and_resume_on_another_node(cluster: Cluster) -> None:
     assert await moved.closed() == 4503
     await alice.request({"type": "send", "to": "bob", "d": "home", "id": 4})
     await back.expect(type="msg", d="home")
+
+
+async def test_a_draining_node_hands_its_peers_to_another(cluster: Cluster) -> None:
+    import anyio
+
+    a, b = await cluster(2)
+    alice = await join_as(a.url, "alice")
+    bob = await join_as(b.url, "bob")
+    async with anyio.create_task_group() as tasks:
+        drained = anyio.Event()
+
+        async def drain() -> None:
+            await a.hub.drain(10)
+            drained.set()
+
+        tasks.start_soon(drain)
+        assert await alice.closed() == 1001
+        await bob.send({"type": "send", "to": "alice", "d": "while moving", "id": 1})
+        await bob.expect(type="ok", id=1, queued=True)
+        moved = await join_as(b.url, "alice", resume=alice.welcome["resume"], received=0)
+        assert moved.welcome["resumed"] is True
+        await moved.expect(type="msg", d="while moving")
+        with anyio.fail_after(5):
+            await drained.wait()  # nothing left to wait for once alice moved

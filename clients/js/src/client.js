@@ -117,6 +117,9 @@ export class RelayPeer extends EventTarget {
     this._queued = new Map(); // id -> {data, ev} of recent sends the relay queued
     this._retries = 0; // reconnect attempts since the last stable session
     this._welcomed = false;
+    // Envelopes received since the latest welcome: a resume tells the relay,
+    // which replays whatever the dead socket never delivered.
+    this._received = 0;
     this._welcomedAt = 0;
     this._closing = null; // {code, reason} once close() was called
     this._lastErr = undefined; // id-less err received on the current socket
@@ -365,7 +368,13 @@ export class RelayPeer extends EventTarget {
       return;
     }
     if (ws !== this._ws) return;
-    this._writeNow(ws, { type: "hello", id: this.id, token: token ?? undefined, resume: this.resumeSecret });
+    this._writeNow(ws, {
+      type: "hello",
+      id: this.id,
+      token: token ?? undefined,
+      resume: this.resumeSecret,
+      received: this.resumeSecret ? this._received : undefined,
+    });
   }
 
   /** Encodes and writes one envelope now, bypassing the outbox. */
@@ -455,6 +464,7 @@ export class RelayPeer extends EventTarget {
 
   _onFrame(/** @type {any} */ ws, /** @type {unknown} */ data) {
     if (ws !== this._ws) return;
+    this._received++; // reset to 0 by the welcome itself
     if (typeof data === "string") {
       this._dispatchError(new ProtocolError("text frame from the relay"));
       return;
@@ -504,6 +514,7 @@ export class RelayPeer extends EventTarget {
     clearTimeout(this._timers.connect);
     this.id = env.id;
     this.resumeSecret = env.resume;
+    this._received = 0;
     this.limits = env.limits && typeof env.limits === "object" ? env.limits : {};
     this.node = env.node;
     const first = !this._welcomed;

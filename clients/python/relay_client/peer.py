@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any, Literal, overload
 
@@ -130,6 +131,18 @@ def _is_transient(exc: RelayError) -> bool:
     return False
 
 
+def _new_future() -> asyncio.Future[Any]:
+    """A future whose exception counts as retrieved even if its caller went away."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.add_done_callback(_retrieve)
+    return future
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def _closed_error(code: int, reason: str) -> ConnectionClosed:
     if code == 4503:
         return SessionReplaced(code, reason)
@@ -173,6 +186,7 @@ class Peer:
         ping_timeout: float | None = 20.0,
         close_timeout: float | None = 5.0,
         max_size: int | None = 2**24,
+        ssl: SSLContext | None = None,
     ) -> None:
         """See :func:`connect` for the meaning of the arguments."""
         try:
@@ -184,6 +198,7 @@ class Peer:
         if backoff_base <= 0 or backoff_max < backoff_base:
             raise ValueError("need 0 < backoff_base <= backoff_max")
         self.url = url
+        self._ssl = ssl
         self._requested_id = id
         self._token = token
         self._resume = resume
@@ -202,6 +217,9 @@ class Peer:
 
         self._state = State.CONNECTING
         self._welcome: Welcome | None = None
+        # Envelopes received since the latest welcome: a resume tells the
+        # relay, which replays whatever the dead socket never delivered.
+        self._received = 0
         self._conn: ClientConnection | None = None  # the current socket, even while restoring
         self._ws: ClientConnection | None = None  # set only when fully online
         self._runner: asyncio.Task[None] | None = None
@@ -349,8 +367,7 @@ class Peer:
         runner = self._runner
         if runner is not None and runner is not asyncio.current_task() and not runner.done():
             runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await runner
+            await asyncio.wait({runner})  # never raises; our own cancellation still does
         if self._outbox:
             log.warning(
                 "closing with %d unsent message(s) in the offline buffer", len(self._outbox)
@@ -363,8 +380,7 @@ class Peer:
     async def wait_closed(self) -> RelayError | None:
         """Wait until the peer is closed for good; return :attr:`close_error`."""
         if self._runner is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.shield(self._runner)
+            await asyncio.wait({self._runner})
         return self._close_error
 
     async def __aenter__(self) -> Peer:
@@ -527,9 +543,7 @@ class Peer:
             raise NotConnected("not connected to the relay (reconnecting)")
         rid = next(self._ids)
         envelope = {"type": "ping", "id": rid}
-        pending = _Pending(
-            asyncio.get_running_loop().create_future(), "ping", envelope, time.monotonic()
-        )
+        pending = _Pending(_new_future(), "ping", envelope, time.monotonic())
         self._pending[rid] = pending
         with contextlib.suppress(WsConnectionClosed):
             await conn.send(pack(envelope))
@@ -564,7 +578,7 @@ class Peer:
         """
         limit = self._request_timeout if timeout is None else timeout
         rid = next(self._rids)
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Any] = _new_future()
         self._requests[rid] = _Request(to, future)
         envelope = {"type": "send", "to": to, "d": data, "ev": ev, "rid": rid}
         try:
@@ -732,7 +746,7 @@ class Peer:
         pending: _Pending | None = None
         if wait:
             envelope["id"] = next(self._ids)
-            future = asyncio.get_running_loop().create_future()
+            future = _new_future()
             pending = _Pending(future, kind, envelope, on_ok=on_ok)
         out = _Outgoing(envelope, self._encode(envelope), pending)
         # One writer at a time (FIFO), so frames leave in call order, paced and
@@ -799,6 +813,15 @@ class Peer:
 
     async def _handshake(self) -> tuple[ClientConnection, Welcome]:
         try:
+            token = await self._current_token()
+        except Exception as exc:
+            raise RelayUnavailable(f"the token function failed: {_describe(exc)}") from exc
+        resume = self.resume_secret or self._resume
+        hello: dict[str, Any] = {"type": "hello", "id": self.id, "token": token, "resume": resume}
+        if resume:
+            hello["received"] = self._received
+        tls: dict[str, Any] = {} if self._ssl is None else {"ssl": self._ssl}
+        try:
             conn = await ws_connect(
                 self.url,
                 subprotocols=[Subprotocol(SUBPROTOCOL)],
@@ -807,21 +830,26 @@ class Peer:
                 ping_timeout=self._ping_timeout,
                 close_timeout=self._close_timeout,
                 max_size=self._max_size,
-                proxy=None,
+                **tls,
             )
         except InvalidStatus as exc:
             raise RelayUnavailable(
                 f"relay at {self.url} refused the WebSocket upgrade "
                 f"(HTTP {exc.response.status_code})"
             ) from None
-        except (OSError, TimeoutError, InvalidHandshake, WsConnectionClosed) as exc:
+        except (OSError, TimeoutError, EOFError, InvalidHandshake, WsConnectionClosed) as exc:
             raise RelayUnavailable(f"cannot reach relay at {self.url}: {_describe(exc)}") from None
-        hello = {
-            "type": "hello",
-            "id": self.id,
-            "token": await self._current_token(),
-            "resume": self.resume_secret or self._resume,
-        }
+        except Exception as exc:  # anything else the opening handshake may raise
+            log.debug("handshake failed", exc_info=True)
+            raise RelayUnavailable(f"cannot reach relay at {self.url}: {_describe(exc)}") from None
+        try:
+            return conn, await self._register(conn, hello)
+        except BaseException:
+            conn.transport.abort()  # never leak the socket (refusal, timeout, cancellation)
+            raise
+
+    async def _register(self, conn: ClientConnection, hello: dict[str, Any]) -> Welcome:
+        """Send ``hello`` on a fresh socket and return the ``welcome``."""
         try:
             await conn.send(pack(hello))
             async with asyncio.timeout(self._open_timeout):
@@ -829,26 +857,22 @@ class Peer:
         except WsConnectionClosed:
             raise _closed_error(conn.close_code or 1006, conn.close_reason or "") from None
         except TimeoutError:
-            await conn.close()
             raise RelayUnavailable(f"relay at {self.url} sent no welcome") from None
         envelope = unpack(frame) if isinstance(frame, bytes) else None
         if envelope is None or envelope["type"] not in ("welcome", "err"):
-            await conn.close(1002, "expected welcome")
             raise ProtocolError(f"relay at {self.url} answered hello with something unexpected")
         if envelope["type"] == "err":
-            await conn.close()
             raise error_from_code(
                 str(envelope.get("code", "internal")), str(envelope.get("msg", ""))
             )
         limits = envelope.get("limits")
-        welcome = Welcome(
+        return Welcome(
             id=str(envelope.get("id", "")),
             resume=str(envelope.get("resume", "")),
             limits=dict(limits) if isinstance(limits, dict) else {},
             node=str(envelope.get("node", "")),
             resumed=bool(envelope.get("resumed", False)),
         )
-        return conn, welcome
 
     async def _current_token(self) -> str | None:
         source = self._token
@@ -861,6 +885,7 @@ class Peer:
 
     def _apply_welcome(self, welcome: Welcome) -> None:
         self._welcome = welcome
+        self._received = 0
         self._sessions += 1
         burst = welcome.limits.get("rate_burst")
         self._tokens = max(1.0, burst - 2.0) if isinstance(burst, int) else 1.0
@@ -925,11 +950,13 @@ class Peer:
         if restore and welcome is not None and not welcome.resumed:
             await self._rejoin(conn)
         while self._outbox and conn.state is WsState.OPEN:
-            out = self._outbox.popleft()
-            if out.pending is not None and out.pending.future.done():
+            if self._outbox[0].pending is not None and self._outbox[0].pending.future.done():
+                self._outbox.popleft()  # its caller gave up
                 continue
-            await self._pace()
-            await self._transmit(conn, out)
+            await self._pace()  # before popping: a cancelled flush loses nothing
+            if not self._outbox or conn.state is not WsState.OPEN:
+                break
+            await self._transmit(conn, self._outbox.popleft())
         if conn.state is WsState.OPEN and not self._closing:
             self._ws = conn
             self._set_state(State.CONNECTED)
@@ -941,7 +968,7 @@ class Peer:
         for room, presence in list(self._rooms.items()):
             envelope: dict[str, Any] = {"type": "join", "room": room, "id": next(self._ids)}
             envelope["presence"] = presence or None
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future: asyncio.Future[Any] = _new_future()
             future.add_done_callback(self._rejoined(room))
             futures.append(future)
             await self._pace()
@@ -1069,6 +1096,7 @@ class Peer:
             self._invoke(handler, exc)
 
     def _dispatch(self, frame: bytes) -> None:
+        self._received += 1
         envelope = unpack(frame)
         if envelope is None:
             log.warning("ignoring an undecodable frame from the relay")
@@ -1270,6 +1298,7 @@ def connect(
     ping_timeout: float | None = 20.0,
     close_timeout: float | None = 5.0,
     max_size: int | None = 2**24,
+    ssl: SSLContext | None = None,
 ) -> _Connector:
     """Connect to the relay at ``url`` as peer ``id``.
 
@@ -1305,6 +1334,9 @@ def connect(
             for the closing handshake, then drops the socket and reconnects.
         close_timeout: seconds to wait for the closing handshake (``None``: no limit).
         max_size: largest incoming frame in bytes (``None``: no limit).
+        ssl: the TLS context for ``wss://`` URLs, e.g. one trusting a private
+            CA (``ssl.create_default_context(cafile=...)``); the default
+            context (the system's CAs) when ``None``.
 
     Raises:
         RelayUnavailable: the relay cannot be reached.
@@ -1331,5 +1363,6 @@ def connect(
             ping_timeout=ping_timeout,
             close_timeout=close_timeout,
             max_size=max_size,
+            ssl=ssl,
         )
     )

@@ -193,6 +193,13 @@ class RelayProcess:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
+    async def drain(self) -> int:
+        """SIGTERM: the relay drains (1001 to every socket) and exits; returns its exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            return await self.proc.wait()
+
     async def kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(signal.SIGKILL)

@@ -228,3 +228,16 @@ async def test_await_connect_form(relay: RunningRelay) -> None:
     finally:
         await peer.close()
     await peer.close()  # idempotent
+
+
+async def test_full_inbox_drops_the_oldest(relay: RunningRelay) -> None:
+    async with (
+        relay_client.connect(relay.url, id="alice") as alice,
+        relay_client.connect(relay.url, id="bob", inbox_size=2) as bob,
+    ):
+        for i in range(5):
+            await alice.send("bob", i)
+        await bob.send("bob", "last")  # after alice's five (they were acknowledged)
+        await bob.ping()  # the pong comes after everything queued for bob
+        assert bob.dropped == 4
+        assert [(await recv(bob)).data for _ in range(2)] == [4, "last"]

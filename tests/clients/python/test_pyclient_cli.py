@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -19,6 +21,13 @@ if TYPE_CHECKING:
 
 CLI = [sys.executable, "-m", "relay_client"]
 ENV = {k: v for k, v in os.environ.items() if k not in ("RELAY_URL", "RELAY_TOKEN")}
+# the package may be importable here without being installed: tell the subprocesses too
+ENV["PYTHONPATH"] = os.pathsep.join(
+    [
+        str(Path(relay_client.__file__).resolve().parents[1]),
+        *filter(None, [os.environ.get("PYTHONPATH")]),
+    ]
+)
 
 
 class Lines:
@@ -176,3 +185,39 @@ async def test_shell_runs_commands_from_stdin(relay: RunningRelay) -> None:
     assert "unknown command 'bogus'" in stdout
     assert "left lobby" in stdout
     assert "Traceback" not in stderr
+
+
+@pytest.mark.anyio
+async def test_listen_exits_1_with_one_line_on_a_terminal_close(relay: RunningRelay) -> None:
+    listen: Process = await anyio.open_process(
+        [*CLI, "listen", "--url", relay.url, "--id", "bob"], env=ENV
+    )
+    async with listen:
+        err = Lines(listen.stderr)
+        with anyio.fail_after(20):
+            assert (await err.line()).startswith("relay-peer: listening as bob")
+        await relay.hub.disconnect("bob", code=4500, reason="too many bad envelopes")
+        with anyio.fail_after(20):
+            assert await listen.wait() == 1
+            line = await err.line()
+            assert listen.stderr is not None
+            rest = b"".join([chunk async for chunk in listen.stderr])
+    assert line == "relay-peer: connection closed with code 4500 (too many bad envelopes)"
+    assert rest == b""
+
+
+@pytest.mark.anyio
+async def test_listen_stops_quietly_on_ctrl_c(relay: RunningRelay) -> None:
+    listen: Process = await anyio.open_process(
+        [*CLI, "listen", "--url", relay.url, "--id", "bob"], env=ENV
+    )
+    async with listen:
+        err = Lines(listen.stderr)
+        with anyio.fail_after(20):
+            assert (await err.line()).startswith("relay-peer: listening as bob")
+        listen.send_signal(signal.SIGINT)
+        with anyio.fail_after(20):
+            assert await listen.wait() == 130
+            assert listen.stderr is not None
+            rest = b"".join([chunk async for chunk in listen.stderr])
+    assert b"Traceback" not in rest

@@ -89,7 +89,7 @@ describe("close-code policy (fake relay)", () => {
       assert.equal(o.resumed, true);
       assert.equal(relay.hellos.length, 2);
       assert.deepEqual(relay.hellos[0], { type: "hello", id: "r", token: "jwt-1" });
-      assert.deepEqual(relay.hellos[1], { type: "hello", id: "r", token: "jwt-2", resume: "secret-1" });
+      assert.deepEqual(relay.hellos[1], { type: "hello", id: "r", token: "jwt-2", resume: "secret-1", received: 0 });
       assert.equal(p.resumeSecret, "secret-2");
       await p.close();
     });

@@ -130,6 +130,26 @@ describe("reconnect and resume", () => {
     assert.equal(gotA[0].data, "rejoined");
   });
 
+  test("frames the relay wrote into a dead link are replayed on resume", async () => {
+    proxy = await startProxy(relay.url);
+    const a = await open(proxy.url, uid("a"));
+    const b = await open(relay.url, uid("b"));
+    const gotA = collect(a);
+    await b.send(a.id ?? "", "before");
+    await until(() => gotA.length === 1, 3000, "first message");
+    proxy.setBlackhole(true); // the relay writes, nothing arrives
+    for (let n = 0; n < 5; n++) {
+      const r = await b.send(a.id ?? "", n);
+      assert.equal(r.queued, false, "the relay believes a got it");
+    }
+    const reopened = nextEvent(a, "open");
+    proxy.sever();
+    proxy.setBlackhole(false);
+    assert.equal((await reopened).resumed, true);
+    await until(() => gotA.length === 6, 3000, "replayed messages");
+    assert.deepEqual(gotA.map((m) => m.data), ["before", 0, 1, 2, 3, 4]);
+  });
+
   test("heartbeat: a link that stops answering is dropped and redialled", async () => {
     proxy = await startProxy(relay.url);
     const a = await open(proxy.url, uid("a"), { pingInterval: 150, pingTimeout: 300 });

@@ -1,0 +1,201 @@
+"""Admission before the upgrade: Origins, per-address and node caps, handshake rate, proxies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from relay.admission import Admission
+from relay.settings import Settings
+from relay.ws import _refuse
+from tests.conftest import RelayFactory, RunningRelay
+from tests.peers import RawPeer, open_peer
+
+pytestmark = pytest.mark.anyio
+
+
+async def refused_with(url: str, **kwargs: Any) -> tuple[int, str]:
+    with pytest.raises(InvalidStatus) as refused:
+        await open_peer(url, **kwargs)
+    response = refused.value.response
+    return response.status_code, response.body.decode()
+
+
+def xff(value: str) -> dict[str, Any]:
+    return {"additional_headers": {"X-Forwarded-For": value}}
+
+
+async def released(relay: RunningRelay, total: int) -> None:
+    """Wait until the node counts ``total`` sockets again."""
+    endpoint = relay.app.routes[0].app  # the RelayEndpoint
+    with anyio.fail_after(5):
+        while endpoint.admission.total != total:  # noqa: ASYNC110 (no event for a release)
+            await anyio.sleep(0.01)
+
+
+# --- Origin ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        "https://app.example.com.evil.com",
+        "https://evil.example.com",
+        "https://sub.app.example.com",
+        "https://app.example.co",
+        "null",
+        "http://app.example.com",  # scheme mismatch
+        "https://app.example.com:8443",  # port mismatch
+        "wss://app.example.com",
+        "https://app.example.com@evil.com",
+        "https://evil.com/https://app.example.com",
+        "",
+    ],
+)
+async def test_foreign_and_look_alike_origins_get_403(
+    relay_factory: RelayFactory, origin: str
+) -> None:
+    relay = await relay_factory(origins=("https://app.example.com",))
+    assert await refused_with(relay.url, origin=origin) == (403, "origin not allowed")
+
+
+@pytest.mark.parametrize(
+    "origin", ["https://app.example.com", "HTTPS://APP.EXAMPLE.COM", "https://app.example.com/"]
+)
+async def test_the_allowed_origin_passes(relay_factory: RelayFactory, origin: str) -> None:
+    relay = await relay_factory(origins=("https://app.example.com",))
+    peer = await open_peer(relay.url, origin=origin)
+    await peer.close()
+
+
+async def test_an_explicit_port_must_match(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(origins=("http://localhost:3000",))
+    await (await open_peer(relay.url, origin="http://localhost:3000")).close()
+    for origin in ("http://localhost", "http://localhost:3001", "https://localhost:3000"):
+        assert await refused_with(relay.url, origin=origin) == (403, "origin not allowed")
+
+
+# --- caps and rate -------------------------------------------------------------------
+
+
+async def test_too_many_sockets_from_one_address_get_429(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(max_connections_per_ip=2)
+    first, _second = await open_peer(relay.url), await open_peer(relay.url)
+    assert await refused_with(relay.url) == (429, "too many connections from your address")
+    await first.close()
+    await released(relay, 1)
+    await (await open_peer(relay.url)).close()
+
+
+async def test_handshake_rate_exceeded_gets_429(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(handshake_rate_per_second=0.01, handshake_burst=3)
+    for _ in range(3):
+        await (await open_peer(relay.url)).close()
+    assert await refused_with(relay.url) == (
+        429,
+        "too many handshakes from your address, slow down",
+    )
+
+
+async def test_the_node_cap_gets_503(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(max_connections=2)
+    peers = [await open_peer(relay.url), await open_peer(relay.url)]
+    assert await refused_with(relay.url) == (503, "the node is full, try again later")
+    assert relay.hub.metrics.refused.labels("node-full")._value.get() == 1
+    await peers[0].close()
+    await released(relay, 1)
+    await (await open_peer(relay.url)).close()
+
+
+async def test_refusals_are_1013_where_no_http_response_is_possible() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await _refuse({"type": "websocket", "extensions": {}}, send, 503, "full", close_code=1013)
+    assert sent == [{"type": "websocket.close", "code": 1013}]
+
+
+# --- forwarded headers ---------------------------------------------------------------
+
+
+async def test_a_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = await relay_factory(max_connections_per_ip=1)
+    held = await open_peer(relay.url, **xff("1.1.1.1"))
+    assert await refused_with(relay.url, **xff("2.2.2.2")) == (
+        429,
+        "too many connections from your address",
+    )
+    await held.close()
+
+
+async def test_a_trusted_proxy_is_believed(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(max_connections_per_ip=1, trusted_proxies=("127.0.0.0/8",))
+    held: list[RawPeer] = [
+        await open_peer(relay.url, **xff("1.1.1.1")),
+        await open_peer(relay.url, **xff("2.2.2.2")),
+    ]
+    assert (await refused_with(relay.url, **xff("1.1.1.1")))[0] == 429
+    # a client prepending a spoofed address gains nothing: the right-most untrusted counts
+    assert (await refused_with(relay.url, **xff("9.9.9.9, 1.1.1.1")))[0] == 429
+    # hops through further trusted proxies are skipped
+    assert (await refused_with(relay.url, **xff("2.2.2.2, 127.0.0.5")))[0] == 429
+    held.append(await open_peer(relay.url, **xff("3.3.3.3, 127.0.0.5")))
+    for peer in held:
+        await peer.close()
+
+
+def scope(peer: str, *forwarded: str) -> dict[str, Any]:
+    return {
+        "client": (peer, 50000),
+        "headers": [(b"x-forwarded-for", value.encode()) for value in forwarded],
+    }
+
+
+def test_client_ip_rules() -> None:
+    admission = Admission(Settings(trusted_proxies=("10.0.0.0/8", "::1")))
+    assert admission.client_ip(scope("203.0.113.9", "1.2.3.4")) == "203.0.113.9"
+    assert admission.client_ip(scope("10.0.0.1", "1.2.3.4")) == "1.2.3.4"
+    assert admission.client_ip(scope("10.0.0.1", "6.6.6.6, 1.2.3.4")) == "1.2.3.4"
+    assert admission.client_ip(scope("10.0.0.1", "6.6.6.6", "1.2.3.4, 10.0.0.2")) == "1.2.3.4"
+    assert admission.client_ip(scope("10.0.0.1", "10.0.0.3, 10.0.0.2")) == "10.0.0.3"
+    assert admission.client_ip(scope("10.0.0.1", "garbage")) == "10.0.0.1"
+    assert admission.client_ip(scope("10.0.0.1", "6.6.6.6, garbage, 10.0.0.2")) == "10.0.0.2"
+    assert admission.client_ip(scope("10.0.0.1")) == "10.0.0.1"
+    assert admission.client_ip(scope("::1", "[2001:db8::1]:443")) == "2001:db8::1"
+    assert admission.client_ip(scope("::ffff:10.0.0.1", "1.2.3.4:80")) == "1.2.3.4"
+    untrusting = Admission(Settings())
+    assert untrusting.client_ip(scope("10.0.0.1", "1.2.3.4")) == "10.0.0.1"
+
+
+def test_bad_trusted_proxies_are_refused() -> None:
+    with pytest.raises(ValueError, match="trusted_proxies"):
+        Admission(Settings(trusted_proxies=("not-an-address",)))
+
+
+def test_the_address_table_is_bounded() -> None:
+    now = [0.0]
+    admission = Admission(
+        Settings(ip_table_size=3, handshake_rate_per_second=1, handshake_burst=1),
+        clock=lambda: now[0],
+    )
+    for n in range(100):
+        ip = f"192.0.2.{n}"
+        assert admission.admit(ip) is None
+        admission.release(ip)
+    assert len(admission._buckets) == 3
+    assert admission.per_ip == {}
+    assert admission.total == 0
+    assert admission.admit("192.0.2.99") == (
+        429,
+        "too many handshakes from your address, slow down",
+        "ip-rate",
+    )
+    now[0] = 1.0
+    assert admission.admit("192.0.2.99") is None

@@ -1,0 +1,77 @@
+"""SIGTERM on a real `relay serve` process: drain, flush, close 1001, exit 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import anyio
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.peers import join_as, open_peer
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def relay_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "--port", "0", "--log-level", "warning",
+         "--rate-burst", "100000", "--drain-seconds", "10", "--queue-messages", "5000",
+         "--queue-bytes", "50000000"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    assert process.stderr is not None
+    url = ""
+    for line in process.stderr:
+        found = re.search(r"relay ready on (ws://\S+)", line)
+        if found:
+            url = found.group(1)
+            break
+    assert url, "relay did not start"
+    yield process, url
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    process.stderr.close()
+
+
+async def test_sigterm_flushes_queues_closes_1001_and_exits_0(
+    relay_process: tuple[subprocess.Popen[str], str],
+) -> None:
+    process, url = relay_process
+    http_url = url.replace("ws://", "http://").removesuffix("/v1/ws")
+    alice = await join_as(url, "alice")
+    bob = await join_as(url, "bob")
+    bob.ws.transport.pause_reading()  # bob's queue fills while he does not read
+    # 2000 x 8 KiB: far more than the socket buffers hold, so most of it is
+    # still in bob's queue on the relay when the SIGTERM arrives.
+    padding = b"x" * 8192
+    for n in range(2000):
+        await alice.send({"type": "send", "to": "bob", "d": [n, padding]})
+    await alice.request({"type": "ping", "id": "sync"})  # all 2000 were routed
+    process.send_signal(signal.SIGTERM)
+    # alice has nothing queued: her 1001 comes at once, while bob's queue
+    # keeps the relay draining, not ready, and refusing newcomers.
+    _, alice_code = await alice.drain()
+    assert alice_code == 1001
+    async with httpx.AsyncClient(base_url=http_url) as http:
+        assert (await http.get("/readyz")).status_code == 503
+    with pytest.raises(InvalidStatus):
+        await open_peer(url)
+    bob.ws.transport.resume_reading()
+    received, code = await bob.drain()
+    assert code == 1001
+    assert [m["d"][0] for m in received] == list(range(2000))
+    await anyio.to_thread.run_sync(process.wait, 10)
+    assert process.returncode == 0
+    with pytest.raises(OSError):
+        await open_peer(url)

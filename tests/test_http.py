@@ -1,0 +1,56 @@
+"""The HTTP endpoints on the relay's port."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import RunningRelay
+from tests.peers import join_as
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_health_and_readiness(relay: RunningRelay) -> None:
+    async with httpx.AsyncClient(base_url=relay.http_url) as http:
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "node": relay.hub.node_id}
+        relay.hub.accepting = False
+        assert (await http.get("/readyz")).status_code == 503
+
+
+async def test_metrics_count_what_happened(relay: RunningRelay) -> None:
+    alice = await join_as(relay.url, "alice")
+    bob = await join_as(relay.url, "bob")
+    await alice.request({"type": "send", "to": "bob", "d": b"12345", "id": 1})
+    await bob.recv()
+    await alice.request({"type": "send", "to": "nobody", "d": 1, "id": 2})
+    await alice.send_raw(b"\xc1")
+    await alice.recv()
+    async with httpx.AsyncClient(base_url=relay.http_url) as http:
+        text = (await http.get("/metrics")).text
+    lines = dict(
+        line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#")
+    )
+    assert lines["relay_connections"] == "2.0"
+    assert lines["relay_peers"] == "2.0"
+    assert lines['relay_messages_in_total{type="send"}'] == "2.0"
+    assert lines['relay_messages_in_total{type="invalid"}'] == "1.0"
+    assert lines['relay_messages_out_total{type="msg"}'] == "1.0"
+    assert lines['relay_errors_total{code="peer-offline"}'] == "1.0"
+    assert lines['relay_errors_total{code="bad-envelope"}'] == "1.0"
+    assert lines["relay_routing_seconds_count"] == "1.0"  # only routes that succeeded
+    assert lines["relay_broker_up"] == "1.0"
+
+
+async def test_a_draining_relay_refuses_new_sockets_with_503(relay: RunningRelay) -> None:
+    from websockets.exceptions import InvalidStatus
+
+    from tests.peers import open_peer
+
+    relay.hub.accepting = False
+    with pytest.raises(InvalidStatus) as refused:
+        await open_peer(relay.url)
+    assert refused.value.response.status_code == 503
