@@ -57,7 +57,6 @@ from relay.broker.base import (
     Undelivered,
 )
 from relay.protocol import codec
-from relay.protocol.codes import ErrorCode
 
 log = logging.getLogger("relay.broker.redis")
 
@@ -243,6 +242,7 @@ class RedisBroker:
         self._inflight: deque[_Op] = deque()  # written, reply not read yet
         self._replies_due = asyncio.Event()
         self._pending: dict[str, asyncio.Future[Handover | None]] = {}
+        self._acks: dict[str, asyncio.Future[Delivery]] = {}
         self._probe_nonce = ""
         self._probe_heard = asyncio.Event()
         self._connected = asyncio.Event()
@@ -398,12 +398,27 @@ class RedisBroker:
         return handover
 
     async def send(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
-        payload = wire.encode_deliver(peer_id, frame, undelivered)
-        heard = await self._write(
-            "EVAL", _SEND, 1, self._key("peer", peer_id),
-            self._channel(""), payload, self._node_id,
-        )  # fmt: skip
-        return Delivery.DELIVERED if heard else Delivery.OFFLINE
+        # The holder's node answers with what became of the frame (delivered,
+        # queued for a resume, offline, overloaded), so ok/err mean exactly
+        # what they mean on one node.
+        cid = secrets.token_hex(8)
+        future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
+        self._acks[cid] = future
+        try:
+            payload = wire.encode_deliver(peer_id, frame, undelivered, cid, self._node_id)
+            heard = await self._write(
+                "EVAL", _SEND, 1, self._key("peer", peer_id),
+                self._channel(""), payload, self._node_id,
+            )  # fmt: skip
+            if not heard:
+                return Delivery.OFFLINE
+            try:
+                async with asyncio.timeout(self._timeout):
+                    return await future
+            except TimeoutError:
+                raise BrokerUnavailable(f"the node holding {peer_id} did not answer") from None
+        finally:
+            self._acks.pop(cid, None)
 
     async def publish(
         self, room: str, frame: bytes, exclude: str | None, presence_only: bool
@@ -510,7 +525,8 @@ class RedisBroker:
             _args, future = self._ops.get_nowait()
             if future is not None and not future.done():
                 future.set_exception(BrokerUnavailable("the backplane is down"))
-        for future in self._pending.values():
+        waiting: list[asyncio.Future[Any]] = [*self._pending.values(), *self._acks.values()]
+        for future in waiting:
             if not future.done():
                 future.set_exception(BrokerUnavailable("the backplane is down"))
 
@@ -770,10 +786,13 @@ class RedisBroker:
         assert node is not None
         if isinstance(message, wire.Deliver):
             result = node.deliver(message.peer, message.frame, message.undelivered)
-            if message.undelivered is not None and result is Delivery.OFFLINE:
-                self._report(message.undelivered, message.peer, ErrorCode.PEER_OFFLINE)
-            elif message.undelivered is not None and result is Delivery.OVERLOADED:
-                self._report(message.undelivered, message.peer, ErrorCode.OVERLOADED)
+            self._post(
+                "PUBLISH", self._channel(message.reply_to), wire.encode_ack(message.cid, result)
+            )
+        elif isinstance(message, wire.Ack):
+            ack = self._acks.get(message.cid)
+            if ack is not None and not ack.done():
+                ack.set_result(message.result)
         elif isinstance(message, wire.RoomFrame):
             node.deliver_room(message.room, message.frame, message.exclude, message.presence_only)
         elif isinstance(message, wire.HandoverRequest):
@@ -809,22 +828,6 @@ class RedisBroker:
             self._channel(request.reply_to),
             wire.encode_handover_reply(request.cid, handover),
         )
-
-    def _report(self, undelivered: Undelivered, target: str, code: ErrorCode) -> None:
-        """Tell a sender on another node that ``target`` did not take its frame."""
-        assert self._node is not None
-        frame = codec.encode_err(
-            code.value,
-            f"{target} did not take the message",
-            request_id=undelivered.request_id,
-            to=[target] if undelivered.listed else target,
-        )
-        if self._node.deliver(undelivered.sender, frame, None) is Delivery.OFFLINE:
-            self._post(
-                "EVAL", _SEND, 1, self._key("peer", undelivered.sender),
-                self._channel(""), wire.encode_deliver(undelivered.sender, frame, None),
-                self._node_id,
-            )  # fmt: skip
 
     def _spawn(self, work: Awaitable[Any]) -> None:
         async def run() -> None:

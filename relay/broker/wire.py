@@ -7,7 +7,9 @@ msgpack allocates anything, then checks each field's type; anything else is
 ``WireError``, which the receiving node logs and drops. Nothing is ever
 unpickled or evaluated.
 
-    d   deliver   p: peer, f: frame, u: undelivered or nil
+    d   deliver   p: peer, f: frame, u: undelivered or nil,
+                  c: correlation id, n: node to send the ack to
+    a   ack       c: correlation id, r: what became of the frame (a Delivery value)
     r   room      m: room, f: frame, x: excluded peer or nil, o: presence only
     hq  handover request   c: correlation id, p: peer, s: secret or nil,
                            v: verified, n: node to reply to
@@ -23,12 +25,15 @@ from typing import Any
 
 import msgpack
 
-from relay.broker.base import Handover, Proof, QueueEntry, Undelivered
+from relay.broker.base import Delivery, Handover, Proof, QueueEntry, Undelivered
 from relay.metrics import OUT_KINDS
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a handover carries a whole queue and replay window
 _MAX_NAME = 1024  # peer ids, rooms, node ids, correlation ids, kinds
 _MAX_REQUEST_ID = 256
+
+
+_DELIVERIES = {delivery.value: delivery for delivery in Delivery}
 
 
 class WireError(ValueError):
@@ -40,6 +45,14 @@ class Deliver:
     peer: str
     frame: bytes
     undelivered: Undelivered | None
+    cid: str
+    reply_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    cid: str
+    result: Delivery
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +82,7 @@ class Probe:
     nonce: str
 
 
-Message = Deliver | RoomFrame | HandoverRequest | HandoverReply | Probe
+Message = Deliver | Ack | RoomFrame | HandoverRequest | HandoverReply | Probe
 
 _packb: Callable[[object], bytes] = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
@@ -82,8 +95,17 @@ def _entries_out(entries: list[QueueEntry]) -> list[list[Any]]:
     return [[frame, kind, _undelivered_out(u)] for frame, kind, u in entries]
 
 
-def encode_deliver(peer: str, frame: bytes, undelivered: Undelivered | None) -> bytes:
-    return _packb({"t": "d", "p": peer, "f": frame, "u": _undelivered_out(undelivered)})
+def encode_deliver(
+    peer: str, frame: bytes, undelivered: Undelivered | None, cid: str, reply_to: str
+) -> bytes:
+    return _packb(
+        {"t": "d", "p": peer, "f": frame, "u": _undelivered_out(undelivered),
+         "c": cid, "n": reply_to}
+    )  # fmt: skip
+
+
+def encode_ack(cid: str, result: Delivery) -> bytes:
+    return _packb({"t": "a", "c": cid, "r": result.value})
 
 
 def encode_room(room: str, frame: bytes, exclude: str | None, presence_only: bool) -> bytes:
@@ -138,7 +160,15 @@ def decode(data: bytes) -> Message:
         raise WireError("not a map")
     kind = value.get("t")
     if kind == "d":
-        return Deliver(_name(value, "p"), _bytes(value, "f"), _undelivered(value.get("u")))
+        return Deliver(
+            _name(value, "p"), _bytes(value, "f"), _undelivered(value.get("u")),
+            _name(value, "c"), _name(value, "n"),
+        )  # fmt: skip
+    if kind == "a":
+        result = value.get("r")
+        if result not in _DELIVERIES:
+            raise WireError("r")
+        return Ack(_name(value, "c"), _DELIVERIES[result])
     if kind == "r":
         return RoomFrame(
             _name(value, "m"), _bytes(value, "f"), _opt_name(value, "x"), _bool(value, "o")

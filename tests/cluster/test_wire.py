@@ -10,13 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.broker import wire
-from relay.broker.base import Handover, Proof, Undelivered
+from relay.broker.base import Delivery, Handover, Proof, Undelivered
 
 
 def test_round_trips() -> None:
     u = Undelivered("alice", 7, True)
-    assert wire.decode(wire.encode_deliver("bob", b"\x80", u)) == wire.Deliver("bob", b"\x80", u)
-    assert wire.decode(wire.encode_deliver("bob", b"", None)).undelivered is None
+    assert wire.decode(wire.encode_deliver("bob", b"\x80", u, "c", "n")) == wire.Deliver(
+        "bob", b"\x80", u, "c", "n"
+    )
+    assert wire.decode(wire.encode_deliver("bob", b"", None, "c", "n")).undelivered is None
+    assert wire.decode(wire.encode_ack("c", Delivery.QUEUED)) == wire.Ack("c", Delivery.QUEUED)
     assert wire.decode(wire.encode_room("r", b"f", None, True)) == wire.RoomFrame(
         "r", b"f", None, True
     )
@@ -44,6 +47,8 @@ def test_round_trips() -> None:
         {"t": "hr", "c": "c", "h": {"rooms": {"r": 1}, "queue": [], "written": [], "count": 0}},
         {"t": "hr", "c": "c", "h": {"rooms": {}, "queue": [[b"x", "?", None]], "count": 0}},
         {"t": "hr", "c": "c", "h": {"rooms": {}, "queue": [], "written": [], "count": -1}},
+        {"t": "a", "c": "c", "r": "lost"},
+        {"t": "d", "p": "bob", "f": b"x", "u": None},
         {"t": "nope"},
         [1, 2],
     ],
