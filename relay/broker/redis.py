@@ -762,8 +762,9 @@ class RedisBroker:
                 future.set_result(result)
 
     async def _reader(self, pubsub: aioredis.client.PubSub) -> None:
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        # A blocking read: a connection that hangs without closing is caught
+        # by the probe, which then cancels this task.
+        async for message in pubsub.listen():
             if message is None or message.get("type") != "message":
                 continue
             data = message.get("data")
