@@ -22,6 +22,7 @@ from relay.broker import Broker
 from relay.cli import uvicorn_config
 from relay.hub import Hub
 from relay.settings import Settings
+from tests.redis_server import RedisServer, redis_url_from_env
 
 
 @dataclass
@@ -52,6 +53,21 @@ class _TestServer(uvicorn.Server):
 
 
 RelayFactory = Callable[..., Awaitable[RunningRelay]]
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """``REDIS_URL`` if set, else a redis-server spawned for the session (missing: a failure)."""
+    url = redis_url_from_env()
+    if url is not None:
+        yield url
+        return
+    server = RedisServer()
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ each test gets its own key prefix, so tests never see each other's nodes.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -17,7 +17,6 @@ from relay.broker import Broker, MemoryBroker, create_broker
 from relay.broker.memory import MemoryCluster
 from relay.settings import Settings
 from tests.conftest import RelayFactory, RunningRelay
-from tests.redis_server import RedisServer, redis_url_from_env
 
 BACKENDS = ["memory", "redis"]
 
@@ -30,20 +29,6 @@ REDIS_TEST_SETTINGS = {
     "probe_seconds": 0.5,
     "broker_timeout_seconds": 1.0,
 }
-
-
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    url = redis_url_from_env()
-    if url is not None:
-        yield url
-        return
-    server = RedisServer()
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
 
 
 def _memory_brokers() -> Callable[[], Broker]:
