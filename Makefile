@@ -37,7 +37,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy relay clients/python/relay_client
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(JS_STAMP)  # the deploy and interop tests drive the JS client too
 	$(BIN)/pytest
 
 js-test: $(STAMP) $(JS_STAMP)

@@ -118,6 +118,7 @@ class JsPeer:
     def __init__(self, process: anyio.abc.Process) -> None:
         self.process = process
         self.lines: list[dict[str, Any]] = []
+        self.ended = False
         self._changed = anyio.Event()
 
     async def read(self) -> None:
@@ -129,6 +130,8 @@ class JsPeer:
             for line in complete:
                 self.lines.append(json.loads(line))
                 self._changed.set()
+        self.ended = True
+        self._changed.set()
 
     async def wait_for(self, predicate: Any, seconds: float = 10) -> dict[str, Any]:
         """The first line (so far or to come) that ``predicate`` accepts."""
@@ -144,6 +147,10 @@ class JsPeer:
     async def until(self, condition: Any, seconds: float = 10) -> None:
         with anyio.fail_after(seconds):
             while not condition():
+                if self.ended:
+                    assert self.process.stderr is not None
+                    problem = (await self.process.stderr.receive()).decode(errors="replace")
+                    raise RuntimeError(f"js_peer.mjs exited: {problem}")
                 self._changed = anyio.Event()
                 await self._changed.wait()
 
