@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from relay.broker.base import BrokerUnavailable, Delivery
+from relay.broker.base import BrokerUnavailable
 from relay.exceptions import RelayError, TooLarge
 from relay.hub import Hub
 from relay.protocol import codec
@@ -187,10 +187,10 @@ async def api_send(request: Request) -> Response:
     outcome = await _hub(request).server_send(envelope.to, envelope.d_raw, envelope.ev)
     return JSONResponse(
         {
-            "delivered": outcome[Delivery.DELIVERED],
-            "queued": outcome[Delivery.QUEUED],
-            "offline": outcome[Delivery.OFFLINE],
-            "overloaded": outcome[Delivery.OVERLOADED],
+            "delivered": outcome.delivered,
+            "queued": outcome.queued,
+            "offline": outcome.offline,
+            "overloaded": outcome.overloaded,
         }
     )
 

@@ -46,6 +46,18 @@ _KEEP_FOR_RESUME = frozenset({CloseCode.GOING_AWAY, CloseCode.SLOW_CONSUMER, Clo
 SERVER_ID = "@server"  # ``from`` of server-originated messages; no peer id can start with @
 
 
+class Routed:
+    """Which targets of one message got it how (a dict keyed by enum costs more)."""
+
+    __slots__ = ("delivered", "offline", "overloaded", "queued")
+
+    def __init__(self) -> None:
+        self.delivered: list[str] = []
+        self.queued: list[str] = []
+        self.offline: list[str] = []
+        self.overloaded: list[str] = []
+
+
 def _new_secret() -> str:
     return secrets.token_urlsafe(24)
 
@@ -346,9 +358,9 @@ class Hub:
         undelivered = Undelivered(sender.id, request.id, listed)
         targets = (request.to,) if isinstance(request.to, str) else request.to
         outcome = await self._route(targets, frame, undelivered)
-        queued = bool(outcome[Delivery.QUEUED])
-        offline = outcome[Delivery.OFFLINE]
-        overloaded = outcome[Delivery.OVERLOADED]
+        queued = bool(outcome.queued)
+        offline = outcome.offline
+        overloaded = outcome.overloaded
         if offline or overloaded:
             unreached = offline + overloaded
             to: str | list[str] = unreached if listed else unreached[0]
@@ -360,23 +372,29 @@ class Hub:
 
     async def _route(
         self, targets: tuple[str, ...], frame: bytes, undelivered: Undelivered
-    ) -> dict[Delivery, list[str]]:
+    ) -> Routed:
         """Queue ``frame`` for each target, locally or through the broker."""
-        outcome: dict[Delivery, list[str]] = {result: [] for result in Delivery}
+        outcome = Routed()
         for target_id in targets:
             target = self.peers.get(target_id)
             if target is not None:
                 result = target.enqueue(frame, "msg", undelivered)
             else:
                 result = await self.broker.send(target_id, frame, undelivered)
-            outcome[result].append(target_id)
-            if result is Delivery.OVERLOADED:
+            if result is Delivery.DELIVERED:
+                outcome.delivered.append(target_id)
+            elif result is Delivery.QUEUED:
+                outcome.queued.append(target_id)
+            elif result is Delivery.OFFLINE:
+                outcome.offline.append(target_id)
+            else:
+                outcome.overloaded.append(target_id)
                 self.metrics.drops.labels("queue-full").inc()
         return outcome
 
     async def server_send(
         self, to: str | tuple[str, ...], d_raw: bytes, ev: str | None = None
-    ) -> dict[Delivery, list[str]]:
+    ) -> Routed:
         """Deliver a message from the server itself (``from`` is ``@server``)."""
         frame = codec.encode_msg(SERVER_ID, d_raw, ev=ev)
         targets = (to,) if isinstance(to, str) else to
