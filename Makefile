@@ -47,8 +47,8 @@ js-browser-test: $(STAMP) $(JS_STAMP)
 	@command -v chromium >/dev/null || { echo "Chromium is missing: apt-get install chromium (the browser test needs /usr/bin/chromium)"; exit 1; }
 	npm run test:browser --prefix $(JS)
 
-bench: $(STAMP)
-	$(BIN)/relay bench $(ARGS)
+bench: $(STAMP) $(JS_STAMP)
+	$(BIN)/python tests/bench/bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(JS)/node_modules .pytest_cache .mypy_cache .ruff_cache
