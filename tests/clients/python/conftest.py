@@ -15,13 +15,14 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+
+from tests.redis_server import free_port
 
 if TYPE_CHECKING:
     from tests.conftest import RunningRelay
@@ -136,13 +137,6 @@ async def proxy_factory() -> AsyncIterator[ProxyFactory]:
     yield start
     for proxy in proxies:
         await proxy.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class RelayProcess:
