@@ -37,7 +37,16 @@ const ui = {
   rtcForm: /** @type {HTMLFormElement} */ ($("#rtc-form")),
   rtcInput: /** @type {HTMLInputElement} */ ($("#rtc-input")),
   rtcSend: /** @type {HTMLButtonElement} */ ($("#rtc-send")),
+  rtcFile: /** @type {HTMLInputElement} */ ($("#rtc-file")),
+  rtcFileLabel: $("#rtc-file-label"),
 };
+
+// On the direct channel every string is JSON: {text} for a line, {file: {name,
+// size, type}} to start a file, {fileEnd: true} to finish it; binary messages
+// are the current file's chunks.
+const CHUNK_BYTES = 16 * 1024;
+const MAX_FILE_BYTES = 64 * 1024 * 1024;
+const HIGH_WATER = 1024 * 1024; // pause sending while this much is buffered
 
 ui.id.value = params.get("id") || `guest-${Math.random().toString(36).slice(2, 6)}`;
 if (params.get("room")) ui.room.value = /** @type {string} */ (params.get("room"));
@@ -102,7 +111,73 @@ function setChatEnabled(/** @type {boolean} */ on) {
 function setRtc(/** @type {string} */ state, /** @type {string} */ text) {
   ui.rtcStatus.dataset.state = state;
   ui.rtcStatus.textContent = text;
-  ui.rtcInput.disabled = ui.rtcSend.disabled = state !== "open";
+  ui.rtcInput.disabled = ui.rtcSend.disabled = ui.rtcFile.disabled = state !== "open";
+  ui.rtcFileLabel.dataset.disabled = String(state !== "open");
+}
+
+/** Appends a download link for a received file. */
+function logFile(/** @type {string} */ who, /** @type {Blob} */ blob, /** @type {string} */ name) {
+  const li = document.createElement("li");
+  const sender = document.createElement("span");
+  sender.className = "who";
+  sender.textContent = who;
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(blob);
+  link.download = name;
+  link.textContent = `${name} (${formatSize(blob.size)})`;
+  li.append(sender, link);
+  ui.rtcLog.append(li);
+  ui.rtcLog.scrollTop = ui.rtcLog.scrollHeight;
+}
+
+const formatSize = (/** @type {number} */ n) =>
+  n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`;
+
+/** Receives lines and files from one channel. */
+function receiver(/** @type {string} */ remote) {
+  /** @type {{name: string, size: number, type: string, parts: ArrayBuffer[], got: number} | null} */
+  let incoming = null;
+  return (/** @type {MessageEvent} */ e) => {
+    if (e.data instanceof ArrayBuffer) {
+      if (!incoming) return;
+      incoming.parts.push(e.data);
+      incoming.got += e.data.byteLength;
+      return;
+    }
+    let message;
+    try {
+      message = JSON.parse(String(e.data));
+    } catch {
+      message = { text: String(e.data) };
+    }
+    if (message.file) {
+      incoming = { ...message.file, parts: [], got: 0 };
+    } else if (message.fileEnd && incoming) {
+      logFile(remote, new Blob(incoming.parts, { type: incoming.type }), incoming.name);
+      incoming = null;
+    } else if (typeof message.text === "string") {
+      log(ui.rtcLog, message.text, { who: remote });
+    }
+  };
+}
+
+/** Sends a file in chunks, waiting whenever the channel's buffer is full. */
+async function sendFile(/** @type {RTCDataChannel} */ channel, /** @type {File} */ file) {
+  if (file.size > MAX_FILE_BYTES) {
+    log(ui.rtcLog, `${file.name} is larger than ${formatSize(MAX_FILE_BYTES)}`, { kind: "system" });
+    return;
+  }
+  channel.bufferedAmountLowThreshold = HIGH_WATER / 4;
+  channel.send(JSON.stringify({ file: { name: file.name, size: file.size, type: file.type } }));
+  const data = await file.arrayBuffer();
+  for (let offset = 0; offset < data.byteLength; offset += CHUNK_BYTES) {
+    if (channel.bufferedAmount > HIGH_WATER) {
+      await new Promise((resolve) => channel.addEventListener("bufferedamountlow", resolve, { once: true }));
+    }
+    channel.send(data.slice(offset, offset + CHUNK_BYTES));
+  }
+  channel.send(JSON.stringify({ fileEnd: true }));
+  log(ui.rtcLog, `sent ${file.name} (${formatSize(file.size)})`, { who: "you", kind: "mine" });
 }
 
 /** Wires an open data channel into the page. */
@@ -110,7 +185,7 @@ function useChannel(/** @type {{channel: RTCDataChannel, polite: boolean, close:
   direct?.close();
   direct = { remote, channel: result.channel, close: result.close };
   setRtc("open", `Direct channel open with ${remote} (peer-to-peer, ${result.polite ? "polite" : "impolite"} side)`);
-  result.channel.addEventListener("message", (e) => log(ui.rtcLog, String(e.data), { who: remote }));
+  result.channel.addEventListener("message", receiver(remote));
   result.channel.addEventListener("close", () => {
     if (direct?.channel !== result.channel) return;
     direct = null;
@@ -222,9 +297,20 @@ ui.rtcForm.addEventListener("submit", (e) => {
   e.preventDefault();
   const text = ui.rtcInput.value.trim();
   if (!text || !direct) return;
-  direct.channel.send(text);
+  direct.channel.send(JSON.stringify({ text }));
   log(ui.rtcLog, text, { who: "you", kind: "mine" });
   ui.rtcInput.value = "";
+});
+
+ui.rtcFile.addEventListener("change", async () => {
+  const file = ui.rtcFile.files?.[0];
+  ui.rtcFile.value = "";
+  if (!file || !direct) return;
+  try {
+    await sendFile(direct.channel, file);
+  } catch (err) {
+    log(ui.rtcLog, `${file.name} not sent: ${err instanceof Error ? err.message : err}`, { kind: "system" });
+  }
 });
 
 // Let tests and the curious reach the live peer from the console.

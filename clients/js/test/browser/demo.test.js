@@ -104,6 +104,16 @@ describe("demo page in chromium", () => {
     await b.page.press("#rtc-input", "Enter");
     await a.page.waitForSelector('#rtc-log li:has-text("and back")');
 
+    // a file, peer-to-peer: 200 KiB, so it crosses the channel in many chunks
+    const content = Buffer.alloc(200 * 1024, "relay file ");
+    await a.page.setInputFiles("#rtc-file", { name: "notes.txt", mimeType: "text/plain", buffer: content });
+    const link = b.page.locator('#rtc-log a[download="notes.txt"]');
+    await link.waitFor({ timeout: 10_000 });
+    assert.match(await link.textContent() ?? "", /notes\.txt \(200\.0 KiB\)/);
+    const received = await link.evaluate(async (a) => (await fetch(/** @type {HTMLAnchorElement} */ (a).href)).text());
+    assert.equal(received, content.toString());
+    await a.page.waitForSelector('#rtc-log li:has-text("sent notes.txt")');
+
     // the channel is really peer-to-peer: its messages never went through the relay
     const chatLines = await b.page.locator("#chat-log li").allTextContents();
     assert.ok(!chatLines.some((t) => t.includes("peer-to-peer hello")));
