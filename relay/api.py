@@ -147,7 +147,7 @@ def _as_frame(kind: str, body: bytes, content_type: str, extra: dict[str, Any]) 
 def _decode(request: Request, frame: bytes) -> object:
     hub = _hub(request)
     try:
-        return codec.decode(frame, hub.settings.codec_limits())
+        return codec.decode(frame, hub.codec_limits)
     except TooLarge as exc:
         raise _APIError(413, "too-large", exc.message) from None
     except RelayError as exc:
@@ -212,7 +212,7 @@ async def api_peer(request: Request) -> Response:
     hub = _hub(request)
     peer_id = request.path_params["peer_id"]
     try:
-        hub.settings.codec_limits().check_peer_id(peer_id)
+        hub.codec_limits.check_peer_id(peer_id)
     except RelayError as exc:
         raise _APIError(400, "bad-request", exc.message) from None
     peer = hub.peers.get(peer_id)
@@ -244,7 +244,7 @@ async def api_room(request: Request) -> Response:
     hub = _hub(request)
     room = request.path_params["room"]
     try:
-        hub.settings.codec_limits().check_room(room)
+        hub.codec_limits.check_room(room)
     except RelayError as exc:
         raise _APIError(400, "bad-request", exc.message) from None
     members = await hub.broker.members(room)

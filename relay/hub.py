@@ -82,6 +82,7 @@ class Hub:
         self.broker = broker
         self.metrics = metrics
         self.auth = load_verifier(settings)  # None: open mode
+        self.codec_limits = settings.codec_limits()
         self.node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
         self.peers: dict[str, Peer] = {}
         self.sessions: set[Session] = set()
@@ -406,10 +407,15 @@ class Hub:
         await self._publish_frame(room, frame, None, Undelivered(SERVER_ID, None, False))
 
     async def _publish_frame(
-        self, room: str, frame: bytes, exclude: str | None, undelivered: Undelivered
+        self,
+        room: str,
+        frame: bytes,
+        exclude: str | None,
+        undelivered: Undelivered | None,
+        presence_only: bool = False,
     ) -> None:
-        self.deliver_room(room, frame, exclude, False, undelivered)
-        await self.broker.publish(room, frame, exclude, False)
+        self.deliver_room(room, frame, exclude, presence_only, undelivered)
+        await self.broker.publish(room, frame, exclude, presence_only)
 
     async def publish(self, sender: Peer, request: Publish) -> None:
         """Deliver a ``pub`` to the room's members on every node."""
@@ -458,8 +464,7 @@ class Hub:
 
     async def _announce(self, room: str, peer_id: str, event: str) -> None:
         frame = codec.encode({"type": "presence", "room": room, "peer": peer_id, "event": event})
-        self.deliver_room(room, frame, peer_id, True, None)
-        await self.broker.publish(room, frame, peer_id, True)
+        await self._publish_frame(room, frame, peer_id, None, presence_only=True)
 
     async def _report(self, undelivered: Undelivered, target: str, code: ErrorCode) -> None:
         """Tell a sender that what it sent to ``target`` was never delivered."""

@@ -149,7 +149,7 @@ class Session:
         self._rate = TokenBucket(settings.rate_per_second, settings.rate_burst, clock)
         self._rate_strikes = Strikes(settings.rate_strikes, consecutive=True)
         self._bad_envelopes = Strikes(settings.bad_envelope_budget, consecutive=False)
-        self._limits = settings.codec_limits()
+        self._limits = hub.codec_limits
         self._metrics = hub.metrics
 
     # --- closing -------------------------------------------------------------
