@@ -23,10 +23,10 @@ from starlette.websockets import WebSocket
 from relay.admission import Admission
 from relay.auth import close_at_expiry
 from relay.broker import BrokerUnavailable
-from relay.exceptions import IdTaken, RelayError
+from relay.exceptions import RelayError
 from relay.hub import Hub
 from relay.protocol import codec
-from relay.protocol.codes import CloseCode
+from relay.protocol.codes import CloseCode, ErrorCode
 from relay.session import Session
 
 log = logging.getLogger("relay.ws")
@@ -133,7 +133,7 @@ class RelayEndpoint:
         except RelayError as exc:
             self.hub.metrics.errors.labels(exc.code.value).inc()
             await session.send_now(codec.encode_err(exc.code.value, exc.message), "err")
-            code = CloseCode.ID_TAKEN if isinstance(exc, IdTaken) else _hello_close_code(exc)
+            code = _HELLO_CLOSE_CODES.get(exc.code, CloseCode.POLICY_VIOLATION)
             await transport.close(code, exc.message[:120])
             return False
         await session.send_now(welcome, "welcome")
@@ -184,12 +184,12 @@ async def unknown_path(websocket: WebSocket) -> None:
     )
 
 
-def _hello_close_code(exc: RelayError) -> int:
-    if exc.code.value == "unauthorized":
-        return CloseCode.UNAUTHORIZED
-    if exc.code.value == "too-large":
-        return CloseCode.MESSAGE_TOO_BIG
-    return CloseCode.POLICY_VIOLATION
+# How a refused hello closes the socket; any other refusal is a policy violation.
+_HELLO_CLOSE_CODES = {
+    ErrorCode.ID_TAKEN: CloseCode.ID_TAKEN,
+    ErrorCode.UNAUTHORIZED: CloseCode.UNAUTHORIZED,
+    ErrorCode.TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
+}
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
