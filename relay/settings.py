@@ -80,6 +80,19 @@ class Settings:
         "Frames kept after sending, replayed on resume if the client never got them.",
         group="limits",
     )
+    slow_consumer_seconds: float = _setting(
+        5.0,
+        "Close 4008 a peer whose outbound queue has not moved this long (it stopped reading).",
+        group="limits",
+    )
+    close_timeout_seconds: float = _setting(
+        2.0, "Abort a socket whose closing handshake takes longer than this.", group="limits"
+    )
+    replay_bytes: int = _setting(
+        1048576,
+        "Bytes of sent frames kept for replay (at least; covers the socket's buffers).",
+        group="limits",
+    )
     resume_seconds: float = _setting(
         30.0, "How long a dropped peer's id, rooms and queue wait for a resume.", group="limits"
     )
@@ -160,6 +173,11 @@ class Settings:
     broker_timeout_seconds: float = _setting(
         1.0, "Longest wait for any backplane operation before err overloaded.", group="cluster"
     )
+    inflight_per_session: int = _setting(
+        256,
+        "Cross-node sends one session may have awaiting their answer; reading pauses beyond.",
+        group="cluster",
+    )
     broker_queue: int = _setting(
         10000, "Frames waiting to be published to the backplane, at most.", group="cluster"
     )
@@ -190,6 +208,7 @@ class Settings:
             "queue_bytes": self.queue_bytes,
             "resume_seconds": self.resume_seconds,
             "replay_messages": self.replay_messages,
+            "replay_bytes": self.replay_bytes,
             "hello_timeout_seconds": self.hello_timeout_seconds,
         }
 
