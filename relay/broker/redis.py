@@ -2,33 +2,45 @@
 
 Keys and channels (``P`` is ``--redis-prefix``, default ``relay``):
 
-    P:node:{node}          channel: everything for one node (deliveries, room
-                           frames, handover request/reply, its own probe)
-    P:alive:{node}         string with a TTL (the node lease), renewed by heartbeat
+    P:node:{node}          channel: everything for one node (batches of frames
+                           and acks, status queries, room frames, handover
+                           request/reply, its own probe)
+    P:alive:{node}         string with a TTL (the node lease), renewed by
+                           heartbeat: "0" while the node registers, "1" once it serves
     P:nodes                set of nodes that registered (live or not yet reaped)
     P:peer:{peer}          string: the node holding the peer id
-    P:peers:{node}         set: the peer ids a node registered (for reaping)
+    P:held:{node}          hash: the peer ids a node holds -> the epoch of each hold
     P:room:{room}          hash: member peer -> its node
     P:roomnodes:{room}     hash: node -> how many members it has in the room
     P:rooms:{node}         set: rooms a node has members in (for reaping)
 
-Room frames go only to the node channels of nodes with members (``roomnodes``),
-looked up and published by one Lua script, so there are no per-room
-subscriptions to manage and a node never hears rooms it has no member in.
+A node is alive while its lease is and somebody listens on its channel: a
+node killed with -9 stops listening at once, so its ids are free for its
+peers to register elsewhere without waiting for the lease.
 
-Everything that is published (deliveries, room frames, control) goes through
-one writer task on one dedicated connection, pipelined in submission order,
-so frames from one sender to one target stay in order. Registry commands use
-a separate pool. Every call is bounded by ``broker_timeout_seconds`` and the
-outgoing queue by ``broker_queue``; while the backplane is down every call
-raises ``BrokerUnavailable`` at once.
+Frames for peers on other nodes go through ``links`` (numbered per pair of
+nodes, acknowledged in batches, every one answered exactly once, the holder
+of each peer cached). What gathers for one node during one event-loop pass
+leaves as one ``PUBLISH``. Room frames go only to the node channels of nodes
+with members (``roomnodes``), looked up and published by one Lua script, so
+there are no per-room subscriptions to manage and a node never hears rooms it
+has no member in.
+
+Everything that is published goes through one writer task on one dedicated
+connection, pipelined in submission order, so frames from one sender to one
+target stay in order. Registry commands use a separate pool. Every call is
+bounded by ``broker_timeout_seconds`` and the frames waiting for an answer by
+``broker_queue``; while the backplane is down every call raises
+``BrokerUnavailable`` (a send is answered ``overloaded``) at once.
 
 A supervisor task connects, registers the node (and, after an outage, every
 peer and room membership it still holds), subscribes, proves the
 subscription with a probe, then runs: the reader, the writer, the heartbeat
 (renews the lease, reaps dead nodes and announces presence ``leave`` for
 their members) and the periodic probe. When any of them fails the node is
-marked down and the supervisor reconnects.
+marked down and the supervisor reconnects. After an outage, until every node
+it knew is serving again (one lease at most), a peer that no node holds may
+just not be registered again yet: sends to it are answered ``overloaded``.
 """
 
 from __future__ import annotations
@@ -37,8 +49,9 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Coroutine
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -57,6 +70,7 @@ from relay.broker.base import (
     Proof,
     Undelivered,
 )
+from relay.broker.links import NOT_SENT, UNKNOWN, Done, Links
 from relay.protocol import codec
 
 log = logging.getLogger("relay.broker.redis")
@@ -64,30 +78,36 @@ log = logging.getLogger("relay.broker.redis")
 _ERRORS = (RedisError, OSError, TimeoutError, asyncio.TimeoutError, BrokerUnavailable)
 _BATCH = 512
 
-# KEYS[1] peer key; ARGV: node, prefix, peer
+# KEYS[1] peer key; ARGV: node, prefix, peer, epoch, "1" when a holder that does
+# not listen counts as alive (re-registering after an outage: it may be too).
 _CLAIM = """
 local cur = redis.call('GET', KEYS[1])
-if cur and cur ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. ':alive:' .. cur) == 1 then
+if cur and cur ~= ARGV[1] and redis.call('EXISTS', ARGV[2] .. ':alive:' .. cur) == 1 and
+   (ARGV[5] == '1' or redis.call('PUBSUB', 'NUMSUB', ARGV[2] .. ':node:' .. cur)[2] > 0) then
   return cur
 end
-if cur and cur ~= ARGV[1] then redis.call('SREM', ARGV[2] .. ':peers:' .. cur, ARGV[3]) end
+if cur and cur ~= ARGV[1] then redis.call('HDEL', ARGV[2] .. ':held:' .. cur, ARGV[3]) end
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SADD', ARGV[2] .. ':peers:' .. ARGV[1], ARGV[3])
+redis.call('HSET', ARGV[2] .. ':held:' .. ARGV[1], ARGV[3], ARGV[4])
 return false
 """
 
 # KEYS[1] peer key; ARGV: node, prefix, peer
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-redis.call('SREM', ARGV[2] .. ':peers:' .. ARGV[1], ARGV[3])
+redis.call('HDEL', ARGV[2] .. ':held:' .. ARGV[1], ARGV[3])
 return 1
 """
 
-# KEYS[1] peer key; ARGV: prefix. The holder, if its lease is live.
+# KEYS[1] peer key; ARGV: prefix, peer. The holder and the epoch of its hold,
+# if the holder is alive.
 _LOCATE = """
 local holder = redis.call('GET', KEYS[1])
-if holder and redis.call('EXISTS', ARGV[1] .. ':alive:' .. holder) == 1 then return holder end
-return false
+if not holder or redis.call('EXISTS', ARGV[1] .. ':alive:' .. holder) == 0 or
+   redis.call('PUBSUB', 'NUMSUB', ARGV[1] .. ':node:' .. holder)[2] == 0 then
+  return false
+end
+return {holder, redis.call('HGET', ARGV[1] .. ':held:' .. holder, ARGV[2]) or '0'}
 """
 
 # ARGV: prefix, this node. How many other nodes hold a live lease.
@@ -99,19 +119,27 @@ end
 return n
 """
 
-# KEYS[1] peer key; ARGV: node, prefix, peer, old holder
-_TAKE = """
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('SREM', ARGV[2] .. ':peers:' .. ARGV[4], ARGV[3])
-redis.call('SADD', ARGV[2] .. ':peers:' .. ARGV[1], ARGV[3])
-return 1
+# ARGV: prefix, this node, lease ms left at least. The other nodes serving now:
+# registered, listening, and renewed their lease within the last heartbeats.
+_SERVING = """
+local out = {}
+for _, node in ipairs(redis.call('SMEMBERS', ARGV[1] .. ':nodes')) do
+  local k = ARGV[1] .. ':alive:' .. node
+  if node ~= ARGV[2] and redis.call('GET', k) == '1' and
+     redis.call('PTTL', k) >= tonumber(ARGV[3]) and
+     redis.call('PUBSUB', 'NUMSUB', ARGV[1] .. ':node:' .. node)[2] > 0 then
+    table.insert(out, node)
+  end
+end
+return out
 """
 
-# KEYS[1] peer key; ARGV: channel prefix, payload, this node
-_SEND = """
-local holder = redis.call('GET', KEYS[1])
-if not holder or holder == ARGV[3] then return 0 end
-return redis.call('PUBLISH', ARGV[1] .. holder, ARGV[2])
+# KEYS[1] peer key; ARGV: node, prefix, peer, old holder, epoch
+_TAKE = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('HDEL', ARGV[2] .. ':held:' .. ARGV[4], ARGV[3])
+redis.call('HSET', ARGV[2] .. ':held:' .. ARGV[1], ARGV[3], ARGV[5])
+return 1
 """
 
 # KEYS[1] roomnodes key; ARGV: channel prefix, payload, this node
@@ -193,11 +221,11 @@ for _, node in ipairs(dead) do
     redis.call('HDEL', p .. ':roomnodes:' .. room, node)
   end
   redis.call('DEL', p .. ':rooms:' .. node)
-  for _, peer in ipairs(redis.call('SMEMBERS', p .. ':peers:' .. node)) do
+  for _, peer in ipairs(redis.call('HKEYS', p .. ':held:' .. node)) do
     local k = p .. ':peer:' .. peer
     if redis.call('GET', k) == node then redis.call('DEL', k) end
   end
-  redis.call('DEL', p .. ':peers:' .. node)
+  redis.call('DEL', p .. ':held:' .. node)
 end
 return out
 """
@@ -207,7 +235,13 @@ class _Lost(Exception):
     """The connection to Redis failed a check; reconnect."""
 
 
-_Op = tuple[tuple[Any, ...], "asyncio.Future[Any] | None"]
+class _Failed:
+    """A handover that could not be answered (the backplane went down)."""
+
+
+_FAILED = _Failed()
+
+_Command = tuple[tuple[Any, ...], "Done | None"]
 
 
 class RedisBroker:
@@ -233,22 +267,30 @@ class RedisBroker:
         self._queue_size = queue_size
         self._node: NodeHandler | None = None
         self._node_id = ""
+        self._incarnation = secrets.token_hex(6)
+        self._epoch = time.time_ns() // 1000  # grows across restarts of a node
+        self._links: Links | None = None
         self._up = False
         self._closing = False
         self._supervisor: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
         self._cmd: aioredis.Redis | None = None
         self._pub: aioredis.Redis | None = None
         self._sub: aioredis.Redis | None = None
-        self._ops: asyncio.Queue[_Op] = asyncio.Queue(queue_size)
-        self._inflight: deque[_Op] = deque()  # written, reply not read yet
+        self._writing = False  # the ordered connection is open
+        self._commands: deque[_Command] = deque()  # not written yet
+        self._written: deque[Done | None] = deque()  # written, reply not read yet
+        self._wake_writer = asyncio.Event()
         self._replies_due = asyncio.Event()
-        self._pending: dict[str, asyncio.Future[Handover | None]] = {}
-        self._acks: dict[str, asyncio.Future[Delivery]] = {}
+        self._handovers: dict[str, asyncio.Future[Handover | _Failed | None]] = {}
         self._probe_nonce = ""
         self._probe_heard = asyncio.Event()
         self._connected = asyncio.Event()
+        self._served = False  # came up at least once: a later coming up is a recovery
+        self._known: set[str] = set()  # the other nodes serving, at the last heartbeat
+        self._awaited: set[str] = set()  # nodes not serving again yet after an outage
+        self._recovery_ends = 0.0
         # What this node holds, to re-register after Redis lost it.
-        self._peers: set[str] = set()
         self._rooms: dict[str, set[str]] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._stale_leaves: list[tuple[str, str]] = []
@@ -262,6 +304,11 @@ class RedisBroker:
     def _key(self, kind: str, name: str) -> str:
         return f"{self._prefix}:{kind}:{name}"
 
+    @property
+    def _holds(self) -> dict[str, int]:
+        assert self._links is not None, "broker used before start()"
+        return self._links.holds
+
     # --- lifecycle -----------------------------------------------------------
 
     @property
@@ -271,6 +318,17 @@ class RedisBroker:
     async def start(self, node: NodeHandler) -> None:
         self._node = node
         self._node_id = node.node_id
+        self._links = Links(
+            node,
+            self._incarnation,
+            publish=self._publish_to,
+            lookup=self._lookup,
+            alive=self._alive,
+            spawn=self._spawn,
+            timeout_seconds=self._timeout,
+            give_up_seconds=2 * self._lease_ms / 1000,
+            limit=self._queue_size,
+        )
         options: dict[str, Any] = {
             "socket_timeout": self._timeout,
             "socket_connect_timeout": self._timeout,
@@ -280,7 +338,9 @@ class RedisBroker:
         self._cmd = aioredis.Redis.from_url(self._url, **options)
         self._pub = aioredis.Redis.from_url(self._url, **options)
         self._sub = aioredis.Redis.from_url(self._url, **options)
-        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+        loop = asyncio.get_running_loop()
+        self._supervisor = loop.create_task(self._supervise())
+        self._ticker = loop.create_task(self._ticks())
         # Serve at once if Redis is there; otherwise start anyway, not ready,
         # and keep trying in the background.
         with contextlib.suppress(TimeoutError):
@@ -288,12 +348,19 @@ class RedisBroker:
                 await self._connected.wait()
 
     async def close(self) -> None:
+        links = self._links
+        if self._up and links is not None:
+            # Answers on their way: give them a moment before answering overloaded.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._timeout):
+                    await links.settled()
         self._closing = True
         was_up = self._up
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            with contextlib.suppress(BaseException):
-                await self._supervisor
+        for task in (self._supervisor, self._ticker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
         for task in list(self._background):
             task.cancel()
         if was_up and self._cmd is not None:
@@ -313,7 +380,9 @@ class RedisBroker:
             except _ERRORS as exc:
                 log.warning("could not unregister node %s: %s", self._node_id, exc)
         self._up = False
-        self._fail_pending()
+        self._fail_handovers()
+        if links is not None:
+            links.close()
         for client in (self._cmd, self._pub, self._sub):
             if client is not None:
                 with contextlib.suppress(Exception):
@@ -322,29 +391,49 @@ class RedisBroker:
     # --- the Broker interface ---------------------------------------------------
 
     async def claim(self, peer_id: str) -> str | None:
-        # Counted as held before Redis answers, so that a concurrent
-        # _reconcile never takes a claim in flight for a stale entry.
-        fresh = peer_id not in self._peers
-        self._peers.add(peer_id)
+        # Held before Redis answers, so that a concurrent _reconcile never
+        # takes a claim in flight for a stale entry, and frames routed here
+        # with the new epoch wait for the hub to have the peer.
+        holds = self._holds
+        previous = holds.get(peer_id)
+        epoch = holds[peer_id] = self._next_epoch()
+        links = self._links
+        assert links is not None
+        links.arriving(peer_id)
         try:
             holder = await self._call(
                 "EVAL", _CLAIM, 1, self._key("peer", peer_id),
-                self._node_id, self._prefix, peer_id,
+                self._node_id, self._prefix, peer_id, epoch, "0",
             )  # fmt: skip
         except BrokerUnavailable:
-            if fresh:
-                self._peers.discard(peer_id)
+            self._restore(peer_id, epoch, previous)
             raise
-        if holder is None:
-            return None
-        if fresh:
-            self._peers.discard(peer_id)
-        return _text(holder)
+        if holder is not None:
+            self._restore(peer_id, epoch, previous)
+            return _text(holder)
+        # The hub registers the peer as soon as this returns, before the
+        # loop runs anything else: frames that waited go to it after that.
+        asyncio.get_running_loop().call_soon(links.arrived, peer_id)
+        return None
+
+    def _restore(self, peer_id: str, epoch: int, previous: int | None) -> None:
+        holds = self._holds
+        if holds.get(peer_id) == epoch:
+            if previous is None:
+                del holds[peer_id]
+            else:
+                holds[peer_id] = previous
+        assert self._links is not None
+        self._links.arrived(peer_id)
+
+    def _next_epoch(self) -> int:
+        self._epoch += 1
+        return self._epoch
 
     async def release(self, peer_id: str) -> None:
         # Forgetting never fails: what the registry could not be told now is
         # put right from this node's own state when it can (``_reconcile``).
-        self._peers.discard(peer_id)
+        self._holds.pop(peer_id, None)
         try:
             await self._call(
                 "EVAL", _RELEASE, 1, self._key("peer", peer_id),
@@ -361,13 +450,27 @@ class RedisBroker:
         return int(count)
 
     async def locate(self, peer_id: str) -> str | None:
-        holder = await self._call("EVAL", _LOCATE, 1, self._key("peer", peer_id), self._prefix)
-        return None if holder is None else _text(holder)
+        found = await self._lookup(peer_id)
+        return None if found is None else found[0]
+
+    async def _lookup(self, peer_id: str) -> tuple[str, int] | None:
+        found = await self._call(
+            "EVAL", _LOCATE, 1, self._key("peer", peer_id), self._prefix, peer_id
+        )
+        if not found:
+            return None
+        node, epoch = found
+        return _text(node), int(epoch)
+
+    async def _alive(self, node_id: str) -> bool:
+        return bool(await self._call("EXISTS", self._key("alive", node_id)))
 
     async def take_over(self, peer_id: str, holder: str, proof: Proof) -> Handover | None:
         cid = secrets.token_hex(8)
-        future: asyncio.Future[Handover | None] = asyncio.get_running_loop().create_future()
-        self._pending[cid] = future
+        future: asyncio.Future[Handover | _Failed | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._handovers[cid] = future
         try:
             request = wire.encode_handover_request(cid, peer_id, proof, self._node_id)
             heard = await self._write("PUBLISH", self._channel(holder), request)
@@ -379,57 +482,39 @@ class RedisBroker:
             except TimeoutError:
                 raise BrokerUnavailable(f"node {holder} did not answer in time") from None
         finally:
-            self._pending.pop(cid, None)
+            self._handovers.pop(cid, None)
+        if isinstance(handover, _Failed):
+            raise BrokerUnavailable("the backplane went down during a handover")
         if handover is None:
             return None
         # The peer is ours now, whatever happens next: its state must not be
         # lost. Should the registry be unreachable, the reconnect registers it.
-        self._peers.add(peer_id)
+        epoch = self._holds[peer_id] = self._next_epoch()
+        links = self._links
+        assert links is not None
+        links.arriving(peer_id)
         for room in handover.rooms:
             self._rooms.setdefault(room, set()).add(peer_id)
         try:
             await self._call(
                 "EVAL", _TAKE, 1, self._key("peer", peer_id),
-                self._node_id, self._prefix, peer_id, holder,
+                self._node_id, self._prefix, peer_id, holder, epoch,
             )  # fmt: skip
             for room in handover.rooms:
                 await self._join(room, peer_id, -1)
         except BrokerUnavailable:
             log.warning("took over %s but could not register it yet", peer_id)
+        # As in claim: the hub has the peer before anything else runs.
+        asyncio.get_running_loop().call_soon(links.arrived, peer_id)
         return handover
 
     def send(
         self, peer_id: str, frame: bytes, undelivered: Undelivered | None, answer: Answer
     ) -> None:
-        if not self._up:
+        if not self._up or self._links is None:
             answer(Delivery.OVERLOADED)
             return
-        self._spawn(self._send(peer_id, frame, undelivered, answer))
-
-    async def _send(
-        self, peer_id: str, frame: bytes, undelivered: Undelivered | None, answer: Answer
-    ) -> None:
-        # The holder's node answers with what became of the frame (delivered,
-        # queued for a resume, offline, overloaded), so ok/err mean exactly
-        # what they mean on one node.
-        cid = secrets.token_hex(8)
-        future: asyncio.Future[Delivery] = asyncio.get_running_loop().create_future()
-        self._acks[cid] = future
-        try:
-            payload = wire.encode_deliver(peer_id, frame, undelivered, cid, self._node_id)
-            heard = await self._write(
-                "EVAL", _SEND, 1, self._key("peer", peer_id),
-                self._channel(""), payload, self._node_id,
-            )  # fmt: skip
-            if not heard:
-                answer(Delivery.OFFLINE)
-                return
-            async with asyncio.timeout(self._timeout):
-                answer(await future)
-        except (BrokerUnavailable, TimeoutError):
-            answer(Delivery.OVERLOADED)
-        finally:
-            self._acks.pop(cid, None)
+        self._links.send(peer_id, frame, undelivered, answer)
 
     def publish(self, room: str, frame: bytes, exclude: str | None, presence_only: bool) -> None:
         if not self._up:
@@ -440,14 +525,13 @@ class RedisBroker:
                 self._dirty = True
                 return
             raise BrokerUnavailable("the backplane is down")
-        payload = wire.encode_room(room, frame, exclude, presence_only)
-        try:
-            self._ops.put_nowait(
-                (("EVAL", _PUBLISH, 1, self._key("roomnodes", room),
-                  self._channel(""), payload, self._node_id), None)
-            )  # fmt: skip
-        except asyncio.QueueFull:
-            raise BrokerUnavailable("the backplane is not keeping up") from None
+        if len(self._commands) >= self._queue_size:
+            raise BrokerUnavailable("the backplane is not keeping up")
+        self._post(
+            "EVAL", _PUBLISH, 1, self._key("roomnodes", room),
+            self._channel(""), wire.encode_room(room, frame, exclude, presence_only),
+            self._node_id,
+        )  # fmt: skip
 
     async def join(self, room: str, peer_id: str, limit: int) -> bool:
         return await self._join(room, peer_id, limit)
@@ -509,38 +593,61 @@ class RedisBroker:
 
     async def _submit(self, args: tuple[Any, ...]) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def done(reply: Any) -> None:
+            # Only ever a result, so no exception is left unretrieved if the
+            # caller has stopped waiting.
+            if not future.done():
+                future.set_result(reply)
+
+        self._command(args, done)
         try:
-            self._ops.put_nowait((args, future))
-        except asyncio.QueueFull:
-            raise BrokerUnavailable("the backplane is not keeping up") from None
-        try:
-            return await asyncio.wait_for(future, self._timeout)
+            async with asyncio.timeout(self._timeout):
+                reply = await future
         except TimeoutError:
             raise BrokerUnavailable("the backplane did not answer") from None
+        if reply is NOT_SENT or reply is UNKNOWN or isinstance(reply, Exception):
+            raise BrokerUnavailable("the backplane did not take it")
+        return reply
 
     def _post(self, *args: Any) -> None:
-        """Queue a command on the writer without waiting (replies, reports)."""
-        if not self._up:
-            log.warning("backplane down: dropped %s", args[0])
-            return
-        try:
-            self._ops.put_nowait((args, None))
-        except asyncio.QueueFull:
-            log.warning("backplane queue full: dropped %s", args[0])
+        """Queue a command on the writer without waiting (room frames, replies)."""
+        self._command(args, None)
 
-    def _fail_pending(self) -> None:
-        while self._inflight:
-            _args, future = self._inflight.popleft()
-            if future is not None and not future.done():
-                future.set_exception(BrokerUnavailable("the backplane is down"))
-        while not self._ops.empty():
-            _args, future = self._ops.get_nowait()
-            if future is not None and not future.done():
-                future.set_exception(BrokerUnavailable("the backplane is down"))
-        waiting: list[asyncio.Future[Any]] = [*self._pending.values(), *self._acks.values()]
-        for future in waiting:
+    def _command(self, args: tuple[Any, ...], done: Done | None) -> None:
+        """Queue a command behind everything sent before it (frames gathered too)."""
+        assert self._links is not None
+        self._links.flush()
+        self._enqueue(args, done)
+
+    def _publish_to(self, node_id: str, payload: bytes, done: Done) -> None:
+        self._enqueue(("PUBLISH", self._channel(node_id), payload), done)
+
+    def _enqueue(self, args: tuple[Any, ...], done: Done | None) -> None:
+        if not self._writing:
+            log.debug("backplane down: dropped %s", args[0])
+            if done is not None:
+                done(NOT_SENT)
+            return
+        self._commands.append((args, done))
+        self._wake_writer.set()
+
+    def _fail_writes(self) -> None:
+        """The ordered connection is gone: tell every caller what became of its command."""
+        self._writing = False
+        written, self._written = self._written, deque()
+        commands, self._commands = self._commands, deque()
+        for done in written:
+            if done is not None:
+                done(UNKNOWN)
+        for _args, done in commands:
+            if done is not None:
+                done(NOT_SENT)
+
+    def _fail_handovers(self) -> None:
+        for future in self._handovers.values():
             if not future.done():
-                future.set_exception(BrokerUnavailable("the backplane is down"))
+                future.set_result(_FAILED)
 
     # --- the supervisor ------------------------------------------------------------
 
@@ -566,7 +673,7 @@ class RedisBroker:
                     log.warning("backplane down")
                 self._up = False
                 self._connected.clear()
-                self._fail_pending()
+                self._fail_handovers()
                 if pubsub is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
@@ -574,10 +681,11 @@ class RedisBroker:
             delay = min(delay * 2, 1.0)
 
     async def _run(self, pubsub: aioredis.client.PubSub) -> None:
-        assert self._pub is not None
+        assert self._pub is not None and self._links is not None
         conn: AbstractConnection = self._pub.connection_pool.make_connection()  # type: ignore[no-untyped-call]
         async with asyncio.timeout(self._timeout):
             await conn.connect()  # type: ignore[no-untyped-call]
+        self._writing = True
         tasks = [
             asyncio.create_task(self._reader(pubsub)),
             asyncio.create_task(self._writer(conn)),
@@ -588,10 +696,18 @@ class RedisBroker:
             await self._probe_once()  # the subscription really works
             self._up = True
             self._connected.set()
+            if self._served:
+                # After an outage: until the nodes this one knew serve again,
+                # a peer nobody holds may be one not registered again yet.
+                self._awaited = set(self._known)
+                self._recovery_ends = time.monotonic() + self._lease_ms / 1000
+                self._links.recovering = bool(self._awaited)
+            self._served = True
             stale, self._stale_leaves = self._stale_leaves, []
             if stale:
                 self._spawn(self._announce_when_heard(stale))
             log.info("backplane up: node %s on %s", self._node_id, self._prefix)
+            self._links.reconnected()
             tasks += [
                 asyncio.create_task(self._heartbeats()),
                 asyncio.create_task(self._probes()),
@@ -601,10 +717,11 @@ class RedisBroker:
                 task.result()  # raise what stopped it
             raise _Lost("a backplane task stopped")
         finally:
+            self._up = False
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._fail_pending()
+            self._fail_writes()
             with contextlib.suppress(Exception):
                 await conn.disconnect()
 
@@ -621,17 +738,18 @@ class RedisBroker:
         this node holds: both are put right, and members that are no longer
         here are announced as gone.
         """
-        await self._renew()
+        await self._renew(b"0")
         self._dirty = False
         self._stale_leaves = await self._reconcile()
-        for peer_id in list(self._peers):
+        for peer_id, epoch in list(self._holds.items()):
             holder = await self._raw(
-                "EVAL", _CLAIM, 1, self._key("peer", peer_id), self._node_id, self._prefix, peer_id
-            )
+                "EVAL", _CLAIM, 1, self._key("peer", peer_id),
+                self._node_id, self._prefix, peer_id, epoch, "1",
+            )  # fmt: skip
             if holder is not None:
                 # Another node took the id while this one was cut off: it wins.
                 log.warning("%s was taken by %s during an outage", peer_id, _text(holder))
-                self._peers.discard(peer_id)
+                self._holds.pop(peer_id, None)
                 for members in self._rooms.values():
                     members.discard(peer_id)
                 self._spawn(self._give_up(peer_id))
@@ -648,17 +766,12 @@ class RedisBroker:
         Returns the memberships removed, to be announced as presence leave.
         """
         stale: list[tuple[str, str]] = []
-        registered = await self._raw("SMEMBERS", self._key("peers", self._node_id))
-        for peer_id in {_text(item) for item in registered} - self._peers:
+        registered = await self._raw("HKEYS", self._key("held", self._node_id))
+        for peer_id in {_text(item) for item in registered} - self._holds.keys():
             await self._raw(
-                "EVAL",
-                _RELEASE,
-                1,
-                self._key("peer", peer_id),
-                self._node_id,
-                self._prefix,
-                peer_id,
-            )
+                "EVAL", _RELEASE, 1, self._key("peer", peer_id),
+                self._node_id, self._prefix, peer_id,
+            )  # fmt: skip
         rooms = await self._raw("SMEMBERS", self._key("rooms", self._node_id))
         for room in {_text(item) for item in rooms}:
             entries: dict[bytes, bytes] = await self._raw("HGETALL", self._key("room", room))
@@ -675,13 +788,15 @@ class RedisBroker:
         assert self._node is not None
         await self._node.hand_over(peer_id, Proof(None, True))
 
-    async def _renew(self) -> None:
-        await self._raw("SET", self._key("alive", self._node_id), b"1", "PX", self._lease_ms)
+    async def _renew(self, state: bytes) -> None:
+        await self._raw("SET", self._key("alive", self._node_id), state, "PX", self._lease_ms)
         await self._raw("SADD", f"{self._prefix}:nodes", self._node_id)
 
     async def _heartbeats(self) -> None:
+        # Serving nodes renewed their lease within the last two heartbeats.
+        recent = max(0, self._lease_ms - int(2 * self._heartbeat * 1000))
         while True:
-            await self._renew()
+            await self._renew(b"1")
             if self._dirty:
                 self._dirty = False
                 for room, peer in await self._reconcile():
@@ -690,7 +805,27 @@ class RedisBroker:
             for room, peer in _pairs(reaped):
                 log.info("the node of %s is gone: it leaves %s", peer, room)
                 self._announce_leave(room, peer)
+            serving = {
+                _text(n)
+                for n in await self._raw("EVAL", _SERVING, 0, self._prefix, self._node_id, recent)
+            }
+            self._known = serving
+            if self._awaited:
+                self._awaited -= serving
+                if not self._awaited or time.monotonic() > self._recovery_ends:
+                    self._awaited = set()
+                    assert self._links is not None
+                    self._links.recovering = False
+                    log.info("every node is back: the cluster view is whole again")
             await asyncio.sleep(self._heartbeat)
+
+    async def _ticks(self) -> None:
+        """Ask about late answers and give up past the bound, whether connected or not."""
+        links = self._links
+        assert links is not None
+        while True:
+            await asyncio.sleep(min(self._heartbeat, self._timeout) / 2)
+            links.tick(self._writing)
 
     async def _announce_when_heard(self, stale: list[tuple[str, str]]) -> None:
         """Announce leaves found after an outage once the other nodes listen again.
@@ -744,34 +879,34 @@ class RedisBroker:
 
     async def _writer(self, conn: AbstractConnection) -> None:
         """Write queued commands to the one ordered connection, without waiting for replies."""
+        commands = self._commands
         while True:
-            batch = [await self._ops.get()]
-            while len(batch) < _BATCH and not self._ops.empty():
-                batch.append(self._ops.get_nowait())
-            self._inflight.extend(batch)
+            if not commands:
+                self._wake_writer.clear()
+                await self._wake_writer.wait()
+                continue
+            batch = [commands.popleft() for _ in range(min(_BATCH, len(commands)))]
+            self._written.extend(done for _args, done in batch)
             self._replies_due.set()
             await conn.send_packed_command(
-                conn.pack_commands([args for args, _future in batch]), check_health=False
+                conn.pack_commands([args for args, _done in batch]), check_health=False
             )
 
     async def _replies(self, conn: AbstractConnection) -> None:
         """Read the writer's replies, in order, and hand each to its caller."""
         while True:
-            if not self._inflight:
+            if not self._written:
                 self._replies_due.clear()
                 await self._replies_due.wait()
                 continue
             try:
                 result = await conn.read_response(timeout=self._timeout)
             except ResponseError as exc:
+                log.warning("backplane refused a command: %s", exc)
                 result = exc
-            args, future = self._inflight.popleft()
-            if isinstance(result, Exception):
-                log.warning("backplane refused %s: %s", args[0], result)
-                if future is not None and not future.done():
-                    future.set_exception(BrokerUnavailable("the backplane refused"))
-            elif future is not None and not future.done():
-                future.set_result(result)
+            done = self._written.popleft()
+            if done is not None:
+                done(result)
 
     async def _reader(self, pubsub: aioredis.client.PubSub) -> None:
         # A blocking read: a connection that hangs without closing is caught
@@ -788,37 +923,41 @@ class RedisBroker:
                 log.warning("dropped a malformed message from the backplane: %s", exc)
                 continue
             try:
-                await self._handle(decoded)
+                self._handle(decoded)
             except Exception:
                 log.exception("error handling a backplane message")
 
     # --- incoming ----------------------------------------------------------------------
 
-    async def _handle(self, message: wire.Message) -> None:
-        node = self._node
-        assert node is not None
-        if isinstance(message, wire.Deliver):
-            result = node.deliver(message.peer, message.frame, message.undelivered)
-            self._post(
-                "PUBLISH", self._channel(message.reply_to), wire.encode_ack(message.cid, result)
-            )
-        elif isinstance(message, wire.Ack):
-            ack = self._acks.get(message.cid)
-            if ack is not None and not ack.done():
-                ack.set_result(message.result)
+    def _handle(self, message: wire.Message) -> None:
+        links = self._links
+        assert self._node is not None and links is not None
+        if isinstance(message, wire.Batch):
+            links.received(message)
         elif isinstance(message, wire.RoomFrame):
-            node.deliver_room(message.room, message.frame, message.exclude, message.presence_only)
+            self._node.deliver_room(
+                message.room, message.frame, message.exclude, message.presence_only
+            )
+        elif isinstance(message, wire.Status):
+            links.status(message)
         elif isinstance(message, wire.HandoverRequest):
-            await self._answer_handover(message)
+            self._spawn(self._answer_handover(message))
         elif isinstance(message, wire.HandoverReply):
-            future = self._pending.get(message.cid)
+            future = self._handovers.get(message.cid)
             if future is not None and not future.done():
                 future.set_result(message.handover)
         elif isinstance(message, wire.Probe) and message.nonce == self._probe_nonce:
             self._probe_heard.set()
 
     async def _answer_handover(self, request: wire.HandoverRequest) -> None:
-        assert self._node is not None
+        assert self._node is not None and self._links is not None
+        # What the peer sent to other nodes is answered into its queue first,
+        # so the answers move with it.
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._links.settled(request.peer)
+        except TimeoutError:
+            log.warning("handing %s over with sends still unanswered", request.peer)
         handover: Handover | None = None
         try:
             async with asyncio.timeout(self._timeout):
@@ -826,10 +965,10 @@ class RedisBroker:
         except TimeoutError:
             log.warning("handing over %s took too long", request.peer)
         if handover is not None:
-            self._peers.discard(request.peer)
+            self._holds.pop(request.peer, None)
             for room in handover.rooms:
                 self._forget_membership(room, request.peer)
-        elif request.peer not in self._peers:
+        elif request.peer not in self._holds:
             # The registry names this node but it holds no such peer (a claim
             # that timed out after all): free the id.
             self._post(
@@ -842,7 +981,7 @@ class RedisBroker:
             wire.encode_handover_reply(request.cid, handover),
         )
 
-    def _spawn(self, work: Awaitable[Any]) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, Any]) -> None:
         async def run() -> None:
             try:
                 await work

@@ -5,11 +5,16 @@ with a short ``t`` naming its kind. ``decode`` bounds every declared length by
 the message's own size (and the whole message by ``MAX_MESSAGE_BYTES``) before
 msgpack allocates anything, then checks each field's type; anything else is
 ``WireError``, which the receiving node logs and drops. Nothing is ever
-unpickled or evaluated.
+unpickled or evaluated. ``relay.broker.links`` explains numbers, epochs and
+the outcome codes of acks.
 
-    d   deliver   p: peer, f: frame, u: undelivered or nil,
-                  c: correlation id, n: node to send the ack to
-    a   ack       c: correlation id, r: what became of the frame (a Delivery value)
+    b   batch     n: sending node, i: its incarnation, l: lowest number it still
+                  waits an answer for, s: number of the first delivery,
+                  d: deliveries [peer, epoch, frame, undelivered or nil], numbered
+                  from s; a: acks for the receiver's own frames, nil or
+                  [receiver's incarnation, [[first number, codes (bytes)], ...]]
+    q   status    n: sending node, i: its incarnation, u: highest number it
+                  used, l: lowest number it still waits an answer for
     r   room      m: room, f: frame, x: excluded peer or nil, o: presence only
     hq  handover request   c: correlation id, p: peer, s: secret or nil,
                            v: verified, n: node to reply to
@@ -25,7 +30,7 @@ from typing import Any
 
 import msgpack
 
-from relay.broker.base import Delivery, Handover, Proof, QueueEntry, Undelivered
+from relay.broker.base import Handover, Proof, QueueEntry, Undelivered
 from relay.metrics import OUT_KINDS
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a handover carries a whole queue and replay window
@@ -33,26 +38,33 @@ _MAX_NAME = 1024  # peer ids, rooms, node ids, correlation ids, kinds
 _MAX_REQUEST_ID = 256
 
 
-_DELIVERIES = {delivery.value: delivery for delivery in Delivery}
+_MAX_CODE = 6  # the highest outcome code (links.PENDING)
 
 
 class WireError(ValueError):
     """A message from another node is malformed."""
 
 
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    peer: str
-    frame: bytes
-    undelivered: Undelivered | None
-    cid: str
-    reply_to: str
+Carried = tuple[str, int, bytes, "Undelivered | None"]  # peer, epoch, frame, who to tell
+AckRuns = list[tuple[int, bytes]]  # (first number, one outcome code per frame from it)
 
 
 @dataclass(frozen=True, slots=True)
-class Ack:
-    cid: str
-    result: Delivery
+class Batch:
+    node: str
+    incarnation: str
+    low: int
+    first: int
+    deliveries: list[Carried]
+    acks: tuple[str, AckRuns] | None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    node: str
+    incarnation: str
+    up_to: int
+    low: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +94,7 @@ class Probe:
     nonce: str
 
 
-Message = Deliver | Ack | RoomFrame | HandoverRequest | HandoverReply | Probe
+Message = Batch | Status | RoomFrame | HandoverRequest | HandoverReply | Probe
 
 _packb: Callable[[object], bytes] = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
@@ -95,17 +107,24 @@ def _entries_out(entries: list[QueueEntry]) -> list[list[Any]]:
     return [[frame, kind, _undelivered_out(u)] for frame, kind, u in entries]
 
 
-def encode_deliver(
-    peer: str, frame: bytes, undelivered: Undelivered | None, cid: str, reply_to: str
+def encode_batch(
+    node: str,
+    incarnation: str,
+    low: int,
+    first: int,
+    deliveries: list[Carried],
+    acks: tuple[str, list[tuple[int, bytearray]]] | None,
 ) -> bytes:
     return _packb(
-        {"t": "d", "p": peer, "f": frame, "u": _undelivered_out(undelivered),
-         "c": cid, "n": reply_to}
+        {"t": "b", "n": node, "i": incarnation, "l": low, "s": first,
+         "d": [[peer, epoch, frame, None if u is None else [u.sender, u.request_id, u.listed]]
+               for peer, epoch, frame, u in deliveries],
+         "a": None if acks is None else [acks[0], [[f, bytes(c)] for f, c in acks[1]]]}
     )  # fmt: skip
 
 
-def encode_ack(cid: str, result: Delivery) -> bytes:
-    return _packb({"t": "a", "c": cid, "r": result.value})
+def encode_status(node: str, incarnation: str, up_to: int, low: int) -> bytes:
+    return _packb({"t": "q", "n": node, "i": incarnation, "u": up_to, "l": low})
 
 
 def encode_room(room: str, frame: bytes, exclude: str | None, presence_only: bool) -> bytes:
@@ -159,16 +178,15 @@ def decode(data: bytes) -> Message:
     if not isinstance(value, dict):
         raise WireError("not a map")
     kind = value.get("t")
-    if kind == "d":
-        return Deliver(
-            _name(value, "p"), _bytes(value, "f"), _undelivered(value.get("u")),
-            _name(value, "c"), _name(value, "n"),
+    if kind == "b":
+        return Batch(
+            _name(value, "n"), _name(value, "i"), _number(value, "l"), _number(value, "s"),
+            _deliveries(value.get("d")), _acks(value.get("a")),
         )  # fmt: skip
-    if kind == "a":
-        result = value.get("r")
-        if result not in _DELIVERIES:
-            raise WireError("r")
-        return Ack(_name(value, "c"), _DELIVERIES[result])
+    if kind == "q":
+        return Status(
+            _name(value, "n"), _name(value, "i"), _number(value, "u"), _number(value, "l")
+        )
     if kind == "r":
         return RoomFrame(
             _name(value, "m"), _bytes(value, "f"), _opt_name(value, "x"), _bool(value, "o")
@@ -191,6 +209,55 @@ def _name(value: dict[str, Any], key: str) -> str:
     if not isinstance(item, str) or not 0 < len(item) <= _MAX_NAME:
         raise WireError(key)
     return item
+
+
+def _number(value: dict[str, Any], key: str) -> int:
+    item = value.get(key)
+    if type(item) is not int or item < 0:
+        raise WireError(key)
+    return item
+
+
+def _deliveries(item: object) -> list[Carried]:
+    if not isinstance(item, list):
+        raise WireError("d")
+    out: list[Carried] = []
+    for entry in item:
+        if type(entry) is not list or len(entry) != 4:
+            raise WireError("d")
+        peer, epoch, frame, undelivered = entry
+        if (
+            type(peer) is not str
+            or not 0 < len(peer) <= _MAX_NAME
+            or type(epoch) is not int
+            or type(frame) is not bytes
+        ):
+            raise WireError("d")
+        out.append((peer, epoch, frame, None if undelivered is None else _undelivered(undelivered)))
+    return out
+
+
+def _acks(item: object) -> tuple[str, AckRuns] | None:
+    if item is None:
+        return None
+    if not isinstance(item, list) or len(item) != 2:
+        raise WireError("a")
+    incarnation, runs = item
+    if not isinstance(incarnation, str) or not 0 < len(incarnation) <= _MAX_NAME:
+        raise WireError("a")
+    if not isinstance(runs, list):
+        raise WireError("a")
+    out: AckRuns = []
+    for run in runs:
+        if type(run) is not list or len(run) != 2:
+            raise WireError("a")
+        first, codes = run
+        if type(first) is not int or first < 0 or type(codes) is not bytes:
+            raise WireError("a")
+        if codes and max(codes) > _MAX_CODE:
+            raise WireError("a")
+        out.append((first, codes))
+    return (incarnation, out)
 
 
 def _opt_name(value: dict[str, Any], key: str) -> str | None:

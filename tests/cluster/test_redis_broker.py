@@ -55,7 +55,7 @@ async def test_the_probe_catches_a_subscription_that_silently_died(redis_url: st
         assert broker.ready
         handle = broker._handle
 
-        async def deaf(message: object) -> None:
+        def deaf(message: object) -> None:
             """Messages stop arriving, and nothing raises anywhere."""
 
         broker._handle = deaf  # type: ignore[method-assign]

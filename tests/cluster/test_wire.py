@@ -10,16 +10,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.broker import wire
-from relay.broker.base import Delivery, Handover, Proof, Undelivered
+from relay.broker.base import Handover, Proof, Undelivered
 
 
 def test_round_trips() -> None:
     u = Undelivered("alice", 7, True)
-    assert wire.decode(wire.encode_deliver("bob", b"\x80", u, "c", "n")) == wire.Deliver(
-        "bob", b"\x80", u, "c", "n"
+    carried = [("bob", 12, b"\x80", u), ("carol", 3, b"", None)]
+    acks = ("inc-b", [(5, bytearray(b"\x00\x01\x05")), (9, bytearray(b"\x06"))])
+    assert wire.decode(wire.encode_batch("a", "inc-a", 4, 6, carried, acks)) == wire.Batch(
+        "a", "inc-a", 4, 6, carried, ("inc-b", [(5, b"\x00\x01\x05"), (9, b"\x06")])
     )
-    assert wire.decode(wire.encode_deliver("bob", b"", None, "c", "n")).undelivered is None
-    assert wire.decode(wire.encode_ack("c", Delivery.QUEUED)) == wire.Ack("c", Delivery.QUEUED)
+    assert wire.decode(wire.encode_batch("a", "i", 1, 0, [], None)) == wire.Batch(
+        "a", "i", 1, 0, [], None
+    )
+    assert wire.decode(wire.encode_status("a", "i", 9, 3)) == wire.Status("a", "i", 9, 3)
     assert wire.decode(wire.encode_room("r", b"f", None, True)) == wire.RoomFrame(
         "r", b"f", None, True
     )
@@ -37,18 +41,23 @@ def test_round_trips() -> None:
 @pytest.mark.parametrize(
     "message",
     [
-        {"t": "d", "p": "", "f": b"x", "u": None},
-        {"t": "d", "p": "bob", "f": "text", "u": None},
-        {"t": "d", "p": "bob", "f": b"x", "u": ["a", 1.5, True]},
-        {"t": "d", "p": "bob", "f": b"x", "u": ["a", True, True]},
-        {"t": "d", "p": "bob", "f": b"x", "u": ["a", 1]},
+        {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [["", 1, b"x", None]], "a": None},
+        {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [["b", 1, "x", None]], "a": None},
+        {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [["b", "1", b"x", None]], "a": None},
+        {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [["b", 1, b"x", ["a", 1.5, True]]]},
+        {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [["b", 1, b"x", ["a", True, True]]]},
+        {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [["b", 1, b"x", ["a", 1]]]},
+        {"t": "b", "n": "a", "i": "i", "l": -1, "s": 1, "d": [], "a": None},
+        {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [], "a": ["i", [[1, b"\x07"]]]},
+        {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [], "a": ["i", [[1, "codes"]]]},
+        {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [], "a": ["i", [1, b"\x00"]]},
+        {"t": "q", "n": "a", "i": "i", "u": True, "l": 1},
         {"t": "r", "m": "r", "f": b"x", "x": None, "o": 1},
         {"t": "hq", "c": "c", "p": "bob", "s": 5, "v": False, "n": "n"},
         {"t": "hr", "c": "c", "h": {"rooms": {"r": 1}, "queue": [], "written": [], "count": 0}},
         {"t": "hr", "c": "c", "h": {"rooms": {}, "queue": [[b"x", "?", None]], "count": 0}},
         {"t": "hr", "c": "c", "h": {"rooms": {}, "queue": [], "written": [], "count": -1}},
-        {"t": "a", "c": "c", "r": "lost"},
-        {"t": "d", "p": "bob", "f": b"x", "u": None},
+        {"t": "q", "n": "a", "i": "i", "u": 3},
         {"t": "nope"},
         [1, 2],
     ],

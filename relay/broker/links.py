@@ -1,0 +1,575 @@
+"""Frames between nodes, each answered exactly once over an at-most-once backplane.
+
+Pub/sub loses what is published while a node is not listening, and an answer
+can be lost the same way. So the frames one node sends to another are
+numbered on that pair of nodes (a *link*), and the receiving node keeps, per
+link, the highest number it has taken or fenced (``top``) and the outcome of
+each frame whose answer its sender may still be missing (the *log*):
+
+- frames are taken in order; one numbered at or below ``top`` arrived late
+  and is refused, and the numbers a gap skipped are recorded as ``LOST``;
+- outcomes go back in *acks*: runs of one-byte codes, gathered per event-loop
+  pass and carried, with the deliveries going the other way, in one message
+  per destination node;
+- a sender missing outcomes (an ack lost, the backplane down) sends a
+  *status* query with the highest number it used: the receiver first fences
+  (raises ``top`` to it, recording what it never got as ``LOST``), then
+  answers with its log from the lowest number the sender still waits for.
+
+So a frame's answer is what became of it, or ``LOST``, which means it never
+was and never will be delivered (``err overloaded``: try again). A sender
+waits for an answer at most ``give_up_seconds`` (the backplane may stay away
+longer than anyone should wait); past that it answers ``overloaded`` without
+knowing, and logs it if the receiver later reports the frame delivered.
+
+Senders cache which node holds each peer (a ``Route``, with the *epoch* of
+that node's hold, a number it drew when it registered the peer). A node
+refuses a frame for a peer it does not hold at that epoch (``MOVED``): the
+sender looks the peer up again and sends it there, ahead of anything it was
+given for that peer since, so order per sender and target holds across
+moves. A frame for a peer whose registration is still in flight here waits
+for it (``PENDING``, answered in a later ack).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from relay.broker import wire
+from relay.broker.base import Answer, Delivery, NodeHandler, Undelivered
+
+log = logging.getLogger("relay.broker.links")
+
+# Outcome codes on the wire: the Delivery values first, in this order.
+DELIVERED, QUEUED, OFFLINE, OVERLOADED, MOVED, LOST, PENDING = range(7)
+CODES = {Delivery.DELIVERED: DELIVERED, Delivery.QUEUED: QUEUED,
+         Delivery.OFFLINE: OFFLINE, Delivery.OVERLOADED: OVERLOADED}  # fmt: skip
+_DELIVERIES = (Delivery.DELIVERED, Delivery.QUEUED, Delivery.OFFLINE, Delivery.OVERLOADED)
+MAX_MOVES = 3  # a frame whose peer keeps moving is answered overloaded (try again)
+_MAX_INBOUND = 4096  # links from other node incarnations remembered at most
+
+# What a publish's ``done`` callback is told besides a receiver count.
+NOT_SENT = -1  # never written to Redis: nobody will receive it
+UNKNOWN = -2  # written, but the connection failed before Redis answered
+
+Done = Callable[[Any], None]
+Publish = Callable[[str, bytes, Done], None]  # (node, payload, done(receivers or a code))
+Lookup = Callable[[str], Awaitable["tuple[str, int] | None"]]
+Alive = Callable[[str], Awaitable[bool]]
+Spawn = Callable[[Coroutine[Any, Any, None]], None]
+
+
+class Sent:
+    """One frame for a peer on another node, until it is answered."""
+
+    __slots__ = ("answer", "at", "epoch", "frame", "moves", "peer", "route", "seq", "undelivered")
+
+    def __init__(
+        self, peer: str, frame: bytes, undelivered: Undelivered | None, answer: Answer
+    ) -> None:
+        self.peer = peer
+        self.frame = frame
+        self.undelivered = undelivered
+        self.answer = answer
+        self.route: Route | None = None
+        self.epoch = 0
+        self.seq = 0  # on its link, once sent
+        self.at = 0.0
+        self.moves = 0
+
+
+class Route:
+    """Where a peer held by another node is, as far as this node knows."""
+
+    __slots__ = ("epoch", "found", "inflight", "node", "returned", "waiting")
+
+    def __init__(self) -> None:
+        self.node = ""
+        self.epoch = 0
+        self.inflight = 0  # frames sent on this route and not answered yet
+        # While the peer is being looked up: frames to send once it is found,
+        # those refused as MOVED first (they were sent earlier), in order.
+        self.waiting: list[Sent] | None = []
+        self.returned: list[Sent] = []
+        self.found: tuple[str, int] | bool | None = False  # False: lookup not done
+
+
+class Outbound:
+    """This node's side of its link to another node."""
+
+    __slots__ = ("asked", "batch", "fence_due", "given_up", "node", "pending", "seq")
+
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.seq = 0  # the last number given
+        self.pending: dict[int, Sent] = {}  # in number order (insertion order)
+        self.batch: list[Sent] = []  # numbered, not yet published
+        self.asked = 0.0  # when a status query last went out
+        self.fence_due = False  # frames were given up on: have the receiver fence them
+        self.given_up: set[int] = set()  # answered overloaded without the receiver's word
+
+    def low(self) -> int:
+        """The lowest number still waiting for its answer."""
+        return next(iter(self.pending), self.seq + 1)
+
+
+class Inbound:
+    """What this node took from one incarnation of another node."""
+
+    __slots__ = ("base", "incarnation", "log", "runs", "top")
+
+    def __init__(self, incarnation: str) -> None:
+        self.incarnation = incarnation
+        self.top = 0  # frames numbered up to this are taken or fenced
+        self.base = 1  # the number of log[0]; the log ends at top
+        self.log = bytearray()
+        self.runs: list[tuple[int, bytearray]] = []  # acks to send: (first number, codes)
+
+    def take(self, seq: int) -> bool:
+        """Whether frame ``seq`` is to be handled (False: late, already fenced)."""
+        top = self.top
+        if seq <= top:
+            return False
+        if seq > top + 1:
+            self._extend(top + 1, bytes([LOST]) * (seq - top - 1))
+        self.top = seq
+        return True
+
+    def record(self, seq: int, code: int) -> None:
+        """The outcome of ``seq``, just taken."""
+        self.log.append(code)
+        runs = self.runs
+        if runs:
+            first, codes = runs[-1]
+            if first + len(codes) == seq:
+                codes.append(code)
+                return
+        runs.append((seq, bytearray((code,))))
+
+    def resolve(self, seq: int, code: int) -> None:
+        """The outcome of ``seq``, recorded earlier as PENDING."""
+        index = seq - self.base
+        if 0 <= index < len(self.log):
+            self.log[index] = code
+        self.runs.append((seq, bytearray((code,))))
+
+    def fence(self, up_to: int) -> None:
+        """Refuse from now on every frame numbered up to ``up_to``."""
+        if up_to > self.top:
+            self._extend(self.top + 1, bytes([LOST]) * (up_to - self.top))
+            self.top = up_to
+
+    def trim(self, low: int) -> None:
+        """Forget outcomes below ``low``: their sender has them."""
+        drop = min(low - self.base, len(self.log))
+        if drop > 0:
+            del self.log[:drop]
+            self.base += drop
+
+    def report(self, low: int) -> None:
+        """Ack again every outcome from ``low`` on (the answer to a status query)."""
+        first = max(low, self.base)
+        codes = self.log[first - self.base :]
+        if codes:
+            self.runs.append((first, codes))
+
+    def _extend(self, first: int, codes: bytes) -> None:
+        self.log += codes
+        self.runs.append((first, bytearray(codes)))
+
+
+class Links:
+    """Every link of one node: numbering, acks, status queries, routes, fences."""
+
+    def __init__(
+        self,
+        node: NodeHandler,
+        incarnation: str,
+        *,
+        publish: Publish,
+        lookup: Lookup,
+        alive: Alive,
+        spawn: Spawn,
+        timeout_seconds: float,
+        give_up_seconds: float,
+        limit: int,
+    ) -> None:
+        self._node = node
+        self._node_id = node.node_id
+        self.incarnation = incarnation
+        self._publish = publish
+        self._lookup = lookup
+        self._alive = alive
+        self._spawn = spawn
+        self._timeout = timeout_seconds
+        self._give_up = give_up_seconds
+        self._limit = limit
+        self.recovering = False  # the cluster view is not back: OFFLINE becomes OVERLOADED
+        self.holds: dict[str, int] = {}  # peer -> epoch of this node's hold
+        self._arriving: dict[str, list[tuple[Inbound, str, int, bytes, Undelivered | None]]] = {}
+        self._routes: dict[str, Route] = {}
+        self._out: dict[str, Outbound] = {}
+        self._in: dict[str, Inbound] = {}
+        self._dirty: set[str] = set()  # nodes with something to flush
+        self._flush_scheduled = False
+        self._count = 0  # frames waiting for a lookup or an answer
+        self._from: dict[str, int] = {}  # sender peer -> its frames not answered yet
+        self._settled: dict[str | None, list[asyncio.Future[None]]] = {}
+        self.gave_up_delivered = 0  # frames answered overloaded that had been delivered
+
+    # --- sending ------------------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        """Frames waiting for a lookup or an answer."""
+        return self._count
+
+    def send(
+        self, peer: str, frame: bytes, undelivered: Undelivered | None, answer: Answer
+    ) -> None:
+        """Send ``frame`` to ``peer`` on another node; ``answer`` is told its outcome once."""
+        if self._count >= self._limit:
+            answer(Delivery.OVERLOADED)
+            return
+        sent = Sent(peer, frame, undelivered, answer)
+        self._count += 1
+        if undelivered is not None:
+            sender = undelivered.sender
+            self._from[sender] = self._from.get(sender, 0) + 1
+        route = self._routes.get(peer)
+        if route is None:
+            route = self._routes[peer] = Route()
+            route.waiting = [sent]
+            self._spawn(self._find(peer, route))
+        elif route.waiting is not None:
+            route.waiting.append(sent)
+        else:
+            self._emit(sent, route)
+
+    def _emit(self, sent: Sent, route: Route) -> None:
+        link = self._out.get(route.node)
+        if link is None:
+            link = self._out[route.node] = Outbound(route.node)
+        link.seq += 1
+        link.pending[link.seq] = sent
+        link.batch.append(sent)
+        sent.seq = link.seq
+        sent.route = route
+        sent.epoch = route.epoch
+        sent.at = time.monotonic()
+        route.inflight += 1
+        self._mark(route.node)
+
+    async def _find(self, peer: str, route: Route) -> None:
+        try:
+            route.found = await self._lookup(peer)
+        except Exception as exc:
+            log.debug("could not look %s up: %s", peer, exc)
+            route.found = True  # unknown: what waits is answered overloaded
+        self._dispatch(peer, route)
+
+    def _dispatch(self, peer: str, route: Route) -> None:
+        """Send what waited for ``route`` once it is found and nothing is in flight on it."""
+        if route.found is False or route.inflight or route.waiting is None:
+            return
+        found = route.found
+        frames = route.returned + route.waiting
+        route.returned = []
+        if isinstance(found, tuple) and found[0] != self._node_id:
+            route.node, route.epoch = found
+            route.waiting = None
+            route.found = False
+            for sent in frames:
+                self._emit(sent, route)
+            return
+        if self._routes.get(peer) is route:
+            del self._routes[peer]
+        route.waiting = None
+        for sent in frames:
+            if isinstance(found, tuple):  # the peer is held here now
+                self._answer(sent, self._node.deliver(peer, sent.frame, sent.undelivered))
+            elif found is None:
+                self._answer(sent, self._offline())
+            else:
+                self._answer(sent, Delivery.OVERLOADED)
+
+    def _offline(self) -> Delivery:
+        # Until every node is back after an outage, a peer that no node
+        # holds may belong to one that has not registered again yet.
+        return Delivery.OVERLOADED if self.recovering else Delivery.OFFLINE
+
+    def _answer(self, sent: Sent, delivery: Delivery) -> None:
+        self._count -= 1
+        undelivered = sent.undelivered
+        if undelivered is not None:
+            sender = undelivered.sender
+            left = self._from[sender] - 1
+            if left:
+                self._from[sender] = left
+            else:
+                del self._from[sender]
+                self._wake(sender)
+        if not self._count:
+            self._wake(None)
+        try:
+            sent.answer(delivery)
+        except Exception:
+            log.exception("answering a cross-node send failed")
+
+    def _resolve(self, link: Outbound, seq: int, code: int) -> None:
+        """The receiver's outcome for frame ``seq`` of ``link``."""
+        if code == PENDING:
+            return
+        sent = link.pending.pop(seq, None)
+        if sent is None:  # answered already (a repeated ack, or given up on)
+            if link.given_up and seq in link.given_up:
+                link.given_up.discard(seq)
+                if code in (DELIVERED, QUEUED):
+                    self.gave_up_delivered += 1
+                    log.error("a frame to node %s answered overloaded had been delivered",
+                              link.node)  # fmt: skip
+            return
+        self._land(sent)
+        if code < MOVED:
+            self._answer(sent, _DELIVERIES[code])
+        elif code == MOVED:
+            self._moved(sent)
+        else:
+            self._answer(sent, Delivery.OVERLOADED)
+
+    def _land(self, sent: Sent) -> None:
+        route = sent.route
+        assert route is not None
+        route.inflight -= 1
+        if route.waiting is not None and not route.inflight:
+            self._dispatch(sent.peer, route)
+
+    def _moved(self, sent: Sent) -> None:
+        sent.moves += 1
+        if sent.moves > MAX_MOVES:
+            self._answer(sent, Delivery.OVERLOADED)
+            return
+        peer = sent.peer
+        route = self._routes.get(peer)
+        if route is None:
+            route = self._routes[peer] = Route()
+            self._spawn(self._find(peer, route))
+        elif route.waiting is None:
+            if route.node != sent.route.node or route.epoch != sent.epoch:  # type: ignore[union-attr]
+                # Already found again since: send it there.
+                self._emit(sent, route)
+                return
+            route.waiting = []
+            self._spawn(self._find(peer, route))
+        route.returned.append(sent)
+        self._dispatch(peer, route)
+
+    def _mark(self, node: str) -> None:
+        self._dirty.add(node)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Publish what gathered for each node: deliveries and acks, one message per node."""
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        for node in dirty:
+            link = self._out.get(node)
+            batch: list[Sent] = []
+            first = low = 0
+            if link is not None and link.batch:
+                batch, link.batch = link.batch, []
+                first = batch[0].seq
+                low = link.low()
+            acks = None
+            inbound = self._in.get(node)
+            if inbound is not None and inbound.runs:
+                acks = (inbound.incarnation, inbound.runs)
+                inbound.runs = []
+            if not batch and acks is None:
+                continue
+            payload = wire.encode_batch(
+                self._node_id, self.incarnation, low, first,
+                [(s.peer, s.epoch, s.frame, s.undelivered) for s in batch], acks,
+            )  # fmt: skip
+            self._publish(node, payload, self._published(node, batch))
+
+    def _published(self, node: str, batch: list[Sent]) -> Done:
+        def done(receivers: Any) -> None:
+            if not batch or (isinstance(receivers, int) and receivers > 0) or receivers == UNKNOWN:
+                return  # received, or unknown: the acks or a status query will tell
+            link = self._out.get(node)
+            if receivers == 0:
+                # Nobody listens on the node's channel: it is gone (or not back yet).
+                self._forget_node(node)
+                delivery = self._offline()
+            else:
+                delivery = Delivery.OVERLOADED  # never sent, or refused by Redis
+            for sent in batch:
+                if link is not None and link.pending.get(sent.seq) is sent:
+                    del link.pending[sent.seq]
+                    self._land(sent)
+                    self._answer(sent, delivery)
+
+        return done
+
+    def _forget_node(self, node: str) -> None:
+        for peer, route in list(self._routes.items()):
+            if route.waiting is None and route.node == node:
+                del self._routes[peer]
+
+    # --- receiving ----------------------------------------------------------------
+
+    def received(self, batch: wire.Batch) -> None:
+        """A message from another node: acks for this node's frames, and frames for its peers."""
+        node = batch.node
+        if batch.acks is not None:
+            incarnation, runs = batch.acks
+            link = self._out.get(node)
+            if link is not None and incarnation == self.incarnation:
+                for first, codes in runs:
+                    for offset, code in enumerate(codes):
+                        self._resolve(link, first + offset, code)
+        if not batch.deliveries:
+            return
+        inbound = self._inbound(node, batch.incarnation)
+        inbound.trim(batch.low)
+        seq = batch.first
+        holds = self.holds
+        deliver = self._node.deliver
+        for peer, epoch, frame, undelivered in batch.deliveries:
+            if inbound.take(seq):
+                if holds.get(peer) != epoch:
+                    code = MOVED
+                elif peer in self._arriving:
+                    self._arriving[peer].append((inbound, node, seq, frame, undelivered))
+                    code = PENDING
+                else:
+                    code = CODES[deliver(peer, frame, undelivered)]
+                inbound.record(seq, code)
+            else:
+                log.info("refused a late frame %d from %s", seq, node)
+            seq += 1
+        self._mark(node)
+
+    def status(self, query: wire.Status) -> None:
+        """Another node asks what became of its frames: fence, then report."""
+        inbound = self._inbound(query.node, query.incarnation)
+        inbound.fence(query.up_to)
+        inbound.trim(query.low)
+        inbound.report(query.low)
+        self._mark(query.node)
+
+    def _inbound(self, node: str, incarnation: str) -> Inbound:
+        inbound = self._in.get(node)
+        if inbound is None or inbound.incarnation != incarnation:
+            if inbound is None and len(self._in) >= _MAX_INBOUND:
+                del self._in[next(iter(self._in))]
+            inbound = self._in[node] = Inbound(incarnation)
+        return inbound
+
+    # --- holds --------------------------------------------------------------------
+
+    def arriving(self, peer: str) -> None:
+        """``peer`` is being registered here: frames for it wait until ``arrived``."""
+        self._arriving.setdefault(peer, [])
+
+    def arrived(self, peer: str) -> None:
+        """Registration of ``peer`` finished (the hub holds it now, or it failed)."""
+        parked = self._arriving.pop(peer, None)
+        for inbound, node, seq, frame, undelivered in parked or ():
+            if peer in self.holds:
+                code = CODES[self._node.deliver(peer, frame, undelivered)]
+            else:
+                code = MOVED
+            inbound.resolve(seq, code)
+            self._mark(node)
+
+    async def settled(self, sender: str | None = None) -> None:
+        """Wait until every frame ``sender`` (None: anyone) sent has its answer."""
+        if not self._count if sender is None else sender not in self._from:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settled.setdefault(sender, []).append(waiter)
+        await waiter
+
+    def _wake(self, sender: str | None) -> None:
+        for waiter in self._settled.pop(sender, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # --- time ---------------------------------------------------------------------
+
+    def tick(self, connected: bool) -> None:
+        """Ask about frames whose answers are late; give up on those past the bound."""
+        now = time.monotonic()
+        for link in list(self._out.values()):
+            if link.pending:
+                oldest = next(iter(link.pending.values())).at
+                if now - oldest > self._give_up:
+                    self._give_up_on(link, now)
+            late = bool(link.pending) and now - next(iter(link.pending.values())).at > self._timeout
+            if connected and (late or link.fence_due) and now - link.asked > self._timeout:
+                link.asked = now
+                self._ask(link)
+
+    def reconnected(self) -> None:
+        """The backplane is back: ask about every frame still waiting, now."""
+        for link in self._out.values():
+            link.asked = 0.0
+        self.tick(True)
+
+    def _give_up_on(self, link: Outbound, now: float) -> None:
+        expired = [seq for seq, sent in link.pending.items() if now - sent.at > self._give_up]
+        for seq in expired:
+            sent = link.pending.pop(seq)
+            link.given_up.add(seq)
+            self._land(sent)
+            self._answer(sent, Delivery.OVERLOADED)
+        log.warning("%d frames to node %s answered overloaded: no word from it", len(expired),
+                    link.node)  # fmt: skip
+        link.fence_due = True
+
+    def _ask(self, link: Outbound) -> None:
+        payload = wire.encode_status(self._node_id, self.incarnation, link.seq, link.low())
+        node = link.node
+
+        def done(receivers: Any) -> None:
+            if isinstance(receivers, int) and receivers > 0:
+                link.fence_due = False
+            elif receivers == 0:
+                self._spawn(self._check(node))
+
+        self._publish(node, payload, done)
+
+    async def _check(self, node: str) -> None:
+        """A node does not listen: if its lease is gone too, it is dead."""
+        if await self._alive(node):
+            return  # reconnecting: ask again later
+        link = self._out.get(node)
+        self._forget_node(node)
+        if link is None:
+            return
+        pending, link.pending = link.pending, {}
+        link.fence_due = False
+        for sent in pending.values():
+            self._land(sent)
+            self._answer(sent, Delivery.OFFLINE)
+
+    def close(self) -> None:
+        """The node stops: everything still waiting is answered overloaded."""
+        for link in self._out.values():
+            pending, link.pending = link.pending, {}
+            link.batch = []
+            for sent in pending.values():
+                self._answer(sent, Delivery.OVERLOADED)
+        routes, self._routes = self._routes, {}
+        for route in routes.values():
+            for sent in route.returned + (route.waiting or []):
+                self._answer(sent, Delivery.OVERLOADED)
+            route.returned, route.waiting = [], None
