@@ -50,6 +50,9 @@ CODES = {Delivery.DELIVERED: DELIVERED, Delivery.QUEUED: QUEUED,
          Delivery.OFFLINE: OFFLINE, Delivery.OVERLOADED: OVERLOADED}  # fmt: skip
 _DELIVERIES = (Delivery.DELIVERED, Delivery.QUEUED, Delivery.OFFLINE, Delivery.OVERLOADED)
 MAX_MOVES = 3  # a frame whose peer keeps moving is answered overloaded (try again)
+# Acks nobody waits on (a send without id, delivered) wait this long for a
+# batch going the same way to ride on, rather than cost a publish of their own.
+ACK_DELAY = 0.005
 _MAX_INBOUND = 4096  # links from other node incarnations remembered at most
 
 # What a publish's ``done`` callback is told besides a receiver count.
@@ -214,8 +217,10 @@ class Links:
         self._routes: dict[str, Route] = {}
         self._out: dict[str, Outbound] = {}
         self._in: dict[str, Inbound] = {}
-        self._dirty: set[str] = set()  # nodes with something to flush
+        self._dirty: set[str] = set()  # nodes with something to flush now
+        self._lazy: set[str] = set()  # nodes with only acks that can wait
         self._flush_scheduled = False
+        self._lazy_scheduled = False
         self._count = 0  # frames waiting for a lookup or an answer
         self._from: dict[str, int] = {}  # sender peer -> its frames not answered yet
         self._settled: dict[str | None, list[asyncio.Future[None]]] = {}
@@ -368,16 +373,28 @@ class Links:
         route.returned.append(sent)
         self._dispatch(peer, route)
 
-    def _mark(self, node: str) -> None:
-        self._dirty.add(node)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush)
+    def _mark(self, node: str, urgent: bool = True) -> None:
+        if urgent:
+            self._dirty.add(node)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self.flush)
+        else:
+            self._lazy.add(node)
+            if not self._lazy_scheduled:
+                self._lazy_scheduled = True
+                asyncio.get_running_loop().call_later(ACK_DELAY, self._flush_lazy)
+
+    def _flush_lazy(self) -> None:
+        self._lazy_scheduled = False
+        self._dirty |= self._lazy
+        self.flush()
 
     def flush(self) -> None:
         """Publish what gathered for each node: deliveries and acks, one message per node."""
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, set()
+        self._lazy -= dirty
         for node in dirty:
             link = self._out.get(node)
             batch: list[Sent] = []
@@ -442,6 +459,7 @@ class Links:
         seq = batch.first
         holds = self.holds
         deliver = self._node.deliver
+        urgent = False  # an ack somebody waits on: a request id, or news other than delivered
         for peer, epoch, frame, undelivered in batch.deliveries:
             if inbound.take(seq):
                 if holds.get(peer) != epoch:
@@ -452,10 +470,12 @@ class Links:
                 else:
                     code = CODES[deliver(peer, frame, undelivered)]
                 inbound.record(seq, code)
+                if code or (undelivered is not None and undelivered.request_id is not None):
+                    urgent = True
             else:
                 log.info("refused a late frame %d from %s", seq, node)
             seq += 1
-        self._mark(node)
+        self._mark(node, urgent)
 
     def status(self, query: wire.Status) -> None:
         """Another node asks what became of its frames: fence, then report."""
