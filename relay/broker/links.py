@@ -41,6 +41,7 @@ from typing import Any
 
 from relay.broker import wire
 from relay.broker.base import Answer, Delivery, NodeHandler, Undelivered
+from relay.broker.resp import UNKNOWN, Done
 
 log = logging.getLogger("relay.broker.links")
 
@@ -55,12 +56,7 @@ MAX_MOVES = 3  # a frame whose peer keeps moving is answered overloaded (try aga
 ACK_DELAY = 0.005
 _MAX_INBOUND = 4096  # links from other node incarnations remembered at most
 
-# What a publish's ``done`` callback is told besides a receiver count.
-NOT_SENT = -1  # never written to Redis: nobody will receive it
-UNKNOWN = -2  # written, but the connection failed before Redis answered
-
-Done = Callable[[Any], None]
-Publish = Callable[[str, bytes, Done], None]  # (node, payload, done(receivers or a code))
+Publish = Callable[[str, bytes, Done], None]  # (node, payload, done(receivers or a Fate))
 Lookup = Callable[[str], Awaitable["tuple[str, int] | None"]]
 Alive = Callable[[str], Awaitable[bool]]
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
@@ -194,6 +190,7 @@ class Links:
         incarnation: str,
         *,
         publish: Publish,
+        wake: Callable[[], None],
         lookup: Lookup,
         alive: Alive,
         spawn: Spawn,
@@ -205,6 +202,7 @@ class Links:
         self._node_id = node.node_id
         self.incarnation = incarnation
         self._publish = publish
+        self._wake_flush = wake
         self._lookup = lookup
         self._alive = alive
         self._spawn = spawn
@@ -219,7 +217,6 @@ class Links:
         self._in: dict[str, Inbound] = {}
         self._dirty: set[str] = set()  # nodes with something to flush now
         self._lazy: set[str] = set()  # nodes with only acks that can wait
-        self._flush_scheduled = False
         self._lazy_scheduled = False
         self._count = 0  # frames waiting for a lookup or an answer
         self._from: dict[str, int] = {}  # sender peer -> its frames not answered yet
@@ -376,9 +373,7 @@ class Links:
     def _mark(self, node: str, urgent: bool = True) -> None:
         if urgent:
             self._dirty.add(node)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self.flush)
+            self._wake_flush()
         else:
             self._lazy.add(node)
             if not self._lazy_scheduled:
@@ -387,12 +382,15 @@ class Links:
 
     def _flush_lazy(self) -> None:
         self._lazy_scheduled = False
-        self._dirty |= self._lazy
-        self.flush()
+        if self._lazy:
+            self._dirty |= self._lazy
+            self._wake_flush()
 
     def flush(self) -> None:
-        """Publish what gathered for each node: deliveries and acks, one message per node."""
-        self._flush_scheduled = False
+        """Publish what gathered for each node: deliveries and acks, one message per node.
+
+        ``wake`` asks for this to be called once the current event-loop pass is over.
+        """
         dirty, self._dirty = self._dirty, set()
         self._lazy -= dirty
         for node in dirty:
@@ -418,7 +416,7 @@ class Links:
 
     def _published(self, node: str, batch: list[Sent]) -> Done:
         def done(receivers: Any) -> None:
-            if not batch or (isinstance(receivers, int) and receivers > 0) or receivers == UNKNOWN:
+            if not batch or receivers is UNKNOWN or (isinstance(receivers, int) and receivers > 0):
                 return  # received, or unknown: the acks or a status query will tell
             link = self._out.get(node)
             if receivers == 0:

@@ -50,15 +50,14 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Coroutine
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from relay.broker import wire
 from relay.broker.base import (
@@ -70,13 +69,13 @@ from relay.broker.base import (
     Proof,
     Undelivered,
 )
-from relay.broker.links import NOT_SENT, UNKNOWN, Done, Links
+from relay.broker.links import Links
+from relay.broker.resp import NOT_SENT, Connection, Done, Fate
 from relay.protocol import codec
 
 log = logging.getLogger("relay.broker.redis")
 
 _ERRORS = (RedisError, OSError, TimeoutError, asyncio.TimeoutError, BrokerUnavailable)
-_BATCH = 512
 
 # KEYS[1] peer key; ARGV: node, prefix, peer, epoch, "1" when a holder that does
 # not listen counts as alive (re-registering after an outage: it may be too).
@@ -275,13 +274,9 @@ class RedisBroker:
         self._supervisor: asyncio.Task[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._cmd: aioredis.Redis | None = None
-        self._pub: aioredis.Redis | None = None
-        self._sub: aioredis.Redis | None = None
-        self._writing = False  # the ordered connection is open
-        self._commands: deque[_Command] = deque()  # not written yet
-        self._written: deque[Done | None] = deque()  # written, reply not read yet
-        self._wake_writer = asyncio.Event()
-        self._replies_due = asyncio.Event()
+        self._writer: Connection | None = None  # the ordered connection, while open
+        self._outbox: list[_Command] = []  # gathered this pass, written at its end
+        self._pass_scheduled = False
         self._handovers: dict[str, asyncio.Future[Handover | _Failed | None]] = {}
         self._probe_nonce = ""
         self._probe_heard = asyncio.Event()
@@ -322,6 +317,7 @@ class RedisBroker:
             node,
             self._incarnation,
             publish=self._publish_to,
+            wake=self._end_pass_soon,
             lookup=self._lookup,
             alive=self._alive,
             spawn=self._spawn,
@@ -336,8 +332,6 @@ class RedisBroker:
             "decode_responses": False,
         }
         self._cmd = aioredis.Redis.from_url(self._url, **options)
-        self._pub = aioredis.Redis.from_url(self._url, **options)
-        self._sub = aioredis.Redis.from_url(self._url, **options)
         loop = asyncio.get_running_loop()
         self._supervisor = loop.create_task(self._supervise())
         self._ticker = loop.create_task(self._ticks())
@@ -383,10 +377,9 @@ class RedisBroker:
         self._fail_handovers()
         if links is not None:
             links.close()
-        for client in (self._cmd, self._pub, self._sub):
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+        if self._cmd is not None:
+            with contextlib.suppress(Exception):
+                await self._cmd.aclose()
 
     # --- the Broker interface ---------------------------------------------------
 
@@ -525,7 +518,8 @@ class RedisBroker:
                 self._dirty = True
                 return
             raise BrokerUnavailable("the backplane is down")
-        if len(self._commands) >= self._queue_size:
+        writer = self._writer
+        if writer is not None and writer.unanswered + len(self._outbox) >= self._queue_size:
             raise BrokerUnavailable("the backplane is not keeping up")
         self._post(
             "EVAL", _PUBLISH, 1, self._key("roomnodes", room),
@@ -606,7 +600,7 @@ class RedisBroker:
                 reply = await future
         except TimeoutError:
             raise BrokerUnavailable("the backplane did not answer") from None
-        if reply is NOT_SENT or reply is UNKNOWN or isinstance(reply, Exception):
+        if isinstance(reply, Fate | hiredis.ReplyError):
             raise BrokerUnavailable("the backplane did not take it")
         return reply
 
@@ -624,22 +618,31 @@ class RedisBroker:
         self._enqueue(("PUBLISH", self._channel(node_id), payload), done)
 
     def _enqueue(self, args: tuple[Any, ...], done: Done | None) -> None:
-        if not self._writing:
+        if self._writer is None:
             log.debug("backplane down: dropped %s", args[0])
             if done is not None:
                 done(NOT_SENT)
             return
-        self._commands.append((args, done))
-        self._wake_writer.set()
+        self._outbox.append((args, done))
+        self._end_pass_soon()
 
-    def _fail_writes(self) -> None:
-        """The ordered connection is gone: tell every caller what became of its command."""
-        self._writing = False
-        written, self._written = self._written, deque()
-        commands, self._commands = self._commands, deque()
-        for done in written:
-            if done is not None:
-                done(UNKNOWN)
+    def _end_pass_soon(self) -> None:
+        if not self._pass_scheduled:
+            self._pass_scheduled = True
+            asyncio.get_running_loop().call_soon(self._end_pass)
+
+    def _end_pass(self) -> None:
+        """Write what this event-loop pass gathered, in order, in one write."""
+        self._pass_scheduled = False
+        assert self._links is not None
+        self._links.flush()
+        outbox, self._outbox = self._outbox, []
+        if outbox and self._writer is not None:
+            self._writer.write(outbox)
+        else:
+            self._fail_unsent(outbox)
+
+    def _fail_unsent(self, commands: list[_Command]) -> None:
         for _args, done in commands:
             if done is not None:
                 done(NOT_SENT)
@@ -654,13 +657,8 @@ class RedisBroker:
     async def _supervise(self) -> None:
         delay = 0.1
         while not self._closing:
-            pubsub = None
             try:
-                assert self._sub is not None
-                pubsub = self._sub.pubsub(ignore_subscribe_messages=True)
-                async with asyncio.timeout(self._timeout * 3):
-                    await pubsub.subscribe(self._channel(self._node_id))
-                await self._run(pubsub)
+                await self._run()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -674,24 +672,22 @@ class RedisBroker:
                 self._up = False
                 self._connected.clear()
                 self._fail_handovers()
-                if pubsub is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    async def _run(self, pubsub: aioredis.client.PubSub) -> None:
-        assert self._pub is not None and self._links is not None
-        conn: AbstractConnection = self._pub.connection_pool.make_connection()  # type: ignore[no-untyped-call]
-        async with asyncio.timeout(self._timeout):
-            await conn.connect()  # type: ignore[no-untyped-call]
-        self._writing = True
-        tasks = [
-            asyncio.create_task(self._reader(pubsub)),
-            asyncio.create_task(self._writer(conn)),
-            asyncio.create_task(self._replies(conn)),
-        ]
+    async def _run(self) -> None:
+        assert self._links is not None
+        connections: list[Connection] = []
+        tasks: list[asyncio.Future[Any]] = []
         try:
+            async with asyncio.timeout(self._timeout * 3):
+                subscriber = await Connection.open(self._url, self._received)
+                connections.append(subscriber)
+                writer = await Connection.open(self._url)
+                connections.append(writer)
+                await subscriber.call("SUBSCRIBE", self._channel(self._node_id))
+            self._writer = writer
+            tasks += [subscriber.closed, writer.closed]
             await self._register()
             await self._probe_once()  # the subscription really works
             self._up = True
@@ -715,15 +711,17 @@ class RedisBroker:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 task.result()  # raise what stopped it
-            raise _Lost("a backplane task stopped")
+            raise _Lost("a backplane connection closed")
         finally:
             self._up = False
-            for task in tasks:
+            self._writer = None
+            outbox, self._outbox = self._outbox, []
+            self._fail_unsent(outbox)
+            for task in tasks[2:]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            self._fail_writes()
-            with contextlib.suppress(Exception):
-                await conn.disconnect()
+            await asyncio.gather(*tasks[2:], return_exceptions=True)
+            for connection in connections:
+                connection.close()
 
     async def _raw(self, *args: Any) -> Any:
         assert self._cmd is not None
@@ -823,9 +821,15 @@ class RedisBroker:
         """Ask about late answers and give up past the bound, whether connected or not."""
         links = self._links
         assert links is not None
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(min(self._heartbeat, self._timeout) / 2)
-            links.tick(self._writing)
+            writer = self._writer
+            oldest = writer.oldest if writer is not None else None
+            if writer is not None and oldest is not None and loop.time() - oldest > self._timeout:
+                log.warning("Redis has not answered for %.1f s: reconnecting", self._timeout)
+                writer.close()  # the supervisor reconnects
+            links.tick(self._writer is not None)
 
     async def _announce_when_heard(self, stale: list[tuple[str, str]]) -> None:
         """Announce leaves found after an outage once the other nodes listen again.
@@ -877,55 +881,17 @@ class RedisBroker:
             await asyncio.sleep(self._probe_interval)
             await self._probe_once()
 
-    async def _writer(self, conn: AbstractConnection) -> None:
-        """Write queued commands to the one ordered connection, without waiting for replies."""
-        commands = self._commands
-        while True:
-            if not commands:
-                self._wake_writer.clear()
-                await self._wake_writer.wait()
-                continue
-            batch = [commands.popleft() for _ in range(min(_BATCH, len(commands)))]
-            self._written.extend(done for _args, done in batch)
-            self._replies_due.set()
-            await conn.send_packed_command(
-                conn.pack_commands([args for args, _done in batch]), check_health=False
-            )
-
-    async def _replies(self, conn: AbstractConnection) -> None:
-        """Read the writer's replies, in order, and hand each to its caller."""
-        while True:
-            if not self._written:
-                self._replies_due.clear()
-                await self._replies_due.wait()
-                continue
-            try:
-                result = await conn.read_response(timeout=self._timeout)
-            except ResponseError as exc:
-                log.warning("backplane refused a command: %s", exc)
-                result = exc
-            done = self._written.popleft()
-            if done is not None:
-                done(result)
-
-    async def _reader(self, pubsub: aioredis.client.PubSub) -> None:
-        # A blocking read: a connection that hangs without closing is caught
-        # by the probe, which then cancels this task.
-        async for message in pubsub.listen():
-            if message is None or message.get("type") != "message":
-                continue
-            data = message.get("data")
-            if not isinstance(data, bytes):
-                continue
-            try:
-                decoded = wire.decode(data)
-            except wire.WireError as exc:
-                log.warning("dropped a malformed message from the backplane: %s", exc)
-                continue
-            try:
-                self._handle(decoded)
-            except Exception:
-                log.exception("error handling a backplane message")
+    def _received(self, data: bytes) -> None:
+        """One message on this node's channel."""
+        try:
+            message = wire.decode(data)
+        except wire.WireError as exc:
+            log.warning("dropped a malformed message from the backplane: %s", exc)
+            return
+        try:
+            self._handle(message)
+        except Exception:
+            log.exception("error handling a backplane message")
 
     # --- incoming ----------------------------------------------------------------------
 
