@@ -279,7 +279,9 @@ class Links:
         if route.found is False or route.inflight or route.waiting is None:
             return
         found = route.found
-        frames = route.returned + route.waiting
+        # Refused frames come back in the order their acks arrive; all went
+        # out on one link before anything now waiting was given.
+        frames = sorted(route.returned, key=_seq) + route.waiting
         route.returned = []
         if isinstance(found, tuple) and found[0] != self._node_id:
             route.node, route.epoch = found
@@ -335,13 +337,11 @@ class Links:
                     log.error("a frame to node %s answered overloaded had been delivered",
                               link.node)  # fmt: skip
             return
-        self._land(sent)
-        if code < MOVED:
-            self._answer(sent, _DELIVERIES[code])
-        elif code == MOVED:
+        if code == MOVED:
             self._moved(sent)
-        else:
-            self._answer(sent, Delivery.OVERLOADED)
+            return
+        self._land(sent)
+        self._answer(sent, _DELIVERIES[code] if code < MOVED else Delivery.OVERLOADED)
 
     def _land(self, sent: Sent) -> None:
         route = sent.route
@@ -351,24 +351,24 @@ class Links:
             self._dispatch(sent.peer, route)
 
     def _moved(self, sent: Sent) -> None:
-        sent.moves += 1
-        if sent.moves > MAX_MOVES:
-            self._answer(sent, Delivery.OVERLOADED)
-            return
+        """The node ``sent`` went to does not hold its peer (any more): find it again."""
         peer = sent.peer
         route = self._routes.get(peer)
-        if route is None:
-            route = self._routes[peer] = Route()
-            self._spawn(self._find(peer, route))
-        elif route.waiting is None:
-            if route.node != sent.route.node or route.epoch != sent.epoch:  # type: ignore[union-attr]
-                # Already found again since: send it there.
-                self._emit(sent, route)
-                return
+        sent.moves += 1
+        if sent.moves > MAX_MOVES or route is None or route is not sent.route:
+            # Moving too often, or its route was dropped (its node went away)
+            # and newer frames may have gone another way since: sending it
+            # now could overtake them.
+            self._land(sent)
+            self._answer(sent, Delivery.OVERLOADED)
+            return
+        if route.waiting is None:
             route.waiting = []
             self._spawn(self._find(peer, route))
+        # Returned before it lands: the route sends nothing on until every
+        # frame still out on the old node is back or answered.
         route.returned.append(sent)
-        self._dispatch(peer, route)
+        self._land(sent)
 
     def _mark(self, node: str, urgent: bool = True) -> None:
         if urgent:
@@ -554,6 +554,7 @@ class Links:
         link.fence_due = True
 
     def _ask(self, link: Outbound) -> None:
+        self.flush()  # numbered frames not out yet go first, or the query would fence them
         payload = wire.encode_status(self._node_id, self.incarnation, link.seq, link.low())
         node = link.node
 
@@ -567,8 +568,11 @@ class Links:
 
     async def _check(self, node: str) -> None:
         """A node does not listen: if its lease is gone too, it is dead."""
-        if await self._alive(node):
-            return  # reconnecting: ask again later
+        try:
+            if self.recovering or await self._alive(node):
+                return  # reconnecting (or may be): ask again later
+        except Exception:
+            return  # cut off ourselves: ask again later
         link = self._out.get(node)
         self._forget_node(node)
         if link is None:
@@ -591,3 +595,7 @@ class Links:
             for sent in route.returned + (route.waiting or []):
                 self._answer(sent, Delivery.OVERLOADED)
             route.returned, route.waiting = [], None
+
+
+def _seq(sent: Sent) -> int:
+    return sent.seq

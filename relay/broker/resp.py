@@ -129,10 +129,10 @@ class Connection(asyncio.Protocol):
     def write(self, commands: list[tuple[tuple[Any, ...], Done | None]]) -> None:
         """Write ``commands`` in order, in one write; each ``done`` gets its reply."""
         transport = self._transport
-        if transport is None:
+        if transport is None or transport.is_closing():
             for _args, done in commands:
                 if done is not None:
-                    done(UNKNOWN)
+                    done(NOT_SENT)
             return
         now = asyncio.get_running_loop().time()
         self._waiting.extend((now, done) for _args, done in commands)
