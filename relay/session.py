@@ -94,11 +94,10 @@ class Peer:
         "max_queue_messages",
         "queue",
         "queued_bytes",
+        "replay_bytes",
         "rooms",
         "secret",
         "session",
-        "replay_bytes",
-        "replay_messages",
         "waiters",
         "written",
         "written_bytes",
@@ -111,7 +110,6 @@ class Peer:
         *,
         max_queue_messages: int,
         max_queue_bytes: int,
-        replay_messages: int,
         replay_bytes: int,
     ) -> None:
         self.id = peer_id
@@ -128,14 +126,13 @@ class Peer:
         self.backlog_since = 0.0  # when the queue last moved while it was not empty
         # The last frames written to the current socket. A socket that dies
         # takes what sat in its buffers with it; a resume that says how many
-        # frames it received gets the rest again from here. It holds at least
-        # ``replay_messages`` frames and at least ``replay_bytes`` bytes, so
-        # it covers everything the socket's buffers can swallow (the frame
-        # layer bounds the kernel's send buffer to fit).
+        # frames it received gets the rest again from here. It holds up to
+        # ``replay_bytes`` (each frame counted with REPLAY_OVERHEAD more), and
+        # the frame layer keeps the kernel's send buffer well below that, so
+        # it covers everything a socket can have swallowed.
         self.written: deque[QueueEntry] = deque()
         self.written_bytes = 0
         self.written_count = 0
-        self.replay_messages = replay_messages
         self.replay_bytes = replay_bytes
 
     def replay(self, received: int | None) -> int:
@@ -314,10 +311,10 @@ class Session:
         size = len(frame)
         written = peer.written
         written.append(entry)
-        peer.written_bytes += size
+        peer.written_bytes += size + REPLAY_OVERHEAD
         peer.written_count += 1
-        while len(written) > peer.replay_messages and peer.written_bytes > peer.replay_bytes:
-            peer.written_bytes -= len(written.popleft()[0])
+        while peer.written_bytes > peer.replay_bytes:
+            peer.written_bytes -= len(written.popleft()[0]) + REPLAY_OVERHEAD
         self.transport.write(frame)
         self._metrics.sent[entry[1]].add(size)
 
@@ -567,6 +564,10 @@ class Session:
             "err",
         )
 
+
+# What one kept frame costs beyond its bytes (the deque slot, the tuple, the
+# bytes object's header): tiny frames cannot make the replay ring unbounded.
+REPLAY_OVERHEAD = 64
 
 _EXPLAIN_SECONDS = 1.0  # how long a policy close waits to deliver the errs that explain it
 

@@ -75,22 +75,9 @@ class Settings:
     queue_bytes: int = _setting(
         1048576, "Outbound queue per peer, in bytes (4008 when full).", group="limits"
     )
-    replay_messages: int = _setting(
-        256,
-        "Frames kept after sending, replayed on resume if the client never got them.",
-        group="limits",
-    )
-    slow_consumer_seconds: float = _setting(
-        5.0,
-        "Close 4008 a peer whose outbound queue has not moved this long (it stopped reading).",
-        group="limits",
-    )
-    close_timeout_seconds: float = _setting(
-        2.0, "Abort a socket whose closing handshake takes longer than this.", group="limits"
-    )
     replay_bytes: int = _setting(
         1048576,
-        "Bytes of sent frames kept for replay (at least; covers the socket's buffers).",
+        "Sent frames kept per peer for replay on resume, in bytes (covers the socket's buffers).",
         group="limits",
     )
     resume_seconds: float = _setting(
@@ -207,7 +194,6 @@ class Settings:
             "queue_messages": self.queue_messages,
             "queue_bytes": self.queue_bytes,
             "resume_seconds": self.resume_seconds,
-            "replay_messages": self.replay_messages,
             "replay_bytes": self.replay_bytes,
             "hello_timeout_seconds": self.hello_timeout_seconds,
         }
