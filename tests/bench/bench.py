@@ -47,6 +47,7 @@ class Scenario:
     load: list[str]
     what: str
     figure: str  # the result key the ratios compare
+    unit: str  # how the table names that figure
     better: str  # "higher" or "lower"
 
 
@@ -56,12 +57,14 @@ SCENARIOS: dict[str, Scenario] = {
         [*PAIRS, "--inflight", "16", "--size", "64"],
         "50 pairs ping-ponging, 16 messages in flight per pair, 64 B payloads",
         "relayed_per_second",
+        "msg/s",
         "higher",
     ),
     "pairs4k": Scenario(
         [*PAIRS, "--inflight", "16", "--size", "4096"],
         "50 pairs ping-ponging, 16 messages in flight per pair, 4 KiB payloads",
         "relayed_per_second",
+        "msg/s",
         "higher",
     ),
     # 65,400 B payloads make frames just under the relay's 64 KiB max-frame-bytes.
@@ -69,24 +72,28 @@ SCENARIOS: dict[str, Scenario] = {
         [*PAIRS, "--inflight", "2", "--size", "65400"],
         "50 pairs ping-ponging, 2 messages in flight per pair, 64 KiB frames",
         "relayed_per_second",
+        "msg/s",
         "higher",
     ),
     "fixed2000": Scenario(
         ["fixed", "--pairs", "50", "--rate", "2000", "--size", "64"],
         "the same pairs at a fixed 2,000 round trips/s, 64 B payloads",
         "p99_ms",
+        "p99 ms",
         "lower",
     ),
     "room200": Scenario(
         ["room", "--members", "200", "--rate", "500", "--size", "64"],
         "one publisher at 500 msg/s to a 200-member room (100,000 deliveries/s offered)",
         "relayed_per_second",
+        "deliveries/s",
         "higher",
     ),
     "idle": Scenario(
         ["idle", "--connections", "5000"],
         "5,000 registered idle connections: RSS growth per connection",
         "kib_per_connection",
+        "KiB per connection",
         "lower",
     ),
 }
@@ -99,6 +106,15 @@ def cpu_seconds(pid: int) -> float:
     """CPU time used so far by a process and all its threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def busy_seconds(cpu: int) -> float:
+    """CPU time a core has spent on anything (not idle or waiting for I/O) since boot."""
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith(f"cpu{cpu} "):
+            ticks = [int(field) for field in line.split()[1:9]]
+            return (sum(ticks) - ticks[3] - ticks[4]) / TICKS
+    return 0.0
 
 
 def rss_kib(pid: int) -> int:
@@ -221,6 +237,25 @@ class Generator:
 # --- one run -----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Sample:
+    """Clocks read at one moment: wall, CPU seconds of each process and each core, server RSS."""
+
+    wall: float
+    server: float
+    generator: float
+    cpu0: float
+    cpu1: float
+    server_rss_kib: int
+
+    @classmethod
+    def take(cls, server: int, generator: int) -> Sample:
+        return cls(
+            time.monotonic(), cpu_seconds(server), cpu_seconds(generator),
+            busy_seconds(0), busy_seconds(1), rss_kib(server),
+        )  # fmt: skip
+
+
 def run_once(name: str, server: Server, args: argparse.Namespace) -> dict[str, Any]:
     """Drives `server` with scenario `name`; returns load.mjs's result plus CPU or RSS."""
     scenario = SCENARIOS[name]
@@ -243,26 +278,28 @@ def run_once(name: str, server: Server, args: argparse.Namespace) -> dict[str, A
         }
     timing = ["--seconds", str(args.seconds), "--warmup", str(args.warmup)]
     load = Generator(scenario, server.url, timing, deadline=args.seconds + args.warmup + 120)
-    # (wall, server cpu, generator cpu, server RSS) as the measured window opens and closes
-    samples: list[tuple[float, float, float, int]] = []
+    samples: list[Sample] = []  # as the measured window opens and closes
     result: dict[str, Any] = {}
     for line in load.lines():
         if "event" in line:
-            sample = (
-                time.monotonic(),
-                cpu_seconds(pid),
-                cpu_seconds(load.process.pid),
-                rss_kib(pid),
-            )
-            samples.append(sample)
+            samples.append(Sample.take(pid, load.process.pid))
         else:
             result = line
     server.check_alive()
     load.finish()
-    (wall0, server0, gen0, _), (wall1, server1, gen1, rss) = samples
-    result["server_cpu_pct"] = round(100 * (server1 - server0) / (wall1 - wall0))
-    result["generator_cpu_pct"] = round(100 * (gen1 - gen0) / (wall1 - wall0))
-    result["server_rss_mib"] = round(rss / 1024)
+    start, end = samples
+    wall = end.wall - start.wall
+
+    def pct(seconds: float) -> int:
+        # per-process and per-core clocks tick apart: clamp the difference's noise at 0
+        return max(0, round(100 * seconds / wall))
+
+    result["server_cpu_pct"] = pct(end.server - start.server)
+    result["generator_cpu_pct"] = pct(end.generator - start.generator)
+    # what other processes took from the two cores: high figures mean a noisy run
+    result["others_cpu0_pct"] = pct(end.cpu0 - start.cpu0 - (end.server - start.server))
+    result["others_cpu1_pct"] = pct(end.cpu1 - start.cpu1 - (end.generator - start.generator))
+    result["server_rss_mib"] = round(end.server_rss_kib / 1024)
     return result
 
 
@@ -329,7 +366,7 @@ def table(name: str, summaries: dict[str, dict[str, Any]], labels: dict[str, str
     """A Markdown table of one scenario, then the ratio line."""
     scenario = SCENARIOS[name]
     if name == "idle":
-        header = ["server", "KiB per connection", "RSS growth KiB", "connections"]
+        header = ["server", scenario.unit, "RSS growth KiB", "connections"]
         rows = [
             [labels[server], number(s["kib_per_connection"], 1), number(s["rss_growth_kib"], 0),
              number(s["connections"], 0)]
@@ -339,7 +376,7 @@ def table(name: str, summaries: dict[str, dict[str, Any]], labels: dict[str, str
         rate = "deliveries/s" if name == "room200" else "msg/s"
         header = [
             "server", rate, "p50 ms", "p99 ms", "server CPU %", "generator CPU %", "saturated",
-            "server RSS MiB",
+            "others CPU 0/1 %", "server RSS MiB",
         ]  # fmt: skip
         if name == "room200":
             header += ["delivered", "subscribers closed"]
@@ -348,7 +385,9 @@ def table(name: str, summaries: dict[str, dict[str, Any]], labels: dict[str, str
             row = [
                 labels[server], number(s["relayed_per_second"], 0), number(s["p50_ms"]),
                 number(s["p99_ms"]), number(s["server_cpu_pct"], 0),
-                number(s["generator_cpu_pct"], 0), saturated(s), number(s["server_rss_mib"], 0),
+                number(s["generator_cpu_pct"], 0), saturated(s),
+                f"{number(s['others_cpu0_pct'], 0)} / {number(s['others_cpu1_pct'], 0)}",
+                number(s["server_rss_mib"], 0),
             ]  # fmt: skip
             if name == "room200":
                 share = s["delivered_share"]
@@ -367,8 +406,7 @@ def table(name: str, summaries: dict[str, dict[str, Any]], labels: dict[str, str
     found = ratios(name, summaries)
     if found:
         shown = ", ".join(f"{pair} {number(value)}" for pair, value in found.items())
-        what = scenario.figure.replace("_", " ")
-        lines += ["", f"ratios ({what}, {scenario.better} is better): {shown}"]
+        lines += ["", f"ratios ({scenario.unit}, {scenario.better} is better): {shown}"]
     return "\n".join(lines)
 
 
@@ -442,9 +480,9 @@ def run_all(args: argparse.Namespace, report: Callable[[str], None]) -> dict[str
                 with running(server_name, args.ws_impl) as server:
                     result = run_once(name, server, args)
                 runs[server_name].append({"round": round_ + 1, **result})
-                figure = SCENARIOS[name].figure
-                shown = number(result[figure], 0 if figure == "relayed_per_second" else 2)
-                report(f"{figure.replace('_', ' ')} {shown} ({time.monotonic() - started:.0f} s)\n")
+                scenario = SCENARIOS[name]
+                shown = number(result[scenario.figure], 0 if "/s" in scenario.unit else 2)
+                report(f"{shown} {scenario.unit} ({time.monotonic() - started:.0f} s)\n")
         summaries = {server: summarize(runs[server]) for server in args.servers}
         results[name] = {
             "what": SCENARIOS[name].what,
@@ -485,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
             "ws_impl": args.ws_impl, "pinned": can_pin(), "cpus": os.cpu_count(),
             "node": subprocess.run(["node", "--version"], capture_output=True, text=True)
             .stdout.strip(),
-            "python": sys.version.split()[0],
+            "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d %H:%M %z"),
         }  # fmt: skip
         args.json.write_text(json.dumps({"conditions": conditions, "scenarios": results}, indent=1))
 

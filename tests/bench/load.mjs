@@ -7,8 +7,11 @@
 //
 //   node tests/bench/load.mjs pairs --url ws://127.0.0.1:8080/v1/ws --pairs 50 --inflight 16 --size 64 --seconds 10
 //   node tests/bench/load.mjs fixed --url ... --pairs 50 --rate 2000 --size 64 --seconds 10
-//   node tests/bench/load.mjs room  --url ... --members 200 --rate 500 --size 64 --seconds 10
+//   node tests/bench/load.mjs room  --url ... --members 200 --rate 500 --size 64 --seconds 10 --grace 2
 //   node tests/bench/load.mjs idle  --url ... --connections 5000   (holds them until stdin closes)
+//
+// ws masks frames with bufferutil (tests/bench/package.json), as a production
+// client would; JavaScript masking of 64 KiB frames would otherwise be the limit.
 import { performance } from "node:perf_hooks";
 
 import { Decoder, Encoder } from "@msgpack/msgpack";
