@@ -75,6 +75,14 @@ class Settings:
     queue_bytes: int = _setting(
         1048576, "Outbound queue per peer, in bytes (4008 when full).", group="limits"
     )
+    slow_consumer_seconds: float = _setting(
+        5.0,
+        "Close 4008 a peer whose outbound queue has not moved this long (it stopped reading).",
+        group="limits",
+    )
+    close_timeout_seconds: float = _setting(
+        2.0, "Abort a socket whose closing handshake takes longer than this.", group="limits"
+    )
     replay_bytes: int = _setting(
         1048576,
         "Sent frames kept per peer for replay on resume, in bytes (covers the socket's buffers).",

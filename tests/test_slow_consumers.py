@@ -182,12 +182,15 @@ async def test_a_stalled_reader_that_never_returns_makes_every_unread_ok_an_err(
     acked = {key for key, reply in answers.items() if reply["type"] == "ok"}
     # After the resume window every frame the peer never got is reported.
     reports: dict[tuple[str, int], dict[str, Any]] = {}
+    accounted = anyio.Event()
 
     async def late_errs(name: str) -> None:
         while True:
             reply = msgpack.unpackb(await flood.senders[name].ws.recv())
             assert reply["type"] == "err" and reply["code"] == "peer-offline", reply
             reports[(name, reply["id"])] = reply
+            if read_keys | set(reports) == acked:
+                accounted.set()
 
     # What the old socket holds is what TCP delivered to the peer: read it.
     stuck.ws.transport.resume_reading()
@@ -204,8 +207,7 @@ async def test_a_stalled_reader_that_never_returns_makes_every_unread_ok_an_err(
         for name in flood.senders:
             tasks.start_soon(late_errs, name)
         with anyio.fail_after(relay.settings.resume_seconds + 10):
-            while read_keys | set(reports) != acked:
-                await anyio.sleep(0.05)  # polling two counters the tasks fill
+            await accounted.wait()
         tasks.cancel_scope.cancel()
     assert not read_keys & set(reports), "a message was both delivered and reported"
     assert "stuck" not in relay.hub.peers
