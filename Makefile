@@ -1,6 +1,7 @@
 # The two commands: `make run` (set up, then start a relay on 127.0.0.1:8080)
-# and `make test` (set up, then run every check and test). Everything lives in
-# .venv and clients/js/node_modules; nothing is installed system-wide.
+# and `make test` (set up, then run every check and test). Python and npm
+# packages live in .venv and the node_modules folders; the Debian packages the
+# tests start are installed by .ci/system-packages (as root) or named by it.
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,17 +13,23 @@ BENCH_JS := tests/bench
 BENCH_STAMP := $(BENCH_JS)/node_modules/.installed
 ARGS ?=
 
-.PHONY: run test install lint typecheck pytest js-test js-browser-test bench clean
+.PHONY: run test system install lint typecheck pytest js-test js-browser-test bench clean
 
 run: $(STAMP)
 	$(BIN)/relay serve $(ARGS)
 
-test: lint typecheck pytest js-test js-browser-test
+test: system lint typecheck pytest js-test js-browser-test
+
+# The Debian packages the tests start; installed when missing (as root),
+# otherwise named with the command that installs them.
+system:
+	@.ci/system-packages test
 
 install: $(STAMP) $(JS_STAMP) $(BENCH_STAMP)
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "relay needs Python 3.11 or newer")'
+	@.ci/system-packages run
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]' -e ./clients/python
@@ -51,7 +58,6 @@ js-test: $(STAMP) $(JS_STAMP)
 	npm test --prefix $(JS)
 
 js-browser-test: $(STAMP) $(JS_STAMP)
-	@command -v chromium >/dev/null || { echo "Chromium is missing: apt-get install chromium (the browser test needs /usr/bin/chromium)"; exit 1; }
 	npm run test:browser --prefix $(JS)
 
 # Every scenario, one round: the relay beside node ws and the bare forwarder, as ratios.
