@@ -312,9 +312,7 @@ class Hub:
         del self.peers[peer.id]
         self.metrics.peers.dec()
         self._changed.set()
-        pending, peer.queue = peer.queue, type(peer.queue)()
-        peer.queued_bytes = 0
-        for _frame, _kind, undelivered in pending:
+        for _frame, _kind, undelivered in peer.take_undelivered():
             if undelivered is not None:
                 self.report(undelivered, peer.id, ErrorCode.PEER_OFFLINE)
         try:

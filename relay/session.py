@@ -82,6 +82,14 @@ class Transport(Protocol):
         """Close the connection with ``code`` (aborting it if the close cannot complete)."""
         ...
 
+    def unsent_bytes(self) -> int:
+        """Once the connection is lost: how many written bytes never reached the peer's host.
+
+        Bytes its TCP stack acknowledged count as delivered (a living peer
+        reads them even after a reset); 0 when the transport cannot tell.
+        """
+        ...
+
 
 class Peer:
     """A registered peer id and the state that survives its reconnects."""
@@ -98,6 +106,7 @@ class Peer:
         "rooms",
         "secret",
         "session",
+        "unsent",
         "waiters",
         "written",
         "written_bytes",
@@ -134,6 +143,9 @@ class Peer:
         self.written_bytes = 0
         self.written_count = 0
         self.replay_bytes = replay_bytes
+        # How many of the newest frames in ``written`` never left this host
+        # when the last socket was lost: reported if the peer never resumes.
+        self.unsent = 0
 
     def replay(self, received: int | None) -> int:
         """Start a new session's count; requeue frames the last socket never delivered.
@@ -152,7 +164,27 @@ class Peer:
         self.written.clear()
         self.written_bytes = 0
         self.written_count = 0
+        self.unsent = 0
         return lost
+
+    def count_unsent(self, unsent_bytes: int) -> None:
+        """Mark the newest frames covering ``unsent_bytes`` on the wire as never sent."""
+        count = 0
+        for frame, _kind, _undelivered in reversed(self.written):
+            if unsent_bytes <= 0:
+                break
+            unsent_bytes -= wire_size(len(frame))
+            count += 1
+        self.unsent = count
+
+    def take_undelivered(self) -> list[QueueEntry]:
+        """Everything the peer provably never got: its queue and its unsent frames."""
+        unsent = list(self.written)[len(self.written) - self.unsent :] if self.unsent else []
+        pending = unsent + list(self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.unsent = 0
+        return pending
 
     def enqueue(self, frame: bytes, kind: str, undelivered: Undelivered | None) -> Delivery:
         """Write ``frame`` to the live socket, or queue it.
@@ -295,6 +327,7 @@ class Session:
         if peer is not None and peer.session is self:
             self.hub.backlogged.discard(peer)
             peer.release_waiters()
+            peer.count_unsent(self.transport.unsent_bytes())
         self.hub.session_ended(self, code)
         if self._on_end is not None:
             self._on_end()
@@ -563,6 +596,11 @@ class Session:
             codec.encode_err(exc.code.value, exc.message, request_id=exc.request_id, to=exc.to),
             "err",
         )
+
+
+def wire_size(length: int) -> int:
+    """Bytes a server frame with a ``length``-byte payload takes on the wire (RFC 6455)."""
+    return length + (2 if length < 126 else 4 if length < 65536 else 10)
 
 
 # What one kept frame costs beyond its bytes (the deque slot, the tuple, the

@@ -70,10 +70,10 @@ class Settings:
         DEFAULT_ROOM_PATTERN, "Regex a room name must match.", group="limits"
     )
     queue_messages: int = _setting(
-        1024, "Outbound queue per peer, in messages (4008 when full).", group="limits"
+        1024, "Outbound queue per peer, in messages (overloaded when full).", group="limits"
     )
     queue_bytes: int = _setting(
-        1048576, "Outbound queue per peer, in bytes (4008 when full).", group="limits"
+        1048576, "Outbound queue per peer, in bytes (overloaded when full).", group="limits"
     )
     slow_consumer_seconds: float = _setting(
         5.0,
