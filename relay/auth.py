@@ -24,19 +24,16 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from relay.exceptions import Forbidden, Unauthorized
-from relay.protocol import codec
-from relay.protocol.codes import CloseCode
 from relay.protocol.envelopes import Hello
 from relay.settings import Settings
 
 if TYPE_CHECKING:
-    from relay.session import Session
+    pass
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -249,21 +246,6 @@ def load_verifier(settings: Settings) -> TokenVerifier | None:
     if not (settings.jwt_secret or settings.jwt_public_key_file or settings.jwt_jwks_file):
         return None
     return TokenVerifier(settings)
-
-
-async def close_at_expiry(session: Session, verifier: TokenVerifier) -> None:
-    """Close ``session`` with 4501 when its token expires, unless refreshed first."""
-    while session.close_code is None and session.claims is not None:
-        left = verifier.seconds_left(session.claims)
-        if left <= 0:
-            session.reply(codec.encode_err("unauthorized", "token expired"), "err")
-            session.close(
-                CloseCode.UNAUTHORIZED, "token expired", reason="expired", flush_seconds=1.0
-            )
-            return
-        session.claims_changed.clear()
-        with anyio.move_on_after(min(left, 86400.0) + 0.001):
-            await session.claims_changed.wait()
 
 
 def mint(

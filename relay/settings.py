@@ -70,14 +70,22 @@ class Settings:
         DEFAULT_ROOM_PATTERN, "Regex a room name must match.", group="limits"
     )
     queue_messages: int = _setting(
-        1024, "Outbound queue per peer, in messages (4008 when full).", group="limits"
+        1024, "Outbound queue per peer, in messages (overloaded when full).", group="limits"
     )
     queue_bytes: int = _setting(
-        1048576, "Outbound queue per peer, in bytes (4008 when full).", group="limits"
+        1048576, "Outbound queue per peer, in bytes (overloaded when full).", group="limits"
     )
-    replay_messages: int = _setting(
-        256,
-        "Frames kept after sending, replayed on resume if the client never got them.",
+    slow_consumer_seconds: float = _setting(
+        5.0,
+        "Close 4008 a peer whose outbound queue has not moved this long (it stopped reading).",
+        group="limits",
+    )
+    close_timeout_seconds: float = _setting(
+        2.0, "Abort a socket whose closing handshake takes longer than this.", group="limits"
+    )
+    replay_bytes: int = _setting(
+        1048576,
+        "Sent frames kept per peer for replay on resume, in bytes (covers the socket's buffers).",
         group="limits",
     )
     resume_seconds: float = _setting(
@@ -160,6 +168,11 @@ class Settings:
     broker_timeout_seconds: float = _setting(
         1.0, "Longest wait for any backplane operation before err overloaded.", group="cluster"
     )
+    inflight_per_session: int = _setting(
+        256,
+        "Cross-node sends one session may have awaiting their answer; reading pauses beyond.",
+        group="cluster",
+    )
     broker_queue: int = _setting(
         10000, "Frames waiting to be published to the backplane, at most.", group="cluster"
     )
@@ -189,7 +202,7 @@ class Settings:
             "queue_messages": self.queue_messages,
             "queue_bytes": self.queue_bytes,
             "resume_seconds": self.resume_seconds,
-            "replay_messages": self.replay_messages,
+            "replay_bytes": self.replay_bytes,
             "hello_timeout_seconds": self.hello_timeout_seconds,
         }
 
