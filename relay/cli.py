@@ -41,11 +41,13 @@ log = logging.getLogger("relay")
 class RelayServer(uvicorn.Server):
     """uvicorn, with a drain on the first SIGTERM/SIGINT, key reload on SIGHUP, a ready line."""
 
+    # A class attribute: relay.workers.WorkerServer skips this __init__.
+    _announcer: asyncio.Task[None] | None = None
+
     def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
         super().__init__(config)
         self.hub = hub
         self._draining = False
-        self._announcer: asyncio.Task[None] | None = None
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
