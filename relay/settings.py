@@ -61,14 +61,6 @@ def _int_at_least(low: int) -> Rule:
     return Rule(f"an integer >= {low}", lambda value: value >= low)
 
 
-def _number_above_zero() -> Rule:
-    return Rule("a number > 0", lambda value: value > 0)
-
-
-def _number_at_least_zero() -> Rule:
-    return Rule("a number >= 0", lambda value: value >= 0)
-
-
 def _one_of(*choices: str) -> Rule:
     return Rule("one of " + ", ".join(choices), lambda value: value in choices)
 
@@ -131,7 +123,8 @@ _NOT_EMPTY = Rule("a non-empty string", lambda value: value.strip() != "")
 _NO_SPACE = Rule(
     "a non-empty string without spaces", lambda value: re.fullmatch(r"\S+", value) is not None
 )
-_SECONDS = _number_above_zero()
+_POSITIVE = Rule("a number > 0", lambda value: value > 0)
+_NOT_NEGATIVE = Rule("a number >= 0", lambda value: value >= 0)
 _COUNT = _int_at_least(1)
 _NETWORK = Rule("an IP address or CIDR such as 10.0.0.0/8", _is_network)
 
@@ -183,12 +176,12 @@ class Settings:
         "WebSocket implementation.",
         _one_of("relay", "websockets-sansio", "websockets", "wsproto"),
     )
-    ping_interval_seconds: float = _setting(20.0, "WebSocket keepalive ping interval.", _SECONDS)
-    ping_timeout_seconds: float = _setting(20.0, "Close a peer whose pong is this late.", _SECONDS)
+    ping_interval_seconds: float = _setting(20.0, "WebSocket keepalive ping interval.", _POSITIVE)
+    ping_timeout_seconds: float = _setting(20.0, "Close a peer whose pong is this late.", _POSITIVE)
     drain_seconds: float = _setting(
         10.0,
         "On SIGTERM, time allowed to flush queues (0: close at once).",
-        _number_at_least_zero(),
+        _NOT_NEGATIVE,
     )
     broker: str = _setting(
         "memory",
@@ -211,10 +204,10 @@ class Settings:
     max_depth: int = _setting(32, "Deepest nesting allowed in a payload.", _COUNT, group="limits")
     max_targets: int = _setting(100, "Most peers one send may address.", _COUNT, group="limits")
     hello_timeout_seconds: float = _setting(
-        5.0, "Close a socket that sends no hello this soon.", _SECONDS, group="limits"
+        5.0, "Close a socket that sends no hello this soon.", _POSITIVE, group="limits"
     )
     rate_per_second: float = _setting(
-        200.0, "Envelopes per second a session may send (refill).", _SECONDS, group="limits"
+        200.0, "Envelopes per second a session may send (refill).", _POSITIVE, group="limits"
     )
     rate_burst: int = _setting(
         400, "Token bucket size for the session rate.", _COUNT, group="limits"
@@ -265,7 +258,7 @@ class Settings:
     resume_seconds: float = _setting(
         30.0,
         "How long a dropped peer's id, rooms and queue wait for a resume (0: no resume).",
-        _number_at_least_zero(),
+        _NOT_NEGATIVE,
         group="limits",
     )
 
@@ -289,7 +282,7 @@ class Settings:
     jwt_jwks_reload_seconds: float = _setting(
         30.0,
         "A token naming an unknown kid re-reads the key file at most this often.",
-        _SECONDS,
+        _POSITIVE,
         group="auth",
     )
     jwt_algorithms: tuple[str, ...] = _setting(
@@ -309,7 +302,7 @@ class Settings:
         group="auth",
     )
     jwt_leeway_seconds: float = _setting(
-        0.0, "Clock skew allowed when checking exp and nbf.", _number_at_least_zero(), group="auth"
+        0.0, "Clock skew allowed when checking exp and nbf.", _NOT_NEGATIVE, group="auth"
     )
 
     # Server-side HTTP API
@@ -324,7 +317,7 @@ class Settings:
     api_rate_per_second: float = _setting(
         1000.0,
         "HTTP API requests per second per key (refill; 429 beyond; 0: no limit).",
-        _number_at_least_zero(),
+        _NOT_NEGATIVE,
         group="api",
     )
     api_rate_burst: int = _setting(2000, "Token bucket size for the API rate.", _COUNT, group="api")
@@ -351,7 +344,7 @@ class Settings:
     handshake_rate_per_second: float = _setting(
         10.0,
         "WebSocket handshakes per second per client address (0: no limit).",
-        _number_at_least_zero(),
+        _NOT_NEGATIVE,
         group="admission",
     )
     handshake_burst: int = _setting(
@@ -392,22 +385,22 @@ class Settings:
     node_lease_seconds: float = _setting(
         5.0,
         "A node silent this long is dead: its peers and rooms are dropped.",
-        _SECONDS,
+        _POSITIVE,
         group="cluster",
     )
     heartbeat_seconds: float = _setting(
         1.0,
         "How often a node renews its lease (less than node_lease_seconds).",
-        _SECONDS,
+        _POSITIVE,
         group="cluster",
     )
     probe_seconds: float = _setting(
-        2.0, "How often a node checks its own subscription end to end.", _SECONDS, group="cluster"
+        2.0, "How often a node checks its own subscription end to end.", _POSITIVE, group="cluster"
     )
     broker_timeout_seconds: float = _setting(
         1.0,
         "Longest wait for any backplane operation before err overloaded.",
-        _SECONDS,
+        _POSITIVE,
         group="cluster",
     )
     broker_queue: int = _setting(
