@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import jwt
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from relay.cli import main, serve, settings_from, without_password
@@ -226,6 +227,25 @@ def test_lists_can_be_emptied_by_flag_variable_and_file(
         "10.0.0.0/8",
         "::1",
     )
+
+
+def _deploy_environments() -> list[dict[str, str]]:
+    deploy = ROOT / "deploy"
+    services = yaml.safe_load((deploy / "compose.yaml").read_text())["services"]
+    found = [services[name]["environment"] for name in ("relay-1", "relay-2")]
+    for document in yaml.safe_load_all((deploy / "kubernetes" / "relay.yaml").read_text()):
+        if document["kind"] == "ConfigMap":
+            found.append(document["data"])
+    dockerfile = (deploy / "Dockerfile").read_text()
+    found.append(dict(re.findall(r"\b(RELAY_[A-Z_]+)=(\S+)", dockerfile)))
+    return found
+
+
+@pytest.mark.parametrize("env", _deploy_environments())
+def test_the_deploy_files_hold_valid_settings(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert parsed([], monkeypatch, **{name: str(value) for name, value in env.items()})
 
 
 def test_an_empty_scalar_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
