@@ -143,29 +143,9 @@ async def test_a_stalled_reader_is_closed_within_the_bound_and_its_resume_gets_e
     peer = await join_as(relay.url, "stuck", resume=stuck.welcome["resume"], received=0)
     assert peer.welcome["resumed"] is True
     received: list[list[Any]] = []
-    import contextlib
-    import sys
-
-    with contextlib.suppress(TimeoutError), anyio.fail_after(20):
+    with anyio.fail_after(20):
         while len(received) < len(acked):
             received.append((await peer.expect(type="msg"))["d"])
-    rk = {(a, b) for a, b, _ in received}
-    print(
-        "ACKED",
-        len(acked),
-        "RECEIVED",
-        len(received),
-        "missing",
-        sorted(acked - rk)[:20],
-        sorted(acked - rk)[-5:],
-        "extra",
-        sorted(rk - acked)[:10],
-        file=sys.stderr,
-    )
-    print(
-        {k: v for k, v in answers.items() if k in acked - rk and v.get("queued")}.__len__(),
-        file=sys.stderr,
-    )
     got = delivered_in_order(received)
     for name in flood.senders:
         expected = sorted(n for sender, n in acked if sender == name)
