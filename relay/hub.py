@@ -39,7 +39,7 @@ from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Leave, Publish, Refresh, Send
 from relay.rooms import Rooms
-from relay.session import Peer, Session
+from relay.session import REPLAY_OVERHEAD, Peer, Session
 from relay.settings import Settings
 
 log = logging.getLogger("relay.hub")
@@ -227,7 +227,6 @@ class Hub:
             peer_id,
             max_queue_messages=self.settings.queue_messages,
             max_queue_bytes=self.settings.queue_bytes,
-            replay_messages=self.settings.replay_messages,
             replay_bytes=self.settings.replay_bytes,
         )
         if handover is not None:
@@ -238,7 +237,7 @@ class Hub:
             peer.queue.extend(handover.queue)
             peer.queued_bytes = sum(len(entry[0]) for entry in handover.queue)
             peer.written.extend(handover.written)
-            peer.written_bytes = sum(len(entry[0]) for entry in handover.written)
+            peer.written_bytes = sum(len(entry[0]) + REPLAY_OVERHEAD for entry in handover.written)
             peer.written_count = handover.written_count
         self.peers[peer_id] = peer
         self.metrics.peers.inc()
@@ -313,9 +312,7 @@ class Hub:
         del self.peers[peer.id]
         self.metrics.peers.dec()
         self._changed.set()
-        pending, peer.queue = peer.queue, type(peer.queue)()
-        peer.queued_bytes = 0
-        for _frame, _kind, undelivered in pending:
+        for _frame, _kind, undelivered in peer.take_undelivered():
             if undelivered is not None:
                 self.report(undelivered, peer.id, ErrorCode.PEER_OFFLINE)
         try:

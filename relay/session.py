@@ -82,6 +82,14 @@ class Transport(Protocol):
         """Close the connection with ``code`` (aborting it if the close cannot complete)."""
         ...
 
+    def unsent_bytes(self) -> int:
+        """Once the connection is lost: how many written bytes never reached the peer's host.
+
+        Bytes its TCP stack acknowledged count as delivered (a living peer
+        reads them even after a reset); 0 when the transport cannot tell.
+        """
+        ...
+
 
 class Peer:
     """A registered peer id and the state that survives its reconnects."""
@@ -94,11 +102,11 @@ class Peer:
         "max_queue_messages",
         "queue",
         "queued_bytes",
+        "replay_bytes",
         "rooms",
         "secret",
         "session",
-        "replay_bytes",
-        "replay_messages",
+        "unsent",
         "waiters",
         "written",
         "written_bytes",
@@ -111,7 +119,6 @@ class Peer:
         *,
         max_queue_messages: int,
         max_queue_bytes: int,
-        replay_messages: int,
         replay_bytes: int,
     ) -> None:
         self.id = peer_id
@@ -128,15 +135,17 @@ class Peer:
         self.backlog_since = 0.0  # when the queue last moved while it was not empty
         # The last frames written to the current socket. A socket that dies
         # takes what sat in its buffers with it; a resume that says how many
-        # frames it received gets the rest again from here. It holds at least
-        # ``replay_messages`` frames and at least ``replay_bytes`` bytes, so
-        # it covers everything the socket's buffers can swallow (the frame
-        # layer bounds the kernel's send buffer to fit).
+        # frames it received gets the rest again from here. It holds up to
+        # ``replay_bytes`` (each frame counted with REPLAY_OVERHEAD more), and
+        # the frame layer keeps the kernel's send buffer well below that, so
+        # it covers everything a socket can have swallowed.
         self.written: deque[QueueEntry] = deque()
         self.written_bytes = 0
         self.written_count = 0
-        self.replay_messages = replay_messages
         self.replay_bytes = replay_bytes
+        # How many of the newest frames in ``written`` never left this host
+        # when the last socket was lost: reported if the peer never resumes.
+        self.unsent = 0
 
     def replay(self, received: int | None) -> int:
         """Start a new session's count; requeue frames the last socket never delivered.
@@ -155,7 +164,27 @@ class Peer:
         self.written.clear()
         self.written_bytes = 0
         self.written_count = 0
+        self.unsent = 0
         return lost
+
+    def count_unsent(self, unsent_bytes: int) -> None:
+        """Mark the newest frames covering ``unsent_bytes`` on the wire as never sent."""
+        count = 0
+        for frame, _kind, _undelivered in reversed(self.written):
+            if unsent_bytes <= 0:
+                break
+            unsent_bytes -= wire_size(len(frame))
+            count += 1
+        self.unsent = count
+
+    def take_undelivered(self) -> list[QueueEntry]:
+        """Everything the peer provably never got: its queue and its unsent frames."""
+        unsent = list(self.written)[len(self.written) - self.unsent :] if self.unsent else []
+        pending = unsent + list(self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.unsent = 0
+        return pending
 
     def enqueue(self, frame: bytes, kind: str, undelivered: Undelivered | None) -> Delivery:
         """Write ``frame`` to the live socket, or queue it.
@@ -298,6 +327,7 @@ class Session:
         if peer is not None and peer.session is self:
             self.hub.backlogged.discard(peer)
             peer.release_waiters()
+            peer.count_unsent(self.transport.unsent_bytes())
         self.hub.session_ended(self, code)
         if self._on_end is not None:
             self._on_end()
@@ -314,10 +344,10 @@ class Session:
         size = len(frame)
         written = peer.written
         written.append(entry)
-        peer.written_bytes += size
+        peer.written_bytes += size + REPLAY_OVERHEAD
         peer.written_count += 1
-        while len(written) > peer.replay_messages and peer.written_bytes > peer.replay_bytes:
-            peer.written_bytes -= len(written.popleft()[0])
+        while peer.written_bytes > peer.replay_bytes:
+            peer.written_bytes -= len(written.popleft()[0]) + REPLAY_OVERHEAD
         self.transport.write(frame)
         self._metrics.sent[entry[1]].add(size)
 
@@ -567,6 +597,15 @@ class Session:
             "err",
         )
 
+
+def wire_size(length: int) -> int:
+    """Bytes a server frame with a ``length``-byte payload takes on the wire (RFC 6455)."""
+    return length + (2 if length < 126 else 4 if length < 65536 else 10)
+
+
+# What one kept frame costs beyond its bytes (the deque slot, the tuple, the
+# bytes object's header): tiny frames cannot make the replay ring unbounded.
+REPLAY_OVERHEAD = 64
 
 _EXPLAIN_SECONDS = 1.0  # how long a policy close waits to deliver the errs that explain it
 
