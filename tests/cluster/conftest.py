@@ -4,19 +4,24 @@
 tests take it and run once per backend in ``BACKENDS``. The redis backend
 uses ``REDIS_URL`` when set, else a redis-server spawned for the session;
 each test gets its own key prefix, so tests never see each other's nodes.
+``nodes`` starts relay processes (``python -m relay serve``) over Redis, and
+``own_redis`` is a redis-server of the test's own, for tests that stop it.
 """
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
+import anyio
 import pytest
 
 from relay.broker import Broker, MemoryBroker, create_broker
 from relay.broker.memory import MemoryCluster
 from relay.settings import Settings
+from tests.cluster.processes import FAST_CLUSTER, RelayProcess
 from tests.conftest import RelayFactory, RunningRelay
+from tests.redis_server import RedisServer
 
 BACKENDS = ["memory", "redis"]
 
@@ -59,3 +64,37 @@ def cluster(relay_factory: RelayFactory, make_broker: Callable[[], Broker]) -> C
         ]
 
     return start
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Nodes:
+    """Relay processes started by one test, all stopped at its end."""
+
+    def __init__(self) -> None:
+        self.started: list[RelayProcess] = []
+        self.prefix = f"t{secrets.token_hex(4)}"
+
+    async def start(self, url: str, *names: str, extra: tuple[str, ...] = ()) -> list[RelayProcess]:
+        common = ("--broker", url, "--redis-prefix", self.prefix, *FAST_CLUSTER, *extra)
+        procs = [RelayProcess("--node-id", name, *common) for name in names]
+        self.started += procs
+        for proc in procs:
+            await anyio.to_thread.run_sync(proc.wait_ready)
+        return procs
+
+
+@pytest.fixture
+async def nodes() -> AsyncIterator[Nodes]:
+    started = Nodes()
+    yield started
+    for proc in started.started:
+        await anyio.to_thread.run_sync(proc.stop)

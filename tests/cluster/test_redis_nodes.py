@@ -7,9 +7,7 @@ prefix of its own; the tests that kill Redis get a redis-server of their own.
 from __future__ import annotations
 
 import itertools
-import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
 
 import anyio
 import httpx
@@ -17,7 +15,8 @@ import msgpack
 import pytest
 import redis.asyncio as aioredis
 
-from tests.cluster.processes import FAST_CLUSTER, RelayProcess
+from tests.cluster.conftest import Nodes
+from tests.cluster.processes import RelayProcess
 from tests.peers import RawPeer, join_as, open_peer
 from tests.redis_server import RedisServer
 
@@ -25,40 +24,6 @@ pytestmark = pytest.mark.anyio
 
 LEASE = 2.0  # --node-lease-seconds in FAST_CLUSTER
 HEARTBEAT = 0.25
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-class Nodes:
-    """Relay processes started by one test, all stopped at its end."""
-
-    def __init__(self) -> None:
-        self.started: list[RelayProcess] = []
-        self.prefix = f"t{secrets.token_hex(4)}"
-
-    async def start(self, url: str, *names: str, extra: tuple[str, ...] = ()) -> list[RelayProcess]:
-        common = ("--broker", url, "--redis-prefix", self.prefix, *FAST_CLUSTER, *extra)
-        procs = [RelayProcess("--node-id", name, *common) for name in names]
-        self.started += procs
-        for proc in procs:
-            await anyio.to_thread.run_sync(proc.wait_ready)
-        return procs
-
-
-@pytest.fixture
-async def nodes() -> AsyncIterator[Nodes]:
-    started = Nodes()
-    yield started
-    for proc in started.started:
-        await anyio.to_thread.run_sync(proc.stop)
 
 
 async def readyz(node: RelayProcess) -> int:
