@@ -41,7 +41,7 @@ def _memory_brokers() -> Callable[[], Broker]:
     return lambda: MemoryBroker(shared)
 
 
-def _redis_brokers(url: str) -> Callable[[], Broker]:
+def redis_broker_factory(url: str) -> Callable[[], Broker]:
     settings = Settings(redis_prefix=f"test-{secrets.token_hex(6)}", **REDIS_TEST_SETTINGS)  # type: ignore[arg-type]
     return lambda: create_broker(url, settings)
 
@@ -51,7 +51,7 @@ def make_broker(request: pytest.FixtureRequest) -> Callable[[], Broker]:
     if request.param == "memory":
         return _memory_brokers()
     if request.param == "redis":
-        return _redis_brokers(request.getfixturevalue("redis_url"))
+        return redis_broker_factory(request.getfixturevalue("redis_url"))
     raise AssertionError(f"unknown backend {request.param}")
 
 
