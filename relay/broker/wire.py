@@ -222,10 +222,13 @@ def _deliveries(item: object) -> list[Carried]:
     if not isinstance(item, list):
         raise WireError("d")
     out: list[Carried] = []
+    # The frames of a batch mostly share a few senders: each distinct
+    # ``undelivered`` is checked and built once (building is what costs).
+    known: dict[tuple[object, object, object], Undelivered] = {}
     for entry in item:
         if type(entry) is not list or len(entry) != 4:
             raise WireError("d")
-        peer, epoch, frame, undelivered = entry
+        peer, epoch, frame, raw = entry
         if (
             type(peer) is not str
             or not 0 < len(peer) <= _MAX_NAME
@@ -233,7 +236,18 @@ def _deliveries(item: object) -> list[Carried]:
             or type(frame) is not bytes
         ):
             raise WireError("d")
-        out.append((peer, epoch, frame, None if undelivered is None else _undelivered(undelivered)))
+        undelivered = None
+        if raw is not None:
+            if type(raw) is not list or len(raw) != 3:
+                raise WireError("u")
+            key = (raw[0], raw[1], raw[2])
+            try:
+                undelivered = known.get(key)
+            except TypeError:  # unhashable, so not a valid field either
+                raise WireError("u") from None
+            if undelivered is None:
+                undelivered = known[key] = _checked_undelivered(raw)
+        out.append((peer, epoch, frame, undelivered))
     return out
 
 
@@ -279,8 +293,10 @@ def _bool(value: dict[str, Any], key: str) -> bool:
 
 
 def _undelivered(item: object) -> Undelivered | None:
-    if item is None:
-        return None
+    return None if item is None else _checked_undelivered(item)
+
+
+def _checked_undelivered(item: object) -> Undelivered:
     if not isinstance(item, list) or len(item) != 3:
         raise WireError("u")
     sender, request_id, listed = item

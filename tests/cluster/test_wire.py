@@ -24,6 +24,9 @@ def test_round_trips() -> None:
         "a", "i", 1, 0, [], None
     )
     assert wire.decode(wire.encode_status("a", "i", 9, 3)) == wire.Status("a", "i", 9, 3)
+    same = [("bob", 1, b"1", u), ("bob", 1, b"2", Undelivered("alice", 7, True))]
+    decoded = wire.decode(wire.encode_batch("a", "i", 1, 1, same, None))
+    assert isinstance(decoded, wire.Batch) and decoded.deliveries == same
     assert wire.decode(wire.encode_room("r", b"f", None, True)) == wire.RoomFrame(
         "r", b"f", None, True
     )
@@ -47,6 +50,7 @@ def test_round_trips() -> None:
         {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [["b", 1, b"x", ["a", 1.5, True]]]},
         {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [["b", 1, b"x", ["a", True, True]]]},
         {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [["b", 1, b"x", ["a", 1]]]},
+        {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [["b", 1, b"x", ["a", [1], True]]]},
         {"t": "b", "n": "a", "i": "i", "l": -1, "s": 1, "d": [], "a": None},
         {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [], "a": ["i", [[1, b"\x07"]]]},
         {"t": "b", "n": "a", "i": "i", "l": 1, "s": 1, "d": [], "a": ["i", [[1, "codes"]]]},
