@@ -45,8 +45,10 @@ from relay.broker.resp import UNKNOWN, Done
 
 log = logging.getLogger("relay.broker.links")
 
-# Outcome codes on the wire: the Delivery values first, in this order.
-DELIVERED, QUEUED, OFFLINE, OVERLOADED, MOVED, LOST, PENDING = range(7)
+# Outcome codes on the wire: the Delivery values first, in this order. GONE is
+# LOST as told by a receiver that started after the frame was sent: a previous
+# run of that node may have had it, and died with it (the peer is offline).
+DELIVERED, QUEUED, OFFLINE, OVERLOADED, MOVED, LOST, PENDING, GONE = range(8)
 CODES = {Delivery.DELIVERED: DELIVERED, Delivery.QUEUED: QUEUED,
          Delivery.OFFLINE: OFFLINE, Delivery.OVERLOADED: OVERLOADED}  # fmt: skip
 _DELIVERIES = (Delivery.DELIVERED, Delivery.QUEUED, Delivery.OFFLINE, Delivery.OVERLOADED)
@@ -117,16 +119,22 @@ class Outbound:
 
 
 class Inbound:
-    """What this node took from one incarnation of another node."""
+    """What this node took from one incarnation of another node.
 
-    __slots__ = ("base", "incarnation", "log", "runs", "top")
+    It starts at the lowest number its sender still waited for when it first
+    heard from it: what was answered before is none of its business, and what
+    was not, this node never got, though a previous run of it may have (GONE).
+    """
 
-    def __init__(self, incarnation: str) -> None:
+    __slots__ = ("base", "incarnation", "log", "runs", "seen", "top")
+
+    def __init__(self, incarnation: str, start: int) -> None:
         self.incarnation = incarnation
-        self.top = 0  # frames numbered up to this are taken or fenced
-        self.base = 1  # the number of log[0]; the log ends at top
+        self.top = start - 1  # frames numbered up to this are taken or fenced
+        self.base = start  # the number of log[0]; the log ends at top
         self.log = bytearray()
         self.runs: list[tuple[int, bytearray]] = []  # acks to send: (first number, codes)
+        self.seen = False  # taken a frame or a fence yet
 
     def take(self, seq: int) -> bool:
         """Whether frame ``seq`` is to be handled (False: late, already fenced)."""
@@ -134,9 +142,13 @@ class Inbound:
         if seq <= top:
             return False
         if seq > top + 1:
-            self._extend(top + 1, bytes([LOST]) * (seq - top - 1))
+            self._extend(top + 1, bytes([self._missed()]) * (seq - top - 1))
+        self.seen = True
         self.top = seq
         return True
+
+    def _missed(self) -> int:
+        return LOST if self.seen else GONE
 
     def record(self, seq: int, code: int) -> None:
         """The outcome of ``seq``, just taken."""
@@ -159,8 +171,9 @@ class Inbound:
     def fence(self, up_to: int) -> None:
         """Refuse from now on every frame numbered up to ``up_to``."""
         if up_to > self.top:
-            self._extend(self.top + 1, bytes([LOST]) * (up_to - self.top))
+            self._extend(self.top + 1, bytes([self._missed()]) * (up_to - self.top))
             self.top = up_to
+        self.seen = True
 
     def trim(self, low: int) -> None:
         """Forget outcomes below ``low``: their sender has them."""
@@ -341,7 +354,10 @@ class Links:
             self._moved(sent)
             return
         self._land(sent)
-        self._answer(sent, _DELIVERIES[code] if code < MOVED else Delivery.OVERLOADED)
+        if code < MOVED:
+            self._answer(sent, _DELIVERIES[code])
+        else:
+            self._answer(sent, Delivery.OFFLINE if code == GONE else Delivery.OVERLOADED)
 
     def _land(self, sent: Sent) -> None:
         route = sent.route
@@ -452,7 +468,7 @@ class Links:
                         self._resolve(link, first + offset, code)
         if not batch.deliveries:
             return
-        inbound = self._inbound(node, batch.incarnation)
+        inbound = self._inbound(node, batch.incarnation, batch.low)
         inbound.trim(batch.low)
         seq = batch.first
         holds = self.holds
@@ -477,18 +493,18 @@ class Links:
 
     def status(self, query: wire.Status) -> None:
         """Another node asks what became of its frames: fence, then report."""
-        inbound = self._inbound(query.node, query.incarnation)
+        inbound = self._inbound(query.node, query.incarnation, query.low)
         inbound.fence(query.up_to)
         inbound.trim(query.low)
         inbound.report(query.low)
         self._mark(query.node)
 
-    def _inbound(self, node: str, incarnation: str) -> Inbound:
+    def _inbound(self, node: str, incarnation: str, low: int) -> Inbound:
         inbound = self._in.get(node)
         if inbound is None or inbound.incarnation != incarnation:
             if inbound is None and len(self._in) >= _MAX_INBOUND:
                 del self._in[next(iter(self._in))]
-            inbound = self._in[node] = Inbound(incarnation)
+            inbound = self._in[node] = Inbound(incarnation, low)
         return inbound
 
     # --- holds --------------------------------------------------------------------
@@ -579,6 +595,7 @@ class Links:
             return
         pending, link.pending = link.pending, {}
         link.fence_due = False
+        link.given_up.clear()  # it will never report them
         for sent in pending.values():
             self._land(sent)
             self._answer(sent, Delivery.OFFLINE)

@@ -38,7 +38,7 @@ _MAX_NAME = 1024  # peer ids, rooms, node ids, correlation ids, kinds
 _MAX_REQUEST_ID = 256
 
 
-_MAX_CODE = 6  # the highest outcome code (links.PENDING)
+_MAX_CODE = 7  # the highest outcome code (links.GONE)
 
 
 class WireError(ValueError):

@@ -206,3 +206,39 @@ async def test_every_send_is_answered_once_and_means_it(seed: int) -> None:
     # Losses really happened, and so did deliveries.
     outcomes = {d for (d,) in answers.values()}
     assert Delivery.DELIVERED in outcomes and Delivery.OVERLOADED in outcomes
+
+
+async def test_frames_a_restarted_node_never_got_are_peer_offline_and_cost_no_log() -> None:
+    net = LossyNet(random.Random(0))
+    net.lossy = False
+    log: list[tuple[str, str, int]] = []
+    net.add("a", log)
+    net.add("b", log)
+    net.hold("b", "bob", 1)
+    answers: list[Delivery] = []
+
+    def send(n: int) -> None:
+        net.links["a"].send("bob", f"s:{n}".encode(), Undelivered("s", n, False), answers.append)
+
+    async def exchange() -> None:
+        for _ in range(10):
+            await asyncio.sleep(0)
+            net.deliver_some()
+
+    for n in range(1000):
+        send(n)
+    await exchange()
+    assert answers == [Delivery.DELIVERED] * 1000
+    for n in range(1000, 1005):
+        send(n)
+    await asyncio.sleep(0)
+    net.queue.clear()  # on their way to b when b died: b may have delivered them
+    net.add("b", log)  # b again, a new process (incarnation) with an empty state
+    net.links["b"].incarnation = "b-2"
+    net.hold("b", "bob", 2)
+    send(1005)
+    await exchange()
+    # Refused as moved (a new hold), found again, delivered; what the old b
+    # had is peer-offline, not overloaded: its node died with it.
+    assert answers[1000:] == [Delivery.OFFLINE] * 5 + [Delivery.DELIVERED]
+    assert len(net.links["b"]._in["a"].log) <= 6  # not a thousand numbers' worth
