@@ -164,6 +164,44 @@ class Settings:
         10000, "Frames waiting to be published to the backplane, at most.", group="cluster"
     )
 
+    # WebRTC: what GET /v1/ice-servers hands browsers (docs/webrtc.md)
+    stun_urls: tuple[str, ...] = _setting(
+        (), "STUN URLs listed by /v1/ice-servers, e.g. stun:turn.example.com:3478.", group="webrtc"
+    )
+    turn_urls: tuple[str, ...] = _setting(
+        (),
+        "TURN URLs listed by /v1/ice-servers with time-limited credentials (needs turn_secret).",
+        group="webrtc",
+    )
+    turn_secret: str = _setting(
+        "", "coturn static-auth-secret (use-auth-secret) signing TURN credentials.", group="webrtc"
+    )
+    turn_ttl_seconds: float = _setting(
+        14400.0, "Lifetime of the TURN credentials /v1/ice-servers issues.", group="webrtc"
+    )
+
+    # PeerJS-compatible endpoint (docs/peerjs.md)
+    peerjs_path: str = _setting(
+        "/peerjs", "Path of the PeerJS server protocol (empty: turned off).", group="peerjs"
+    )
+    peerjs_key: str = _setting("peerjs", "The key PeerJS clients must give.", group="peerjs")
+    peerjs_discovery: bool = _setting(
+        False, "Serve GET {peerjs_path}/{key}/peers: every PeerJS id, to anyone.", group="peerjs"
+    )
+    peerjs_expire_seconds: float = _setting(
+        5.0, "How long messages to a PeerJS id nobody holds wait before EXPIRE.", group="peerjs"
+    )
+    peerjs_queue_messages: int = _setting(
+        32, "Messages one PeerJS peer may have waiting for absent peers.", group="peerjs"
+    )
+    peerjs_queue_bytes: int = _setting(
+        65536, "Bytes one PeerJS peer may have waiting for absent peers.", group="peerjs"
+    )
+    peerjs_heartbeat_timeout_seconds: float = _setting(
+        90.0, "Close a PeerJS socket silent this long (clients send HEARTBEAT every 5 s).",
+        group="peerjs",
+    )  # fmt: skip
+
     def codec_limits(self) -> CodecLimits:
         """The subset of limits the stateless codec enforces."""
         return CodecLimits(
