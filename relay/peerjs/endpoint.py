@@ -311,7 +311,7 @@ class _Connection:
         if not protocol.valid_id(message.dst, self.settings.max_id_length):
             await self._expire(message.dst)  # no peer can ever hold it
         elif self.pending.holds(message.dst):
-            self._hold(message)  # behind earlier messages to the same peer
+            await self._hold_or_expire(message)  # behind earlier messages to the same peer
         else:
             started = time.perf_counter()
             try:
@@ -325,15 +325,14 @@ class _Connection:
                 self.metrics.routing.observe(time.perf_counter() - started)
 
     async def _hold_or_expire(self, message: Relayed) -> None:
-        if message.type in HELD and not self._hold(message):
+        """Keep ``message`` for a peer not there yet; past the bounds that peer expires now."""
+        if message.type not in HELD:
+            return  # a LEAVE for an absent peer means nothing
+        if self.pending.add(message):
+            self.woken.set()
+        else:
             self.pending.drop(message.dst)
             await self._expire(message.dst)
-
-    def _hold(self, message: Relayed) -> bool:
-        if not self.pending.add(message):
-            return False
-        self.woken.set()
-        return True
 
     async def _retry_held(self) -> None:
         """Try held messages again until they go out or their destination expires."""

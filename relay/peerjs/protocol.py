@@ -26,7 +26,7 @@ from relay.protocol.codes import CloseCode
 
 NAMESPACE = "@peerjs/"  # hub ids of PeerJS peers; no native hello may start with "@"
 DISCOVERY_ROOM = "@peerjs"  # the room PeerJS peers join when discovery is on
-MAX_TOKEN_LENGTH = 8192  # a JWT, or PeerJS's own random token
+MAX_TOKEN_LENGTH = 4096  # a JWT or PeerJS's random token, in a URL (servers cap those near 8 KiB)
 
 # The PeerJS client's own rule for ids (its validateId): letters and digits,
 # single " ", "_" or "-" between them.
