@@ -10,7 +10,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
-from relay.peerjs.protocol import NAMESPACE
+from relay.peerjs.protocol import DISCOVERY_ROOM, NAMESPACE
 from tests.conftest import RelayFactory, RunningRelay
 from tests.jwtkit import SECRET, hs256
 from tests.peerjs.client import join_peerjs, open_peerjs, peerjs_url, until
@@ -41,8 +41,8 @@ async def test_two_peers_signal_through_the_relay_with_src_stamped(relay: Runnin
 async def test_peerjs_peers_are_hub_peers_in_their_own_namespace(
     relay_factory: RelayFactory,
 ) -> None:
-    # even an id pattern that allows "@" and "/" leaves the namespace to the relay
-    relay = await relay_factory(id_pattern=r"[@/A-Za-z0-9]+")
+    # even patterns that allow "@" and "/" leave the namespace to the relay
+    relay = await relay_factory(id_pattern=r"[@/A-Za-z0-9]+", room_pattern=r"[@/A-Za-z0-9]+")
     await join_peerjs(relay, "alice")
     native = await join_as(relay.url, "alice")  # the same id, natively: no clash
     assert NAMESPACE + "alice" in relay.hub.peers and "alice" in relay.hub.peers
@@ -52,6 +52,9 @@ async def test_peerjs_peers_are_hub_peers_in_their_own_namespace(
     assert reply["code"] == "bad-envelope" and "reserved" in reply["msg"]
     await native.send({"type": "send", "to": NAMESPACE + "alice", "d": 1, "id": 1})
     await native.expect(type="err", code="bad-envelope", id=1)
+    for kind in ("join", "pub"):
+        await native.send({"type": kind, "room": DISCOVERY_ROOM, "d": 1, "id": 2})
+        assert "reserved" in (await native.expect(type="err", code="bad-envelope", id=2))["msg"]
     async with httpx.AsyncClient(base_url=relay.http_url) as http:
         metrics = (await http.get("/metrics")).text
     assert "relay_peers 2.0" in metrics
