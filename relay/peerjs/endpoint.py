@@ -312,17 +312,22 @@ class _Connection:
             await self._expire(message.dst)  # no peer can ever hold it
         elif self.pending.holds(message.dst):
             await self._hold_or_expire(message)  # behind earlier messages to the same peer
+        elif not await self._relay(message):
+            await self._hold_or_expire(message)
+
+    async def _relay(self, message: Relayed) -> bool:
+        """Hand ``message`` to the hub; False when its destination cannot take it now."""
+        started = time.perf_counter()
+        try:
+            await self.link.send(message)
+        except _UNDELIVERED:
+            return False
+        except Exception:
+            log.exception("internal error relaying a PeerJS %s", message.type)
+            await self._refuse(Refusal("internal error", CloseCode.INTERNAL_ERROR), "error")
         else:
-            started = time.perf_counter()
-            try:
-                await self.link.send(message)
-            except _UNDELIVERED:
-                await self._hold_or_expire(message)
-            except Exception:
-                log.exception("internal error relaying a PeerJS %s", message.type)
-                await self._refuse(Refusal("internal error", CloseCode.INTERNAL_ERROR), "error")
-            else:
-                self.metrics.routing.observe(time.perf_counter() - started)
+            self.metrics.routing.observe(time.perf_counter() - started)
+        return True
 
     async def _hold_or_expire(self, message: Relayed) -> None:
         """Keep ``message`` for a peer not there yet; past the bounds that peer expires now."""
@@ -341,13 +346,13 @@ class _Connection:
                 self.woken = anyio.Event()
                 await self.woken.wait()
             await anyio.sleep(_RETRY_SECONDS)
+            if self.link.closing:
+                return  # a refused or replaced socket sends nothing more
             for dst in self.pending.expired():
                 await self._expire(dst)
             for dst in self.pending.destinations():
                 while (message := self.pending.first(dst)) is not None:
-                    try:
-                        await self.link.send(message)
-                    except _UNDELIVERED:
+                    if not await self._relay(message):
                         break
                     self.pending.delivered(dst)
 
