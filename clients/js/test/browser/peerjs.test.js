@@ -55,11 +55,11 @@ describe("an unmodified PeerJS app in chromium, with the relay as its PeerServer
   before(async () => {
     assert.ok(existsSync(CHROMIUM), `no browser at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM_PATH`);
     assert.ok(existsSync(PEERJS), `no ${PEERJS}: run npm ci in clients/js`);
-    // No extra flags but a short pre-connect expiry, so peer-unavailable comes quickly.
-    relay = await startRelay(["--peerjs-expire-seconds", "1"]);
+    relay = await startRelay(); // no extra flag: the PeerJS endpoint is on by default
     site = /** @type {any} */ (await startPageServer());
     browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true });
-    options = { host: "127.0.0.1", port: Number(new URL(relay.url).port), path: "/peerjs", key: "peerjs" };
+    // What the app passes: host, port and path (the key is PeerJS's default, "peerjs").
+    options = { host: "127.0.0.1", port: Number(new URL(relay.url).port), path: "/peerjs" };
   });
   afterEach(async () => {
     for (const page of pages) await page.context().close();
@@ -152,7 +152,7 @@ describe("an unmodified PeerJS app in chromium, with the relay as its PeerServer
     const b = await openApp();
     await assert.rejects(createPeer(b.page, aliceId), /Error: unavailable-id: ID ".*" is taken/);
 
-    const unavailable = nextErrorType(a.page);
+    const unavailable = nextErrorType(a.page); // after --peerjs-expire-seconds (5)
     // @ts-ignore
     await a.page.evaluate((nobody) => window.peer.connect(nobody), uid("nobody"));
     assert.equal(await unavailable, "peer-unavailable");
@@ -160,11 +160,12 @@ describe("an unmodified PeerJS app in chromium, with the relay as its PeerServer
     assert.equal(await a.page.evaluate(() => window.peer.disconnected), false);
 
     const c = await openApp();
+    const saved = options;
     options = { ...options, key: "not-the-key" };
     try {
       await assert.rejects(createPeer(c.page, uid("carol")), /Error: server-error: Invalid key provided/);
     } finally {
-      options = { ...options, key: "peerjs" };
+      options = saved;
     }
   });
 });
