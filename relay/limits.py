@@ -31,6 +31,11 @@ class TokenBucket:
         self._tokens = tokens - 1.0
         return True
 
+    def seconds_until_token(self) -> float:
+        """How long until ``take`` can succeed (0 when it can now)."""
+        tokens = min(self._burst, self._tokens + (self._clock() - self._stamp) * self._rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._rate
+
 
 class Strikes:
     """Counts offences; ``hit`` says whether the budget is now exhausted."""

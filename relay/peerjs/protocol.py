@@ -6,9 +6,11 @@ them, builds what the server sends (``OPEN``, ``ERROR``, ``ID-TAKEN``,
 ``EXPIRE`` and the relayed messages, ``src`` stamped), and translates between
 PeerJS messages and the hub's frames: a relayed message crosses the hub (and
 the cluster) as a ``send`` to the namespaced id ``@peerjs/<dst>`` whose
-``ev`` is the PeerJS type and whose ``d`` is the payload as JSON text.
+``ev`` is the PeerJS type and whose ``d`` is the payload as JSON text; what
+the hub writes to a PeerJS socket (``welcome``, ``msg``, ``err``) becomes
+PeerJS JSON in ``from_relay``.
 
-No I/O here: ``relay.peerjs.endpoint`` drives it.
+No I/O here: ``relay.peerjs.session`` drives it.
 """
 
 from __future__ import annotations
@@ -199,22 +201,28 @@ def to_relay(message: Relayed) -> bytes:
     return codec.pack_value(message.payload)
 
 
-def from_relay(frame: bytes, own_id: str) -> list[str]:
-    """The PeerJS messages for one frame the hub queued for ``own_id``.
-
-    ``msg`` from another PeerJS peer becomes the relayed message. An ``err``
-    naming peers (``to``: a message the hub accepted but could not deliver
-    after all) becomes one ``EXPIRE`` per peer, PeerJS's "peer-unavailable";
-    any other ``err`` (a token that expired) becomes ``ERROR``. Frames of no
-    meaning to PeerJS give nothing.
-    """
+def unpack(frame: bytes) -> dict[str, Any] | None:
+    """One frame the hub wrote for a PeerJS socket as a map (None if it is not one)."""
     try:
         envelope = msgpack.unpackb(frame, raw=False)
     except (ValueError, msgpack.UnpackException):
-        return []
-    if not isinstance(envelope, dict):
-        return []
+        return None
+    return envelope if isinstance(envelope, dict) else None
+
+
+def from_relay(envelope: dict[str, Any], own_id: str) -> list[str]:
+    """The PeerJS messages for one hub frame (``unpack``) written for ``own_id``.
+
+    ``welcome`` becomes ``OPEN``. ``msg`` from another PeerJS peer becomes the
+    relayed message. An ``err`` naming peers (``to``: a message the hub
+    accepted but could not deliver after all, or that the relay gave up on)
+    becomes one ``EXPIRE`` per peer, PeerJS's "peer-unavailable"; ``id-taken``
+    becomes ``ID-TAKEN``; any other ``err`` (a bad message, a token that
+    expired) becomes ``ERROR``. Frames of no meaning to PeerJS give nothing.
+    """
     kind = envelope.get("type")
+    if kind == "welcome":
+        return [server_message(MessageType.OPEN)]
     if kind == "msg":
         sender, ev, data = envelope.get("from"), envelope.get("ev"), envelope.get("d")
         if (
@@ -239,6 +247,8 @@ def from_relay(frame: bytes, own_id: str) -> list[str]:
                 for target in targets
                 if isinstance(target, str) and target.startswith(NAMESPACE)
             ]
+        if envelope.get("code") == "id-taken":
+            return [server_message(MessageType.ID_TAKEN, msg="ID is taken")]
         text = envelope.get("msg")
         return [server_message(MessageType.ERROR, msg=text if isinstance(text, str) else "error")]
     return []
