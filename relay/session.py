@@ -230,6 +230,7 @@ class Session:
         "_bad_envelopes",
         "_close_timer",
         "_expiry_timer",
+        "_held_since",
         "_holds",
         "_limits",
         "_metrics",
@@ -267,6 +268,7 @@ class Session:
         self.ended = False
         self.inflight = 0  # sends waiting for another node's answer
         self._holds = 0  # reasons not to read now (a pending step, a full target)
+        self._held_since = 0.0
         self._rate = TokenBucket(settings.rate_per_second, settings.rate_burst, clock)
         self._rate_strikes = Strikes(settings.rate_strikes, consecutive=True)
         self._bad_envelopes = Strikes(settings.bad_envelope_budget, consecutive=False)
@@ -363,12 +365,16 @@ class Session:
         """Stop reading this socket until a matching ``resume``."""
         self._holds += 1
         if self._holds == 1:
+            self._held_since = time.monotonic()
             self.transport.pause_reading()
 
     def resume(self) -> None:
         """Drop one reason not to read; read again when none is left."""
         self._holds -= 1
         if self._holds == 0 and not self.ended:
+            # What the client sent while it was not read arrives in a burst:
+            # the rate limit judges it by when it was sent.
+            self._rate.credit(time.monotonic() - self._held_since)
             self.transport.resume_reading()
 
     def wait_for(self, target: Peer) -> None:

@@ -39,6 +39,7 @@ class Flood:
         self.sent: dict[str, int] = dict.fromkeys(senders, 0)
         self.answers: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
         self.all_answered = anyio.Event()
+        self.done_sending = False
 
     async def send(self, name: str, seconds: float) -> None:
         peer = self.senders[name]
@@ -57,8 +58,12 @@ class Flood:
         while True:
             reply = msgpack.unpackb(await peer.ws.recv())
             self.answers[(name, reply["id"])].append(reply)
-            if self._complete():
-                self.all_answered.set()
+            self.check()
+
+    def check(self) -> None:
+        """Set ``all_answered`` once sending is over and every send has an answer."""
+        if self.done_sending and self._complete():
+            self.all_answered.set()
 
     def _complete(self) -> bool:
         return all(
@@ -113,6 +118,8 @@ async def stall_and_flood(
             senders.start_soon(watch)
             for name in flood.senders:
                 senders.start_soon(flood.send, name, flood_seconds)
+        flood.done_sending = True
+        flood.check()
         with anyio.fail_after(10):
             await flood.all_answered.wait()
         tasks.cancel_scope.cancel()
