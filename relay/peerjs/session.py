@@ -83,6 +83,8 @@ class PeerJSSession(Session):
     __slots__ = (
         "_bucket",
         "_heartbeat_timer",
+        "_held_at",
+        "_holding",
         "_last_heard",
         "_next_id",
         "_now",
@@ -126,6 +128,8 @@ class PeerJSSession(Session):
         self._waiting_answers = False  # reading paused until answers come back
         self._next_id = 1
         self._last_heard = clock()
+        self._holding = 0  # hold() calls not yet resumed, as Session counts them
+        self._held_at = 0.0
         self._heartbeat_timer: asyncio.TimerHandle | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
 
@@ -155,11 +159,16 @@ class PeerJSSession(Session):
             self.hub.settings.peerjs_heartbeat_timeout_seconds, self._check_heartbeat
         )
         if self.hub.settings.peerjs_discovery:
-            try:
-                await self.hub.join(self, Join(room=DISCOVERY_ROOM))
-            except (RelayError, BrokerUnavailable) as exc:  # room-full, forbidden by the token
-                log.info("PeerJS peer %s not listed for discovery: %s", self.peerjs_id, exc)
+            # Not read meanwhile: the peer's first messages follow its listing.
+            self.run(self._join_discovery())
         return True
+
+    async def _join_discovery(self) -> None:
+        """Be listed by ``GET {path}/{key}/peers`` (a hub room: the whole cluster sees it)."""
+        try:
+            await self.hub.join(self, Join(room=DISCOVERY_ROOM))
+        except (RelayError, BrokerUnavailable) as exc:  # room-full, forbidden by the token
+            log.info("PeerJS peer %s not listed for discovery: %s", self.peerjs_id, exc)
 
     def _refuse_registration(self, exc: RelayError) -> None:
         self.hub.metrics.errors.labels(exc.code.value).inc()
@@ -207,6 +216,22 @@ class PeerJSSession(Session):
             Refusal("binary frames are not accepted", CloseCode.UNSUPPORTED_DATA)
         )
 
+    def hold(self) -> None:
+        """Stop reading the socket until a matching ``resume`` (``Session.hold``)."""
+        self._holding += 1
+        if self._holding == 1:
+            self._held_at = self._now()
+        super().hold()
+
+    def resume(self) -> None:
+        """Drop one reason not to read; the PeerJS rate is credited for the pause."""
+        super().resume()
+        self._holding -= 1
+        if self._holding == 0:
+            # What the client sent while it was not read arrives in a burst:
+            # the rate limit judges it by when it was sent, as Session does.
+            self._bucket.credit(self._now() - self._held_at)
+
     def connection_lost(self, code: int, reason: str = "") -> None:
         """The socket is gone: held messages are dropped with it."""
         for timer in (self._heartbeat_timer, self._retry_timer):
@@ -226,11 +251,14 @@ class PeerJSSession(Session):
         envelope = protocol.unpack(frame)
         if envelope is None:
             return []
-        if envelope.get("type") in ("ok", "err"):
+        kind = envelope.get("type")
+        if kind == "welcome":
+            self._last_heard = self._now()  # silence is counted from OPEN
+        elif kind in ("ok", "err"):
             request_id = envelope.get("id")
             sent = self._unanswered.pop(request_id, None) if isinstance(request_id, int) else None
             if sent is not None:
-                self._answered(sent, taken=envelope["type"] == "ok")
+                self._answered(sent, taken=kind == "ok")
                 return []
         return protocol.from_relay(envelope, self.peerjs_id)
 
