@@ -120,18 +120,18 @@ class PeerJSEndpoint:
             self.hub.metrics.refused.labels(denied.reason).inc()
             await _deny(scope, send, denied.status, denied.message, CloseCode.TRY_AGAIN_LATER)
             return
+        checked = self._check_query(scope)
         try:
             await send({"type": "websocket.accept"})
-            checked = self._check_query(scope)
             if isinstance(checked, str):
                 self.hub.metrics.errors.labels(ErrorCode.BAD_ENVELOPE.value).inc()
                 error = protocol.server_message(MessageType.ERROR, msg=checked)
                 await send({"type": "websocket.send", "text": error})
                 await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION,
                             "reason": "bad PeerJS parameters"})  # fmt: skip
-                self.admission.release(ip)
-                return
         except OSError:  # the client left during the handshake
+            checked = "gone"
+        if isinstance(checked, str):
             self.admission.release(ip)
             return
         peer_id, token = checked

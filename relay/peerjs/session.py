@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.broker.base import BrokerUnavailable
-from relay.exceptions import Overloaded, RelayError
+from relay.exceptions import RelayError
 from relay.hub import Hub
 from relay.limits import TokenBucket
 from relay.peerjs import protocol
@@ -59,6 +59,7 @@ _REGISTER_CLOSE_CODES = {
     ErrorCode.ID_TAKEN: CloseCode.ID_TAKEN,
     ErrorCode.UNAUTHORIZED: CloseCode.UNAUTHORIZED,
     ErrorCode.OVERLOADED: CloseCode.TRY_AGAIN_LATER,
+    ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
 }
 # The error code counted in relay_errors_total for each close of a bad client.
 _ERROR_FOR_CLOSE = {
@@ -139,16 +140,21 @@ class PeerJSSession(Session):
         """Claim the PeerJS id; True once ``OPEN`` is written.
 
         A refusal writes ``ID-TAKEN`` or ``ERROR`` and closes the socket:
-        4502 id taken, 4501 bad token, 1013 backplane down, 1008 otherwise.
+        4502 id taken, 4501 bad token, 1013 backplane down, 1011 an internal
+        error (logged), 1008 otherwise.
         """
         hello = Hello(peer_id=NAMESPACE + self.peerjs_id, token=token, resume=resume)
         try:
             welcome = await self.hub.register(self, hello)
         except BrokerUnavailable:
-            self._refuse_registration(Overloaded("the cluster is unavailable"))
+            self._refuse_registration(ErrorCode.OVERLOADED, "the cluster is unavailable")
             return False
         except RelayError as exc:
-            self._refuse_registration(exc)
+            self._refuse_registration(exc.code, exc.message)
+            return False
+        except Exception:
+            log.exception("internal error registering PeerJS peer %s", self.peerjs_id)
+            self._refuse_registration(ErrorCode.INTERNAL, "internal error")
             return False
         # Nothing awaited since register returned: the welcome (OPEN) goes
         # out before any frame for the peer.
@@ -170,13 +176,13 @@ class PeerJSSession(Session):
         except (RelayError, BrokerUnavailable) as exc:  # room-full, forbidden by the token
             log.info("PeerJS peer %s not listed for discovery: %s", self.peerjs_id, exc)
 
-    def _refuse_registration(self, exc: RelayError) -> None:
-        self.hub.metrics.errors.labels(exc.code.value).inc()
-        err = codec.encode_err(exc.code.value, exc.message)
+    def _refuse_registration(self, code: ErrorCode, message: str) -> None:
+        self.hub.metrics.errors.labels(code.value).inc()
+        err = codec.encode_err(code.value, message)
         self.transport.write(err)
         self.hub.metrics.sent["err"].add(len(err))
-        code = _REGISTER_CLOSE_CODES.get(exc.code, CloseCode.POLICY_VIOLATION)
-        self.close(code, exc.message, reason="hello")
+        close_code = _REGISTER_CLOSE_CODES.get(code, CloseCode.POLICY_VIOLATION)
+        self.close(close_code, message, reason="hello")
 
     # --- what the connection calls ---------------------------------------------
 

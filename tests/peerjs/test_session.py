@@ -77,3 +77,27 @@ async def test_time_the_socket_was_not_read_is_credited_to_its_rate() -> None:
         session.text_received(HEARTBEAT)
         assert socket.closed == (4029, "rate limit exceeded")
         session.connection_lost(4029)
+
+
+async def test_an_internal_error_at_registration_is_error_and_1011_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = Hub(Settings(), MemoryBroker(), Metrics())
+    async with hub.running():
+
+        async def broken(session: object, hello: object) -> bytes:
+            raise RuntimeError("secret detail")
+
+        monkeypatch.setattr(hub, "register", broken)
+        socket = Socket()
+        session = PeerJSSession(hub, socket, "alice", clock=Clock())
+        hub.opened(session)
+        assert not await session.register(None, None)
+        texts = [text for frame in socket.written for text in session.translate(frame)]
+        assert [json.loads(text) for text in texts] == [
+            {"type": "ERROR", "payload": {"msg": "internal error"}}
+        ]
+        assert socket.closed == (1011, "internal error")
+        assert "secret detail" in caplog.text  # in the log, never on the wire
+        session.connection_lost(1006)
+        assert not hub.sessions and not hub.peers
