@@ -23,6 +23,7 @@ from relay import __version__
 from relay.app import create_app
 from relay.hub import Hub
 from relay.settings import Settings, describe
+from relay.wsserver import RelayWebSocketProtocol
 
 log = logging.getLogger("relay")
 
@@ -68,7 +69,7 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "ws": settings.ws_impl,
+        "ws": RelayWebSocketProtocol if settings.ws_impl == "relay" else settings.ws_impl,
         "ws_max_size": settings.max_frame_bytes,
         "ws_ping_interval": settings.ping_interval_seconds,
         "ws_ping_timeout": settings.ping_timeout_seconds,

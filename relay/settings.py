@@ -33,8 +33,9 @@ class Settings:
         "Allowed browser Origins (scheme://host[:port]); empty accepts any Origin.",
     )
     ws_impl: str = _setting(
-        "websockets-sansio",
-        "uvicorn WebSocket implementation: websockets-sansio, websockets or wsproto.",
+        "relay",
+        "WebSocket implementation: relay (the relay's own frame layer, relay/wsserver.py), "
+        "or uvicorn's websockets-sansio, websockets or wsproto.",
     )
     ping_interval_seconds: float = _setting(20.0, "WebSocket keepalive ping interval.")
     ping_timeout_seconds: float = _setting(20.0, "Close a peer whose pong is this late.")
