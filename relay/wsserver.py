@@ -176,7 +176,6 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_config",
         "_connections",
         "_deadline",
-        "_default_headers",
         "_handler",
         "_head",
         "_keepalive",

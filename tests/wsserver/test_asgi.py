@@ -15,6 +15,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from relay.cli import uvicorn_config
+from relay.settings import Settings
+from relay.wsserver import RelayWebSocketProtocol
 from tests.wsserver.conftest import Serve
 from tests.wsserver.frames import RawStream, client_frame
 
@@ -274,3 +277,9 @@ async def test_a_slow_asgi_receiver_pauses_reading(serve: Serve) -> None:
     assert (await stream.frame()).payload == b"got them all"
     assert [m[:3] for m in received] == [b"%03d" % i for i in range(200)]
     stream.close()
+
+
+def test_the_relay_serves_websockets_with_this_layer_by_default() -> None:
+    assert uvicorn_config(None, Settings()).ws is RelayWebSocketProtocol  # type: ignore[arg-type]
+    uvicorns = uvicorn_config(None, Settings(ws_impl="websockets-sansio"))  # type: ignore[arg-type]
+    assert uvicorns.ws == "websockets-sansio"

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 from uvicorn.server import ServerState
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from relay.wsserver import RelayWebSocketProtocol
+from tests.test_tls import make_certificate
 from tests.wsserver.conftest import DirectApp, Recorder, Serve
 from tests.wsserver.frames import (
     RawStream,
@@ -385,3 +389,47 @@ async def test_writes_of_one_loop_pass_leave_in_one_transport_write() -> None:
     await asyncio.sleep(0)
     assert len(transport.calls) == 2
     assert frames_in(transport.calls[0] + transport.calls[1]) == [b"y" * 16384] * 5
+
+
+# --- TLS -------------------------------------------------------------------------------
+
+
+async def test_tls_echo_and_close(serve: Serve, tmp_path: Path) -> None:
+    certfile, keyfile = make_certificate(tmp_path)
+    app = DirectApp(echoing)
+    served = await serve(app, ssl_certfile=certfile, ssl_keyfile=keyfile)
+    trust = ssl.create_default_context(cafile=certfile)
+    async with connect(f"wss://127.0.0.1:{served.port}/", ssl=trust, max_size=None) as ws:
+        recorder = await app.next()
+        await ws.send(b"z" * 70000)
+        assert await ws.recv() == b"z" * 70000
+        recorder.conn.close(4001, "enough")
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+    assert ws.close_code == 4001
+    await recorder.until(lambda: bool(recorder.lost))
+    assert recorder.lost == [(4001, "enough")]
+
+
+async def test_tls_close_against_a_client_that_stops_reading_aborts(
+    serve: Serve, tmp_path: Path
+) -> None:
+    certfile, keyfile = make_certificate(tmp_path)
+    app = DirectApp()
+    served = await serve(app, ssl_certfile=certfile, ssl_keyfile=keyfile, ws_close_timeout=0.5)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", served.port))
+    trust = ssl.create_default_context(cafile=certfile)
+    _, writer = await asyncio.open_connection(sock=sock, ssl=trust, server_hostname="localhost")
+    writer.write(upgrade_request(served.port))
+    recorder = await app.next()
+    # The client's stream stops reading once its own buffer is full; nothing drains it.
+    await _fill(recorder)
+    started = time.monotonic()
+    recorder.conn.close(1000)
+    await recorder.until(lambda: bool(recorder.lost))
+    assert recorder.lost == [(1006, "")]
+    assert time.monotonic() - started < 1.5
+    writer.transport.abort()

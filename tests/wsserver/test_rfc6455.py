@@ -217,6 +217,11 @@ def test_close_frames() -> None:
     assert parser.next_event() == NEED_DATA
 
 
+def test_a_length_not_in_the_fewest_bytes_is_accepted() -> None:
+    data = bytes((0x82, 0x80 | 126)) + struct.pack("!H", 3) + b"\0\0\0\0" + b"abc"
+    assert parse(data) == [(OP_BINARY, b"abc")]
+
+
 def test_a_partial_frame_waits_for_more() -> None:
     frame = client_frame(OP_BINARY, b"x" * 1000)
     parser = FrameParser(None)
