@@ -249,7 +249,7 @@ async def test_close_against_a_client_that_never_reads_aborts_within_close_timeo
     await recorder.until(lambda: bool(recorder.lost))
     elapsed = time.monotonic() - started
     assert recorder.lost == [(1006, "")]
-    assert 0.4 < elapsed < 1.5, elapsed
+    assert 0.45 < elapsed < 2.5, elapsed
     await asyncio.sleep(0)
     assert len(recorder.lost) == 1
     sock.close()
@@ -280,13 +280,13 @@ async def test_keepalive_reaps_a_silent_client_and_keeps_a_responsive_one(
     serve: Serve,
 ) -> None:
     app = DirectApp()
-    served = await serve(app, ws_ping_interval=0.1, ws_ping_timeout=0.1)
+    served = await serve(app, ws_ping_interval=0.1, ws_ping_timeout=0.4)
     responsive = await RawStream.open(served.port)
     kept = await app.next()
     silent = await RawStream.open(served.port)
     reaped = await app.next()
     pings = 0
-    while pings < 5:
+    while pings < 3:
         frame = await responsive.frame()
         assert frame.opcode == 0x9
         pings += 1
@@ -431,5 +431,5 @@ async def test_tls_close_against_a_client_that_stops_reading_aborts(
     recorder.conn.close(1000)
     await recorder.until(lambda: bool(recorder.lost))
     assert recorder.lost == [(1006, "")]
-    assert time.monotonic() - started < 1.5
+    assert time.monotonic() - started < 2.5
     writer.transport.abort()
