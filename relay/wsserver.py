@@ -477,7 +477,9 @@ class RelayWebSocketProtocol(asyncio.Protocol):
                     return
                 elif opcode == OP_TEXT:
                     handler.text_received(parser.text)
-                elif opcode == OP_PING:
+                elif opcode == OP_PING and not self._writing_paused:
+                    # A peer that pings but does not read gets no pongs piling up:
+                    # answering only some pings is allowed (RFC 6455 5.5.3).
                     self._send_frame(OP_PONG, parser.payload)
                 elif opcode == OP_CLOSE:
                     self._close_received(parser.close_code, parser.close_reason, parser.payload)

@@ -2,8 +2,8 @@
 
 ``serve(app, **uvicorn_options)`` starts uvicorn on a free port and returns a
 ``Served``; ``ws_close_timeout=`` sets the protocol's close timeout the way an
-operator would (an attribute on the ``Config``), ``rcvbuf=`` the server
-sockets' receive buffer (so that a test can fill it). Direct-mode tests use
+operator would (an attribute on the ``Config``), ``rcvbuf=`` and ``sndbuf=``
+the server sockets' kernel buffers (so that a test can fill them). Direct-mode tests use
 ``Recorder``, a ``FrameHandler`` that records every callback.
 """
 
@@ -58,7 +58,9 @@ async def serve() -> AsyncIterator[Serve]:
     servers: list[_Server] = []
     async with anyio.create_task_group() as tasks:
 
-        async def start(app: Any, *, rcvbuf: int | None = None, **options: Any) -> Served:
+        async def start(
+            app: Any, *, rcvbuf: int | None = None, sndbuf: int | None = None, **options: Any
+        ) -> Served:
             close_timeout = options.pop("ws_close_timeout", None)
             options = {
                 "ws": RelayWebSocketProtocol,
@@ -72,8 +74,11 @@ async def serve() -> AsyncIterator[Serve]:
             if close_timeout is not None:
                 config.ws_close_timeout = close_timeout  # type: ignore[attr-defined]
             listener = socket.socket()
-            if rcvbuf is not None:  # accepted sockets inherit it, without autotuning
+            # Accepted sockets inherit these buffer sizes, and then do not autotune them.
+            if rcvbuf is not None:
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if sndbuf is not None:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
             listener.bind(("127.0.0.1", 0))
             server = _Server(config)
             servers.append(server)

@@ -255,6 +255,20 @@ async def test_close_against_a_client_that_never_reads_aborts_within_close_timeo
     sock.close()
 
 
+async def test_pongs_to_a_client_that_never_reads_do_not_pile_up(serve: Serve) -> None:
+    app = DirectApp()
+    served = await serve(app, sndbuf=8192)
+    sock = await _never_reading_client(served.port)
+    recorder = await app.next()
+    loop = asyncio.get_running_loop()
+    pings = client_frame(0x9, b"p" * 125) * 20000  # 2.6 MB of pongs if all were answered
+    await loop.sock_sendall(sock, pings + client_frame(0x2, b"done"))
+    await recorder.until(lambda: recorder.messages == [b"done"])
+    assert recorder.conn.writing_paused
+    assert recorder.conn.write_buffer_size() < 256 * 1024
+    sock.close()
+
+
 async def test_writable_is_called_when_a_paused_transport_drains(serve: Serve) -> None:
     app = DirectApp()
     served = await serve(app)
