@@ -31,28 +31,6 @@ try:
 except ImportError:  # pragma: no cover - only when websockets was built without its C extension
     from websockets.utils import apply_mask
 
-__all__ = [
-    "BINARY_HEADERS",
-    "NEED_DATA",
-    "TEXT_HEADERS",
-    "FrameParser",
-    "HandshakeError",
-    "InvalidUTF8",
-    "MessageTooBig",
-    "ProtocolError",
-    "Request",
-    "WebSocketError",
-    "accept_key",
-    "accept_response",
-    "close_payload",
-    "encode_frame",
-    "frame_header",
-    "http_response",
-    "is_valid_close_code",
-    "parse_request",
-    "validate_handshake",
-]
-
 OP_CONT: Final = 0x0
 OP_TEXT: Final = 0x1
 OP_BINARY: Final = 0x2

@@ -69,13 +69,6 @@ from relay.rfc6455 import (
 if TYPE_CHECKING:
     from uvicorn._types import WebSocketScope
 
-__all__ = [
-    "DEFAULT_CLOSE_TIMEOUT",
-    "DirectConnection",
-    "FrameHandler",
-    "RelayWebSocketProtocol",
-]
-
 log = logging.getLogger("uvicorn.error")  # where uvicorn's own WebSocket protocols log
 
 DEFAULT_CLOSE_TIMEOUT: Final = 3.0
@@ -288,9 +281,8 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             self.close(rfc6455.SERVICE_RESTART)
         elif state == _CONNECTING:
             self._respond(500, [], b"the server is shutting down")
-        elif state < _CLOSING:
-            self._state = _CLOSED
-            self._transport.close()
+        elif state < _OPEN:
+            self._drop_response()
 
     # --- DirectConnection -----------------------------------------------------------
 
@@ -447,6 +439,12 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         """Answer the upgrade with a plain HTTP response and end the connection."""
         headers = list(self._server_state.default_headers) + headers
         self._transport.write(rfc6455.http_response(status, headers, body))
+        self._state = _CLOSED
+        self._transport.close()
+        self._arm_deadline()
+
+    def _drop_response(self) -> None:
+        """End the connection before a response is complete (or even begun)."""
         self._state = _CLOSED
         self._transport.close()
         self._arm_deadline()
@@ -693,8 +691,7 @@ class _ASGIBridge:
             log.warning("%s 500: the app returned without accepting", _request_line(self.scope))
             conn._respond(500, [], b"Internal Server Error")
         elif state == _RESPONDING:
-            conn._state = _CLOSED
-            conn._transport.close()
+            conn._drop_response()
         elif state == _OPEN and not self.direct:
             conn.close(rfc6455.NORMAL_CLOSURE)
 
@@ -703,8 +700,7 @@ class _ASGIBridge:
         if conn._state == _CONNECTING:
             conn._respond(500, [], b"Internal Server Error")
         elif conn._state == _RESPONDING:
-            conn._state = _CLOSED
-            conn._transport.close()
+            conn._drop_response()
         elif conn._state == _OPEN:
             if not self.direct:
                 self.disconnected(rfc6455.INTERNAL_ERROR, "")
