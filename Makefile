@@ -1,6 +1,7 @@
 # The two commands: `make run` (set up, then start a relay on 127.0.0.1:8080)
-# and `make test` (set up, then run every check and test). Everything lives in
-# .venv and clients/js/node_modules; nothing is installed system-wide.
+# and `make test` (set up, then run every check and test). Python and npm
+# packages live in .venv and the node_modules folders; the Debian packages the
+# tests start are installed by .ci/system-packages (as root) or named by it.
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,19 +9,27 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JS := clients/js
 JS_STAMP := $(JS)/node_modules/.installed
+BENCH_JS := tests/bench
+BENCH_STAMP := $(BENCH_JS)/node_modules/.installed
 ARGS ?=
 
-.PHONY: run test install lint typecheck pytest js-test js-browser-test bench clean
+.PHONY: run test system install lint typecheck pytest js-test js-browser-test bench clean
 
 run: $(STAMP)
 	$(BIN)/relay serve $(ARGS)
 
-test: lint typecheck pytest js-test js-browser-test
+test: system lint typecheck pytest js-test js-browser-test
 
-install: $(STAMP) $(JS_STAMP)
+# The Debian packages the tests start; installed when missing (as root),
+# otherwise named with the command that installs them.
+system:
+	@.ci/system-packages test
+
+install: $(STAMP) $(JS_STAMP) $(BENCH_STAMP)
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "relay needs Python 3.11 or newer")'
+	@.ci/system-packages run
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]' -e ./clients/python
@@ -30,6 +39,11 @@ $(JS_STAMP): $(JS)/package.json $(JS)/package-lock.json
 	npm ci --prefix $(JS) --no-audit --no-fund
 	@touch $@
 
+# The benchmark's own ws (with bufferutil) and msgpack: the generator and the node reference.
+$(BENCH_STAMP): $(BENCH_JS)/package.json $(BENCH_JS)/package-lock.json
+	npm ci --prefix $(BENCH_JS) --no-audit --no-fund
+	@touch $@
+
 lint: $(STAMP)
 	$(BIN)/ruff check relay clients/python tests
 	$(BIN)/ruff format --check relay clients/python tests
@@ -37,18 +51,18 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy relay clients/python/relay_client
 
-pytest: $(STAMP) $(JS_STAMP)  # the deploy and interop tests drive the JS client too
+pytest: $(STAMP) $(JS_STAMP) $(BENCH_STAMP)  # deploy, interop and bench smoke tests run node too
 	$(BIN)/pytest
 
 js-test: $(STAMP) $(JS_STAMP)
 	npm test --prefix $(JS)
 
 js-browser-test: $(STAMP) $(JS_STAMP)
-	@command -v chromium >/dev/null || { echo "Chromium is missing: apt-get install chromium (the browser test needs /usr/bin/chromium)"; exit 1; }
 	npm run test:browser --prefix $(JS)
 
-bench: $(STAMP) $(JS_STAMP)
+# Every scenario, one round: the relay beside node ws and the bare forwarder, as ratios.
+bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python tests/bench/bench.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(JS)/node_modules .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(JS)/node_modules $(BENCH_JS)/node_modules .pytest_cache .mypy_cache .ruff_cache

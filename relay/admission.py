@@ -9,9 +9,20 @@ Three limits, checked in this order for every handshake:
    and ``handshake_burst``): 429.
 
 The client's address is the socket peer, unless that peer is a trusted proxy
-(``trusted_proxies``): then X-Forwarded-For is read from the right, skipping
-trusted proxies, and the first untrusted address is the client. Addresses
-a client wrote itself (further left) are never believed.
+(``trusted_proxies``, loopback by default, as uvicorn's
+``forwarded_allow_ips``): then X-Forwarded-For is read from the right,
+skipping trusted proxies, and the first untrusted address is the client.
+Addresses a client wrote itself (further left) are never believed.
+
+Clients in ``admission_exempt`` (loopback by default: a test suite, a load
+test or a health check on the same machine) skip limits 2 and 3; their
+sockets still count toward the node-wide cap. Behind a local proxy the
+client is the forwarded address, so the exemption covers local clients only.
+
+Every refusal carries ``retry_after``, the seconds the client should wait
+(the ``Retry-After`` header): for the handshake rate, until the address's
+bucket holds a token again; for a full node or address, a fixed
+``FULL_RETRY_AFTER`` since nobody can know when a socket will close.
 
 Memory is bounded: live counts exist only for addresses holding sockets (at
 most ``max_connections``), and rate buckets live in an LRU table of
@@ -22,6 +33,7 @@ recent handshakes.
 from __future__ import annotations
 
 import ipaddress
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -30,13 +42,21 @@ from typing import Any, NamedTuple
 from relay.limits import TokenBucket
 from relay.settings import Settings
 
+# Retry-After for a full node or address: a socket frees when some client
+# leaves, which nobody can predict, so a short fixed wait.
+FULL_RETRY_AFTER = 5
+
 
 class Refusal(NamedTuple):
-    """Why a handshake is refused: the HTTP status, the body, a metrics label."""
+    """Why a handshake is refused, and how many seconds to wait (``Retry-After``).
+
+    ``status`` and ``message`` are the HTTP answer, ``reason`` the metrics label.
+    """
 
     status: int
     message: str
     reason: str
+    retry_after: int = FULL_RETRY_AFTER
 
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -68,19 +88,22 @@ class Admission:
         self._burst = settings.handshake_burst
         self._table_size = max(1, settings.ip_table_size)
         self._clock = clock
-        try:
-            self._trusted: tuple[IPNetwork, ...] = tuple(
-                ipaddress.ip_network(entry.strip(), strict=False)
-                for entry in settings.trusted_proxies
-            )
-        except ValueError as exc:
-            raise ValueError(f"trusted_proxies: {exc}") from exc
+        # Settings has checked that every entry parses.
+        self._trusted = _networks(settings.trusted_proxies)
+        self._exempt = _networks(settings.admission_exempt)
         self.total = 0
         self.per_ip: dict[str, int] = {}
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def _is_trusted(self, address: IPAddress) -> bool:
         return any(address in network for network in self._trusted)
+
+    def is_exempt(self, ip: str) -> bool:
+        """Whether ``ip`` skips the per-address caps (``admission_exempt``)."""
+        if not self._exempt:
+            return False
+        address = _parse_ip(ip)
+        return address is not None and any(address in network for network in self._exempt)
 
     def client_ip(self, scope: Mapping[str, Any]) -> str:
         """The client's address: the socket peer, or what trusted proxies say it is."""
@@ -106,15 +129,25 @@ class Admission:
     def admit(self, ip: str) -> Refusal | None:
         """Reserve a socket for ``ip``; None when admitted, else why not.
 
-        Every admitted socket must be given back with ``release``.
+        Every admitted socket must be given back with ``release``. An exempt
+        address is admitted without per-address counting, but its sockets
+        count toward ``max_connections``.
         """
         if self._max_total and self.total >= self._max_total:
             return Refusal(503, "the node is full, try again later", "node-full")
+        if self.is_exempt(ip):
+            self.total += 1
+            return None
         count = self.per_ip.get(ip, 0)
         if self._max_per_ip and count >= self._max_per_ip:
             return Refusal(429, "too many connections from your address", "ip-cap")
-        if self._rate > 0 and not self._bucket(ip).take():
-            return Refusal(429, "too many handshakes from your address, slow down", "ip-rate")
+        if self._rate > 0:
+            bucket = self._bucket(ip)
+            if not bucket.take():
+                wait = max(1, math.ceil(bucket.seconds_until_token()))
+                return Refusal(
+                    429, "too many handshakes from your address, slow down", "ip-rate", wait
+                )
         self.per_ip[ip] = count + 1
         self.total += 1
         return None
@@ -122,6 +155,8 @@ class Admission:
     def release(self, ip: str) -> None:
         """Give back a socket reserved by ``admit``."""
         self.total -= 1
+        if self.is_exempt(ip):
+            return
         count = self.per_ip.get(ip, 0) - 1
         if count > 0:
             self.per_ip[ip] = count
@@ -138,3 +173,7 @@ class Admission:
         else:
             self._buckets.move_to_end(ip)
         return bucket
+
+
+def _networks(entries: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(entry.strip(), strict=False) for entry in entries)

@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from relay.broker.base import BrokerUnavailable
 from relay.exceptions import RelayError, TooLarge
 from relay.hub import Hub
+from relay.limits import TokenBucket
 from relay.protocol import codec
 from relay.protocol.envelopes import Publish, Send
+from relay.settings import Settings
+
+# Retry-After on a 503: the node is draining or its backplane is down, and
+# either ends (another node takes over, or Redis is back) on no known clock.
+UNAVAILABLE_RETRY_AFTER = 1
 
 
 def _hub(request: Request) -> Hub:
@@ -31,10 +40,13 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """Readiness: 200 while new peers are accepted, 503 while starting or draining."""
     hub = _hub(request)
+    retry = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER)}
     if not hub.accepting:
-        return JSONResponse({"status": "draining", "node": hub.node_id}, status_code=503)
+        body = {"status": "draining", "node": hub.node_id}
+        return JSONResponse(body, status_code=503, headers=retry)
     if not hub.broker.ready:
-        return JSONResponse({"status": "backplane-down", "node": hub.node_id}, status_code=503)
+        body = {"status": "backplane-down", "node": hub.node_id}
+        return JSONResponse(body, status_code=503, headers=retry)
     return JSONResponse({"status": "ready", "node": hub.node_id})
 
 
@@ -48,10 +60,13 @@ async def metrics(request: Request) -> Response:
 # --- the server-side API (/v1), for backends ----------------------------------
 #
 # Bearer keys from ``api_keys``; none configured: every /v1 route answers 404
-# {"error": "api-disabled"}. Bodies are JSON or msgpack (by Content-Type), read
-# incrementally up to ``api_max_body_bytes`` (413 beyond), and validated by the
-# same codec as WebSocket envelopes, so a backend can send nothing a peer could
-# not. Every error is JSON: {"error": code, "message": text}.
+# {"error": "api-disabled"}. Each key has its own request rate (a token
+# bucket, ``api_rate_per_second``/``api_rate_burst``): 429 with Retry-After
+# beyond it. Bodies are JSON or msgpack (by Content-Type), read incrementally
+# up to ``api_max_body_bytes`` (413 beyond), and validated by the same codec as
+# WebSocket envelopes, so a backend can send nothing a peer could not. Every
+# error is JSON: {"error": code, "message": text}; a body that is malformed in
+# any way is a 400, never a 500.
 
 JSON_TYPES = frozenset({"application/json"})
 MSGPACK_TYPES = frozenset(
@@ -60,38 +75,64 @@ MSGPACK_TYPES = frozenset(
 
 
 class _APIError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Bearer realm="relay"'} if status == 401 else None
+def _error(status: int, code: str, message: str, *, retry_after: int | None = None) -> JSONResponse:
+    headers = {}
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="relay"'
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
 
 
-def _check_key(request: Request) -> None:
-    """Refuse a request without a valid API key (404 disabled, 401 missing, 403 wrong)."""
-    keys = _hub(request).settings.api_keys
-    if not keys:
-        raise _APIError(404, "api-disabled", "the HTTP API is disabled: no api_keys configured")
-    header = request.headers.get("authorization")
-    if header is None:
-        raise _APIError(
-            401, "unauthorized", "an Authorization: Bearer <api key> header is required"
-        )
-    scheme, _, presented = header.partition(" ")
-    presented = presented.strip()
-    if scheme.lower() != "bearer" or not presented or " " in presented:
-        raise _APIError(401, "unauthorized", "malformed Authorization header: use Bearer <api key>")
-    given = presented.encode("latin-1")  # the header's raw bytes (Starlette decodes latin-1)
-    matched = False
-    for key in keys:  # every key, in constant time each: no early exit to time
-        matched |= hmac.compare_digest(given, key.encode())
-    if not matched:
-        raise _APIError(403, "forbidden", "the API key is not valid")
+class APIAccess:
+    """Who may call /v1: the configured keys, each with its own request rate."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._keys = tuple(key.encode() for key in settings.api_keys)
+        rate, burst = settings.api_rate_per_second, settings.api_rate_burst
+        self._buckets = tuple(TokenBucket(rate, burst, clock) for _ in self._keys) if rate else ()
+
+    def check(self, header: str | None) -> None:
+        """Refuse a request: 404 API disabled, 401 no key, 403 wrong key, 429 over its rate."""
+        if not self._keys:
+            raise _APIError(404, "api-disabled", "the HTTP API is disabled: no api_keys configured")
+        if header is None:
+            raise _APIError(
+                401, "unauthorized", "an Authorization: Bearer <api key> header is required"
+            )
+        scheme, _, presented = header.partition(" ")
+        presented = presented.strip()
+        if scheme.lower() != "bearer" or not presented or " " in presented:
+            raise _APIError(
+                401, "unauthorized", "malformed Authorization header: use Bearer <api key>"
+            )
+        given = presented.encode("latin-1")  # the header's raw bytes (Starlette decodes latin-1)
+        # Every key, each compared in constant time: no early exit to time.
+        matched = -1
+        for index, key in enumerate(self._keys):
+            if hmac.compare_digest(given, key):
+                matched = index
+        if matched < 0:
+            raise _APIError(403, "forbidden", "the API key is not valid")
+        if self._buckets:
+            bucket = self._buckets[matched]
+            if not bucket.take():
+                raise _APIError(
+                    429,
+                    "rate-limited",
+                    "too many requests with this API key, slow down",
+                    retry_after=max(1, math.ceil(bucket.seconds_until_token())),
+                )
 
 
 async def _read_body(request: Request) -> bytes:
@@ -136,6 +177,10 @@ def _as_frame(kind: str, body: bytes, content_type: str, extra: dict[str, Any]) 
             count, head = int.from_bytes(body[1:3], "big"), 3
         else:
             count, head = int.from_bytes(body[1:5], "big"), 5
+        # Each entry takes two bytes at least: a larger count is a lie (and
+        # one near 2**32 could not even be re-encoded with the added keys).
+        if len(body) < head or 2 * count > len(body) - head:
+            raise _APIError(400, "bad-request", "the msgpack map declares more than the body holds")
         added = {**extra, "type": kind}
         packer = msgpack.Packer(use_bin_type=True)
         prefix = packer.pack_map_header(count + len(added))
@@ -159,13 +204,21 @@ def _api(handler: Any) -> Any:
 
     async def endpoint(request: Request) -> Response:
         try:
-            _check_key(request)
+            access: APIAccess = request.app.state.api_access
+            access.check(request.headers.get("authorization"))
             response: Response = await handler(request)
             return response
         except _APIError as exc:
-            return _error(exc.status, exc.code, exc.message)
+            return _error(exc.status, exc.code, exc.message, retry_after=exc.retry_after)
         except BrokerUnavailable:
-            return _error(503, "overloaded", "the cluster backplane is unavailable")
+            return _error(
+                503,
+                "overloaded",
+                "the cluster backplane is unavailable",
+                retry_after=UNAVAILABLE_RETRY_AFTER,
+            )
+        except ClientDisconnect:
+            return _error(400, "bad-request", "the body ended early")  # nobody reads it
 
     endpoint.__name__ = handler.__name__
     endpoint.__doc__ = handler.__doc__

@@ -48,4 +48,5 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.hub = hub
+    app.state.api_access = api.APIAccess(settings)
     return app

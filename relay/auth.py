@@ -15,28 +15,27 @@ configured otherwise), when present, lists the rooms (names or
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from relay.exceptions import Forbidden, Unauthorized
-from relay.protocol import codec
-from relay.protocol.codes import CloseCode
 from relay.protocol.envelopes import Hello
-from relay.settings import Settings
+from relay.settings import SettingError, Settings
 
 if TYPE_CHECKING:
-    from relay.session import Session
+    pass
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -44,9 +43,11 @@ EC_ALGORITHMS = frozenset({"ES256", "ES384", "ES512"})
 SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | RSA_ALGORITHMS | EC_ALGORITHMS
 MIN_SECRET_BYTES = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 
+log = logging.getLogger("relay.auth")
 
-class AuthConfigError(ValueError):
-    """The auth settings are inconsistent or a key file cannot be used."""
+
+class AuthConfigError(SettingError):
+    """An auth setting is inconsistent with the others, or its key file cannot be used."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,25 +64,44 @@ class Claims:
 
 
 def _algorithms_for(key: Any) -> frozenset[str]:
+    """The algorithms a public key can verify (none for an unsupported key type)."""
     if isinstance(key, rsa.RSAPublicKey):
         return RSA_ALGORITHMS
     if isinstance(key, ec.EllipticCurvePublicKey):
         return EC_ALGORITHMS
-    raise AuthConfigError(f"unsupported public key type {type(key).__name__}")
+    return frozenset()
 
 
 def _default_ec_algorithm(key: ec.EllipticCurvePublicKey) -> str:
     return {256: "ES256", 384: "ES384", 521: "ES512"}.get(key.curve.key_size, "ES256")
 
 
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """The verification keys in force, swapped whole when the key file is re-read."""
+
+    secret: str | None = None
+    public_key: Any = None
+    jwks: jwt.PyJWKSet | None = None
+    declared: dict[str | None, str] = field(default_factory=dict)  # kid -> its JWK's alg
+    algorithms: frozenset[str] = frozenset()
+
+
 class TokenVerifier:
-    """Verifies tokens against the configured key and rules."""
+    """Verifies tokens against the configured key and rules.
+
+    A key file (``jwt_public_key_file`` or ``jwt_jwks_file``) is re-read by
+    ``reload()`` (the CLI calls it on SIGHUP) and, for a JWKS, when a token
+    names a ``kid`` the set lacks, at most once per ``jwt_jwks_reload_seconds``
+    so that a flood of made-up kids cannot turn into a flood of file reads.
+    """
 
     def __init__(
         self,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         configured = [
             name
@@ -89,67 +109,110 @@ class TokenVerifier:
             if getattr(settings, name)
         ]
         if len(configured) != 1:
+            name = configured[-1] if configured else "jwt_secret"
             raise AuthConfigError(
-                "configure exactly one of jwt_secret, jwt_public_key_file, jwt_jwks_file"
+                name,
+                getattr(settings, name),
+                "configure exactly one of jwt_secret, jwt_public_key_file, jwt_jwks_file",
             )
         self._clock: Callable[[], float] = clock
+        self._monotonic = monotonic
+        self._settings = settings
         self._limits = settings.codec_limits()
         self._audience = settings.jwt_audience or None
         self._issuer = settings.jwt_issuer or None
         self._rooms_claim = settings.jwt_rooms_claim
         self._leeway = settings.jwt_leeway_seconds
-        self._secret: str | None = None
-        self._public_key: Any = None
-        self._jwks: jwt.PyJWKSet | None = None
-        self._declared: dict[str | None, str] = {}  # kid -> the alg its JWK declares
+        self._reload_interval = settings.jwt_jwks_reload_seconds
+        self._key_setting = configured[0]
+        self._keys = self._load()
+        self._loaded_at = monotonic()
+
+    @property
+    def algorithms(self) -> frozenset[str]:
+        """The algorithms a token may be signed with."""
+        return self._keys.algorithms
+
+    def reload(self) -> bool:
+        """Re-read the key file; on any problem keep the keys in force. True if re-read."""
+        if self._key_setting == "jwt_secret":
+            return False
+        self._loaded_at = self._monotonic()
+        try:
+            self._keys = self._load()
+        except AuthConfigError as exc:
+            log.error("keeping the current JWT keys: %s", exc)
+            return False
+        count = len(self._keys.jwks.keys) if self._keys.jwks is not None else 1
+        log.info("re-read %s: %d key(s)", self._key_setting, count)
+        return True
+
+    def _load(self) -> _Keys:
+        """The keys the settings configure, checked against the accepted algorithms."""
+        settings = self._settings
+        name = self._key_setting
+        path = getattr(settings, name)
         algorithms = {a.upper() for a in settings.jwt_algorithms}
         if "NONE" in algorithms:
-            raise AuthConfigError("the none algorithm is never accepted")
-        unknown = algorithms - SUPPORTED_ALGORITHMS
+            raise AuthConfigError("jwt_algorithms", "none", "the none algorithm is never accepted")
+        unknown = sorted(algorithms - SUPPORTED_ALGORITHMS)
         if unknown:
-            raise AuthConfigError(f"unsupported JWT algorithms: {', '.join(sorted(unknown))}")
-        if settings.jwt_secret:
+            raise AuthConfigError(
+                "jwt_algorithms",
+                unknown[0],
+                f"expected one of {', '.join(sorted(SUPPORTED_ALGORITHMS))}",
+            )
+        if name == "jwt_secret":
             if len(settings.jwt_secret.encode()) < MIN_SECRET_BYTES:
                 raise AuthConfigError(
-                    f"jwt_secret must be at least {MIN_SECRET_BYTES} bytes (HS256 key strength)"
+                    name,
+                    settings.jwt_secret,
+                    f"expected at least {MIN_SECRET_BYTES} bytes (HS256 key strength)",
                 )
-            self._secret = settings.jwt_secret
+            keys = _Keys(secret=settings.jwt_secret)
             family = HMAC_ALGORITHMS
             algorithms = algorithms or {"HS256"}
-        elif settings.jwt_public_key_file:
+        elif name == "jwt_public_key_file":
+            pem = _read(name, path)
             try:
-                pem = Path(settings.jwt_public_key_file).read_bytes()
-                self._public_key = load_pem_public_key(pem)
-            except (OSError, ValueError, TypeError) as exc:
-                raise AuthConfigError(f"cannot load jwt_public_key_file: {exc}") from exc
-            family = _algorithms_for(self._public_key)
+                public_key = load_pem_public_key(pem)
+            except (ValueError, TypeError) as exc:
+                raise AuthConfigError(name, path, f"cannot load a PEM public key: {exc}") from None
+            family = _algorithms_for(public_key)
+            if not family:
+                raise AuthConfigError(name, path, "expected an RSA or EC public key")
             if not algorithms:
-                key = self._public_key
                 algorithms = {
-                    "RS256" if isinstance(key, rsa.RSAPublicKey) else _default_ec_algorithm(key)
+                    _default_ec_algorithm(public_key)
+                    if isinstance(public_key, ec.EllipticCurvePublicKey)
+                    else "RS256"
                 }
+            keys = _Keys(public_key=public_key)
         else:
+            raw = _read(name, path)
             try:
-                text = Path(settings.jwt_jwks_file).read_text()
-                self._jwks = jwt.PyJWKSet.from_json(text)
+                text = raw.decode()
+                jwks = jwt.PyJWKSet.from_json(text)
                 # An "alg" a JWK declares binds that key to that one algorithm.
-                self._declared = {
+                declared = {
                     entry.get("kid"): entry["alg"]
                     for entry in json.loads(text).get("keys", [])
                     if isinstance(entry, dict) and isinstance(entry.get("alg"), str)
                 }
-            except (OSError, ValueError, AttributeError, jwt.PyJWTError) as exc:
-                raise AuthConfigError(f"cannot load jwt_jwks_file: {exc}") from exc
+            except (ValueError, AttributeError, jwt.PyJWTError) as exc:
+                raise AuthConfigError(name, path, f"cannot load a JWKS: {exc}") from None
+            for jwk in jwks.keys:
+                if not _algorithms_for(jwk.key):
+                    raise AuthConfigError(
+                        name, path, f"key {jwk.key_id!r}: expected an RSA or EC public key"
+                    )
             family = RSA_ALGORITHMS | EC_ALGORITHMS
             algorithms = algorithms or {"RS256", "ES256"}
-            for jwk in self._jwks.keys:
-                _algorithms_for(jwk.key)
-        wrong = algorithms - family
+            keys = _Keys(jwks=jwks, declared=declared)
+        wrong = sorted(algorithms - family)
         if wrong:
-            raise AuthConfigError(
-                f"algorithms {', '.join(sorted(wrong))} do not fit the configured key"
-            )
-        self.algorithms = frozenset(algorithms)
+            raise AuthConfigError("jwt_algorithms", wrong[0], f"does not fit the key of {name}")
+        return dataclasses.replace(keys, algorithms=frozenset(algorithms))
 
     def verify(self, token: str | None) -> Claims:
         """The claims of a valid ``token``; ``Unauthorized`` for anything else."""
@@ -159,11 +222,12 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Unauthorized("malformed token") from None
+        keys = self._keys
         alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self.algorithms:
+        if not isinstance(alg, str) or alg not in keys.algorithms:
             raise Unauthorized("token algorithm not accepted")
-        key = self._key_for(header)
-        if key is not self._secret and alg not in _algorithms_for(key):
+        key = self._key_for(keys, header)
+        if key is not keys.secret and alg not in _algorithms_for(key):
             raise Unauthorized("token algorithm does not fit its key")
         try:
             payload = jwt.decode(
@@ -191,26 +255,33 @@ class TokenVerifier:
             raise Unauthorized("invalid token") from None
         return self._claims(payload)
 
-    def _key_for(self, header: dict[str, Any]) -> Any:
-        if self._secret is not None:
-            return self._secret
-        if self._jwks is None:
-            return self._public_key
+    def _key_for(self, keys: _Keys, header: dict[str, Any]) -> Any:
+        if keys.secret is not None:
+            return keys.secret
+        if keys.jwks is None:
+            return keys.public_key
         kid = header.get("kid")
-        if kid is None and len(self._jwks.keys) == 1:
-            found = self._jwks.keys[0]
+        found: jwt.PyJWK | None
+        if kid is None and len(keys.jwks.keys) == 1:
+            found = keys.jwks.keys[0]
         elif not isinstance(kid, str):
             raise Unauthorized("token names no key (kid)")
         else:
-            for found in self._jwks.keys:
-                if found.key_id == kid:
-                    break
-            else:
+            found = _find(keys.jwks, kid)
+            if found is None and self._may_reload():
+                self.reload()
+                keys = self._keys
+                found = _find(keys.jwks, kid) if keys.jwks is not None else None
+            if found is None:
                 raise Unauthorized("token names an unknown key")
-        declared = self._declared.get(found.key_id)
+        declared = keys.declared.get(found.key_id)
         if declared is not None and declared != header.get("alg"):
             raise Unauthorized("token algorithm does not fit its key")
         return found.key
+
+    def _may_reload(self) -> bool:
+        """Whether an unknown kid may re-read the JWKS now (once per interval at most)."""
+        return self._monotonic() - self._loaded_at >= self._reload_interval
 
     def _claims(self, payload: dict[str, Any]) -> Claims:
         sub = payload.get("sub")
@@ -244,26 +315,25 @@ class TokenVerifier:
         return claims.exp + self._leeway - self._clock()
 
 
+def _read(name: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise AuthConfigError(name, path, f"expected a readable file ({exc.strerror})") from None
+
+
+def _find(jwks: jwt.PyJWKSet, kid: str) -> jwt.PyJWK | None:
+    for jwk in jwks.keys:
+        if jwk.key_id == kid:
+            return jwk
+    return None
+
+
 def load_verifier(settings: Settings) -> TokenVerifier | None:
     """The verifier the settings configure, or None in open mode."""
     if not (settings.jwt_secret or settings.jwt_public_key_file or settings.jwt_jwks_file):
         return None
     return TokenVerifier(settings)
-
-
-async def close_at_expiry(session: Session, verifier: TokenVerifier) -> None:
-    """Close ``session`` with 4501 when its token expires, unless refreshed first."""
-    while session.close_code is None and session.claims is not None:
-        left = verifier.seconds_left(session.claims)
-        if left <= 0:
-            session.reply(codec.encode_err("unauthorized", "token expired"), "err")
-            session.close(
-                CloseCode.UNAUTHORIZED, "token expired", reason="expired", flush_seconds=1.0
-            )
-            return
-        session.claims_changed.clear()
-        with anyio.move_on_after(min(left, 86400.0) + 0.001):
-            await session.claims_changed.wait()
 
 
 def mint(

@@ -3,33 +3,47 @@
 Every ``Settings`` field is a ``relay serve`` flag and a ``RELAY_<NAME>``
 environment variable; ``--config FILE`` reads a TOML file of the same names.
 Precedence: flag, then environment, then file, then the built-in default.
+A bad value is one line on stderr naming the setting, its source and what it
+accepts, and exit status 2.
 """
 
 from __future__ import annotations
 
 import asyncio
+import difflib
+import json
 import logging
+import os
+import shlex
+import signal
 import sys
+import threading
 import tomllib
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import uvicorn
+from click.core import ParameterSource
 from starlette.applications import Starlette
 
 from relay import __version__
 from relay.app import create_app
+from relay.auth import load_verifier
 from relay.hub import Hub
-from relay.settings import Settings, describe
+from relay.settings import SettingError, Settings, describe, is_secret, parse
 from relay.wsserver import RelayWebSocketProtocol
 
 log = logging.getLogger("relay")
 
 
 class RelayServer(uvicorn.Server):
-    """uvicorn, with a drain on the first SIGTERM/SIGINT and a ready line."""
+    """uvicorn, with a drain on the first SIGTERM/SIGINT, key reload on SIGHUP, a ready line."""
+
+    # A class attribute: relay.workers.WorkerServer skips this __init__.
+    _announcer: asyncio.Task[None] | None = None
 
     def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
         super().__init__(config)
@@ -38,15 +52,42 @@ class RelayServer(uvicorn.Server):
 
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
-        if self.servers and self.servers[0].sockets:
-            host, port = self.servers[0].sockets[0].getsockname()[:2]
-            scheme = "wss" if self.config.ssl_keyfile else "ws"
-            shown = f"[{host}]" if ":" in host else host
-            print(
-                f"relay ready on {scheme}://{shown}:{port}{self.hub.settings.path}",
-                file=sys.stderr,
-                flush=True,
-            )
+        if not (self.servers and self.servers[0].sockets):
+            return  # startup failed; uvicorn says why
+        host, port = self.servers[0].sockets[0].getsockname()[:2]
+        scheme = "wss" if self.config.ssl_keyfile else "ws"
+        shown = f"[{host}]" if ":" in host else host
+        url = f"{scheme}://{shown}:{port}{self.hub.settings.path}"
+        if threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_keys)
+        if self.hub.broker.ready:
+            _say(f"relay ready on {url}")
+            return
+        broker = without_password(self.hub.settings.broker)
+        _say(
+            f"relay on {url} is not ready: the backplane {broker} is unreachable; "
+            "retrying (GET /readyz answers 503 until it is up)"
+        )
+        self._announcer = asyncio.get_running_loop().create_task(self._ready_when_broker_is(url))
+
+    async def _ready_when_broker_is(self, url: str) -> None:
+        # The broker reconnects by itself and offers no event to await.
+        while not self.hub.broker.ready:  # noqa: ASYNC110 (a flag, cheap to poll)
+            await asyncio.sleep(0.5)
+        _say(f"relay ready on {url}")
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        if self._announcer is not None:
+            self._announcer.cancel()
+        if threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        await super().shutdown(sockets)
+
+    def _reload_keys(self) -> None:
+        if self.hub.auth is None:
+            log.info("SIGHUP: no JWT key file to re-read")
+        else:
+            self.hub.auth.reload()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # The first signal drains; uvicorn would otherwise close sockets with
@@ -62,6 +103,25 @@ class RelayServer(uvicorn.Server):
         log.info("draining: closing sockets with 1001, flushing queues")
         await self.hub.drain(self.hub.settings.drain_seconds)
         self.should_exit = True
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def without_password(url: str) -> str:
+    """``url`` with any password (``user:password@`` or ``?password=``) left out."""
+    parts = urlsplit(url)
+    if parts.password is not None:
+        user, _, host = parts.netloc.rpartition("@")
+        name = user.partition(":")[0]
+        url = url.replace(parts.netloc, f"{name}@{host}" if name else host, 1)
+    if parts.query:
+        kept = "&".join(
+            pair for pair in parts.query.split("&") if not pair.lower().startswith("password=")
+        )
+        url = url.replace("?" + parts.query, "?" + kept if kept else "", 1)
+    return url
 
 
 def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -88,36 +148,138 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
     return uvicorn.Config(app, **{**options, **overrides})
 
 
+# --- settings from flags, environment and a TOML file ---------------------------
+#
+# A bad setting stops the command with one line on stderr and exit status 2
+# (click's status for usage errors), naming where the value came from:
+#   Error: --port 70000: expected an integer 0-65535
+#   Error: RELAY_PORT=8113x: expected an integer 0-65535
+#   Error: relay.toml: port = "8113x": expected an integer 0-65535
+
+_CONFIG_FILE = "relay.config_file"  # ctx.meta key: the --config path
+
+
+class BadSetting(click.ClickException):
+    """A bad setting or configuration file: one line on stderr, exit status 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split("\n")))
+
+
+_HIDDEN = "(hidden)"
+
+
+def _number(value: object) -> str | None:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # as typed: -5, not -5.0
+    return str(value) if isinstance(value, int | float) else None
+
+
+def _shell(name: str, value: object) -> str:
+    if is_secret(name):
+        return _HIDDEN
+    return _number(value) or shlex.quote(str(value))
+
+
+def _toml(name: str, value: object) -> str:
+    if is_secret(name):
+        return _HIDDEN
+    return _number(value) or json.dumps(value)
+
+
+def _where(ctx: click.Context, name: str, value: object) -> str:
+    """Setting ``name`` with ``value`` as its source spells it: flag, variable or file key."""
+    source = ctx.get_parameter_source(name)
+    if source is ParameterSource.COMMANDLINE:
+        return f"--{name.replace('_', '-')} {_shell(name, value)}"
+    if source is ParameterSource.ENVIRONMENT:
+        return f"RELAY_{name.upper()}={_shell(name, value)}"
+    if source is ParameterSource.DEFAULT_MAP:
+        return f"{ctx.meta[_CONFIG_FILE]}: {name} = {_toml(name, value)}"
+    return f"{name} = {_toml(name, value)} (the default)"
+
+
+def _bad(ctx: click.Context, exc: SettingError) -> BadSetting:
+    return BadSetting(f"{_where(ctx, exc.name, exc.value)}: {exc.problem}")
+
+
+# Not subscripted: ParamType is generic only in recent click releases.
+class _SettingType(click.ParamType):  # type: ignore[type-arg]
+    """Converts text (flag, environment) or a TOML value to one setting's type."""
+
+    def __init__(self, setting: str, kind: type) -> None:
+        self.setting = setting
+        self.name = {int: "integer", float: "number"}.get(kind, "text")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return parse(self.setting, value)
+        except SettingError as exc:
+            if ctx is None:
+                raise click.BadParameter(exc.problem) from None
+            raise _bad(ctx, exc) from None
+
+
+class _ListOption(click.Option):
+    """A list setting, whose environment variable set but empty means the empty list."""
+
+    def resolve_envvar_value(self, ctx: click.Context) -> str | None:
+        if isinstance(self.envvar, str) and self.envvar in os.environ:
+            return os.environ[self.envvar]
+        return super().resolve_envvar_value(ctx)
+
+
 def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value is None:
         return None
     try:
-        data = tomllib.loads(Path(value).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise click.BadParameter(str(exc)) from exc
-    known = {name for name, *_ in describe()}
-    defaults = {key.replace("-", "_"): item for key, item in data.items()}
-    unknown = sorted(set(defaults) - known)
-    if unknown:
-        raise click.BadParameter(f"unknown settings: {', '.join(unknown)}")
-    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+        with open(value, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise BadSetting(
+            f"--config {shlex.quote(value)}: cannot read it ({exc.strerror})"
+        ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise BadSetting(f"{value}: not valid TOML: {exc}") from None
+    defaults = {info.name: info.default for info in describe()}
+    values: dict[str, Any] = {}
+    for key, item in data.items():
+        name = key.replace("-", "_")
+        if name not in defaults:
+            close = difflib.get_close_matches(name, defaults, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise BadSetting(f"{value}: unknown setting {key}{hint}")
+        try:
+            if isinstance(defaults[name], tuple) and not isinstance(item, list):
+                raise SettingError(name, item, "expected an array of strings")
+            values[name] = parse(name, item)
+        except SettingError as exc:
+            raise BadSetting(f"{value}: {name} = {_toml(name, item)}: {exc.problem}") from None
+    ctx.meta[_CONFIG_FILE] = value
+    ctx.default_map = {**(ctx.default_map or {}), **values}
     return value
 
 
 def settings_options(command: Any) -> Any:
     """Decorate ``command`` with one option per ``Settings`` field."""
-    for name, group, default, help_text in reversed(describe()):
-        flag = "--" + name.replace("_", "-")
-        envvar = "RELAY_" + name.upper()
-        if isinstance(default, tuple):
+    for info in reversed(describe()):
+        flag = "--" + info.name.replace("_", "-")
+        envvar = "RELAY_" + info.name.upper()
+        kind = type(info.default)
+        text = f"[{info.group}] {info.help}" + (f" Accepts {info.accepts}." if info.accepts else "")
+        if kind is tuple:
             option = click.option(
-                flag, name, multiple=True, envvar=envvar, show_envvar=True,
-                help=f"{help_text} Repeatable; the env var is space-separated.",
+                flag, info.name, cls=_ListOption, multiple=True, envvar=envvar,
+                type=_SettingType(info.name, kind), default=info.default,
+                show_default=" ".join(info.default) or "empty", show_envvar=True,
+                help=f"{text} Repeatable; the env var is space-separated; '' for none.",
             )  # fmt: skip
         else:
             option = click.option(
-                flag, name, type=type(default), default=default, envvar=envvar,
-                show_default=True, show_envvar=True, help=f"[{group}] {help_text}",
+                flag, info.name, type=_SettingType(info.name, kind), default=info.default,
+                envvar=envvar, show_default=not info.secret, show_envvar=True, help=text,
             )  # fmt: skip
         command = option(command)
     return command
@@ -139,39 +301,46 @@ def main() -> None:
     expose_value=False, help="TOML file of settings (names as below, e.g. rate_per_second = 50).",
 )  # fmt: skip
 @settings_options
-def serve(**values: Any) -> None:
+@click.pass_context
+def serve(ctx: click.Context, /, **values: Any) -> None:
     """Run a relay node (WebSocket and HTTP on one port).
+
+    Every setting is a flag, a RELAY_* environment variable and a key of the
+    --config file; the flag wins over the variable, the variable over the file.
+    A bad value stops the relay with one line naming it and exit status 2.
 
     SIGTERM or Ctrl-C drains: /readyz turns 503, new sockets are refused,
     queues are flushed and open sockets closed with 1001, then the process
-    exits 0. A second signal exits at once.
+    exits 0. A second signal exits at once. SIGHUP re-reads the JWT key file.
     """
-    values["origins"] = tuple(values["origins"])
-    for name, _group, default, _help in describe():
-        if isinstance(default, tuple):
-            values[name] = tuple(values[name])
-    settings = Settings(**values)
-    if bool(settings.certfile) != bool(settings.keyfile):
-        raise click.UsageError("TLS needs both --certfile and --keyfile")
+    settings = settings_from(ctx, values)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if settings.workers > 1:
-        if settings.broker == "memory":
-            raise click.UsageError(
-                "--workers N > 1 needs a shared broker such as --broker redis://host:6379/0: "
-                "with the memory broker each worker would be a separate relay"
-            )
         from relay.workers import run_workers
 
         sys.exit(run_workers(settings))
-    try:
-        app = create_app(settings)
-    except ValueError as exc:  # AuthConfigError, a bad trusted_proxies entry
-        raise click.UsageError(str(exc)) from exc
+    app = create_app(settings)
     server = RelayServer(uvicorn_config(app, settings), app.state.hub)
     server.run()
     sys.exit(0 if server.started else 1)
+
+
+def settings_from(ctx: click.Context, values: dict[str, Any]) -> Settings:
+    """The checked ``Settings`` of ``serve``'s parsed ``values``, or ``BadSetting``."""
+    values = dict(values)
+    for info in describe():
+        if isinstance(info.default, tuple):  # an empty item (--origins '') means none
+            values[info.name] = tuple(item for item in values[info.name] if item.strip())
+    try:
+        settings = Settings(**values)
+        settings.check_files()
+        # The workers build their apps themselves: check the keys here, once.
+        load_verifier(settings)
+    except SettingError as exc:
+        raise _bad(ctx, exc) from None
+    return settings
 
 
 @main.command("config")
@@ -179,17 +348,21 @@ def serve(**values: Any) -> None:
 def show_config(markdown: bool) -> None:
     """Print every setting with its default, flag and environment variable."""
     if markdown:
-        click.echo("| setting | flag / environment | default | meaning |")
-        click.echo("|---|---|---|---|")
-    for name, group, default, help_text in describe():
+        click.echo("| setting | flag / environment | default | meaning | accepts |")
+        click.echo("|---|---|---|---|---|")
+    for info in describe():
+        default = info.default
         shown = " ".join(default) if isinstance(default, tuple) else str(default)
-        flag = "--" + name.replace("_", "-")
-        env = "RELAY_" + name.upper()
+        flag = "--" + info.name.replace("_", "-")
+        env = "RELAY_" + info.name.upper()
         if markdown:
             cell = f"`{shown}`" if shown else "(empty)"
-            click.echo(f"| {name} | `{flag}` `{env}` | {cell} | [{group}] {help_text} |")
+            click.echo(
+                f"| {info.name} | `{flag}` `{env}` | {cell} | [{info.group}] {info.help} "
+                f"| {info.accepts or 'any text'} |"
+            )
         else:
-            click.echo(f"{flag:26} {env:30} {shown!s:20} {help_text}")
+            click.echo(f"{flag:26} {env:30} {shown!s:20} {info.help}")
 
 
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

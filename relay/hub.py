@@ -3,17 +3,23 @@
 The hub delivers to the peers of its own node directly and hands everything
 else to its ``Broker``; it never asks which broker it has. Frames are encoded
 once per request (``msg`` around the sender's raw payload) and the same bytes
-go to every target's queue, so a slow target never holds up the sender or
-anyone else: a full queue closes that target (4008), nothing waits on it.
+go to every target. Routing is synchronous: a frame is written to each local
+target's socket before the sender's next frame is read. A target whose socket
+is full makes its senders wait (they are not read until it drains), and a
+target that stops reading for ``slow_consumer_seconds`` is closed 4008 by the
+sweep, so one stalled reader holds nobody up for long.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -27,13 +33,13 @@ from relay.broker.base import (
     Proof,
     Undelivered,
 )
-from relay.exceptions import Forbidden, IdTaken, Overloaded, PeerOffline, RoomFull
+from relay.exceptions import Forbidden, IdTaken, RequestId, RoomFull
 from relay.metrics import Metrics
 from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Leave, Publish, Refresh, Send
 from relay.rooms import Rooms
-from relay.session import Peer, Session
+from relay.session import REPLAY_OVERHEAD, Peer, Session
 from relay.settings import Settings
 
 log = logging.getLogger("relay.hub")
@@ -44,18 +50,6 @@ _KEEP_FOR_RESUME = frozenset({CloseCode.GOING_AWAY, CloseCode.SLOW_CONSUMER, Clo
 
 
 SERVER_ID = "@server"  # ``from`` of server-originated messages; no peer id can start with @
-
-
-class Routed:
-    """Which targets of one message got it how (a dict keyed by enum costs more)."""
-
-    __slots__ = ("delivered", "offline", "overloaded", "queued")
-
-    def __init__(self) -> None:
-        self.delivered: list[str] = []
-        self.queued: list[str] = []
-        self.offline: list[str] = []
-        self.overloaded: list[str] = []
 
 
 def _new_secret() -> str:
@@ -90,6 +84,7 @@ class Hub:
         self.accepting = False
         self._make_peer_id = make_peer_id
         self._make_secret = make_secret
+        self.backlogged: set[Peer] = set()  # live peers whose queue is not empty
         self._tasks: TaskGroup | None = None
         self._changed = anyio.Event()  # set when a session or a peer goes away
 
@@ -101,6 +96,7 @@ class Hub:
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             await self.broker.start(self)
+            tasks.start_soon(self._sweep_slow_consumers)
             self.accepting = True
             try:
                 yield self
@@ -130,6 +126,25 @@ class Hub:
                 await self._until(lambda: not self.peers)
         for peer in list(self.peers.values()):
             await self._remove(peer)
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the hub's task group (it ends with the hub)."""
+        assert self._tasks is not None, "the hub is not running"
+        self._tasks.start_soon(lambda: work)
+
+    async def _sweep_slow_consumers(self) -> None:
+        """Close 4008 every live peer whose queue has not moved for ``slow_consumer_seconds``."""
+        limit = self.settings.slow_consumer_seconds
+        while True:
+            await anyio.sleep(min(1.0, limit / 4))
+            now = time.monotonic()
+            for peer in [p for p in self.backlogged if now - p.backlog_since > limit]:
+                self.backlogged.discard(peer)
+                if peer.session is not None:
+                    peer.session.close(
+                        CloseCode.SLOW_CONSUMER, "not reading: outbound queue stalled",
+                        reason="slow",
+                    )  # fmt: skip
 
     async def _until(self, done: Callable[[], bool]) -> None:
         while not done():
@@ -183,15 +198,19 @@ class Hub:
         if peer.expiry is not None:
             peer.expiry.cancel()
             peer.expiry = None
+        if claims is not None:
+            await self._leave_forbidden_rooms(peer, claims)
+        # Nothing below waits: the session is attached and its welcome
+        # written before any frame for the peer can reach its socket.
         lost = peer.replay(hello.received if resumed else None)
         if lost:
             self.metrics.drops.labels("replay-window").inc(lost)
         peer.session = session
         peer.secret = self._make_secret()
         session.peer = peer
-        session.claims = claims
-        if claims is not None:
-            await self._leave_forbidden_rooms(peer, claims)
+        session.set_claims(claims)
+        if peer.queue:
+            self.backlogged.add(peer)
         return codec.encode(
             {
                 "type": "welcome",
@@ -208,7 +227,7 @@ class Hub:
             peer_id,
             max_queue_messages=self.settings.queue_messages,
             max_queue_bytes=self.settings.queue_bytes,
-            replay_messages=self.settings.replay_messages,
+            replay_bytes=self.settings.replay_bytes,
         )
         if handover is not None:
             peer.rooms.update(handover.rooms)
@@ -218,6 +237,7 @@ class Hub:
             peer.queue.extend(handover.queue)
             peer.queued_bytes = sum(len(entry[0]) for entry in handover.queue)
             peer.written.extend(handover.written)
+            peer.written_bytes = sum(len(entry[0]) + REPLAY_OVERHEAD for entry in handover.written)
             peer.written_count = handover.written_count
         self.peers[peer_id] = peer
         self.metrics.peers.inc()
@@ -254,41 +274,36 @@ class Hub:
             pass
         return peer_id
 
-    async def closed(self, session: Session, client_code: int | None) -> None:
+    def session_ended(self, session: Session, client_code: int) -> None:
         """A socket ended; its peer waits for a resume or is removed.
 
         A peer that said goodbye (1000/1001 from the client) or was closed
         for good is removed now; one whose link dropped, or that the relay
         asked to reconnect, keeps its id, rooms and queue for the window.
         """
-        self.sessions.discard(session)
-        self.metrics.connections.dec()
-        self._changed.set()
+        if session in self.sessions:
+            self.sessions.discard(session)
+            self.metrics.connections.dec()
+            self._changed.set()
         peer = session.peer
         if peer is None or peer.session is not session:
             return
         peer.session = None
+        self.backlogged.discard(peer)
         if session.close_code is not None:
             resumable = session.close_code in _KEEP_FOR_RESUME
         else:
             resumable = client_code not in _CLEAN_CLIENT_CLOSES
         if resumable and self.settings.resume_seconds > 0:
-            self._start_expiry(peer)
+            loop = asyncio.get_running_loop()
+            peer.expiry = loop.call_later(self.settings.resume_seconds, self._expire, peer)
         else:
-            await self._remove(peer)
+            self.spawn(self._remove(peer))
 
-    def _start_expiry(self, peer: Peer) -> None:
-        assert self._tasks is not None
-        scope = anyio.CancelScope()
-        peer.expiry = scope
-
-        async def expire() -> None:
-            with scope:
-                await anyio.sleep(self.settings.resume_seconds)
-                if peer.session is None and self.peers.get(peer.id) is peer:
-                    await self._remove(peer)
-
-        self._tasks.start_soon(expire)
+    def _expire(self, peer: Peer) -> None:
+        peer.expiry = None
+        if peer.session is None and self.peers.get(peer.id) is peer:
+            self.spawn(self._remove(peer))
 
     async def _remove(self, peer: Peer) -> None:
         """Forget ``peer``: leave its rooms, free its id, report what it never got."""
@@ -297,15 +312,13 @@ class Hub:
         del self.peers[peer.id]
         self.metrics.peers.dec()
         self._changed.set()
-        pending, peer.queue = peer.queue, type(peer.queue)()
-        peer.queued_bytes = 0
+        for _frame, _kind, undelivered in peer.take_undelivered():
+            if undelivered is not None:
+                self.report(undelivered, peer.id, ErrorCode.PEER_OFFLINE)
         try:
             for room in list(peer.rooms):
                 await self._leave_room(peer, room)
             await self.broker.release(peer.id)
-            for _frame, _kind, undelivered in pending:
-                if undelivered is not None:
-                    await self._report(undelivered, peer.id, ErrorCode.PEER_OFFLINE)
         except BrokerUnavailable:
             # The broker forgets this node's registrations when it recovers.
             log.warning("backplane unavailable while removing %s", peer.id)
@@ -330,8 +343,7 @@ class Hub:
             peer = session.peer
             if peer is None or claims.sub != peer.id:
                 raise Forbidden("the token is for another id")
-            session.claims = claims
-            session.claims_changed.set()
+            session.set_claims(claims)
             await self._leave_forbidden_rooms(peer, claims)
         if refresh.id is not None:
             session.reply(codec.encode_ok(refresh.id), "ok")
@@ -350,48 +362,61 @@ class Hub:
 
     # --- routing -------------------------------------------------------------
 
-    async def send(self, sender: Peer, request: Send) -> None:
-        """Deliver a ``send`` to each target; one ``ok`` or ``err`` answers it."""
+    def send(self, session: Session, request: Send) -> None:
+        """Deliver a ``send`` to each target; one ``ok`` or ``err`` answers it.
+
+        Local targets get the frame at once; targets on other nodes are
+        answered by their node later, and the sender's next frames are read
+        meanwhile (up to ``inflight_per_session`` such sends at a time).
+        """
+        sender = session.peer
+        assert sender is not None
         frame = codec.encode_msg(
             sender.id, request.d_raw, ev=request.ev, rid=request.rid, re=request.re
         )
-        listed = not isinstance(request.to, str)
-        undelivered = Undelivered(sender.id, request.id, listed)
-        targets = (request.to,) if isinstance(request.to, str) else request.to
-        outcome = await self._route(targets, frame, undelivered)
-        queued = bool(outcome.queued)
-        offline = outcome.offline
-        overloaded = outcome.overloaded
-        if offline or overloaded:
-            unreached = offline + overloaded
-            to: str | list[str] = unreached if listed else unreached[0]
-            if offline:
-                raise PeerOffline(f"not connected: {', '.join(unreached)}", to=to)
-            raise Overloaded(f"cannot take more now: {', '.join(unreached)}", to=to)
-        if request.id is not None:
-            sender.enqueue(codec.encode_ok(request.id, queued=queued), "ok", None)
+        to = request.to
+        if isinstance(to, str):
+            undelivered = Undelivered(sender.id, request.id, False)
+            target = self.peers.get(to)
+            if target is not None:  # the common case: answered at once
+                delivery = target.enqueue(frame, "msg", undelivered)
+                if delivery is Delivery.DELIVERED:
+                    if target.queue:
+                        session.wait_for(target)
+                    if request.id is not None:
+                        sender.enqueue(codec.encode_ok(request.id), "ok", None)
+                    return
+                routed = Routed(self, sender, request.id, False, session)
+                routed.add(to, delivery)
+                routed.close()
+                return
+            targets: tuple[str, ...] = (to,)
+        else:
+            undelivered = Undelivered(sender.id, request.id, True)
+            targets = to
+        routed = Routed(self, sender, request.id, undelivered.listed, session)
+        self._route(targets, frame, undelivered, routed, session)
+        routed.close()
 
-    async def _route(
-        self, targets: tuple[str, ...], frame: bytes, undelivered: Undelivered
-    ) -> Routed:
-        """Queue ``frame`` for each target, locally or through the broker."""
-        outcome = Routed()
+    def _route(
+        self,
+        targets: tuple[str, ...],
+        frame: bytes,
+        undelivered: Undelivered,
+        routed: Routed,
+        waiter: Session | None,
+    ) -> None:
+        """Hand ``frame`` to each target, locally or through the broker."""
         for target_id in targets:
             target = self.peers.get(target_id)
             if target is not None:
-                result = target.enqueue(frame, "msg", undelivered)
+                delivery = target.enqueue(frame, "msg", undelivered)
+                if waiter is not None and target.queue and delivery is Delivery.DELIVERED:
+                    waiter.wait_for(target)
+                routed.add(target_id, delivery)
             else:
-                result = await self.broker.send(target_id, frame, undelivered)
-            if result is Delivery.DELIVERED:
-                outcome.delivered.append(target_id)
-            elif result is Delivery.QUEUED:
-                outcome.queued.append(target_id)
-            elif result is Delivery.OFFLINE:
-                outcome.offline.append(target_id)
-            else:
-                outcome.overloaded.append(target_id)
-                self.metrics.drops.labels("queue-full").inc()
-        return outcome
+                routed.expect()
+                self.broker.send(target_id, frame, undelivered, routed.answerer(target_id))
 
     async def server_send(
         self, to: str | tuple[str, ...], d_raw: bytes, ev: str | None = None
@@ -399,37 +424,47 @@ class Hub:
         """Deliver a message from the server itself (``from`` is ``@server``)."""
         frame = codec.encode_msg(SERVER_ID, d_raw, ev=ev)
         targets = (to,) if isinstance(to, str) else to
-        return await self._route(targets, frame, Undelivered(SERVER_ID, None, False))
+        routed = Routed(self, None, None, False, None)
+        done = anyio.Event()
+        routed.on_done = done.set
+        self._route(targets, frame, Undelivered(SERVER_ID, None, False), routed, None)
+        routed.close()
+        await done.wait()
+        return routed
 
     async def server_publish(self, room: str, d_raw: bytes, ev: str | None = None) -> None:
         """Publish to ``room`` on every node from the server itself."""
         frame = codec.encode_msg(SERVER_ID, d_raw, ev=ev, room=room)
-        await self._publish_frame(room, frame, None, Undelivered(SERVER_ID, None, False))
+        self._publish_frame(room, frame, None, Undelivered(SERVER_ID, None, False), None)
 
-    async def _publish_frame(
+    def _publish_frame(
         self,
         room: str,
         frame: bytes,
         exclude: str | None,
         undelivered: Undelivered | None,
+        waiter: Session | None,
         presence_only: bool = False,
     ) -> None:
-        self.deliver_room(room, frame, exclude, presence_only, undelivered)
-        await self.broker.publish(room, frame, exclude, presence_only)
+        self.deliver_room(room, frame, exclude, presence_only, undelivered, waiter)
+        self.broker.publish(room, frame, exclude, presence_only)
 
-    async def publish(self, sender: Peer, request: Publish) -> None:
+    def publish(self, session: Session, request: Publish) -> None:
         """Deliver a ``pub`` to the room's members on every node."""
+        sender = session.peer
+        assert sender is not None
         self._check_room(sender, request.room)
         frame = codec.encode_msg(sender.id, request.d_raw, ev=request.ev, room=request.room)
         exclude = None if request.echo else sender.id
-        await self._publish_frame(
-            request.room, frame, exclude, Undelivered(sender.id, request.id, False)
-        )
+        undelivered = Undelivered(sender.id, request.id, False)
+        self._publish_frame(request.room, frame, exclude, undelivered, session)
         if request.id is not None:
             sender.enqueue(codec.encode_ok(request.id), "ok", None)
 
-    async def join(self, peer: Peer, request: Join) -> None:
-        """Add ``peer`` to a room, announcing it to members who watch presence."""
+    async def join(self, session: Session, request: Join) -> None:
+        """Add the session's peer to a room, announcing it to members who watch presence."""
+        peer = session.peer
+        assert peer is not None
         room = request.room
         self._check_room(peer, room)
         if room not in peer.rooms:
@@ -439,7 +474,7 @@ class Hub:
                 raise RoomFull(f"{room} has {self.settings.peers_per_room} members")
             self.rooms.add(room, peer)
             self.metrics.rooms.set(len(self.rooms))
-            await self._announce(room, peer.id, "join")
+            self._announce(room, peer.id, "join")
         peer.rooms[room] = request.presence
         if request.presence:
             members = await self.broker.members(room)
@@ -448,8 +483,10 @@ class Hub:
         if request.id is not None:
             peer.enqueue(codec.encode_ok(request.id), "ok", None)
 
-    async def leave(self, peer: Peer, request: Leave) -> None:
-        """Remove ``peer`` from a room (a no-op if it is not a member)."""
+    async def leave(self, session: Session, request: Leave) -> None:
+        """Remove the session's peer from a room (a no-op if it is not a member)."""
+        peer = session.peer
+        assert peer is not None
         if request.room in peer.rooms:
             await self._leave_room(peer, request.room)
         if request.id is not None:
@@ -460,13 +497,13 @@ class Hub:
         self.rooms.discard(room, peer)
         self.metrics.rooms.set(len(self.rooms))
         await self.broker.leave(room, peer.id)
-        await self._announce(room, peer.id, "leave")
+        self._announce(room, peer.id, "leave")
 
-    async def _announce(self, room: str, peer_id: str, event: str) -> None:
+    def _announce(self, room: str, peer_id: str, event: str) -> None:
         frame = codec.encode({"type": "presence", "room": room, "peer": peer_id, "event": event})
-        await self._publish_frame(room, frame, peer_id, None, presence_only=True)
+        self._publish_frame(room, frame, peer_id, None, None, presence_only=True)
 
-    async def _report(self, undelivered: Undelivered, target: str, code: ErrorCode) -> None:
+    def report(self, undelivered: Undelivered, target: str, code: ErrorCode) -> None:
         """Tell a sender that what it sent to ``target`` was never delivered."""
         if undelivered.sender == SERVER_ID:
             return  # the API caller got its answer already
@@ -476,11 +513,12 @@ class Hub:
             request_id=undelivered.request_id,
             to=[target] if undelivered.listed else target,
         )
+        self.metrics.errors.labels(code.value).inc()
         sender = self.peers.get(undelivered.sender)
         if sender is not None:
             sender.enqueue(frame, "err", None)
         else:
-            await self.broker.send(undelivered.sender, frame, None)
+            self.broker.send(undelivered.sender, frame, None, _ignore)
 
     # --- the broker's callbacks (NodeHandler) ---------------------------------
 
@@ -489,7 +527,10 @@ class Hub:
         peer = self.peers.get(peer_id)
         if peer is None:
             return Delivery.OFFLINE
-        return peer.enqueue(frame, "msg" if undelivered is not None else "err", undelivered)
+        delivery = peer.enqueue(frame, "msg" if undelivered is not None else "err", undelivered)
+        if delivery is Delivery.OVERLOADED:
+            self.metrics.drops.labels("queue-full").inc()
+        return delivery
 
     def deliver_room(
         self,
@@ -498,19 +539,127 @@ class Hub:
         exclude: str | None,
         presence_only: bool,
         undelivered: Undelivered | None = None,
+        waiter: Session | None = None,
     ) -> None:
-        """Queue ``frame`` for this node's members of ``room``."""
+        """Hand ``frame`` to this node's members of ``room``."""
         kind = "presence" if presence_only else "msg"
         for member in self.rooms.members(room):
             if member.id == exclude or (presence_only and not member.rooms.get(room)):
                 continue
-            if member.enqueue(frame, kind, undelivered) is Delivery.OVERLOADED:
+            delivery = member.enqueue(frame, kind, undelivered)
+            if delivery is Delivery.OVERLOADED:
                 self.metrics.drops.labels("queue-full").inc()
-                if undelivered is not None and self._tasks is not None:
-                    self._tasks.start_soon(self._report_quietly, undelivered, member.id)
+                if undelivered is not None:
+                    self.report(undelivered, member.id, ErrorCode.OVERLOADED)
+            elif waiter is not None and member.queue and delivery is Delivery.DELIVERED:
+                waiter.wait_for(member)
 
-    async def _report_quietly(self, undelivered: Undelivered, target: str) -> None:
-        try:
-            await self._report(undelivered, target, ErrorCode.OVERLOADED)
-        except BrokerUnavailable:
-            log.warning("backplane unavailable: could not tell %s", undelivered.sender)
+
+def _ignore(delivery: Delivery) -> None:
+    """The answer to a report: nobody is told that a report was not delivered."""
+
+
+class Routed:
+    """What became of each target of one message; answers the sender once all are known."""
+
+    __slots__ = (
+        "_hub",
+        "_listed",
+        "_pending",
+        "_remote",
+        "_request_id",
+        "_sender",
+        "_session",
+        "delivered",
+        "offline",
+        "on_done",
+        "overloaded",
+        "queued",
+    )
+
+    def __init__(
+        self,
+        hub: Hub,
+        sender: Peer | None,
+        request_id: RequestId | None,
+        listed: bool,
+        session: Session | None,
+    ) -> None:
+        self._hub = hub
+        self._sender = sender
+        self._request_id = request_id
+        self._listed = listed
+        self._session = session
+        self._pending = 1  # the routing itself, until close()
+        self._remote = False
+        self.on_done: Callable[[], None] | None = None
+        self.delivered: list[str] = []
+        self.queued: list[str] = []
+        self.offline: list[str] = []
+        self.overloaded: list[str] = []
+
+    def add(self, target: str, delivery: Delivery) -> None:
+        """Record what became of the frame for ``target``."""
+        if delivery is Delivery.DELIVERED:
+            self.delivered.append(target)
+        elif delivery is Delivery.QUEUED:
+            self.queued.append(target)
+        elif delivery is Delivery.OFFLINE:
+            self.offline.append(target)
+        else:
+            self.overloaded.append(target)
+            self._hub.metrics.drops.labels("queue-full").inc()
+
+    def expect(self) -> None:
+        """One more target will be answered by another node."""
+        self._pending += 1
+        if not self._remote and self._session is not None:
+            self._remote = True
+            session = self._session
+            session.inflight += 1
+            if session.inflight == self._hub.settings.inflight_per_session:
+                session.hold()
+
+    def answerer(self, target: str) -> Callable[[Delivery], None]:
+        """The callback a broker calls with ``target``'s outcome."""
+
+        def answer(delivery: Delivery) -> None:
+            self.add(target, delivery)
+            self._settle()
+
+        return answer
+
+    def close(self) -> None:
+        """Every target was handed over; answer now if no other node is awaited."""
+        self._settle()
+
+    def _settle(self) -> None:
+        self._pending -= 1
+        if self._pending:
+            return
+        session = self._session
+        if self._remote and session is not None:
+            session.inflight -= 1
+            if session.inflight == self._hub.settings.inflight_per_session - 1:
+                session.resume()
+        self._answer()
+        if self.on_done is not None:
+            self.on_done()
+
+    def _answer(self) -> None:
+        sender = self._sender
+        if sender is None:
+            return
+        unreached = self.offline + self.overloaded
+        if unreached:
+            code = ErrorCode.PEER_OFFLINE if self.offline else ErrorCode.OVERLOADED
+            what = "not connected" if self.offline else "cannot take more now"
+            to: str | list[str] = unreached if self._listed else unreached[0]
+            self._hub.metrics.errors.labels(code.value).inc()
+            frame = codec.encode_err(
+                code.value, f"{what}: {', '.join(unreached)}", request_id=self._request_id, to=to
+            )
+            sender.enqueue(frame, "err", None)
+        elif self._request_id is not None:
+            frame = codec.encode_ok(self._request_id, queued=bool(self.queued))
+            sender.enqueue(frame, "ok", None)

@@ -20,16 +20,39 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp = clock()
 
+    def _refill(self, now: float) -> float:
+        # Refilling stops at the burst; a credit above it is spent, not topped up.
+        tokens = self._tokens
+        if tokens < self._burst:
+            tokens = min(self._burst, tokens + (now - self._stamp) * self._rate)
+        return tokens
+
     def take(self) -> bool:
         """Spend one token; False when the bucket is empty."""
         now = self._clock()
-        tokens = min(self._burst, self._tokens + (now - self._stamp) * self._rate)
+        tokens = self._refill(now)
         self._stamp = now
         if tokens < 1.0:
             self._tokens = tokens
             return False
         self._tokens = tokens - 1.0
         return True
+
+    def seconds_until_token(self) -> float:
+        """How long until ``take`` can succeed (0 when it can now)."""
+        tokens = self._refill(self._clock())
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self._rate
+
+    def credit(self, seconds: float) -> None:
+        """Add what ``seconds`` at the full rate earn, even past the burst.
+
+        For time the relay itself did not read the client: what the client
+        sent meanwhile arrives at once, and at no more than the rate it is
+        no flood.
+        """
+        now = self._clock()
+        self._tokens = self._refill(now) + seconds * self._rate
+        self._stamp = now
 
 
 class Strikes:

@@ -4,10 +4,20 @@ A ``Peer`` is a registered id: its rooms, its resume secret and its outbound
 queue. It outlives any one WebSocket for the resume window, so a peer that
 reconnects finds its rooms and everything sent to it meanwhile.
 
-A ``Session`` is one WebSocket attached to a peer. It turns frames into hub
-calls, maps every refusal to an ``err`` or a close code (in ``receive``, the
-one place that does), and runs the writer that drains the peer's queue. It
-writes through a ``Transport``, so it knows nothing of ASGI.
+A ``Session`` is one WebSocket attached (after ``hello``) to a peer. The
+connection drives it with plain calls (``message_received``, ``writable``,
+``connection_lost``) and it answers through a ``Transport`` with plain calls
+too (``write``, ``pause_reading``, ``close``): no task per connection, no
+queue between the socket and the rules. Refusals become an ``err`` or a close
+code in ``_refuse``, the one place that maps them.
+
+Frames for a peer are written straight to its socket while the socket takes
+them; only while its transport is paused (the kernel buffer is full) do they
+wait in the peer's queue, and whoever sent them stops being read until the
+queue has drained: TCP then pushes back on the sender, and a reader that is
+merely slower than the offered load is never cut. A peer whose queue has not
+moved for ``slow_consumer_seconds`` has stopped reading: it is closed 4008 and
+its queue waits for a resume.
 """
 
 from __future__ import annotations
@@ -16,10 +26,8 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
-
-import anyio
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay.broker.base import BrokerUnavailable, Delivery, QueueEntry, Undelivered
 from relay.exceptions import (
@@ -29,6 +37,8 @@ from relay.exceptions import (
     RateLimited,
     RelayError,
     RequestId,
+    TooLarge,
+    Unauthorized,
     UnknownType,
 )
 from relay.limits import Strikes, TokenBucket
@@ -44,14 +54,40 @@ log = logging.getLogger("relay.session")
 
 
 class Transport(Protocol):
-    """What a session writes through (a WebSocket, or a fake in tests)."""
+    """What a session drives: one WebSocket connection.
 
-    async def send_bytes(self, data: bytes) -> None:
-        """Send one binary frame."""
+    Every call returns at once. ``close`` bounds the closing handshake: the
+    connection is gone (``Session.connection_lost`` called) within the close
+    timeout even if the peer never reads again.
+    """
+
+    @property
+    def writing_paused(self) -> bool:
+        """True while the socket takes no more (its buffers are full)."""
         ...
 
-    async def close(self, code: int, reason: str) -> None:
-        """Close the connection with ``code``."""
+    def write(self, data: bytes) -> None:
+        """Send one binary message."""
+        ...
+
+    def pause_reading(self) -> None:
+        """Deliver no more messages until ``resume_reading``."""
+        ...
+
+    def resume_reading(self) -> None:
+        """Deliver messages again, the held ones first."""
+        ...
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Close the connection with ``code`` (aborting it if the close cannot complete)."""
+        ...
+
+    def unsent_bytes(self) -> int:
+        """Once the connection is lost: how many written bytes never reached the peer's host.
+
+        Bytes its TCP stack acknowledged count as delivered (a living peer
+        reads them even after a reset); 0 when the transport cannot tell.
+        """
         ...
 
 
@@ -59,21 +95,31 @@ class Peer:
     """A registered peer id and the state that survives its reconnects."""
 
     __slots__ = (
+        "backlog_since",
         "expiry",
         "id",
         "max_queue_bytes",
         "max_queue_messages",
         "queue",
         "queued_bytes",
+        "replay_bytes",
         "rooms",
         "secret",
         "session",
+        "unsent",
+        "waiters",
         "written",
+        "written_bytes",
         "written_count",
     )
 
     def __init__(
-        self, peer_id: str, *, max_queue_messages: int, max_queue_bytes: int, replay_messages: int
+        self,
+        peer_id: str,
+        *,
+        max_queue_messages: int,
+        max_queue_bytes: int,
+        replay_bytes: int,
     ) -> None:
         self.id = peer_id
         self.secret = ""
@@ -83,12 +129,23 @@ class Peer:
         self.max_queue_messages = max_queue_messages
         self.max_queue_bytes = max_queue_bytes
         self.session: Session | None = None
-        self.expiry: anyio.CancelScope | None = None
+        self.expiry: asyncio.TimerHandle | None = None
+        # Senders not read until this peer's queue drains (backpressure).
+        self.waiters: list[Session] = []
+        self.backlog_since = 0.0  # when the queue last moved while it was not empty
         # The last frames written to the current socket. A socket that dies
         # takes what sat in its buffers with it; a resume that says how many
-        # frames it received gets the rest again from here.
-        self.written: deque[QueueEntry] = deque(maxlen=replay_messages)
+        # frames it received gets the rest again from here. It holds up to
+        # ``replay_bytes`` (each frame counted with REPLAY_OVERHEAD more), and
+        # the frame layer keeps the kernel's send buffer well below that, so
+        # it covers everything a socket can have swallowed.
+        self.written: deque[QueueEntry] = deque()
+        self.written_bytes = 0
         self.written_count = 0
+        self.replay_bytes = replay_bytes
+        # How many of the newest frames in ``written`` never left this host
+        # when the last socket was lost: reported if the peer never resumes.
+        self.unsent = 0
 
     def replay(self, received: int | None) -> int:
         """Start a new session's count; requeue frames the last socket never delivered.
@@ -105,135 +162,344 @@ class Peer:
             self.queue.extendleft(reversed(missed))
             self.queued_bytes += sum(len(entry[0]) for entry in missed)
         self.written.clear()
+        self.written_bytes = 0
         self.written_count = 0
+        self.unsent = 0
         return lost
 
-    def enqueue(self, frame: bytes, kind: str, undelivered: Undelivered | None) -> Delivery:
-        """Queue ``frame``; a live session is woken to send it.
+    def count_unsent(self, unsent_bytes: int) -> None:
+        """Mark the newest frames covering ``unsent_bytes`` on the wire as never sent."""
+        count = 0
+        for frame, _kind, _undelivered in reversed(self.written):
+            if unsent_bytes <= 0:
+                break
+            unsent_bytes -= wire_size(len(frame))
+            count += 1
+        self.unsent = count
 
-        A full queue means the peer is not reading: its session is closed with
-        4008 (what is queued stays for a resume) and the frame is refused.
+    def take_undelivered(self) -> list[QueueEntry]:
+        """Everything the peer provably never got: its queue and its unsent frames."""
+        unsent = list(self.written)[len(self.written) - self.unsent :] if self.unsent else []
+        pending = unsent + list(self.queue)
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.unsent = 0
+        return pending
+
+    def enqueue(self, frame: bytes, kind: str, undelivered: Undelivered | None) -> Delivery:
+        """Write ``frame`` to the live socket, or queue it.
+
+        Written at once while the session is open, its socket takes more and
+        nothing is queued ahead; queued otherwise, up to the queue's bounds
+        (``OVERLOADED`` beyond). ``QUEUED`` means kept for a peer without a
+        live session (resuming, or being closed).
         """
+        session = self.session
+        if session is not None and session.close_code is None:
+            if not self.queue and not session.transport.writing_paused:
+                session.write_entry((frame, kind, undelivered))
+                return Delivery.DELIVERED
+            delivered = Delivery.DELIVERED
+        else:
+            delivered = Delivery.QUEUED
         size = len(frame)
         if (
             len(self.queue) >= self.max_queue_messages
             or self.queued_bytes + size > self.max_queue_bytes
         ):
-            if self.session is not None:
-                self.session.close(CloseCode.SLOW_CONSUMER, "outbound queue full", reason="slow")
             return Delivery.OVERLOADED
+        if not self.queue:
+            self.backlog_since = time.monotonic()
+            if session is not None:
+                session.hub.backlogged.add(self)
         self.queue.append((frame, kind, undelivered))
         self.queued_bytes += size
-        session = self.session
-        if session is None or session.close_code is not None:
-            return Delivery.QUEUED
-        session.wakeup.set()
-        return Delivery.DELIVERED
+        return delivered
+
+    def release_waiters(self) -> None:
+        """Read again from every sender that waited for this peer's queue."""
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            waiter.resume()
 
 
 class Session:
-    """One WebSocket attached (after ``hello``) to a peer."""
+    """One WebSocket, attached (after ``hello``) to a peer."""
 
-    def __init__(self, hub: Hub, transport: Transport, clock: Callable[[], float]) -> None:
+    __slots__ = (
+        "_bad_envelopes",
+        "_close_timer",
+        "_expiry_timer",
+        "_held_since",
+        "_holds",
+        "_limits",
+        "_metrics",
+        "_on_end",
+        "_rate",
+        "_rate_strikes",
+        "claims",
+        "close_code",
+        "close_reason",
+        "ended",
+        "hub",
+        "inflight",
+        "peer",
+        "transport",
+        "transport_closed",
+    )
+
+    def __init__(
+        self,
+        hub: Hub,
+        transport: Transport,
+        clock: Callable[[], float],
+        *,
+        on_end: Callable[[], None] | None = None,
+    ) -> None:
         settings = hub.settings
         self.hub = hub
         self.transport = transport
         self.peer: Peer | None = None
         self.claims: Claims | None = None  # the current token's, when auth is on
-        self.claims_changed = asyncio.Event()  # a refresh replaced them
-        self.close_code: int | None = None
+        self.close_code: int | None = None  # set once the relay decided to close
         self.close_reason = ""
-        self.wakeup = asyncio.Event()
-        self._flush_until = 0.0
-        self._writer_scope: anyio.CancelScope | None = None
+        self.transport_closed = False
+        self.ended = False
+        self.inflight = 0  # sends waiting for another node's answer
+        self._holds = 0  # reasons not to read now (a pending step, a full target)
+        self._held_since = 0.0
         self._rate = TokenBucket(settings.rate_per_second, settings.rate_burst, clock)
         self._rate_strikes = Strikes(settings.rate_strikes, consecutive=True)
         self._bad_envelopes = Strikes(settings.bad_envelope_budget, consecutive=False)
         self._limits = hub.codec_limits
         self._metrics = hub.metrics
+        self._on_end = on_end
+        loop = asyncio.get_running_loop()
+        self._close_timer: asyncio.TimerHandle | None = loop.call_later(
+            settings.hello_timeout_seconds, self._hello_timed_out
+        )
+        self._expiry_timer: asyncio.TimerHandle | None = None
+
+    # --- what the connection calls --------------------------------------------
+
+    def message_received(self, frame: bytes) -> None:
+        """Handle one binary message from the peer."""
+        if self.peer is None:
+            self._hello(frame)
+        elif self.close_code is not None:
+            self._answer_closing(frame)
+        else:
+            self._receive(frame)
+
+    def text_received(self, text: str) -> None:
+        """Text frames are not part of the protocol: close 1003."""
+        self.close(CloseCode.UNSUPPORTED_DATA, "text frames are not accepted", reason="text")
+
+    def writable(self) -> None:
+        """The socket takes frames again: send what waited in the queue."""
+        peer = self.peer
+        if peer is None or peer.session is not self or self.transport_closed:
+            return
+        queue = peer.queue
+        transport = self.transport
+        moved = False
+        while queue and not transport.writing_paused:
+            entry = queue.popleft()
+            peer.queued_bytes -= len(entry[0])
+            self.write_entry(entry)
+            moved = True
+        if moved:
+            peer.backlog_since = time.monotonic()
+        if not queue:
+            self.hub.backlogged.discard(peer)
+            peer.release_waiters()
+            if self.close_code is not None:
+                self._close_transport()
+
+    def connection_lost(self, code: int, reason: str = "") -> None:
+        """The connection is gone; ``code`` is the peer's close code (1006 if none)."""
+        if self.ended:
+            return
+        self.ended = True
+        for timer in (self._close_timer, self._expiry_timer):
+            if timer is not None:
+                timer.cancel()
+        self._close_timer = self._expiry_timer = None
+        peer = self.peer
+        if peer is not None and peer.session is self:
+            self.hub.backlogged.discard(peer)
+            peer.release_waiters()
+            peer.count_unsent(self.transport.unsent_bytes())
+        self.hub.session_ended(self, code)
+        if self._on_end is not None:
+            self._on_end()
+
+    # --- writing -------------------------------------------------------------
+
+    def write_entry(self, entry: QueueEntry) -> None:
+        """Write one frame to the socket, keeping it for replay."""
+        peer = self.peer
+        assert peer is not None, "frames are written only after hello"
+        # Kept before writing: if the socket dies with it in its buffers, a
+        # resume replays it from here.
+        frame = entry[0]
+        size = len(frame)
+        written = peer.written
+        written.append(entry)
+        peer.written_bytes += size + REPLAY_OVERHEAD
+        peer.written_count += 1
+        while peer.written_bytes > peer.replay_bytes:
+            peer.written_bytes -= len(written.popleft()[0]) + REPLAY_OVERHEAD
+        self.transport.write(frame)
+        self._metrics.sent[entry[1]].add(size)
+
+    def reply(self, frame: bytes, kind: str) -> None:
+        """Send a frame to this session's own peer (queued behind what waits)."""
+        if self.peer is not None:
+            self.peer.enqueue(frame, kind, None)
+
+    # --- backpressure --------------------------------------------------------
+
+    def hold(self) -> None:
+        """Stop reading this socket until a matching ``resume``."""
+        self._holds += 1
+        if self._holds == 1:
+            self._held_since = time.monotonic()
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        """Drop one reason not to read; read again when none is left."""
+        self._holds -= 1
+        if self._holds == 0 and not self.ended:
+            # What the client sent while it was not read arrives in a burst:
+            # the rate limit judges it by when it was sent.
+            self._rate.credit(time.monotonic() - self._held_since)
+            self.transport.resume_reading()
+
+    def wait_for(self, target: Peer) -> None:
+        """Read nothing more from this socket until ``target``'s queue has drained."""
+        if target.session is None or target.session is self:
+            return  # nothing to wait for / a peer is not held up by its own replies
+        target.waiters.append(self)
+        self.hold()
 
     # --- closing -------------------------------------------------------------
 
     def close(self, code: int, message: str, *, reason: str, flush_seconds: float = 0.0) -> None:
-        """Ask the writer to close the socket with ``code``.
+        """Close the socket with ``code``, after up to ``flush_seconds`` of flushing.
 
-        The writer first sends what is queued for up to ``flush_seconds``
-        (a drain, or the ``err`` that explains a policy close); a send still
-        in progress then is abandoned, and a resume replays it.
+        From now on frames for the peer are queued for a resume, not written.
+        The transport bounds the close itself, so the session is over within
+        ``flush_seconds`` plus the close timeout whether or not the peer reads.
         """
-        if self.close_code is not None:
+        if self.close_code is not None or self.ended:
             return
         self.close_code = code
         self.close_reason = message
-        self._flush_until = anyio.current_time() + flush_seconds
         self._metrics.disconnects.labels(reason).inc()
-        self.wakeup.set()
-        if self._writer_scope is not None:
-            self._writer_scope.deadline = self._flush_until
-
-    # --- writing -------------------------------------------------------------
-
-    async def send_now(self, frame: bytes, kind: str) -> None:
-        """Send a frame before the writer runs (``welcome``, a refused ``hello``)."""
-        await self.transport.send_bytes(frame)
-        self._metrics.sent[kind].add(len(frame))
-
-    async def write(self) -> None:
-        """Drain the peer's queue into the socket until the session closes."""
-        # One cancel scope for the writer's life, not one per frame: close()
-        # moves its deadline, which abandons a send stuck on a full socket.
-        with anyio.CancelScope() as scope:
-            self._writer_scope = scope
-            if self.close_code is not None:
-                scope.deadline = self._flush_until
-            await self._send_queued()
-        self._writer_scope = None
-        with anyio.move_on_after(5):
-            await self.transport.close(self.close_code or CloseCode.NORMAL, self.close_reason)
-
-    async def _send_queued(self) -> None:
+        log.info(
+            "closing %s: %d %s",
+            self.peer.id if self.peer is not None else "an unregistered socket",
+            code,
+            message,
+        )
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
         peer = self.peer
-        assert peer is not None, "write() runs only after hello"
-        queue = peer.queue
-        written = peer.written
-        send_bytes = self.transport.send_bytes
-        sent = self._metrics.sent
-        while True:
-            if not queue:
-                if self.close_code is not None:
-                    return
-                self.wakeup.clear()
-                await self.wakeup.wait()
-                continue
-            if peer.session is not self:
-                return
-            entry = queue.popleft()
-            frame = entry[0]
-            peer.queued_bytes -= len(frame)
-            # Recorded before sending: if the send is abandoned or the socket
-            # dies with it in its buffers, a resume replays it from here.
-            written.append(entry)
-            peer.written_count += 1
-            await send_bytes(frame)
-            sent[entry[1]].add(len(frame))
+        if flush_seconds > 0 and peer is not None and peer.queue:
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(flush_seconds, self._close_transport)
+            self.writable()
+        else:
+            self._close_transport()
 
-    def reply(self, frame: bytes, kind: str) -> None:
-        """Queue a reply to this session's own peer."""
-        if self.peer is not None:
-            self.peer.enqueue(frame, kind, None)
+    def _close_transport(self) -> None:
+        if self.transport_closed or self.ended:
+            return
+        self.transport_closed = True
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self.transport.close(self.close_code or CloseCode.NORMAL, self.close_reason[:120])
+
+    def _hello_timed_out(self) -> None:
+        self._close_timer = None
+        if self.peer is None:
+            self.close(CloseCode.POLICY_VIOLATION, "no hello in time", reason="hello")
+
+    # --- the token's expiry ----------------------------------------------------
+
+    def set_claims(self, claims: Claims | None) -> None:
+        """Adopt a (fresh) token's claims and close with 4501 when it expires."""
+        self.claims = claims
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None
+        if claims is not None and not self.ended:
+            self._watch_expiry()
+
+    def _watch_expiry(self) -> None:
+        auth = self.hub.auth
+        if auth is None or self.claims is None or self.close_code is not None:
+            return
+        left = auth.seconds_left(self.claims)
+        if left <= 0:
+            self._expiry_timer = None
+            self.reply(codec.encode_err("unauthorized", "token expired"), "err")
+            self.close(CloseCode.UNAUTHORIZED, "token expired", reason="expired", flush_seconds=1.0)
+            return
+        # At least daily: a timer far in the future gains nothing.
+        loop = asyncio.get_running_loop()
+        self._expiry_timer = loop.call_later(min(left, 86400.0) + 0.001, self._watch_expiry)
 
     # --- reading -------------------------------------------------------------
 
-    def decode_hello(self, frame: bytes) -> Hello:
-        """Decode the first frame, which must be a ``hello``."""
-        envelope = codec.decode(frame, self._limits)
+    def _hello(self, frame: bytes) -> None:
+        if self.close_code is not None:
+            return
+        try:
+            envelope = codec.decode(frame, self._limits)
+        except RelayError as exc:
+            self._metrics.received["invalid"].add(len(frame))
+            self._refuse_hello(exc)
+            return
         self._metrics.received[_KINDS[type(envelope)]].add(len(frame))
         if not isinstance(envelope, Hello):
-            raise NotRegistered("the first envelope must be hello")
-        return envelope
+            self._refuse_hello(NotRegistered("the first envelope must be hello"))
+            return
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+            self._close_timer = None
+        self.run(self._register(envelope))
 
-    async def receive(self, frame: bytes) -> None:
-        """Handle one binary frame after ``hello``; refusals become ``err`` or a close."""
+    async def _register(self, hello: Hello) -> None:
+        try:
+            welcome = await self.hub.register(self, hello)
+        except BrokerUnavailable:
+            self._refuse_hello(Overloaded("the cluster backplane is unavailable"))
+            return
+        except RelayError as exc:
+            self._refuse_hello(exc)
+            return
+        peer = self.peer
+        assert peer is not None
+        if self.ended:  # the socket died while the hello was being checked
+            self.hub.session_ended(self, 1006)
+            return
+        self.transport.write(welcome)
+        self._metrics.sent["welcome"].add(len(welcome))
+        self.writable()  # what waited for a resume
+
+    def _refuse_hello(self, exc: RelayError) -> None:
+        self._metrics.errors.labels(exc.code.value).inc()
+        err = codec.encode_err(exc.code.value, exc.message)
+        self.transport.write(err)
+        self._metrics.sent["err"].add(len(err))
+        code = _HELLO_CLOSE_CODES.get(exc.code, CloseCode.POLICY_VIOLATION)
+        self.close(code, exc.message, reason="hello")
+
+    def _receive(self, frame: bytes) -> None:
         started = time.perf_counter()
         try:
             envelope = codec.decode(frame, self._limits)
@@ -261,39 +527,74 @@ class Session:
                 )
             return
         self._rate_strikes.forgive()
-        peer = self.peer
-        assert peer is not None, "receive() runs only after hello"
+        hub = self.hub
         try:
             if isinstance(envelope, Send):
-                await self.hub.send(peer, envelope)
+                hub.send(self, envelope)
                 self._metrics.routing.observe(time.perf_counter() - started)
             elif isinstance(envelope, Publish):
-                await self.hub.publish(peer, envelope)
+                hub.publish(self, envelope)
                 self._metrics.routing.observe(time.perf_counter() - started)
-            elif isinstance(envelope, Join):
-                await self.hub.join(peer, envelope)
-            elif isinstance(envelope, Leave):
-                await self.hub.leave(peer, envelope)
             elif isinstance(envelope, Ping):
                 pong: dict[str, object] = {"type": "pong"}
                 if envelope.id is not None:
                     pong["id"] = envelope.id
                 self.reply(codec.encode(pong), "pong")
+            elif isinstance(envelope, Join):
+                self.run(hub.join(self, envelope), envelope)
+            elif isinstance(envelope, Leave):
+                self.run(hub.leave(self, envelope), envelope)
             elif isinstance(envelope, Refresh):
-                await self.hub.refresh(self, envelope)
+                self.run(hub.refresh(self, envelope), envelope)
             else:
                 raise BadEnvelope("hello was already accepted")
-        except RelayError as exc:
+        except Exception as exc:
+            self._fail(exc, envelope)
+
+    def run(self, step: Coroutine[Any, Any, None], envelope: object = None) -> None:
+        """Run a step that waits (the backplane, a registration), reading nothing meanwhile.
+
+        Frames that arrive in the meantime stay with the transport, so the
+        peer's requests are still handled in the order it sent them.
+        """
+        self.hold()
+
+        async def run_step() -> None:
+            try:
+                await step
+            except Exception as exc:
+                self._fail(exc, envelope)
+            finally:
+                self.resume()
+
+        self.hub.spawn(run_step())
+
+    def _fail(self, exc: Exception, envelope: object) -> None:
+        request_id = envelope_id(envelope)
+        if isinstance(exc, RelayError):
             if exc.request_id is None:
-                exc.request_id = envelope_id(envelope)
+                exc.request_id = request_id
             self._refuse(exc)
-        except BrokerUnavailable:
-            self._refuse(
-                Overloaded("the cluster backplane is unavailable", request_id=envelope_id(envelope))
-            )
-        except Exception:
-            log.exception("internal error handling %s from %s", kind, peer.id)
-            self._refuse(_Internal("internal error", request_id=envelope_id(envelope)))
+        elif isinstance(exc, BrokerUnavailable):
+            self._refuse(Overloaded("the cluster backplane is unavailable", request_id=request_id))
+        else:
+            peer_id = self.peer.id if self.peer is not None else "?"
+            log.error("internal error handling %s from %s", type(envelope).__name__, peer_id,
+                      exc_info=exc)  # fmt: skip
+            self._refuse(_Internal("internal error", request_id=request_id))
+
+    def _answer_closing(self, frame: bytes) -> None:
+        """A frame that arrived after the relay decided to close: say it was not handled."""
+        try:
+            envelope = codec.decode(frame, self._limits)
+        except RelayError:
+            return
+        if self.close_code == CloseCode.GOING_AWAY:
+            # A drain still routes: the peer's last requests are served.
+            self._receive(frame)
+            return
+        error = _CLOSING_ERRORS.get(self.close_code or 0, Overloaded)
+        self._refuse(error("the session is closing", request_id=envelope_id(envelope)))
 
     def _refuse(self, exc: RelayError) -> None:
         self._metrics.errors.labels(exc.code.value).inc()
@@ -302,6 +603,15 @@ class Session:
             "err",
         )
 
+
+def wire_size(length: int) -> int:
+    """Bytes a server frame with a ``length``-byte payload takes on the wire (RFC 6455)."""
+    return length + (2 if length < 126 else 4 if length < 65536 else 10)
+
+
+# What one kept frame costs beyond its bytes (the deque slot, the tuple, the
+# bytes object's header): tiny frames cannot make the replay ring unbounded.
+REPLAY_OVERHEAD = 64
 
 _EXPLAIN_SECONDS = 1.0  # how long a policy close waits to deliver the errs that explain it
 
@@ -315,6 +625,22 @@ def envelope_id(envelope: object) -> RequestId | None:
 class _Internal(RelayError):
     code = ErrorCode.INTERNAL
 
+
+# How a refused hello closes the socket; any other refusal is a policy violation.
+_HELLO_CLOSE_CODES = {
+    ErrorCode.ID_TAKEN: CloseCode.ID_TAKEN,
+    ErrorCode.UNAUTHORIZED: CloseCode.UNAUTHORIZED,
+    ErrorCode.TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
+    ErrorCode.OVERLOADED: CloseCode.TRY_AGAIN_LATER,
+}
+
+# The err a request gets when it arrives on a session the relay is closing.
+_CLOSING_ERRORS: dict[int, type[RelayError]] = {
+    CloseCode.RATE_LIMITED: RateLimited,
+    CloseCode.TOO_MANY_BAD_ENVELOPES: BadEnvelope,
+    CloseCode.UNAUTHORIZED: Unauthorized,
+    CloseCode.MESSAGE_TOO_BIG: TooLarge,
+}
 
 _KINDS = {
     Hello: "hello",

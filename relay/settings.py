@@ -1,22 +1,145 @@
-"""Every setting of the relay, with its default in sight.
+"""Every setting of the relay, with its default and what it accepts in sight.
 
 ``Settings`` is the one configuration object: ``create_app(settings)`` takes
 it, and the CLI builds one from flags, ``RELAY_*`` environment variables and an
 optional TOML file (in that order of precedence). Each field's ``help`` is what
-``relay serve --help`` prints and what docs/configuration.md tabulates.
+``relay serve --help`` prints and what docs/configuration.md tabulates, and
+its ``Rule`` says which values it accepts.
+
+A ``Settings`` cannot hold a value its rule refuses: construction raises
+``SettingError`` naming the setting, the value and what was expected, so no
+code path (CLI, tests, ``--workers``) runs on a port of 70000 or a frame limit
+of 0. What needs the filesystem (TLS files readable, the key matching the
+certificate) is ``check_files()``, which the CLI runs once at startup; the JWT
+key files are loaded, and so checked, by ``relay.auth``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
+import re
+import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import urlsplit
 
 from relay.protocol.codec import DEFAULT_ID_PATTERN, DEFAULT_ROOM_PATTERN, CodecLimits
 
+_SERVER_ID = "@server"  # relay.hub.SERVER_ID, the sender of API messages
 
-def _setting(default: Any, help: str, *, group: str = "server") -> Any:
-    return field(default=default, metadata={"help": help, "group": group})
+
+class SettingError(ValueError):
+    """A setting holds a value it does not accept.
+
+    ``name`` is the setting, ``value`` the offending value (one item of a
+    list setting), ``problem`` what is wrong with it ("expected ...").
+    """
+
+    def __init__(self, name: str, value: object, problem: str) -> None:
+        self.name = name
+        self.value = value
+        self.problem = problem
+        shown = "(hidden)" if is_secret(name) else repr(value)
+        super().__init__(f"{name} = {shown}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """The values a setting accepts: ``expected`` for people, ``test`` for values.
+
+    A list setting's rule applies to each of its items.
+    """
+
+    expected: str
+    test: Callable[[Any], bool]
+
+
+def _int_at_least(low: int) -> Rule:
+    return Rule(f"an integer >= {low}", lambda value: value >= low)
+
+
+def _one_of(*choices: str) -> Rule:
+    return Rule("one of " + ", ".join(choices), lambda value: value in choices)
+
+
+def _compiles(pattern: str) -> bool:
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError):
+        return False
+    return True
+
+
+def _is_origin(text: str) -> bool:
+    """``scheme://host[:port]``, as a browser sends it in ``Origin``."""
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError for a bad port
+    except ValueError:
+        return False
+    return (
+        re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", parts.scheme) is not None
+        and bool(parts.hostname)
+        and "@" not in parts.netloc
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+        and (port is None or port > 0)
+    )
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_broker(text: str) -> bool:
+    if text == "memory":
+        return True
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        return False
+    if parts.scheme in ("redis", "rediss"):
+        return bool(parts.netloc)
+    return parts.scheme == "unix" and bool(parts.path)
+
+
+def _is_id_pattern(pattern: str) -> bool:
+    return _compiles(pattern) and re.fullmatch(pattern, _SERVER_ID) is None
+
+
+_ANY = Rule("", lambda value: True)  # any string
+# A file setting's path is checked when the file is read: check_files, relay.auth.
+_FILE = Rule("a readable file, or empty", lambda value: True)
+_NOT_EMPTY = Rule("a non-empty string", lambda value: value.strip() != "")
+_NO_SPACE = Rule(
+    "a non-empty string without spaces", lambda value: re.fullmatch(r"\S+", value) is not None
+)
+_POSITIVE = Rule("a number > 0", lambda value: value > 0)
+_NOT_NEGATIVE = Rule("a number >= 0", lambda value: value >= 0)
+_COUNT = _int_at_least(1)
+_NETWORK = Rule("an IP address or CIDR such as 10.0.0.0/8", _is_network)
+
+
+def _setting(
+    default: Any,
+    help: str,
+    rule: Rule,
+    *,
+    group: str = "server",
+    secret: bool = False,
+) -> Any:
+    return field(
+        default=default, metadata={"help": help, "group": group, "rule": rule, "secret": secret}
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,146 +147,338 @@ class Settings:
     """Configuration of one relay node. Every field has a safe default."""
 
     # Server
-    host: str = _setting("127.0.0.1", "Interface to listen on.")
-    port: int = _setting(8080, "TCP port for WebSocket and HTTP (0 picks a free one).")
-    path: str = _setting("/v1/ws", "URL path of the WebSocket endpoint.")
-    node_id: str = _setting("", "Name of this node in welcome.node (random when empty).")
+    host: str = _setting("127.0.0.1", "Interface to listen on.", _NOT_EMPTY)
+    port: int = _setting(
+        8080,
+        "TCP port for WebSocket and HTTP (0 picks a free one).",
+        Rule("an integer 0-65535", lambda value: 0 <= value <= 65535),
+    )
+    path: str = _setting(
+        "/v1/ws",
+        "URL path of the WebSocket endpoint.",
+        Rule("a path starting with /", lambda value: value.startswith("/")),
+    )
+    node_id: str = _setting(
+        "",
+        "Name of this node in welcome.node (random when empty).",
+        Rule(
+            "at most 64 letters, digits and _.:~- (or empty)",
+            lambda value: re.fullmatch(r"[A-Za-z0-9_.:~-]{0,64}", value) is not None,
+        ),
+    )
     origins: tuple[str, ...] = _setting(
         (),
-        "Allowed browser Origins (scheme://host[:port]); empty accepts any Origin.",
+        "Allowed browser Origins; empty accepts any Origin.",
+        Rule("an origin scheme://host[:port] such as https://app.example.com", _is_origin),
     )
     ws_impl: str = _setting(
         "relay",
-        "WebSocket implementation: relay (the relay's own frame layer, relay/wsserver.py), "
-        "or uvicorn's websockets-sansio, websockets or wsproto.",
+        "WebSocket implementation: relay is the relay's own frame layer (relay/wsserver.py), "
+        "the others are uvicorn's.",
+        _one_of("relay", "websockets-sansio", "websockets", "wsproto"),
     )
-    ping_interval_seconds: float = _setting(20.0, "WebSocket keepalive ping interval.")
-    ping_timeout_seconds: float = _setting(20.0, "Close a peer whose pong is this late.")
-    drain_seconds: float = _setting(10.0, "On SIGTERM, time allowed to flush queues.")
+    ping_interval_seconds: float = _setting(20.0, "WebSocket keepalive ping interval.", _POSITIVE)
+    ping_timeout_seconds: float = _setting(20.0, "Close a peer whose pong is this late.", _POSITIVE)
+    drain_seconds: float = _setting(
+        10.0,
+        "On SIGTERM, time allowed to flush queues (0: close at once).",
+        _NOT_NEGATIVE,
+    )
     broker: str = _setting(
-        "memory", "Broker backend: memory (one node) or redis://host:6379/0 (a cluster)."
+        "memory",
+        "Broker backend: memory for one node, a Redis URL for a cluster.",
+        Rule("memory, or a redis://host:6379/0, rediss:// or unix:// URL", _is_broker),
     )
-    log_level: str = _setting("info", "Log level: debug, info, warning or error.")
+    log_level: str = _setting(
+        "info",
+        "Log level.",
+        _one_of("debug", "info", "warning", "error"),
+    )
 
     # Limits
-    max_frame_bytes: int = _setting(65536, "Largest frame a peer may send.", group="limits")
-    max_depth: int = _setting(32, "Deepest nesting allowed in a payload.", group="limits")
-    max_targets: int = _setting(100, "Most peers one send may address.", group="limits")
+    max_frame_bytes: int = _setting(
+        65536,
+        "Largest frame a peer may send (1009 beyond).",
+        Rule("an integer >= 1024 (a hello with a token must fit)", lambda value: value >= 1024),
+        group="limits",
+    )
+    max_depth: int = _setting(32, "Deepest nesting allowed in a payload.", _COUNT, group="limits")
+    max_targets: int = _setting(100, "Most peers one send may address.", _COUNT, group="limits")
     hello_timeout_seconds: float = _setting(
-        5.0, "Close a socket that sends no hello this soon.", group="limits"
+        5.0, "Close a socket that sends no hello this soon.", _POSITIVE, group="limits"
     )
     rate_per_second: float = _setting(
-        200.0, "Envelopes per second a session may send (refill).", group="limits"
+        200.0, "Envelopes per second a session may send (refill).", _POSITIVE, group="limits"
     )
-    rate_burst: int = _setting(400, "Token bucket size for the session rate.", group="limits")
+    rate_burst: int = _setting(
+        400, "Token bucket size for the session rate.", _COUNT, group="limits"
+    )
     rate_strikes: int = _setting(
-        100, "Rate-limited envelopes in a row before closing 4029.", group="limits"
+        100,
+        "Rate-limited envelopes in a row before closing 4029 (0: close at the first).",
+        _int_at_least(0),
+        group="limits",
     )
     bad_envelope_budget: int = _setting(
-        10, "Bad envelopes a session may send before closing 4500.", group="limits"
+        10,
+        "Bad envelopes a session may send before closing 4500 (0: close at the first).",
+        _int_at_least(0),
+        group="limits",
     )
-    rooms_per_peer: int = _setting(64, "Rooms one peer may be in.", group="limits")
-    peers_per_room: int = _setting(10000, "Members one room may have.", group="limits")
-    max_id_length: int = _setting(64, "Longest peer id.", group="limits")
-    id_pattern: str = _setting(DEFAULT_ID_PATTERN, "Regex a peer id must match.", group="limits")
-    max_room_length: int = _setting(128, "Longest room name.", group="limits")
+    rooms_per_peer: int = _setting(64, "Rooms one peer may be in.", _COUNT, group="limits")
+    peers_per_room: int = _setting(10000, "Members one room may have.", _COUNT, group="limits")
+    max_id_length: int = _setting(64, "Longest peer id.", _COUNT, group="limits")
+    id_pattern: str = _setting(
+        DEFAULT_ID_PATTERN,
+        "Regex a peer id must match (never @server).",
+        Rule("a regular expression that does not match @server", _is_id_pattern),
+        group="limits",
+    )
+    max_room_length: int = _setting(128, "Longest room name.", _COUNT, group="limits")
     room_pattern: str = _setting(
-        DEFAULT_ROOM_PATTERN, "Regex a room name must match.", group="limits"
+        DEFAULT_ROOM_PATTERN,
+        "Regex a room name must match.",
+        Rule("a regular expression", _compiles),
+        group="limits",
     )
     queue_messages: int = _setting(
-        1024, "Outbound queue per peer, in messages (4008 when full).", group="limits"
-    )
+        1024, "Outbound queue per peer, in messages (overloaded when full).", _COUNT,
+        group="limits",
+    )  # fmt: skip
     queue_bytes: int = _setting(
-        1048576, "Outbound queue per peer, in bytes (4008 when full).", group="limits"
+        1048576,
+        "Outbound queue per peer, in bytes (overloaded when full; at least max_frame_bytes).",
+        _COUNT,
+        group="limits",
     )
-    replay_messages: int = _setting(
-        256,
-        "Frames kept after sending, replayed on resume if the client never got them.",
+    slow_consumer_seconds: float = _setting(
+        5.0,
+        "Close 4008 a peer whose outbound queue has not moved this long (it stopped reading).",
+        _POSITIVE,
+        group="limits",
+    )
+    close_timeout_seconds: float = _setting(
+        2.0,
+        "Abort a socket whose closing handshake takes longer than this.",
+        _POSITIVE,
+        group="limits",
+    )
+    replay_bytes: int = _setting(
+        1048576,
+        "Sent frames kept per peer for replay on resume, in bytes (covers the socket's buffers).",
+        _COUNT,
         group="limits",
     )
     resume_seconds: float = _setting(
-        30.0, "How long a dropped peer's id, rooms and queue wait for a resume.", group="limits"
+        30.0,
+        "How long a dropped peer's id, rooms and queue wait for a resume (0: no resume).",
+        _NOT_NEGATIVE,
+        group="limits",
     )
 
     # Authentication (docs/security.md): open mode unless a key is configured
     jwt_secret: str = _setting(
-        "", "HS256 shared secret for hello tokens (empty: no HS256).", group="auth"
+        "",
+        "HS256 shared secret for hello tokens, 32 bytes or more (empty: no HS256).",
+        _ANY,
+        group="auth",
+        secret=True,
     )
     jwt_public_key_file: str = _setting(
-        "", "PEM public key file verifying RS256/ES256 hello tokens.", group="auth"
+        "", "PEM public key file verifying RS256/ES256 hello tokens.", _FILE, group="auth"
     )
     jwt_jwks_file: str = _setting(
-        "", "Local JWKS file whose keys (chosen by kid) verify hello tokens.", group="auth"
+        "",
+        "Local JWKS file whose keys (chosen by kid) verify hello tokens; re-read on SIGHUP.",
+        _FILE,
+        group="auth",
+    )
+    jwt_jwks_reload_seconds: float = _setting(
+        30.0,
+        "A token naming an unknown kid re-reads the key file at most this often.",
+        _POSITIVE,
+        group="auth",
     )
     jwt_algorithms: tuple[str, ...] = _setting(
         (),
         "Accepted JWT algorithms (empty: HS256 for a secret, the key's own for a key).",
+        _NO_SPACE,
         group="auth",
     )
-    jwt_audience: str = _setting("", "Required aud claim (empty: tokens with aud are refused).",
-                                 group="auth")  # fmt: skip
-    jwt_issuer: str = _setting("", "Required iss claim (empty: not checked).", group="auth")
+    jwt_audience: str = _setting(
+        "", "Required aud claim (empty: tokens with aud are refused).", _ANY, group="auth"
+    )
+    jwt_issuer: str = _setting("", "Required iss claim (empty: not checked).", _ANY, group="auth")
     jwt_rooms_claim: str = _setting(
-        "rooms", "Claim listing the rooms (globs) a peer may join and publish to.", group="auth"
+        "rooms",
+        "Claim listing the rooms (globs) a peer may join and publish to.",
+        _NOT_EMPTY,
+        group="auth",
     )
     jwt_leeway_seconds: float = _setting(
-        0.0, "Clock skew allowed when checking exp and nbf.", group="auth"
+        0.0, "Clock skew allowed when checking exp and nbf.", _NOT_NEGATIVE, group="auth"
     )
 
     # Server-side HTTP API
     api_keys: tuple[str, ...] = _setting(
-        (), "Bearer keys of the /v1 HTTP API (empty: the API is disabled).", group="api"
+        (),
+        "Bearer keys of the /v1 HTTP API (empty: the API is disabled).",
+        _NO_SPACE,
+        group="api",
+        secret=True,
     )
-    api_max_body_bytes: int = _setting(65536, "Largest HTTP API request body.", group="api")
+    api_max_body_bytes: int = _setting(65536, "Largest HTTP API request body.", _COUNT, group="api")
+    api_rate_per_second: float = _setting(
+        1000.0,
+        "HTTP API requests per second per key (refill; 429 beyond; 0: no limit).",
+        _NOT_NEGATIVE,
+        group="api",
+    )
+    api_rate_burst: int = _setting(2000, "Token bucket size for the API rate.", _COUNT, group="api")
 
     # TLS
-    certfile: str = _setting("", "PEM certificate chain: serve wss:// and https://.", group="tls")
-    keyfile: str = _setting("", "PEM private key of certfile.", group="tls")
+    certfile: str = _setting(
+        "", "PEM certificate chain: serve wss:// and https://.", _FILE, group="tls"
+    )
+    keyfile: str = _setting("", "PEM private key of certfile.", _FILE, group="tls")
 
     # Admission (before the WebSocket upgrade)
     max_connections: int = _setting(
-        10000, "Sockets this node holds at most (503 / 1013 beyond; 0: no cap).", group="admission"
+        10000,
+        "Sockets this node holds at most (503 / 1013 beyond; 0: no cap).",
+        _int_at_least(0),
+        group="admission",
     )
     max_connections_per_ip: int = _setting(
-        256, "Sockets one client address may hold (429 beyond; 0: no cap).", group="admission"
+        256,
+        "Sockets one client address may hold (429 beyond; 0: no cap).",
+        _int_at_least(0),
+        group="admission",
     )
     handshake_rate_per_second: float = _setting(
-        10.0, "WebSocket handshakes per second per client address (0: no limit).",
+        10.0,
+        "WebSocket handshakes per second per client address (0: no limit).",
+        _NOT_NEGATIVE,
         group="admission",
-    )  # fmt: skip
+    )
     handshake_burst: int = _setting(
-        30, "Token bucket size for the handshake rate.", group="admission"
+        30, "Token bucket size for the handshake rate.", _COUNT, group="admission"
     )
     ip_table_size: int = _setting(
-        65536, "Client addresses whose handshake rate is remembered (LRU).", group="admission"
+        65536,
+        "Client addresses whose handshake rate is remembered (LRU).",
+        _COUNT,
+        group="admission",
     )
     trusted_proxies: tuple[str, ...] = _setting(
-        (),
+        ("127.0.0.1", "::1"),
         "Proxy addresses/CIDRs whose X-Forwarded-For is believed (right-most untrusted wins).",
+        _NETWORK,
+        group="admission",
+    )
+    admission_exempt: tuple[str, ...] = _setting(
+        ("127.0.0.0/8", "::1"),
+        "Client addresses/CIDRs the per-address caps and rate skip (empty: none).",
+        _NETWORK,
         group="admission",
     )
 
     # Cluster (the redis broker; see docs/scaling.md)
     workers: int = _setting(
-        1, "Worker processes on this machine (more than 1 needs a shared broker).", group="cluster"
+        1,
+        "Worker processes on this machine (more than 1 needs a shared broker).",
+        _COUNT,
+        group="cluster",
     )
     redis_prefix: str = _setting(
-        "relay", "Prefix of every Redis key and channel, so relays can share a Redis.",
+        "relay",
+        "Prefix of every Redis key and channel, so relays can share a Redis.",
+        _NO_SPACE,
         group="cluster",
-    )  # fmt: skip
-    node_lease_seconds: float = _setting(
-        5.0, "A node silent this long is dead: its peers and rooms are dropped.", group="cluster"
     )
-    heartbeat_seconds: float = _setting(1.0, "How often a node renews its lease.", group="cluster")
+    node_lease_seconds: float = _setting(
+        5.0,
+        "A node silent this long is dead: its peers and rooms are dropped.",
+        _POSITIVE,
+        group="cluster",
+    )
+    heartbeat_seconds: float = _setting(
+        1.0,
+        "How often a node renews its lease (less than node_lease_seconds).",
+        _POSITIVE,
+        group="cluster",
+    )
     probe_seconds: float = _setting(
-        2.0, "How often a node checks its own subscription end to end.", group="cluster"
+        2.0, "How often a node checks its own subscription end to end.", _POSITIVE, group="cluster"
     )
     broker_timeout_seconds: float = _setting(
-        1.0, "Longest wait for any backplane operation before err overloaded.", group="cluster"
+        1.0,
+        "Longest wait for any backplane operation before err overloaded.",
+        _POSITIVE,
+        group="cluster",
+    )
+    inflight_per_session: int = _setting(
+        256,
+        "Cross-node sends one session may have awaiting their answer; reading pauses beyond.",
+        _COUNT,
+        group="cluster",
     )
     broker_queue: int = _setting(
-        10000, "Frames waiting to be published to the backplane, at most.", group="cluster"
+        10000, "Frames waiting to be published to the backplane, at most.", _COUNT, group="cluster"
     )
+
+    def __post_init__(self) -> None:
+        for item in dataclasses.fields(self):
+            _check(item.name, getattr(self, item.name))
+        if bool(self.certfile) != bool(self.keyfile):
+            given, missing = ("certfile", "keyfile") if self.certfile else ("keyfile", "certfile")
+            raise SettingError(given, getattr(self, given), f"TLS needs {missing} as well")
+        if self.queue_bytes < self.max_frame_bytes:
+            raise SettingError(
+                "queue_bytes",
+                self.queue_bytes,
+                f"expected at least max_frame_bytes ({self.max_frame_bytes})",
+            )
+        if self.heartbeat_seconds >= self.node_lease_seconds:
+            raise SettingError(
+                "heartbeat_seconds",
+                self.heartbeat_seconds,
+                f"expected less than node_lease_seconds ({self.node_lease_seconds:g})",
+            )
+        if self.workers > 1 and self.broker == "memory":
+            raise SettingError(
+                "workers",
+                self.workers,
+                "more than 1 needs a shared broker such as redis://host:6379/0 "
+                "(with the memory broker each worker would be a separate relay)",
+            )
+
+    def check_files(self) -> None:
+        """Check what needs the filesystem: the TLS files readable and matching.
+
+        Raises ``SettingError``. The CLI calls this once, before serving.
+        """
+        for name in ("certfile", "keyfile"):
+            path = getattr(self, name)
+            if path:
+                _check_readable(name, path)
+        if self.certfile:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                context.load_verify_locations(cafile=self.certfile)
+            except (ssl.SSLError, ValueError) as exc:
+                raise SettingError(
+                    "certfile", self.certfile, f"expected a PEM certificate chain ({exc})"
+                ) from None
+            try:
+                # An encrypted key would make OpenSSL prompt on the terminal.
+                context.load_cert_chain(self.certfile, self.keyfile, password=lambda: b"")
+            except (ssl.SSLError, ValueError) as exc:
+                raise SettingError(
+                    "keyfile",
+                    self.keyfile,
+                    f"expected the unencrypted PEM private key of certfile {self.certfile} ({exc})",
+                ) from None
 
     def codec_limits(self) -> CodecLimits:
         """The subset of limits the stateless codec enforces."""
@@ -190,7 +505,7 @@ class Settings:
             "queue_messages": self.queue_messages,
             "queue_bytes": self.queue_bytes,
             "resume_seconds": self.resume_seconds,
-            "replay_messages": self.replay_messages,
+            "replay_bytes": self.replay_bytes,
             "hello_timeout_seconds": self.hello_timeout_seconds,
         }
 
@@ -199,9 +514,98 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def describe() -> list[tuple[str, str, Any, str]]:
-    """``(name, group, default, help)`` for every setting, in declaration order."""
+class SettingInfo(NamedTuple):
+    """One setting as ``relay serve --help`` and ``relay config`` show it."""
+
+    name: str
+    group: str
+    default: Any
+    help: str
+    accepts: str
+    secret: bool
+
+
+_FIELDS = {item.name: item for item in dataclasses.fields(Settings)}
+
+
+def describe() -> list[SettingInfo]:
+    """Every setting, in declaration order."""
     return [
-        (f.name, f.metadata["group"], f.default, f.metadata["help"])
-        for f in dataclasses.fields(Settings)
+        SettingInfo(
+            item.name,
+            item.metadata["group"],
+            item.default,
+            item.metadata["help"],
+            item.metadata["rule"].expected,
+            item.metadata["secret"],
+        )
+        for item in _FIELDS.values()
     ]
+
+
+def is_secret(name: str) -> bool:
+    """Whether setting ``name`` holds a secret, never to be printed."""
+    item = _FIELDS.get(name)
+    return item is not None and bool(item.metadata["secret"])
+
+
+def parse(name: str, value: object) -> Any:
+    """``value`` as setting ``name``'s type, or ``SettingError``.
+
+    ``value`` is text (a flag or an environment variable; for a list setting,
+    one item) or a TOML value (for a list setting, an array). Only the type is
+    checked here; ``Settings`` checks the rule.
+    """
+    item = _FIELDS[name]
+    kind = type(item.default)
+    expected = f"expected {item.metadata['rule'].expected or 'a string'}"
+    if kind is tuple:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list | tuple) and all(isinstance(entry, str) for entry in value):
+            return tuple(value)
+        raise SettingError(name, value, "expected an array of strings")
+    if isinstance(value, str) and kind is not str:
+        try:
+            number: int | float = int(value) if kind is int else float(value)
+        except ValueError:
+            raise SettingError(name, value, expected) from None
+        value = number
+    if not _has_kind(kind, value):
+        raise SettingError(name, value, expected)
+    return float(value) if kind is float else value  # type: ignore[arg-type]
+
+
+def _check_readable(name: str, path: str) -> None:
+    """``SettingError`` unless setting ``name``'s file ``path`` can be read."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise SettingError(name, path, f"expected a readable file ({exc.strerror})") from None
+
+
+def _has_kind(kind: type, value: object) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind is float:
+        return isinstance(value, int | float) and math.isfinite(value)
+    if kind is tuple:
+        return isinstance(value, tuple) and all(isinstance(entry, str) for entry in value)
+    return isinstance(value, kind)
+
+
+def _check(name: str, value: object) -> None:
+    item = _FIELDS[name]
+    kind = type(item.default)
+    rule: Rule = item.metadata["rule"]
+    if not _has_kind(kind, value):
+        problem = (
+            "expected a tuple of strings"
+            if kind is tuple
+            else f"expected {rule.expected or 'a string'}"
+        )
+        raise SettingError(name, value, problem)
+    for entry in value if isinstance(value, tuple) else (value,):
+        if not rule.test(entry):
+            raise SettingError(name, entry, f"expected {rule.expected}")

@@ -1,52 +1,44 @@
-"""The WebSocket endpoint: handshake checks, the hello, then one session.
+"""The WebSocket endpoint: handshake checks, then one session per socket.
 
-A raw ASGI app rather than Starlette's ``WebSocket`` wrapper: the hot path
-receives and sends ASGI messages directly. Refusals before the upgrade are
-plain HTTP responses (403 foreign Origin, 400 unknown subprotocol, 503 while
-draining) where the server supports them, a close otherwise; so are those of
-``relay.admission`` (503 node full, 429 per-address cap or handshake rate,
-1013 as a close).
+A raw ASGI app. The upgrade is checked here (Origin allow-list, subprotocol,
+admission caps) and refused with a plain HTTP response where the server
+supports it (403 foreign Origin, 400 unknown subprotocol, 503 draining or node
+full, 429 per-address cap or handshake rate), a close otherwise.
+
+On the relay's own frame layer (``relay.wsserver``, the default) the socket
+is then handed over in *direct mode*: the connection calls the session for
+each message and the session writes straight to it, with no ASGI message, no
+queue and no task per frame. On uvicorn's own WebSocket implementations an
+``ASGITransport`` runs the same session over ASGI messages, so there is one
+code path for the rules whichever implementation serves the socket.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import time
+from collections import deque
 from typing import Any
 
 import anyio
 from starlette.responses import PlainTextResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from relay.admission import Admission
-from relay.auth import close_at_expiry
-from relay.broker import BrokerUnavailable
-from relay.exceptions import RelayError
 from relay.hub import Hub
-from relay.protocol import codec
-from relay.protocol.codes import CloseCode, ErrorCode
+from relay.protocol.codes import CloseCode
 from relay.session import Session
 
 log = logging.getLogger("relay.ws")
 
 SUBPROTOCOL = "relay.v1"
 
-
-class ASGITransport:
-    """A session's ``Transport`` over ASGI ``send``."""
-
-    __slots__ = ("_send",)
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-
-    async def send_bytes(self, data: bytes) -> None:
-        await self._send({"type": "websocket.send", "bytes": data})
-
-    async def close(self, code: int, reason: str) -> None:
-        await self._send({"type": "websocket.close", "code": code, "reason": reason})
+# Past this many bytes waiting for uvicorn's send, the ASGI transport reports
+# itself paused (the same role as the frame layer's write-buffer high mark).
+_HIGH_WATER = 64 * 1024
+_LOW_WATER = 16 * 1024
 
 
 class RelayEndpoint:
@@ -74,27 +66,26 @@ class RelayEndpoint:
                 scope, send, denied.status, denied.message, close_code=CloseCode.TRY_AGAIN_LATER
             )
             return
-        try:
-            await self._accept(scope, receive, send)
-        finally:
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
+
+        def release() -> None:
             self.admission.release(ip)
 
-    async def _accept(self, scope: Scope, receive: Receive, send: Send) -> None:
-        offered = scope.get("subprotocols") or []
+        direct = scope.get("extensions", {}).get("relay.direct")
+        if direct is not None:
+            connection = direct["connection"]
+            session = Session(self.hub, connection, time.monotonic, on_end=release)
+            self.hub.opened(session)
+            connection.accept_direct(session, subprotocol)
+            return
         accept: dict[str, Any] = {"type": "websocket.accept"}
-        if SUBPROTOCOL in offered:
-            accept["subprotocol"] = SUBPROTOCOL
+        if subprotocol is not None:
+            accept["subprotocol"] = subprotocol
         await send(accept)
-        transport = ASGITransport(send)
-        session = Session(self.hub, transport, time.monotonic)
+        transport = ASGITransport(send, self.settings.close_timeout_seconds)
+        session = Session(self.hub, transport, time.monotonic, on_end=release)
         self.hub.opened(session)
-        client_code: int | None = None
-        try:
-            if await self._hello(session, receive, transport):
-                client_code = await self._serve(session, receive, transport)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.hub.closed(session, client_code)
+        await transport.run(session, receive)
 
     def _check_handshake(self, scope: Scope) -> tuple[int, str] | None:
         if not self.hub.accepting:
@@ -108,73 +99,112 @@ class RelayEndpoint:
             return 400, f"unsupported subprotocol: offer {SUBPROTOCOL}"
         return None
 
-    async def _hello(self, session: Session, receive: Receive, transport: ASGITransport) -> bool:
-        """Run the hello exchange; True when the session is registered."""
-        message: Message | None = None
-        with anyio.move_on_after(self.settings.hello_timeout_seconds):
+
+class ASGITransport:
+    """A session's ``Transport`` over ASGI messages (uvicorn's WebSocket implementations).
+
+    ``write`` only queues; one writer task hands frames to ASGI ``send``. A
+    close is bounded like the frame layer's: if the peer has not gone within
+    ``close_timeout`` the session ends anyway (ASGI cannot abort a socket, so
+    with these implementations the TCP connection may linger until the
+    server's own timeouts reap it).
+    """
+
+    def __init__(self, send: Send, close_timeout: float) -> None:
+        self._send = send
+        self._close_timeout = close_timeout
+        self._out: deque[bytes] = deque()
+        self._pending_bytes = 0
+        self._paused = False
+        self._wake = asyncio.Event()
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._closing: tuple[int, str] | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    @property
+    def writing_paused(self) -> bool:
+        return self._paused
+
+    def write(self, data: bytes) -> None:
+        if self._closing is not None:
+            return
+        self._out.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes > _HIGH_WATER:
+            self._paused = True
+        self._wake.set()
+
+    def pause_reading(self) -> None:
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self._closing is not None:
+            return
+        self._closing = (code, reason)
+        self._wake.set()
+        if self._scope is not None:
+            # Also called from loop callbacks (timers), where anyio cannot
+            # tell its backend: the asyncio backend's clock is the loop's.
+            self._scope.deadline = asyncio.get_running_loop().time() + self._close_timeout
+
+    def unsent_bytes(self) -> int:
+        # What never reached uvicorn; ASGI does not tell what its socket held.
+        return sum(len(data) + 2 for data in self._out)
+
+    async def run(self, session: Session, receive: Receive) -> None:
+        """Serve the socket until it is gone, then end the session."""
+        code = 1006  # no close frame: the connection was lost
+        reason = ""
+        with anyio.CancelScope() as scope:
+            self._scope = scope
+            if self._closing is not None:
+                scope.deadline = anyio.current_time() + self._close_timeout
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(self._writer, session)
+                code, reason = await self._reader(session, receive)
+                tasks.cancel_scope.cancel()
+        session.connection_lost(code, reason)
+
+    async def _reader(self, session: Session, receive: Receive) -> tuple[int, str]:
+        while True:
+            await self._reading.wait()
             message = await receive()
-        if message is None:
-            await transport.close(CloseCode.POLICY_VIOLATION, "no hello in time")
-            return False
-        if message["type"] != "websocket.receive":
-            return False
-        frame = message.get("bytes")
-        if frame is None:
-            await transport.close(CloseCode.UNSUPPORTED_DATA, "text frames are not accepted")
-            return False
+            kind = message["type"]
+            if kind == "websocket.receive":
+                if self._closing is not None:
+                    continue
+                data = message.get("bytes")
+                if data is not None:
+                    session.message_received(data)
+                else:
+                    session.text_received(message.get("text") or "")
+            elif kind == "websocket.disconnect":
+                return int(message.get("code") or 1006), str(message.get("reason") or "")
+
+    async def _writer(self, session: Session) -> None:
+        send = self._send
         try:
-            welcome = await self.hub.register(session, session.decode_hello(frame))
-        except BrokerUnavailable:
-            await session.send_now(
-                codec.encode_err("overloaded", "the cluster backplane is unavailable"), "err"
-            )
-            await transport.close(CloseCode.TRY_AGAIN_LATER, "backplane unavailable")
-            return False
-        except RelayError as exc:
-            self.hub.metrics.errors.labels(exc.code.value).inc()
-            await session.send_now(codec.encode_err(exc.code.value, exc.message), "err")
-            code = _HELLO_CLOSE_CODES.get(exc.code, CloseCode.POLICY_VIOLATION)
-            await transport.close(code, exc.message[:120])
-            return False
-        await session.send_now(welcome, "welcome")
-        return True
-
-    async def _serve(self, session: Session, receive: Receive, transport: ASGITransport) -> int:
-        """Read frames until the socket ends; returns the client's close code."""
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_write, session, transport)
-            if self.hub.auth is not None and session.claims is not None:
-                tasks.start_soon(close_at_expiry, session, self.hub.auth)
             while True:
-                message = await receive()
-                kind = message["type"]
-                if kind == "websocket.receive":
-                    frame = message.get("bytes")
-                    if session.close_code is not None:
-                        continue
-                    if frame is None:
-                        session.close(
-                            CloseCode.UNSUPPORTED_DATA,
-                            "text frames are not accepted",
-                            reason="text",
-                        )
-                    else:
-                        await session.receive(frame)
-                elif kind == "websocket.disconnect":
-                    tasks.cancel_scope.cancel()
-                    return int(message.get("code") or 1006)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def _write(session: Session, transport: ASGITransport) -> None:
-    try:
-        await session.write()
-    except Exception:
-        # The socket is gone (the reader will see the disconnect) or broken.
-        log.debug("writer for %s stopped", session.peer and session.peer.id, exc_info=True)
-        with anyio.move_on_after(1):
-            with contextlib.suppress(Exception):
-                await transport.close(CloseCode.INTERNAL_ERROR, "internal error")
+                while self._out:
+                    data = self._out.popleft()
+                    await send({"type": "websocket.send", "bytes": data})
+                    self._pending_bytes -= len(data)
+                    if self._paused and self._pending_bytes <= _LOW_WATER:
+                        self._paused = False
+                        session.writable()
+                if self._closing is not None:
+                    code, reason = self._closing
+                    await send({"type": "websocket.close", "code": code, "reason": reason})
+                    await anyio.sleep_forever()
+                self._wake.clear()
+                await self._wake.wait()
+        except OSError:
+            log.debug("socket gone while writing", exc_info=True)
+            await anyio.sleep_forever()  # the reader sees the disconnect
 
 
 async def unknown_path(websocket: WebSocket) -> None:
@@ -182,14 +212,6 @@ async def unknown_path(websocket: WebSocket) -> None:
     await websocket.send_denial_response(
         PlainTextResponse("no WebSocket endpoint at this path", status_code=404)
     )
-
-
-# How a refused hello closes the socket; any other refusal is a policy violation.
-_HELLO_CLOSE_CODES = {
-    ErrorCode.ID_TAKEN: CloseCode.ID_TAKEN,
-    ErrorCode.UNAUTHORIZED: CloseCode.UNAUTHORIZED,
-    ErrorCode.TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
-}
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -81,8 +81,12 @@ async def test_an_explicit_port_must_match(relay_factory: RelayFactory) -> None:
 # --- caps and rate -------------------------------------------------------------------
 
 
+# Loopback is exempt from the per-address limits by default; these tests opt in.
+COUNT_LOOPBACK: dict[str, Any] = {"admission_exempt": ()}
+
+
 async def test_too_many_sockets_from_one_address_get_429(relay_factory: RelayFactory) -> None:
-    relay = await relay_factory(max_connections_per_ip=2)
+    relay = await relay_factory(max_connections_per_ip=2, **COUNT_LOOPBACK)
     first, _second = await open_peer(relay.url), await open_peer(relay.url)
     assert await refused_with(relay.url) == (429, "too many connections from your address")
     await first.close()
@@ -91,7 +95,7 @@ async def test_too_many_sockets_from_one_address_get_429(relay_factory: RelayFac
 
 
 async def test_handshake_rate_exceeded_gets_429(relay_factory: RelayFactory) -> None:
-    relay = await relay_factory(handshake_rate_per_second=0.01, handshake_burst=3)
+    relay = await relay_factory(handshake_rate_per_second=0.01, handshake_burst=3, **COUNT_LOOPBACK)
     for _ in range(3):
         await (await open_peer(relay.url)).close()
     assert await refused_with(relay.url) == (
@@ -126,7 +130,7 @@ async def test_refusals_are_1013_where_no_http_response_is_possible() -> None:
 async def test_a_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored(
     relay_factory: RelayFactory,
 ) -> None:
-    relay = await relay_factory(max_connections_per_ip=1)
+    relay = await relay_factory(max_connections_per_ip=1, trusted_proxies=(), **COUNT_LOOPBACK)
     held = await open_peer(relay.url, **xff("1.1.1.1"))
     assert await refused_with(relay.url, **xff("2.2.2.2")) == (
         429,
@@ -196,6 +200,100 @@ def test_the_address_table_is_bounded() -> None:
         429,
         "too many handshakes from your address, slow down",
         "ip-rate",
+        1,
     )
     now[0] = 1.0
     assert admission.admit("192.0.2.99") is None
+
+
+# --- loopback: trusted as a proxy and exempt from per-address caps by default -------
+
+
+def test_loopback_is_a_trusted_proxy_by_default() -> None:
+    admission = Admission(Settings())
+    assert admission.client_ip(scope("127.0.0.1", "203.0.113.7")) == "203.0.113.7"
+    assert admission.client_ip(scope("::1", "203.0.113.7")) == "203.0.113.7"
+    assert admission.client_ip(scope("127.0.0.2", "203.0.113.7")) == "127.0.0.2"  # not listed
+    assert admission.client_ip(scope("198.51.100.1", "203.0.113.7")) == "198.51.100.1"
+    untrusting = Admission(Settings(trusted_proxies=()))
+    assert untrusting.client_ip(scope("127.0.0.1", "203.0.113.7")) == "127.0.0.1"
+
+
+def test_exempt_addresses_skip_the_per_address_caps_but_not_the_node_cap() -> None:
+    admission = Admission(
+        Settings(
+            max_connections=5,
+            max_connections_per_ip=1,
+            handshake_rate_per_second=0.001,
+            handshake_burst=1,
+        )
+    )
+    local = ["127.0.0.1", "127.8.9.10", "::1", "127.0.0.1"]
+    for ip in local:
+        assert admission.admit(ip) is None
+    assert admission.per_ip == {}
+    assert admission.total == 4
+    assert admission.admit("203.0.113.7") is None
+    assert admission.admit("127.0.0.1") == (
+        503,
+        "the node is full, try again later",
+        "node-full",
+        5,
+    )
+    for ip in [*local, "203.0.113.7"]:
+        admission.release(ip)
+    assert (admission.total, admission.per_ip) == (0, {})
+
+
+def test_the_exemption_is_configurable() -> None:
+    admission = Admission(Settings(max_connections_per_ip=1, admission_exempt=("10.0.0.0/8",)))
+    assert admission.admit("10.1.2.3") is None
+    assert admission.admit("10.1.2.3") is None
+    assert admission.admit("127.0.0.1") is None
+    assert admission.admit("127.0.0.1") == (
+        429,
+        "too many connections from your address",
+        "ip-cap",
+        5,
+    )
+    nobody = Admission(Settings(max_connections_per_ip=1, admission_exempt=()))
+    assert nobody.admit("127.0.0.1") is None
+    assert nobody.admit("127.0.0.1") is not None
+
+
+def test_the_rate_refusal_says_when_a_token_is_back() -> None:
+    now = [0.0]
+    admission = Admission(
+        Settings(handshake_rate_per_second=0.25, handshake_burst=1, admission_exempt=()),
+        clock=lambda: now[0],
+    )
+    assert admission.admit("203.0.113.7") is None
+    refused = admission.admit("203.0.113.7")
+    assert refused is not None and (refused.status, refused.retry_after) == (429, 4)
+    now[0] = 2.5
+    refused = admission.admit("203.0.113.7")
+    assert refused is not None and refused.retry_after == 2  # 1.5 s, rounded up
+    now[0] = 4.0
+    assert admission.admit("203.0.113.7") is None
+
+
+async def test_a_local_test_suite_is_not_throttled_by_default(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = await relay_factory(
+        max_connections_per_ip=2, handshake_rate_per_second=0.01, handshake_burst=2
+    )
+    held = [await open_peer(relay.url) for _ in range(6)]  # past both per-address limits
+    for peer in held:
+        await peer.close()
+
+
+async def test_behind_a_local_proxy_each_forwarded_client_has_its_own_budget(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = await relay_factory(max_connections_per_ip=1)
+    held = await open_peer(relay.url, **xff("203.0.113.7"))
+    assert (await refused_with(relay.url, **xff("203.0.113.7")))[0] == 429
+    other = await open_peer(relay.url, **xff("203.0.113.8"))
+    for peer in (held, other):
+        await peer.close()

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import httpx
 import msgpack
 import pytest
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
-from relay.broker import MemoryBroker
+from relay.api import APIAccess, _APIError
+from relay.broker import BrokerUnavailable, MemoryBroker
 from relay.broker.memory import MemoryCluster
+from relay.settings import Settings
 from tests.conftest import RelayFactory, RunningRelay
 from tests.peers import join_as
 
@@ -169,6 +176,162 @@ async def test_a_bad_body_is_400(http: httpx.AsyncClient, content_type: str, bod
     assert_error(response, 400, "bad-request")
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xdf\xff\xff\xff\xff",  # a map of 2**32 - 1 entries, declared in 5 bytes
+        b"\xdf\xff\xff\xff\xff\xa2to\xa5alice",
+        b"\xdf\x00\x00",  # a truncated map32 header
+        b"\xde\xff\xff",
+        b"\xde",
+        b"\x8f",  # 15 entries, none there
+        b"\x81\xa1d\xdb\xff\xff\xff\xff",  # a str32 of 4 GiB, declared
+        b"\x82\xa2to\xa5alice\xa1d\xdd\x7f\xff\xff\xff",  # an array of 2**31 items
+        b"\x82\xa2to\xa5alice\xa1d" + b"\x91" * 2000 + b"\xc0",  # deep nesting
+        b"\x82\xa2ev\xcf\xff\xff\xff\xff\xff\xff\xff\xff\xa1d\x01",  # a huge number
+        b"\x82\x01\xa5alice\xa1d\x01",  # an integer key
+        b"\x82\xa2to\xa2\xff\xfe\xa1d\x01",  # invalid UTF-8
+        b"\x82\xa2to\xa5alice\xa1d\x01\x00",  # a trailing byte
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/send", "/v1/rooms/r/publish"])
+async def test_a_malformed_msgpack_body_is_400(
+    http: httpx.AsyncClient, path: str, body: bytes
+) -> None:
+    response = await http.post(
+        path, content=body, headers={**AUTH, "Content-Type": "application/msgpack"}
+    )
+    assert_error(response, 400, "bad-request")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"to": "alice", "d": 1',
+        b'{"to": "alice", "d": 123456789012345678901234567890}',
+        b'{"to": "alice", "d": "\\ud800"}',
+        b'{"to": "alice", "d": 1, "ev": 7}',
+        b'{"to": "alice", "d": 1, "ev": 1e999}',
+        b'{"to": "alice", "d": 1, "id": [1]}',
+        b"\xff\xfe{}",
+        b"null",
+        b'"a string"',
+        b"",
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/send", "/v1/rooms/r/publish"])
+async def test_a_malformed_json_body_is_400(
+    http: httpx.AsyncClient, path: str, body: bytes
+) -> None:
+    response = await http.post(
+        path, content=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert_error(response, 400, "bad-request")
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"to": 5, "d": 1}', b'{"to": {"a": 1}, "d": 1}', b'{"to": [], "d": 1}']
+)
+async def test_a_send_body_with_a_bad_target_is_400(http: httpx.AsyncClient, body: bytes) -> None:
+    response = await http.post(
+        "/v1/send", content=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert_error(response, 400, "bad-request")
+
+
+async def test_a_number_too_long_to_parse_is_400(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(api_keys=(KEY,))
+    body = b'{"to": "alice", "d": -' + b"9" * 5000 + b"}"  # past Python's int digit limit
+    async with httpx.AsyncClient(base_url=relay.http_url) as client:
+        response = await client.post(
+            "/v1/send", content=body, headers={**AUTH, "Content-Type": "application/json"}
+        )
+    assert_error(response, 400, "bad-request")
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=20,
+)
+_msgpack = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
+    | st.binary(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text(max_size=5) | st.integers(0, 9), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+
+
+def _envelopes(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Maps with the API's own keys (some right, mostly wrong) or any value at all."""
+    targets = st.sampled_from(["alice", ["alice", "bob"], "bad id", "@server"]) | values
+    optional = {"to": targets, "d": values, "ev": values, "room": values, "id": values}
+    return st.fixed_dictionaries({}, optional=optional) | values
+
+
+def _mangled(data: bytes, cut: int, flip: int) -> bytes:
+    """``data`` cut to ``cut`` bytes (-1: whole) and one byte inverted at ``flip`` (-1: none)."""
+    mangled = bytearray(data if cut < 0 else data[:cut])
+    if mangled and flip >= 0:
+        mangled[flip % len(mangled)] ^= 0xFF
+    return bytes(mangled)
+
+
+_cut = st.integers(-1, 80)
+_bodies = st.one_of(
+    st.binary(max_size=64),
+    st.builds(
+        lambda value, cut, flip: _mangled(msgpack.packb(value), cut, flip),
+        _envelopes(_msgpack), _cut, _cut,
+    ),
+    st.builds(
+        lambda value, cut, flip: _mangled(json.dumps(value).encode(), cut, flip),
+        _envelopes(_json), _cut, _cut,
+    ),
+    st.builds(
+        lambda head, rest: head + rest,
+        st.sampled_from([b"\xde", b"\xdf", b"\x8f", b"\xdc", b"\xdd", b"\xc6", b"\xdb"]),
+        st.binary(max_size=8),
+    ),
+)  # fmt: skip
+
+
+async def test_no_body_is_a_server_error(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(api_keys=(KEY,), api_rate_per_second=0)
+    alice = await join_as(relay.url, "alice")  # a real target for the valid bodies
+
+    @hypothesis_settings(
+        max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    @given(
+        body=_bodies,
+        media=st.sampled_from(["application/json", "application/msgpack"]),
+        path=st.sampled_from(["/v1/send", "/v1/rooms/r/publish"]),
+    )
+    @example(body=b"\xdf\xff\xff\xff\xff", media="application/msgpack", path="/v1/send")
+    def check(client: httpx.Client, body: bytes, media: str, path: str) -> None:
+        response = client.post(path, content=body, headers={**AUTH, "Content-Type": media})
+        assert response.status_code in (200, 400, 413), (body, response.text)
+        if response.status_code != 200:
+            assert set(response.json()) == {"error", "message"}
+
+    def run() -> None:
+        # Synchronous requests from a worker thread, while the relay serves
+        # in this test's event loop.
+        with httpx.Client(base_url=relay.http_url) as client:
+            check(client)
+
+    await anyio.to_thread.run_sync(run)
+    await alice.close()
+
+
 async def test_json_nested_deeper_than_the_limit_is_400(http: httpx.AsyncClient) -> None:
     deep: Any = 1
     for _ in range(40):
@@ -289,3 +452,59 @@ async def test_peer_lookup_finds_other_nodes(relay_factory: RelayFactory) -> Non
 async def test_room_lookup(relay: RunningRelay, http: httpx.AsyncClient) -> None:
     response = await http.get("/v1/rooms/empty", headers=AUTH)
     assert response.json() == {"room": "empty", "members": [], "count": 0}
+
+
+# --- rate and Retry-After --------------------------------------------------------
+
+
+async def test_each_key_has_its_own_request_rate(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(
+        api_keys=(KEY, "other-key"), api_rate_per_second=0.01, api_rate_burst=3
+    )
+    async with httpx.AsyncClient(base_url=relay.http_url) as client:
+        for _ in range(3):
+            assert (await client.get("/v1/rooms/r", headers=AUTH)).status_code == 200
+        limited = await client.get("/v1/rooms/r", headers=AUTH)
+        assert_error(limited, 429, "rate-limited")
+        assert limited.headers["retry-after"] == "100"
+        other = {"Authorization": "Bearer other-key"}
+        assert (await client.get("/v1/rooms/r", headers=other)).status_code == 200
+
+
+def test_the_rate_refusal_says_when_a_token_is_back() -> None:
+    now = [0.0]
+    access = APIAccess(
+        Settings(api_keys=(KEY,), api_rate_per_second=2, api_rate_burst=1),
+        clock=lambda: now[0],
+    )
+    access.check(f"Bearer {KEY}")
+    with pytest.raises(_APIError) as limited:
+        access.check(f"Bearer {KEY}")
+    assert (limited.value.status, limited.value.retry_after) == (429, 1)
+    now[0] = 0.5
+    access.check(f"Bearer {KEY}")
+    unlimited = APIAccess(Settings(api_keys=(KEY,), api_rate_per_second=0, api_rate_burst=1))
+    for _ in range(100):
+        unlimited.check(f"Bearer {KEY}")
+
+
+async def test_an_unavailable_backplane_is_503_with_retry_after(
+    relay: RunningRelay, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def unavailable(*args: Any, **kwargs: Any) -> None:
+        raise BrokerUnavailable
+
+    monkeypatch.setattr(relay.hub, "server_send", unavailable)
+    response = await http.post("/v1/send", json={"to": "alice", "d": 1}, headers=AUTH)
+    assert_error(response, 503, "overloaded")
+    assert response.headers["retry-after"] == "1"
+
+
+async def test_a_draining_node_is_not_ready_with_retry_after(
+    relay: RunningRelay, http: httpx.AsyncClient
+) -> None:
+    assert (await http.get("/readyz")).status_code == 200
+    relay.hub.accepting = False
+    response = await http.get("/readyz")
+    assert (response.status_code, response.json()["status"]) == (503, "draining")
+    assert response.headers["retry-after"] == "1"

@@ -14,6 +14,7 @@ from relay.auth import AuthConfigError, TokenVerifier
 from relay.broker import MemoryBroker
 from relay.broker.memory import MemoryCluster
 from relay.cli import main
+from relay.exceptions import Unauthorized
 from relay.settings import Settings
 from tests import jwtkit
 from tests.conftest import RelayFactory, RunningRelay
@@ -371,21 +372,120 @@ async def test_a_jwk_declaring_its_alg_accepts_only_that_one(
 # --- configuration -------------------------------------------------------------
 
 
-def test_configuration_mistakes_are_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("settings", "name", "problem"),
+    [
+        ({"jwt_secret": SECRET, "jwt_public_key_file": "PEM"}, "jwt_public_key_file",
+         "exactly one"),
+        ({"jwt_secret": SECRET, "jwt_algorithms": ("HS256", "none")}, "jwt_algorithms", "none"),
+        ({"jwt_secret": SECRET, "jwt_algorithms": ("HS257",)}, "jwt_algorithms", "one of ES256"),
+        ({"jwt_public_key_file": "PEM", "jwt_algorithms": ("HS256",)}, "jwt_algorithms",
+         "does not fit"),
+        ({"jwt_secret": SECRET, "jwt_algorithms": ("RS256",)}, "jwt_algorithms", "does not fit"),
+        ({"jwt_secret": "short"}, "jwt_secret", "at least 32 bytes"),
+        ({"jwt_public_key_file": "MISSING"}, "jwt_public_key_file", "readable file"),
+        ({"jwt_public_key_file": "JWKS"}, "jwt_public_key_file", "cannot load a PEM public key"),
+        ({"jwt_jwks_file": "PEM"}, "jwt_jwks_file", "cannot load a JWKS"),
+    ],
+)  # fmt: skip
+def test_configuration_mistakes_are_refused_naming_the_setting(
+    tmp_path: Path, settings: dict[str, Any], name: str, problem: str
+) -> None:
+    files = {
+        "PEM": jwtkit.write_public_key(tmp_path, jwtkit.rsa_key()),
+        "JWKS": jwtkit.write_jwks(tmp_path, {"k": jwtkit.rsa_key()}),
+        "MISSING": str(tmp_path / "missing.pem"),
+    }
+    settings = {key: files.get(value, value) for key, value in settings.items()}
+    with pytest.raises(AuthConfigError) as refused:
+        TokenVerifier(Settings(**settings))
+    assert refused.value.name == name
+    assert problem in refused.value.problem
+    assert SECRET not in str(refused.value)
+
+
+def test_a_public_key_file_picks_its_algorithm(tmp_path: Path) -> None:
     pem = jwtkit.write_public_key(tmp_path, jwtkit.rsa_key())
-    with pytest.raises(AuthConfigError, match="exactly one"):
-        TokenVerifier(Settings(jwt_secret=SECRET, jwt_public_key_file=pem))
-    with pytest.raises(AuthConfigError, match="none"):
-        TokenVerifier(Settings(jwt_secret=SECRET, jwt_algorithms=("HS256", "none")))
-    with pytest.raises(AuthConfigError, match="do not fit"):
-        TokenVerifier(Settings(jwt_public_key_file=pem, jwt_algorithms=("HS256",)))
-    with pytest.raises(AuthConfigError, match="do not fit"):
-        TokenVerifier(Settings(jwt_secret=SECRET, jwt_algorithms=("RS256",)))
-    with pytest.raises(AuthConfigError, match="at least 32 bytes"):
-        TokenVerifier(Settings(jwt_secret="short"))
-    with pytest.raises(AuthConfigError, match="cannot load"):
-        TokenVerifier(Settings(jwt_public_key_file=str(tmp_path / "missing.pem")))
     assert TokenVerifier(Settings(jwt_public_key_file=pem)).algorithms == {"RS256"}
+
+
+# --- key rotation: SIGHUP and unknown kids -------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def token_for(key: Any, kid: str, sub: str = "alice") -> str:
+    return jwt.encode(claims(sub), key, algorithm="RS256", headers={"kid": kid})
+
+
+def test_an_unknown_kid_rereads_the_jwks_at_most_once_per_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = jwtkit.rsa_key(), jwtkit.rsa_key()
+    path = jwtkit.write_jwks(tmp_path, {"old": old})
+    clock = Clock()
+    verifier = TokenVerifier(
+        Settings(jwt_jwks_file=path, jwt_jwks_reload_seconds=30), monotonic=clock
+    )
+    reads = []
+    read_bytes = Path.read_bytes
+
+    def counted(self: Path) -> bytes:
+        reads.append(self)
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", counted)
+    jwtkit.write_jwks(tmp_path, {"old": old, "new": new})  # rotated after the start
+    for _ in range(1000):  # within the interval since the start: no re-read
+        with pytest.raises(Unauthorized, match="unknown key"):
+            verifier.verify(token_for(new, "new"))
+    assert reads == []
+    clock.now = 30.0
+    assert verifier.verify(token_for(new, "new")).sub == "alice"
+    assert len(reads) == 1
+    for second in range(30, 60):  # a flood of made-up kids
+        clock.now = float(second)
+        for n in range(100):
+            with pytest.raises(Unauthorized, match="unknown key"):
+                verifier.verify(token_for(new, f"made-up-{n}"))
+    assert len(reads) == 1
+    clock.now = 60.0
+    with pytest.raises(Unauthorized, match="unknown key"):
+        verifier.verify(token_for(new, "made-up"))
+    assert len(reads) == 2
+    assert verifier.verify(token_for(old, "old")).sub == "alice"  # known kids never re-read
+    assert len(reads) == 2
+
+
+def test_reload_swaps_the_keys_and_keeps_them_when_the_file_is_bad(tmp_path: Path) -> None:
+    old, new = jwtkit.rsa_key(), jwtkit.rsa_key()
+    path = jwtkit.write_jwks(tmp_path, {"old": old})
+    verifier = TokenVerifier(Settings(jwt_jwks_file=path, jwt_jwks_reload_seconds=3600))
+    jwtkit.write_jwks(tmp_path, {"new": new})  # old retired, new introduced
+    assert verifier.reload()
+    assert verifier.verify(token_for(new, "new")).sub == "alice"
+    with pytest.raises(Unauthorized, match="unknown key"):
+        verifier.verify(token_for(old, "old"))
+    Path(path).write_text("{half a file")
+    assert not verifier.reload()
+    assert verifier.verify(token_for(new, "new")).sub == "alice"
+
+
+def test_reload_re_reads_a_public_key_file(tmp_path: Path) -> None:
+    old, new = jwtkit.ec_key(), jwtkit.ec_key()
+    pem = jwtkit.write_public_key(tmp_path, old)
+    verifier = TokenVerifier(Settings(jwt_public_key_file=pem))
+    jwtkit.write_public_key(tmp_path, new)
+    assert verifier.reload()
+    token = jwt.encode(claims(), new, algorithm="ES256")
+    assert verifier.verify(token).sub == "alice"
+    assert not TokenVerifier(Settings(jwt_secret=SECRET)).reload()  # nothing to re-read
 
 
 # --- relay token -----------------------------------------------------------------

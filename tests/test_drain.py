@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 import anyio
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.peers import join_as, open_peer
 
@@ -44,25 +45,37 @@ def relay_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
     process.stderr.close()
 
 
-async def test_sigterm_flushes_queues_closes_1001_and_exits_0(
+async def test_sigterm_under_traffic_delivers_everything_answered_ok(
     relay_process: tuple[subprocess.Popen[str], str],
 ) -> None:
     process, url = relay_process
     http_url = url.replace("ws://", "http://").removesuffix("/v1/ws")
     alice = await join_as(url, "alice")
     bob = await join_as(url, "bob")
-    bob.ws.transport.pause_reading()  # bob's queue fills while he does not read
-    # 2000 x 8 KiB: far more than the socket buffers hold, so most of it is
-    # still in bob's queue on the relay when the SIGTERM arrives.
+    bob.ws.transport.pause_reading()  # bob's socket fills while he does not read
     padding = b"x" * 8192
-    for n in range(2000):
-        await alice.send({"type": "send", "to": "bob", "d": [n, padding]})
-    await alice.request({"type": "ping", "id": "sync"})  # all 2000 were routed
-    process.send_signal(signal.SIGTERM)
-    # alice has nothing queued: her 1001 comes at once, while bob's queue
-    # keeps the relay draining, not ready, and refusing newcomers.
-    _, alice_code = await alice.drain()
+    acked: list[int] = []
+
+    async def flood() -> None:
+        with contextlib.suppress(ConnectionClosed):
+            for n in range(2000):
+                await alice.send({"type": "send", "to": "bob", "d": [n, padding], "id": n})
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(flood)
+        # bob's buffers fill and alice is no longer read (backpressure);
+        # the SIGTERM arrives while frames for bob wait on the relay.
+        while len(acked) < 50:
+            acked.append((await alice.expect(type="ok"))["id"])
+        process.send_signal(signal.SIGTERM)
+        # alice has nothing queued: her 1001 comes at once, while bob's queue
+        # keeps the relay draining, not ready, and refusing newcomers.
+        rest, alice_code = await alice.drain()
+        tasks.cancel_scope.cancel()
     assert alice_code == 1001
+    for reply in rest:
+        assert reply["type"] == "ok", reply
+        acked.append(reply["id"])
     async with httpx.AsyncClient(base_url=http_url) as http:
         assert (await http.get("/readyz")).status_code == 503
     with pytest.raises(InvalidStatus):
@@ -70,7 +83,8 @@ async def test_sigterm_flushes_queues_closes_1001_and_exits_0(
     bob.ws.transport.resume_reading()
     received, code = await bob.drain()
     assert code == 1001
-    assert [m["d"][0] for m in received] == list(range(2000))
+    # Every send answered ok reached bob, in order; nothing else did.
+    assert [m["d"][0] for m in received] == acked == list(range(len(acked)))
     await anyio.to_thread.run_sync(process.wait, 10)
     assert process.returncode == 0
     with pytest.raises(OSError):

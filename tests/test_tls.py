@@ -112,7 +112,7 @@ def test_uvicorn_config_carries_the_tls_files() -> None:
 def test_serve_needs_both_tls_files() -> None:
     result = CliRunner().invoke(main, ["serve", "--certfile", "c.pem"])
     assert result.exit_code == 2
-    assert "both --certfile and --keyfile" in result.output
+    assert "--certfile c.pem: TLS needs keyfile as well" in result.output
 
 
 def test_serve_reports_auth_configuration_mistakes(tmp_path: Path) -> None:
@@ -120,4 +120,5 @@ def test_serve_reports_auth_configuration_mistakes(tmp_path: Path) -> None:
         main, ["serve", "--jwt-public-key-file", str(tmp_path / "missing.pem")]
     )
     assert result.exit_code == 2
-    assert "cannot load jwt_public_key_file" in result.output
+    assert "--jwt-public-key-file" in result.output
+    assert "expected a readable file" in result.output

@@ -7,6 +7,7 @@ encoded for the receiving peer; a broker never decodes payloads.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import Enum
 from typing import NamedTuple, Protocol
 
@@ -47,6 +48,9 @@ class Proof(NamedTuple):
 
 
 QueueEntry = tuple[bytes, str, Undelivered | None]  # frame, kind for metrics, who to tell
+
+
+Answer = Callable[[Delivery], None]  # told what became of one frame sent through a broker
 
 
 class Handover(NamedTuple):
@@ -124,14 +128,28 @@ class Broker(Protocol):
         """
         ...
 
-    async def send(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
-        """Deliver ``frame`` to a peer held by another node."""
+    def send(
+        self,
+        peer_id: str,
+        frame: bytes,
+        undelivered: Undelivered | None,
+        answer: Answer,
+    ) -> None:
+        """Deliver ``frame`` to a peer held by another node, without waiting.
+
+        ``answer`` is called exactly once with what became of the frame: at
+        once (offline, or the backplane is down: overloaded) or when the
+        holder's node has answered. It never raises. Frames one node sends
+        to one peer arrive in the order of the calls.
+        """
         ...
 
-    async def publish(
-        self, room: str, frame: bytes, exclude: str | None, presence_only: bool
-    ) -> None:
-        """Deliver ``frame`` to the members of ``room`` on other nodes."""
+    def publish(self, room: str, frame: bytes, exclude: str | None, presence_only: bool) -> None:
+        """Deliver ``frame`` to the members of ``room`` on other nodes, without waiting.
+
+        Ordered with ``send``; raises ``BrokerUnavailable`` at once when the
+        frame cannot go out.
+        """
         ...
 
     async def join(self, room: str, peer_id: str, limit: int) -> bool:

@@ -7,7 +7,7 @@ cannot find locally is simply offline.
 
 from __future__ import annotations
 
-from relay.broker.base import Delivery, Handover, NodeHandler, Proof, Undelivered
+from relay.broker.base import Answer, Delivery, Handover, NodeHandler, Proof, Undelivered
 
 
 class MemoryCluster:
@@ -73,16 +73,17 @@ class MemoryBroker:
             self._cluster.holders[peer_id] = self._node_id
         return handover
 
-    async def send(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
+    def send(
+        self, peer_id: str, frame: bytes, undelivered: Undelivered | None, answer: Answer
+    ) -> None:
         holder = self._cluster.holders.get(peer_id)
         node = self._cluster.nodes.get(holder) if holder is not None else None
         if node is None or holder == self._node_id:
-            return Delivery.OFFLINE
-        return node.deliver(peer_id, frame, undelivered)
+            answer(Delivery.OFFLINE)
+        else:
+            answer(node.deliver(peer_id, frame, undelivered))
 
-    async def publish(
-        self, room: str, frame: bytes, exclude: str | None, presence_only: bool
-    ) -> None:
+    def publish(self, room: str, frame: bytes, exclude: str | None, presence_only: bool) -> None:
         for node_id, node in list(self._cluster.nodes.items()):
             if node_id != self._node_id:
                 node.deliver_room(room, frame, exclude, presence_only)

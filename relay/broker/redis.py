@@ -49,6 +49,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from relay.broker import wire
 from relay.broker.base import (
+    Answer,
     BrokerUnavailable,
     Delivery,
     Handover,
@@ -397,7 +398,17 @@ class RedisBroker:
             log.warning("took over %s but could not register it yet", peer_id)
         return handover
 
-    async def send(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
+    def send(
+        self, peer_id: str, frame: bytes, undelivered: Undelivered | None, answer: Answer
+    ) -> None:
+        if not self._up:
+            answer(Delivery.OVERLOADED)
+            return
+        self._spawn(self._send(peer_id, frame, undelivered, answer))
+
+    async def _send(
+        self, peer_id: str, frame: bytes, undelivered: Undelivered | None, answer: Answer
+    ) -> None:
         # The holder's node answers with what became of the frame (delivered,
         # queued for a resume, offline, overloaded), so ok/err mean exactly
         # what they mean on one node.
@@ -411,31 +422,32 @@ class RedisBroker:
                 self._channel(""), payload, self._node_id,
             )  # fmt: skip
             if not heard:
-                return Delivery.OFFLINE
-            try:
-                async with asyncio.timeout(self._timeout):
-                    return await future
-            except TimeoutError:
-                raise BrokerUnavailable(f"the node holding {peer_id} did not answer") from None
+                answer(Delivery.OFFLINE)
+                return
+            async with asyncio.timeout(self._timeout):
+                answer(await future)
+        except (BrokerUnavailable, TimeoutError):
+            answer(Delivery.OVERLOADED)
         finally:
             self._acks.pop(cid, None)
 
-    async def publish(
-        self, room: str, frame: bytes, exclude: str | None, presence_only: bool
-    ) -> None:
+    def publish(self, room: str, frame: bytes, exclude: str | None, presence_only: bool) -> None:
+        if not self._up:
+            if presence_only:
+                # A presence event that cannot go out now: the other nodes learn
+                # of a leave from _reconcile, and the node that is cut off is
+                # the one a join would be refused on.
+                self._dirty = True
+                return
+            raise BrokerUnavailable("the backplane is down")
         payload = wire.encode_room(room, frame, exclude, presence_only)
         try:
-            await self._write(
-                "EVAL", _PUBLISH, 1, self._key("roomnodes", room),
-                self._channel(""), payload, self._node_id,
+            self._ops.put_nowait(
+                (("EVAL", _PUBLISH, 1, self._key("roomnodes", room),
+                  self._channel(""), payload, self._node_id), None)
             )  # fmt: skip
-        except BrokerUnavailable:
-            if not presence_only:
-                raise
-            # A presence event that cannot go out now: the other nodes learn
-            # of a leave from _reconcile, and the node that is cut off is
-            # the one a join would be refused on.
-            self._dirty = True
+        except asyncio.QueueFull:
+            raise BrokerUnavailable("the backplane is not keeping up") from None
 
     async def join(self, room: str, peer_id: str, limit: int) -> bool:
         return await self._join(room, peer_id, limit)

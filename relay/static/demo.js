@@ -1,7 +1,9 @@
 // The relay demo page: room chat through the relay, plus a direct WebRTC
-// data channel between two members, signaled through the relay.
+// data channel between two members, signaled through the relay. The page
+// shows every message it receives: room chat, room messages with another
+// (or no) `ev`, direct messages to its id, and the WebRTC signaling.
 // Everything comes from the browser bundle the relay serves at /client.js.
-import { acceptDataChannels, connect, openDataChannel } from "./client.js";
+import { SIGNAL_EV, acceptDataChannels, connect, openDataChannel } from "./client.js";
 
 const $ = (/** @type {string} */ sel) => /** @type {HTMLElement} */ (document.querySelector(sel));
 const params = new URLSearchParams(location.search);
@@ -17,6 +19,8 @@ const members = new Set();
 /** @type {{remote: string, channel: RTCDataChannel, close: () => void} | null} */
 let direct = null;
 let stopAccepting = () => {};
+/** How the status should read when the peer closes because we closed it; null: it was not us. */
+let closedOnPurpose = /** @type {{state: string, text: string} | null} */ (null);
 
 const ui = {
   form: /** @type {HTMLFormElement} */ ($("#join-form")),
@@ -57,13 +61,19 @@ function setStatus(/** @type {string} */ state, /** @type {string} */ text) {
 }
 
 /** Appends a line to a log; text only (never HTML), so payloads cannot inject markup. */
-function log(/** @type {HTMLElement} */ list, /** @type {string} */ text, { who = "", kind = "" } = {}) {
+function log(/** @type {HTMLElement} */ list, /** @type {string} */ text, { who = "", kind = "", tag = "" } = {}) {
   const li = document.createElement("li");
   if (kind) li.className = kind;
   if (who) {
     const name = document.createElement("span");
     name.className = "who";
     name.textContent = who;
+    if (tag) {
+      const where = document.createElement("span");
+      where.className = "tag";
+      where.textContent = tag;
+      name.append(" ", where);
+    }
     li.append(name);
   }
   li.append(text);
@@ -71,7 +81,31 @@ function log(/** @type {HTMLElement} */ list, /** @type {string} */ text, { who 
   list.scrollTop = list.scrollHeight;
 }
 
-const show = (/** @type {unknown} */ data) => (typeof data === "string" ? data : JSON.stringify(data));
+const hex = (/** @type {Uint8Array} */ bytes) =>
+  Array.from(bytes.subarray(0, 32), (b) => b.toString(16).padStart(2, "0")).join("") + (bytes.length > 32 ? "…" : "");
+const bytesText = (/** @type {Uint8Array} */ bytes) => `<${bytes.length} bytes> ${hex(bytes)}`;
+
+/** A payload as one line of text: strings as they are, bytes as hex, anything else as JSON. */
+function show(/** @type {unknown} */ data) {
+  if (typeof data === "string") return data;
+  if (data instanceof Uint8Array) return bytesText(data);
+  try {
+    const text = JSON.stringify(data, (_key, value) =>
+      typeof value === "bigint" ? String(value) : value instanceof Uint8Array ? bytesText(value) : value,
+    );
+    return text ?? String(data);
+  } catch {
+    return String(data);
+  }
+}
+
+/** What a WebRTC signaling message carries, in words (its SDP and candidates are not worth reading). */
+function signalKind(/** @type {any} */ body) {
+  if (body?.ready) return body.ack ? "ready to connect (reply)" : "ready to connect";
+  if (body?.description) return `connection ${body.description.type}`;
+  if (body?.candidate) return "a network address to try";
+  return show(body);
+}
 
 function renderMembers() {
   ui.members.replaceChildren();
@@ -184,7 +218,7 @@ async function sendFile(/** @type {RTCDataChannel} */ channel, /** @type {File} 
 function useChannel(/** @type {{channel: RTCDataChannel, polite: boolean, close: () => void}} */ result, /** @type {string} */ remote) {
   direct?.close();
   direct = { remote, channel: result.channel, close: result.close };
-  setRtc("open", `Direct channel open with ${remote} (peer-to-peer, ${result.polite ? "polite" : "impolite"} side)`);
+  setRtc("open", `Direct channel open with ${remote}: what you send here goes from browser to browser, not through the relay.`);
   result.channel.addEventListener("message", receiver(remote));
   result.channel.addEventListener("close", () => {
     if (direct?.channel !== result.channel) return;
@@ -208,6 +242,7 @@ ui.form.addEventListener("submit", async (e) => {
   e.preventDefault();
   if (!ui.form.reportValidity()) return;
   ui.connect.disabled = true;
+  closedOnPurpose = null;
   setStatus("connecting", "connecting…");
   try {
     peer = await connect(relayUrl, { id: ui.id.value.trim() });
@@ -229,7 +264,8 @@ ui.form.addEventListener("submit", async (e) => {
     log(ui.chatLog, ev.resumed ? "reconnected (session resumed)" : "reconnected", { kind: "system" });
   });
   p.addEventListener("close", (ev) => {
-    setStatus("closed", `disconnected (${ev.code}${ev.reason ? ` ${ev.reason}` : ""})`);
+    if (closedOnPurpose) setStatus(closedOnPurpose.state, closedOnPurpose.text);
+    else setStatus("closed", `disconnected: ${ev.reason || "the connection closed"} (code ${ev.code})`);
     setChatEnabled(false);
     members.clear();
     renderMembers();
@@ -250,10 +286,18 @@ ui.form.addEventListener("submit", async (e) => {
     }
     renderMembers();
   });
-  p.addEventListener("message", (ev) => {
-    if (ev.room === room && ev.ev === "chat") {
-      const mine = ev.from === p.id;
-      log(ui.chatLog, show(ev.data), { who: mine ? "you" : ev.from, kind: mine ? "mine" : "" });
+  p.addEventListener("message", (e) => {
+    const mine = e.from === p.id;
+    const who = mine ? "you" : e.from;
+    if (e.ev === SIGNAL_EV && !e.room) {
+      log(ui.rtcLog, `${e.from} → you via the relay (WebRTC setup): ${signalKind(e.data)}`, { kind: "system" });
+    } else if (e.room === room && e.ev === "chat") {
+      log(ui.chatLog, show(e.data), { who, kind: mine ? "mine" : "" });
+    } else {
+      // anything else sent to us: a direct message, or a room message that is not chat
+      const where = e.room ? `in ${e.room}` : "direct to you";
+      const tag = e.ev ? `${where} · ev ${e.ev}` : where;
+      log(ui.chatLog, show(e.data), { who, tag, kind: mine ? "mine" : e.room ? "other" : "direct" });
     }
   });
   // Someone pressed "Direct" on us: answer with our side of the negotiation.
@@ -265,7 +309,7 @@ ui.form.addEventListener("submit", async (e) => {
   try {
     await p.join(room, { presence: true });
   } catch (err) {
-    setStatus("closed", `could not join ${room}: ${err instanceof Error ? err.message : err}`);
+    closedOnPurpose = { state: "closed", text: `could not join ${room}: ${err instanceof Error ? err.message : err}` };
     await p.close();
     return;
   }
@@ -276,6 +320,8 @@ ui.form.addEventListener("submit", async (e) => {
 });
 
 ui.disconnect.addEventListener("click", () => {
+  closedOnPurpose = { state: "idle", text: `not connected · you left ${room}` };
+  log(ui.chatLog, `you left ${room}`, { kind: "system" });
   direct?.close();
   peer?.close();
 });

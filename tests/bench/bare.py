@@ -1,10 +1,11 @@
-"""A bare starlette+uvicorn forwarder: the floor the relay is measured against.
+"""A bare starlette+uvicorn forwarder: the Python floor the relay is measured against.
 
-    taskset -c 0 .venv/bin/python tests/bench/bare.py PORT
-    python tests/bench/bench.py --url ws://127.0.0.1:PORT/v1/ws --only pairs64 fixed2000
+    taskset -c 0 .venv/bin/python tests/bench/bare.py [PORT]   # 0, the default, picks one
 
-It speaks just enough of protocol v1 for load.mjs (hello, send, pub to one
-room) and does nothing else: no validation, limits, queues or metrics.
+Prints "bare ready on ws://127.0.0.1:PORT/v1/ws" on stderr once listening
+(tests/bench/bench.py starts it). It speaks just enough of protocol v1 for
+load.mjs (hello, send, join and pub to one room) and does nothing else: no
+validation, limits, queues or metrics.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 peers: dict[str, Send] = {}
-room: list[Send] = []
+room: set[Send] = set()
 
 
 class Forwarder:
@@ -31,6 +32,7 @@ class Forwarder:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 peers.pop(me, None)
+                room.discard(send)
                 return
             envelope: dict[str, Any] = msgpack.unpackb(message["bytes"])
             kind = envelope["type"]
@@ -44,16 +46,28 @@ class Forwarder:
                 if target is not None:
                     await target({"type": "websocket.send", "bytes": msgpack.packb(envelope)})
             elif kind == "join":
-                room.append(send)
-                await send({"type": "websocket.send", "bytes": msgpack.packb({"type": "ok"})})
+                room.add(send)
+                ok = {"type": "ok", "id": envelope.get("id")}
+                await send({"type": "websocket.send", "bytes": msgpack.packb(ok)})
             elif kind == "pub":
                 envelope["type"], envelope["from"] = "msg", me
                 frame = {"type": "websocket.send", "bytes": msgpack.packb(envelope)}
-                for member in room:
+                for member in list(room):
                     await member(frame)
+
+
+class Server(uvicorn.Server):
+    """uvicorn, saying where it listens once it does."""
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        port = self.servers[0].sockets[0].getsockname()[1]
+        print(f"bare ready on ws://127.0.0.1:{port}/v1/ws", file=sys.stderr, flush=True)
 
 
 app = Starlette(routes=[WebSocketRoute("/v1/ws", Forwarder())])
 
 if __name__ == "__main__":
-    uvicorn.run(app, port=int(sys.argv[1]), log_level="warning", ws="websockets-sansio")
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    config = uvicorn.Config(app, port=port, log_level="warning", ws="websockets-sansio")
+    Server(config).run()

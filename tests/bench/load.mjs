@@ -1,23 +1,32 @@
 // Load generator for tests/bench/bench.py: Node + ws, so the generator is not
-// what saturates first. One scenario per run; prints one JSON line of results.
+// what saturates first. One scenario per run. On stdout it prints one JSON line
+// when the measured window opens ({"event":"measuring"}), one when it closes
+// ({"event":"measured"}), so bench.py can read both sides' CPU time at exactly
+// those moments, then one JSON line of results. `closed` counts the sockets the
+// server closed during the run, by close code (room: the members only).
 //
 //   node tests/bench/load.mjs pairs --url ws://127.0.0.1:8080/v1/ws --pairs 50 --inflight 16 --size 64 --seconds 10
 //   node tests/bench/load.mjs fixed --url ... --pairs 50 --rate 2000 --size 64 --seconds 10
-//   node tests/bench/load.mjs room  --url ... --members 200 --rate 500 --size 64 --seconds 10
+//   node tests/bench/load.mjs room  --url ... --members 200 --rate 500 --size 64 --seconds 10 --grace 2
 //   node tests/bench/load.mjs idle  --url ... --connections 5000   (holds them until stdin closes)
-import { createRequire } from "node:module";
+//
+// ws masks frames with bufferutil (tests/bench/package.json), as a production
+// client would; JavaScript masking of 64 KiB frames would otherwise be the limit.
 import { performance } from "node:perf_hooks";
-import { fileURLToPath } from "node:url";
 
-const require = createRequire(fileURLToPath(new URL("../../clients/js/package.json", import.meta.url)));
-const WebSocket = require("ws");
-const { encode, decode } = await import(
-  new URL("../../clients/js/node_modules/@msgpack/msgpack/dist.esm/index.mjs", import.meta.url)
-);
+import { Decoder, Encoder } from "@msgpack/msgpack";
+import WebSocket from "ws";
+
+// One codec for the run, not one per call, to keep the generator's CPU low.
+// `encode` returns a fresh copy, so a frame handed to ws.send is never reused.
+const encoder = new Encoder();
+const decoder = new Decoder();
+const encode = (value) => encoder.encode(value);
+const decode = (data) => decoder.decode(data);
 
 const [mode, ...rest] = process.argv.slice(2);
 const opts = { url: "ws://127.0.0.1:8080/v1/ws", pairs: 50, inflight: 16, size: 64, seconds: 10,
-  rate: 2000, members: 200, connections: 5000, warmup: 2 };
+  rate: 2000, members: 200, connections: 5000, warmup: 2, grace: 2 };
 for (let i = 0; i < rest.length; i += 2) opts[rest[i].replace(/^--/, "")] = rest[i + 1];
 for (const k of Object.keys(opts)) if (k !== "url") opts[k] = Number(opts[k]);
 
@@ -69,13 +78,33 @@ function atRate(rate, fire) {
   }, 1);
 }
 
+let finishing = false; // set before the generator closes its own sockets
+
+// Counts, by close code, the sockets the server closes before the run ends.
+function countCloses(sockets) {
+  const closed = {};
+  for (const ws of sockets) {
+    ws.on("close", (code) => { if (!finishing) closed[code] = (closed[code] ?? 0) + 1; });
+  }
+  return closed;
+}
+
+function finish(sockets) {
+  finishing = true;
+  sockets.forEach((ws) => ws.terminate());
+}
+
+const mark = (event) => console.log(JSON.stringify({ event }));
+
 // Runs the warm-up, then measures for opts.seconds; returns the elapsed seconds.
 async function measure(setMeasuring) {
   await sleep(opts.warmup * 1000);
   setMeasuring(true);
+  mark("measuring");
   const t0 = performance.now();
   await sleep(opts.seconds * 1000);
   setMeasuring(false);
+  mark("measured");
   return (performance.now() - t0) / 1000;
 }
 const payload = new Uint8Array(opts.size).fill(120);
@@ -83,6 +112,7 @@ const payload = new Uint8Array(opts.size).fill(120);
 async function pingPong(fixedRate) {
   const pingers = await openAll([...Array(opts.pairs).keys()].map((i) => `a${i}`));
   const echoers = await openAll([...Array(opts.pairs).keys()].map((i) => `b${i}`));
+  const closed = countCloses([...pingers, ...echoers]);
   let measuring = false, relayed = 0, seq = 0;
   const latencies = [];
   const sentAt = new Map();
@@ -115,33 +145,50 @@ async function pingPong(fixedRate) {
   const elapsed = await measure((on) => { measuring = on; });
   clearInterval(timer);
   const result = summary(latencies, relayed, elapsed, { pairs: opts.pairs, size: opts.size,
-    ...(fixedRate ? { target_rt_per_second: opts.rate } : { inflight: opts.inflight }) });
-  [...pingers, ...echoers].forEach((ws) => ws.terminate());
+    ...(fixedRate ? { target_rt_per_second: opts.rate } : { inflight: opts.inflight }), closed });
+  finish([...pingers, ...echoers]);
   return result;
 }
 
+// One publisher, opts.members members. The rate figure counts deliveries in the
+// window; the share counts, for the messages published in the window, how many
+// of members × published reached a member, waiting up to opts.grace seconds
+// after the window for those still on their way.
 async function room() {
   const members = await openAll([...Array(opts.members).keys()].map((i) => `m${i}`));
   await Promise.all(members.map((ws) => new Promise((resolve) => {
     ws.once("message", resolve);
     ws.send(encode({ type: "join", room: "bench", id: 1 }));
   })));
+  const closed = countCloses(members);
   const [publisher] = await openAll(["publisher"]);
-  let measuring = false, delivered = 0;
+  let measuring = false, delivered = 0, seq = 0, first = null, arrived = 0, expected = null;
+  let allArrived;
+  const everyArrival = new Promise((resolve) => { allArrived = resolve; });
   const latencies = [];
   members.forEach((ws) => ws.on("message", (data) => {
     const m = decode(data);
-    if (m.type !== "msg" || !measuring) return;
+    if (m.type !== "msg") return;
+    const [sentAt, n] = m.d;
+    if (first !== null && n >= first && ++arrived === expected) allArrived();
+    if (!measuring) return;
     delivered++;
-    latencies.push(performance.now() - m.d[0]);
+    latencies.push(performance.now() - sentAt);
   }));
   const timer = atRate(opts.rate, () =>
-    publisher.send(encode({ type: "pub", room: "bench", d: [performance.now(), payload] })));
-  const elapsed = await measure((on) => { measuring = on; });
-  clearInterval(timer);
+    publisher.send(encode({ type: "pub", room: "bench", d: [performance.now(), seq++, payload] })));
+  const elapsed = await measure((on) => {
+    measuring = on;
+    if (on) first = seq;
+    else clearInterval(timer); // nothing is published after the window
+  });
+  const published = seq - first;
+  expected = published * opts.members;
+  if (arrived < expected) await Promise.race([everyArrival, sleep(opts.grace * 1000)]);
   const result = summary(latencies, delivered, elapsed, { members: opts.members,
-    publish_rate: opts.rate, size: opts.size, expected_per_second: opts.rate * opts.members });
-  [...members, publisher].forEach((ws) => ws.terminate());
+    publish_rate: opts.rate, size: opts.size, expected_per_second: opts.rate * opts.members,
+    published, delivered_share: expected ? arrived / expected : null, closed });
+  finish([...members, publisher]);
   return result;
 }
 
@@ -150,7 +197,7 @@ async function idle() {
   console.log(JSON.stringify({ mode, connections: sockets.length, ready: true }));
   process.stdin.resume();
   await new Promise((resolve) => process.stdin.on("end", resolve));
-  sockets.forEach((ws) => ws.terminate());
+  finish(sockets);
   return null;
 }
 

@@ -310,5 +310,5 @@ async def test_workers_serve_one_port_and_drain(redis_url: str, nodes: Nodes) ->
 def test_workers_refuse_the_memory_broker() -> None:
     proc = RelayProcess("--workers", "2")
     assert proc.process.wait(30) == 2
-    assert "--workers N > 1 needs a shared broker" in proc.output()
+    assert "needs a shared broker" in proc.output()
     proc.stop()

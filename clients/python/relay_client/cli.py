@@ -9,26 +9,28 @@
     relay-peer shell --id alice                     # interactive prompt
 
 ``--url`` defaults to ``$RELAY_URL``, else ``ws://127.0.0.1:8080/v1/ws``;
-``--token`` to ``$RELAY_TOKEN``. Errors are one line on stderr and exit code 1.
+``--token`` to ``$RELAY_TOKEN``. Options may come anywhere among the
+arguments. Exit status: 0 done, 1 a runtime failure (relay unreachable,
+refused, closed, a request failed), 2 a usage error, 130 interrupted.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import click
 import msgpack
 
 from .errors import RelayError
 from .peer import DEFAULT_URL, Peer, connect
-from .types import Message, Presence, State
+from .types import Ack, Message, Presence, State
 
 __all__ = ["format_message", "format_payload", "main"]
 
@@ -137,14 +139,19 @@ def _payload(text: str, *, as_json: bool = False, as_hex: bool = False) -> Any:
 # --------------------------------------------------------------------------- #
 
 
-def _peer(args: argparse.Namespace, *, reconnect: bool = True) -> Any:
-    return connect(
-        args.url,
-        id=args.id,
-        token=args.token,
-        reconnect=reconnect,
-        open_timeout=args.timeout,
-    )
+@dataclass(frozen=True, slots=True)
+class _Link:
+    """Where and as whom to connect (the options every command shares)."""
+
+    url: str
+    token: str | None
+    id: str | None
+    timeout: float
+
+    def connect(self, *, reconnect: bool = True) -> Any:
+        return connect(
+            self.url, id=self.id, token=self.token, reconnect=reconnect, open_timeout=self.timeout
+        )
 
 
 def _watch(peer: Peer) -> None:
@@ -159,47 +166,32 @@ def _watch(peer: Peer) -> None:
     peer.on_error(lambda e: _err(f"error: {e}"))
 
 
-async def _listen(args: argparse.Namespace) -> int:
-    async with _peer(args) as peer:
+async def _listen(link: _Link, rooms: Sequence[str], presence: bool, count: int) -> int:
+    async with link.connect() as peer:
         _watch(peer)
-        for room in args.room:
-            await peer.join(room, presence=args.presence)
-        where = f" in {', '.join(args.room)}" if args.room else ""
-        _err(f"listening as {peer.id} on {args.url}{where} (Ctrl-C to stop)")
+        for room in rooms:
+            await peer.join(room, presence=presence)
+        where = f" in {', '.join(rooms)}" if rooms else ""
+        _err(f"listening as {peer.id} on {link.url}{where} (Ctrl-C to stop)")
         seen = 0
         async for msg in peer:
             _out(format_message(msg))
             seen += 1
-            if args.count and seen >= args.count:
+            if count and seen >= count:
                 break
     return 0
 
 
-async def _send(args: argparse.Namespace) -> int:
-    words: list[str] = args.words
-    if args.room is not None:
-        if len(words) != 1:
-            raise ValueError("with --room give only the message")
-        targets: list[str] = []
-    elif len(words) < 2:
-        raise ValueError("give a target id and a message (or --room ROOM and a message)")
-    else:
-        targets = words[:-1]
-    data = _payload(words[-1], as_json=args.json, as_hex=args.hex)
-    async with _peer(args, reconnect=False) as peer:
-        if args.room is not None:
-            ack = await peer.publish(args.room, data, ev=args.ev, echo=False)
-        else:
-            to: str | list[str] = targets[0] if len(targets) == 1 else targets
-            ack = await peer.send(to, data, ev=args.ev)
+async def _deliver(link: _Link, deliver: Callable[[Peer], Awaitable[Ack]]) -> int:
+    async with link.connect(reconnect=False) as peer:
+        ack = await deliver(peer)
         _out("ok (queued for a resuming peer)" if ack.queued else "ok")
     return 0
 
 
-async def _request(args: argparse.Namespace) -> int:
-    data = _payload(args.data, as_json=args.json, as_hex=args.hex) if args.data else None
-    async with _peer(args, reconnect=False) as peer:
-        reply = await peer.request(args.target, data, ev=args.ev, timeout=args.wait)
+async def _request(link: _Link, target: str, data: Any, ev: str | None, wait: float) -> int:
+    async with link.connect(reconnect=False) as peer:
+        reply = await peer.request(target, data, ev=ev, timeout=wait)
         _out(format_payload(reply))
     return 0
 
@@ -278,10 +270,10 @@ async def _shell_command(peer: Peer, line: str) -> bool:
     return True
 
 
-async def _shell(args: argparse.Namespace) -> int:
-    async with _peer(args) as peer:
+async def _shell(link: _Link) -> int:
+    async with link.connect() as peer:
         _watch(peer)
-        _err(f"connected as {peer.id} to {args.url}; type help for commands")
+        _err(f"connected as {peer.id} to {link.url}; type help for commands")
 
         async def show() -> None:
             async for msg in peer:
@@ -312,81 +304,191 @@ async def _shell(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- #
-# Entry point
+# Command line
 # --------------------------------------------------------------------------- #
 
+EXIT_STATUS = """\
+\b
+Exit status:
+  0    done
+  1    a runtime failure: the relay could not be reached, refused or closed
+       the connection, or a request failed
+  2    a usage error: unknown option, missing argument, bad JSON or hex
+  130  interrupted (Ctrl-C)"""
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``relay-peer``."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--url",
-        default=os.environ.get("RELAY_URL") or DEFAULT_URL,
-        help="relay WebSocket URL (default: $RELAY_URL or %(default)s)",
+
+def _run(main: Coroutine[Any, Any, int]) -> int:
+    """Run a command's coroutine; runtime failures are one line on stderr and exit 1."""
+    try:
+        return asyncio.run(main)
+    except KeyboardInterrupt:
+        return 130
+    except RelayError as exc:
+        _err(str(exc))
+    except OSError as exc:  # BrokenPipeError on a closed stdout, among others
+        _err(str(exc) or type(exc).__name__)
+    return 1
+
+
+def _link_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command takes: where and as whom to connect."""
+    options = [
+        click.option(
+            "--url", default=DEFAULT_URL, envvar="RELAY_URL", show_default=True,
+            show_envvar=True, help="Relay WebSocket URL.",
+        ),
+        click.option(
+            "--token", envvar="RELAY_TOKEN", show_envvar=True,
+            help="JWT, when the relay has auth on.",
+        ),
+        click.option(
+            "--id", "peer_id", help="Peer id to register as (default: the relay picks one)."
+        ),
+        click.option(
+            "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+            show_default=True, help="Connect timeout, seconds.",
+        ),
+        click.option("-v", "--verbose", is_flag=True, help="Log what the client does."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _payload_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """How to read the MESSAGE argument, and its event name."""
+    options = [
+        click.option("--json", "as_json", is_flag=True, help="MESSAGE is JSON; send it parsed."),
+        click.option("--hex", "as_hex", is_flag=True, help="MESSAGE is hex; send it as bytes."),
+        click.option("--ev", help="Event name."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _link(url: str, token: str | None, peer_id: str | None, timeout: float, verbose: bool) -> _Link:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.CRITICAL, format=f"{PROG}: %(message)s"
     )
-    common.add_argument("--token", default=os.environ.get("RELAY_TOKEN"), help="JWT ($RELAY_TOKEN)")
-    common.add_argument("--id", help="peer id to register as (default: the relay picks one)")
-    common.add_argument(
-        "--timeout", type=float, default=10.0, help="connect timeout, seconds (default: 10)"
-    )
-    common.add_argument("-v", "--verbose", action="store_true", help="log what the client does")
+    return _Link(url, token, peer_id, timeout)
 
-    parser = argparse.ArgumentParser(prog=PROG, description="Talk to a relay from the terminal.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    listen = sub.add_parser("listen", parents=[common], help="print the messages that arrive")
-    listen.add_argument("--room", action="append", default=[], help="join ROOM (repeatable)")
-    listen.add_argument("--presence", action="store_true", help="show presence in those rooms")
-    listen.add_argument("-n", "--count", type=int, default=0, help="exit after N messages")
-    listen.set_defaults(func=_listen)
+def _parse_payload(text: str, as_json: bool, as_hex: bool) -> Any:
+    if as_json and as_hex:
+        raise click.UsageError("give --json or --hex, not both")
+    try:
+        return _payload(text, as_json=as_json, as_hex=as_hex)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
-    payload = argparse.ArgumentParser(add_help=False)
-    kind = payload.add_mutually_exclusive_group()
-    kind.add_argument("--json", action="store_true", help="the message is JSON; send it parsed")
-    kind.add_argument("--hex", action="store_true", help="the message is hex; send it as bytes")
-    payload.add_argument("--ev", help="event name")
 
-    send = sub.add_parser(
-        "send",
-        parents=[common, payload],
-        help="send a message to peers (or publish with --room)",
-        usage=f"{PROG} send [options] TO [TO ...] MESSAGE | --room ROOM MESSAGE",
-    )
-    send.add_argument("--room", help="publish to ROOM instead of sending to peers")
-    send.add_argument("words", nargs="+", metavar="TO/MESSAGE")
-    send.set_defaults(func=_send)
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+    epilog=EXIT_STATUS,
+)
+def cli() -> None:
+    """Talk to a relay from the terminal.
 
-    request = sub.add_parser("request", parents=[common, payload], help="send a request")
-    request.add_argument("target", metavar="TO")
-    request.add_argument("data", nargs="?", metavar="MESSAGE")
-    request.add_argument("--wait", type=float, default=10.0, help="reply timeout (default: 10)")
-    request.set_defaults(func=_request)
+    \b
+      relay-peer listen --id bob --room lobby    print what arrives
+      relay-peer send --id alice bob 'hello'     send to bob
+      relay-peer send --room lobby 'hi'          publish to a room
+      relay-peer request bob --ev time           send a request, print the reply
+      relay-peer shell --id alice                interactive prompt
 
-    shell = sub.add_parser("shell", parents=[common], help="interactive prompt")
-    shell.set_defaults(func=_shell)
-    return parser
+    Options may come before, between or after the arguments; put a MESSAGE
+    that starts with '-' after '--'. Runtime errors are one line on stderr.
+    """
+
+
+@cli.command(epilog=EXIT_STATUS)
+@_link_options
+@click.option("--room", "rooms", multiple=True, help="Join ROOM (repeatable).")
+@click.option("--presence", is_flag=True, help="Show presence events in those rooms.")
+@click.option("-n", "--count", type=click.IntRange(min=0), default=0, help="Exit after N messages.")
+def listen(
+    url: str, token: str | None, peer_id: str | None, timeout: float, verbose: bool,
+    rooms: tuple[str, ...], presence: bool, count: int,
+) -> int:  # fmt: skip
+    """Print the messages that arrive (reconnects on its own)."""
+    return _run(_listen(_link(url, token, peer_id, timeout, verbose), rooms, presence, count))
+
+
+@cli.command(epilog=EXIT_STATUS, short_help="Send a message to peers, or publish it to a room.")
+@_link_options
+@_payload_options
+@click.option("--room", help="Publish to ROOM instead of sending to peers.")
+@click.argument("words", nargs=-1, required=True, metavar="TO... MESSAGE")
+def send(
+    url: str, token: str | None, peer_id: str | None, timeout: float, verbose: bool,
+    as_json: bool, as_hex: bool, ev: str | None, room: str | None, words: tuple[str, ...],
+) -> int:  # fmt: skip
+    """Send MESSAGE to one or several peers, or with --room publish it to ROOM.
+
+    \b
+      relay-peer send --id alice bob 'hello'
+      relay-peer send --id alice bob carol --json '{"n": 1}'
+      relay-peer send --room lobby 'to the room'
+    """
+    if room is not None and len(words) != 1:
+        raise click.UsageError("with --room give only the message")
+    if room is None and len(words) < 2:
+        raise click.UsageError("give a target id and a message (or --room ROOM and a message)")
+    data = _parse_payload(words[-1], as_json, as_hex)
+    to = words[0] if len(words) == 2 else list(words[:-1])
+
+    def deliver(peer: Peer) -> Awaitable[Ack]:
+        if room is not None:
+            return peer.publish(room, data, ev=ev, echo=False)
+        return peer.send(to, data, ev=ev)
+
+    return _run(_deliver(_link(url, token, peer_id, timeout, verbose), deliver))
+
+
+@cli.command(epilog=EXIT_STATUS)
+@_link_options
+@_payload_options
+@click.option(
+    "--wait", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+    help="Reply timeout, seconds.",
+)  # fmt: skip
+@click.argument("target", metavar="TO")
+@click.argument("message", required=False, metavar="[MESSAGE]")
+def request(
+    url: str, token: str | None, peer_id: str | None, timeout: float, verbose: bool,
+    as_json: bool, as_hex: bool, ev: str | None, wait: float, target: str, message: str | None,
+) -> int:  # fmt: skip
+    """Send a request to peer TO and print its reply."""
+    data = _parse_payload(message, as_json, as_hex) if message else None
+    return _run(_request(_link(url, token, peer_id, timeout, verbose), target, data, ev, wait))
+
+
+@cli.command(epilog=EXIT_STATUS)
+@_link_options
+def shell(url: str, token: str | None, peer_id: str | None, timeout: float, verbose: bool) -> int:
+    """Interactive prompt (type help for its commands)."""
+    return _run(_shell(_link(url, token, peer_id, timeout, verbose)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``relay-peer``; return the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.CRITICAL,
-        format=f"{PROG}: %(message)s",
-    )
-    func: Callable[[argparse.Namespace], Any] = args.func
+    """Run ``relay-peer``; return the exit status (see ``relay-peer --help``)."""
     try:
-        code: int = asyncio.run(func(args))
-        return code
-    except KeyboardInterrupt:
+        code = cli.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # no command given: the help is the hint
+        print(exc.format_message(), file=sys.stderr, flush=True)
+        return exc.exit_code
+    except click.UsageError as exc:
+        _err(exc.format_message())
+        if exc.ctx is not None:
+            print(f"Try '{exc.ctx.command_path} --help'.", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except click.ClickException as exc:
+        _err(exc.format_message())
+        return exc.exit_code
+    except click.Abort:
         return 130
-    except (RelayError, ValueError) as exc:
-        _err(str(exc))
-        return 1
-    except (BrokenPipeError, OSError) as exc:
-        _err(str(exc) or type(exc).__name__)
-        return 1
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

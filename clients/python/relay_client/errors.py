@@ -66,7 +66,8 @@ class ServerError(RelayError):
         request_id: the ``id`` of the request this answers, ``None`` when the
             refused envelope was sent without one.
         to: the ``to`` field of the ``err`` if present (for ``peer-offline``:
-            the target ids that were not reached).
+            the target id a str send did not reach, or the list of the ids a
+            list send did not reach).
     """
 
     CODE: ClassVar[str | None] = None
@@ -125,8 +126,9 @@ class IdTaken(ServerError):
 class PeerOffline(ServerError):
     """``peer-offline``: one or more targets are not connected.
 
-    For a ``send`` to several peers, :attr:`to` lists the ids that were *not*
-    reached; the others got the message.
+    :attr:`to` has the shape of the send's ``to``, as on the wire: for a
+    send to a list of ids it is the list of those *not* reached (the others
+    got the message); for a send to one id (a str) it is that id.
     """
 
     CODE = "peer-offline"

@@ -14,7 +14,7 @@ import msgpack
 import pytest
 import relay_client
 from anyio.abc import ByteReceiveStream, Process
-from relay_client.cli import format_message, format_payload
+from relay_client.cli import format_message, format_payload, main
 
 if TYPE_CHECKING:
     from tests.conftest import RunningRelay
@@ -139,9 +139,66 @@ async def test_send_errors_are_one_line(relay: RunningRelay) -> None:
     assert code == 1
     assert stderr.startswith("relay-peer: peer-offline") and stderr.count("\n") == 1
     code, _, stderr = await run("send", "--url", relay.url, "--json", "bob", "{not json")
-    assert code == 1 and stderr.startswith("relay-peer: invalid JSON payload")
+    assert code == 2 and stderr.startswith("relay-peer: invalid JSON payload")
     code, _, stderr = await run("send", "--url", relay.url, "bob")
-    assert code == 1 and "give a target id and a message" in stderr
+    assert code == 2 and "give a target id and a message" in stderr
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--id", "alice", "bob", "--json", '{"a": 1}'],
+        ["bob", "--json", '{"a": 1}', "--id", "alice"],
+        ["--json", "bob", '{"a": 1}', "--id", "alice", "--ev", "chat"],
+    ],
+)
+async def test_send_takes_options_anywhere(relay: RunningRelay, args: list[str]) -> None:
+    async with relay_client.connect(relay.url, id="bob") as bob:
+        code, stdout, stderr = await run("send", *args, "--url", relay.url)
+        assert (code, stdout, stderr) == (0, "ok\n", "")
+        with anyio.fail_after(5):
+            msg = await bob.recv()
+    assert (msg.sender, msg.data) == ("alice", {"a": 1})
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["send", "bob"], "give a target id and a message"),
+        (["send", "--room", "lobby", "bob", "x"], "with --room give only the message"),
+        (["send", "bob", "x", "--bogus"], "No such option '--bogus'"),
+        (["send", "--json", "bob", "{not json"], "invalid JSON payload"),
+        (["send", "--hex", "bob", "zz"], "invalid hex payload"),
+        (["send", "--json", "--hex", "bob", "00"], "give --json or --hex, not both"),
+        (["send", "--timeout", "0", "bob", "x"], "Invalid value for '--timeout'"),
+        (["request"], "Missing argument 'TO'"),
+        (["listen", "-n", "-1"], "Invalid value for '-n' / '--count'"),
+        (["frobnicate"], "No such command 'frobnicate'"),
+    ],
+)
+def test_usage_errors_exit_2_before_connecting(
+    args: list[str], error: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --url points nowhere: a usage error must be found before any connection attempt
+    code = main([*args, "--url", "ws://127.0.0.1:9/v1/ws"])
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    first, hint = err.splitlines()
+    assert first.startswith("relay-peer: ") and error in first
+    assert hint.startswith("Try 'relay-peer") and hint.endswith(" --help'.")
+
+
+def test_help_states_the_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    help_text = capsys.readouterr().out
+    assert "1    a runtime failure" in help_text
+    assert "2    a usage error" in help_text
+    assert main(["send", "-h"]) == 0
+    assert "2    a usage error" in capsys.readouterr().out
+    assert main([]) == 2  # no command: the help, as a usage error
+    assert "Commands:" in capsys.readouterr().err
 
 
 @pytest.mark.anyio

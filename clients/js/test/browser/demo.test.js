@@ -1,13 +1,15 @@
 // Real-browser test: Debian's chromium (driven by playwright-core, which
 // never downloads a browser) loads the demo page the relay serves at "/",
 // two pages chat through the relay, then open a WebRTC data channel to each
-// other with the relay as signaling and talk over it.
+// other with the relay as signaling and talk over it. The page also shows
+// whatever else it receives, ends neutrally when left, and keeps a long error
+// readable on a phone.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
 import { chromium } from "playwright-core";
-import { REPO, peer, startRelay, uid } from "../helpers.js";
+import { REPO, nextEvent, peer, startRelay, uid } from "../helpers.js";
 
 const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const RESULTS = join(REPO, "clients", "js", "test-results");
@@ -97,6 +99,10 @@ describe("demo page in chromium", () => {
     await a.page.click(`#members li[data-peer="${bob}"] button`);
     await a.page.waitForSelector('#rtc-status[data-state="open"]', { timeout: 20_000 });
     await b.page.waitForSelector('#rtc-status[data-state="open"]', { timeout: 20_000 });
+    // the signaling the relay carried is shown too, in words
+    for (const { page } of [a, b]) {
+      await page.locator("#rtc-log li.system", { hasText: "via the relay (WebRTC setup): connection " }).first().waitFor();
+    }
     await a.page.fill("#rtc-input", "peer-to-peer hello");
     await a.page.click("#rtc-send");
     await b.page.waitForSelector('#rtc-log li:has-text("peer-to-peer hello")');
@@ -123,6 +129,89 @@ describe("demo page in chromium", () => {
     await b.page.screenshot({ path: join(RESULTS, "demo-mobile.png"), fullPage: true });
     assert.deepEqual(a.errors, []);
     assert.deepEqual(b.errors, []);
+  });
+
+  test("the page shows every message it receives, as text, and leaving is not an error", async () => {
+    const room = uid("room");
+    const me = uid("page");
+    const { page, errors } = await openPage();
+    await joinAs(page, me, room);
+    const other = await peer(relay.url, { id: uid("term") });
+    try {
+      await other.send(me, "a direct message, no ev");
+      await other.send(me, { n: 1, bytes: new Uint8Array([0, 255]) }, { ev: "ping" });
+      await other.publish(room, "<b>no ev</b> in the room");
+      await other.publish(room, "breaking", { ev: "news" });
+      const line = (/** @type {string} */ text) => page.locator("#chat-log li", { hasText: text });
+      await line("a direct message, no ev").waitFor();
+      await line('{"n":1,"bytes":"<2 bytes> 00ff"}').waitFor();
+      await line("<b>no ev</b> in the room").waitFor();
+      await line("breaking").waitFor();
+      assert.equal(await line("a direct message, no ev").locator(".who").textContent(), `${other.id} direct to you`);
+      assert.equal(await line("00ff").locator(".who").textContent(), `${other.id} direct to you · ev ping`);
+      assert.equal(await line("in the room").locator(".who").textContent(), `${other.id} in ${room}`);
+      assert.equal(await line("breaking").locator(".who").textContent(), `${other.id} in ${room} · ev news`);
+      assert.equal(await page.locator("#chat-log b").count(), 0, "payloads are text, never markup");
+      await page.setViewportSize({ width: 375, height: 740 });
+      await page.locator("#chat-log").scrollIntoViewIfNeeded();
+      await page.screenshot({ path: join(RESULTS, "demo-received-375.png") });
+    } finally {
+      await other.close();
+    }
+
+    await page.click("#disconnect");
+    await page.waitForSelector('#status[data-state="idle"]');
+    assert.equal(await page.locator("#status").textContent(), `not connected · you left ${room}`);
+    await page.locator("#chat-log li.system", { hasText: `you left ${room}` }).waitFor();
+    assert.equal(await page.locator("#connect").isVisible(), true);
+    assert.deepEqual(errors, []);
+  });
+
+  test("a long error status is shown in full on a 375 px wide screen", async () => {
+    const held = `${uid("annabelle")}-with-a-rather-long-peer-id`;
+    const holder = await peer(relay.url, { id: held });
+    try {
+      const { page } = await openPage({ width: 375, height: 740 });
+      await page.fill("#peer-id", held);
+      await page.click("#connect");
+      await page.waitForSelector('#status[data-state="closed"]');
+      const status = page.locator("#status");
+      assert.equal(await status.textContent(), `could not connect: ${held} is held by another session`);
+      const fit = await status.evaluate((el) => {
+        const box = el.getBoundingClientRect();
+        const style = getComputedStyle(el);
+        return {
+          right: box.right,
+          overflows: el.scrollWidth > el.clientWidth || el.scrollHeight > el.clientHeight,
+          ellipsis: style.textOverflow,
+          pageWidth: document.documentElement.scrollWidth,
+        };
+      });
+      assert.ok(fit.right <= 375, `the status ends at ${fit.right}px`);
+      assert.equal(fit.overflows, false, "the status text fits its box");
+      assert.notEqual(fit.ellipsis, "ellipsis");
+      assert.equal(fit.pageWidth, 375, "nothing scrolls sideways");
+      await page.screenshot({ path: join(RESULTS, "demo-error-375.png") });
+    } finally {
+      await holder.close();
+    }
+  });
+
+  test("the browser snippet of docs/js-client.md runs as written in a page the relay serves", async () => {
+    const doc = readFileSync(join(REPO, "docs", "js-client.md"), "utf8");
+    const snippet = /```html\n<script type="module">\n([\s\S]*?)<\/script>\n```/.exec(doc)?.[1];
+    assert.ok(snippet, "docs/js-client.md has the <script type=module> snippet");
+    const bob = await peer(relay.url, { id: "bob" });
+    try {
+      const got = nextEvent(bob, "message", undefined, 10_000);
+      const { page, errors } = await openPage();
+      await page.addScriptTag({ type: "module", content: snippet });
+      const message = /** @type {any} */ (await got);
+      assert.deepEqual([message.from, message.data], ["carol", "hello from the browser"]);
+      assert.deepEqual(errors, []);
+    } finally {
+      await bob.close();
+    }
   });
 
   test("the served bundle works as a plain ES module: import {connect} from '/client.js'", async () => {

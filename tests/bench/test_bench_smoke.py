@@ -1,0 +1,79 @@
+"""The benchmark still runs: every server starts, relays, and lands in a parsable table.
+
+A very short run of tests/bench/bench.py, so the instrument cannot rot between
+the times someone measures with it. Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).with_name("bench.py")
+SERVERS = ("relay", "ws", "bare")
+
+
+def tables(output: str) -> dict[str, list[dict[str, str]]]:
+    """Each scenario's Markdown table, as one dict per row keyed by column header."""
+    found: dict[str, list[dict[str, str]]] = {}
+    for section in re.split(r"^### ", output, flags=re.M)[1:]:
+        name = section.split(":", 1)[0]
+        header, _, *rows = [line for line in section.splitlines() if line.startswith("|")]
+        columns = [cell.strip() for cell in header.strip("|").split("|")]
+        found[name] = [
+            dict(zip(columns, (cell.strip() for cell in row.strip("|").split("|")), strict=True))
+            for row in rows
+        ]
+    return found
+
+
+def ratios(output: str, scenario: str) -> dict[str, float]:
+    section = output.split(f"### {scenario}:", 1)[1]
+    line = re.search(r"^ratios \(.*?\): (.*)$", section, re.M)
+    assert line is not None, section
+    return {pair: float(value) for pair, value in re.findall(r"(relay/\w+) ([\d.]+)", line[1])}
+
+
+def rate(row: dict[str, str]) -> int:
+    return int((row.get("msg/s") or row["deliveries/s"]).replace(",", ""))
+
+
+def test_a_short_run_against_every_server_relays_and_prints_ratios(tmp_path: Path) -> None:
+    results = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, str(BENCH), "--only", "pairs64", "room200",
+         "--seconds", "0.5", "--warmup", "0.2", "--json", str(results)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+
+    found = tables(run.stdout)
+    assert set(found) == {"pairs64", "room200"}
+    for scenario, rows in found.items():
+        assert [row["server"].split(" (")[0] for row in rows] == ["relay", "node ws", "bare"]
+        assert all(rate(row) > 0 for row in rows), rows
+        assert set(ratios(run.stdout, scenario)) == {"relay/ws", "relay/bare"}
+    for row in found["room200"]:
+        assert re.fullmatch(r"[\d.]+%", row["delivered"]), row
+        assert re.fullmatch(r"0|\d+: \d+(, \d+: \d+)*", row["subscribers closed"]), row
+    # one progress line per run on stderr
+    assert len(re.findall(r"^\[\d/6\] ", run.stderr, re.M)) == 6, run.stderr
+
+    saved = json.loads(results.read_text())["scenarios"]
+    for scenario in ("pairs64", "room200"):
+        for server in SERVERS:
+            (only_run,) = saved[scenario]["runs"][server]
+            assert only_run["relayed_per_second"] > 0
+            assert only_run["server_cpu_pct"] > 0
+        assert saved[scenario]["ratios"]["relay/ws"] > 0
+
+
+def test_help_names_every_option() -> None:
+    text = subprocess.run(
+        [sys.executable, str(BENCH), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for option in ("--only", "--servers", "--rounds", "--seconds", "--ws-impl", "--json"):
+        assert option in text

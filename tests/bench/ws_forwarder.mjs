@@ -1,0 +1,75 @@
+// A node `ws` forwarder: the reference server tests/bench/bench.py measures the relay against.
+//
+//   taskset -c 0 node tests/bench/ws_forwarder.mjs [PORT]   (0, the default, picks a free port)
+//
+// Prints "ws ready on ws://127.0.0.1:PORT/v1/ws" on stderr once listening. It speaks just enough
+// of protocol v1 for load.mjs's scenarios: hello → welcome, send → msg to one peer with `from`
+// stamped, pub → msg to every member of the room, join → ok; a request's `id` is echoed in an
+// ok. It routes and does nothing else (no validation, limits, queues, resume or metrics), on one
+// thread: the strongest reference a node server doing the same routing can be.
+import { Decoder, Encoder } from "@msgpack/msgpack";
+import { WebSocketServer } from "ws";
+
+// One codec for the process: `encode` returns a fresh copy, so a frame handed to ws.send is
+// never overwritten by the next one.
+const encoder = new Encoder();
+const decoder = new Decoder();
+const peers = new Map(); // id → socket
+const rooms = new Map(); // room → Set of sockets
+
+const CARRIED = ["ev", "room", "rid", "re"]; // the request fields a msg keeps
+
+function delivered(envelope, from) {
+  const msg = { type: "msg", from, d: envelope.d };
+  for (const key of CARRIED) if (envelope[key] !== undefined) msg[key] = envelope[key];
+  return encoder.encode(msg);
+}
+
+function serve(ws) {
+  let me;
+  const joined = new Set();
+  ws.on("message", (data) => {
+    const envelope = decoder.decode(data);
+    switch (envelope.type) {
+      case "hello":
+        me = envelope.id;
+        peers.set(me, ws);
+        ws.send(encoder.encode({ type: "welcome", id: me, resumed: false }));
+        return; // a hello's id is the peer's, not a request's
+      case "send":
+        peers.get(envelope.to)?.send(delivered(envelope, me));
+        break;
+      case "pub": {
+        const frame = delivered(envelope, me);
+        for (const member of rooms.get(envelope.room) ?? []) {
+          if (member !== ws || envelope.echo) member.send(frame);
+        }
+        break;
+      }
+      case "join":
+        if (!rooms.has(envelope.room)) rooms.set(envelope.room, new Set());
+        rooms.get(envelope.room).add(ws);
+        joined.add(envelope.room);
+        break;
+    }
+    if (envelope.id !== undefined) ws.send(encoder.encode({ type: "ok", id: envelope.id }));
+  });
+  ws.on("close", () => {
+    if (peers.get(me) === ws) peers.delete(me);
+    for (const room of joined) rooms.get(room).delete(ws);
+  });
+}
+
+const server = new WebSocketServer({
+  host: "127.0.0.1",
+  port: Number(process.argv[2] ?? 0),
+  path: "/v1/ws",
+  perMessageDeflate: false,
+  clientTracking: false,
+  maxPayload: 65536, // the relay's default max_frame_bytes
+  handleProtocols: (offered) => (offered.has("relay.v1") ? "relay.v1" : false),
+});
+server.on("connection", serve);
+server.on("listening", () => {
+  console.error(`ws ready on ws://127.0.0.1:${server.address().port}/v1/ws`);
+});

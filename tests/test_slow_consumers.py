@@ -1,0 +1,200 @@
+"""A peer that stops reading: closed within a bound, and nothing answered ``ok`` is lost.
+
+The stalled peer is a real client whose socket is never read (its TCP receive
+window fills), while two senders flood it with 16 KB frames under the rate
+limit. Every ``send`` carries an id; the tests check that each got exactly
+one answer, and that every message answered ``ok`` either reached the peer
+(through its old socket or a resume) or was later reported ``peer-offline``
+to its sender, never both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import anyio
+import msgpack
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from relay.hub import Hub
+from relay.session import Session
+from tests.conftest import RelayFactory, RunningRelay
+from tests.peers import RawPeer, join_as
+
+pytestmark = pytest.mark.anyio
+
+BLOB = b"x" * 16_000
+RATE = 150  # frames per second per sender, under the default rate limit (200/s)
+
+
+class Flood:
+    """Two senders flooding one target; every answer is recorded by (sender, n)."""
+
+    def __init__(self, senders: dict[str, RawPeer], target: str) -> None:
+        self.senders = senders
+        self.target = target
+        self.sent: dict[str, int] = dict.fromkeys(senders, 0)
+        self.answers: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+        self.all_answered = anyio.Event()
+        self.done_sending = False
+
+    async def send(self, name: str, seconds: float) -> None:
+        peer = self.senders[name]
+        start = time.monotonic()
+        n = 0
+        while (elapsed := time.monotonic() - start) < seconds:
+            if n > elapsed * RATE:
+                await anyio.sleep(1 / RATE)  # pacing, not synchronisation
+                continue
+            await peer.send({"type": "send", "to": self.target, "d": [name, n, BLOB], "id": n})
+            n += 1
+            self.sent[name] = n
+
+    async def collect(self, name: str) -> None:
+        peer = self.senders[name]
+        while True:
+            reply = msgpack.unpackb(await peer.ws.recv())
+            self.answers[(name, reply["id"])].append(reply)
+            self.check()
+
+    def check(self) -> None:
+        """Set ``all_answered`` once sending is over and every send has an answer."""
+        if self.done_sending and self._complete():
+            self.all_answered.set()
+
+    def _complete(self) -> bool:
+        return all(
+            len(self.answers.get((name, n), ())) >= 1
+            for name, count in self.sent.items()
+            for n in range(count)
+        )
+
+    def first_answers(self) -> dict[tuple[str, int], dict[str, Any]]:
+        for key, replies in self.answers.items():
+            assert len(replies) == 1, f"{key} answered {len(replies)} times: {replies}"
+        return {key: replies[0] for key, replies in self.answers.items()}
+
+
+def ended_event(hub: Hub, peer_id: str) -> anyio.Event:
+    """An event set when the hub ends ``peer_id``'s session."""
+    ended = anyio.Event()
+    original = hub.session_ended
+
+    def session_ended(session: Session, code: int) -> None:
+        if session.peer is not None and session.peer.id == peer_id:
+            ended.set()
+        original(session, code)
+
+    hub.session_ended = session_ended  # type: ignore[method-assign]
+    return ended
+
+
+async def stall_and_flood(
+    relay: RunningRelay, flood_seconds: float
+) -> tuple[RawPeer, Flood, float]:
+    """Register ``stuck``, stop reading it, flood it; returns when every send is answered."""
+    stuck = await join_as(relay.url, "stuck")
+    stuck.ws.transport.pause_reading()
+    flood = Flood({"a": await join_as(relay.url, "a"), "b": await join_as(relay.url, "b")}, "stuck")
+    ended = ended_event(relay.hub, "stuck")
+    settings = relay.settings
+    bound = settings.slow_consumer_seconds + settings.close_timeout_seconds + 2
+    started = time.monotonic()
+    took = 0.0
+
+    async def watch() -> None:
+        nonlocal took
+        with anyio.fail_after(bound):
+            await ended.wait()
+        took = time.monotonic() - started
+
+    async with anyio.create_task_group() as tasks:
+        for name in flood.senders:
+            tasks.start_soon(flood.collect, name)
+        async with anyio.create_task_group() as senders:
+            senders.start_soon(watch)
+            for name in flood.senders:
+                senders.start_soon(flood.send, name, flood_seconds)
+        flood.done_sending = True
+        flood.check()
+        with anyio.fail_after(10):
+            await flood.all_answered.wait()
+        tasks.cancel_scope.cancel()
+    return stuck, flood, took
+
+
+def delivered_in_order(received: list[list[Any]]) -> dict[str, list[int]]:
+    per_sender: dict[str, list[int]] = defaultdict(list)
+    for name, n, _blob in received:
+        per_sender[name].append(n)
+    return per_sender
+
+
+async def test_a_stalled_reader_is_closed_within_the_bound_and_its_resume_gets_every_ok(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = await relay_factory()  # default settings
+    stuck, flood, took = await stall_and_flood(relay, flood_seconds=10)
+    answers = flood.first_answers()
+    acked = {key for key, reply in answers.items() if reply["type"] == "ok"}
+    assert acked, "nothing was accepted"
+    for reply in answers.values():
+        assert reply["type"] == "ok" or reply["code"] in ("overloaded", "rate-limited"), reply
+    # The session ended within the bound (watch() fails otherwise), and the
+    # peer resumes more than 8 s after it stopped reading, having never read
+    # a frame of its old socket.
+    assert 0 < took < 10
+    peer = await join_as(relay.url, "stuck", resume=stuck.welcome["resume"], received=0)
+    assert peer.welcome["resumed"] is True
+    received: list[list[Any]] = []
+    with anyio.fail_after(20):
+        while len(received) < len(acked):
+            received.append((await peer.expect(type="msg"))["d"])
+    got = delivered_in_order(received)
+    for name in flood.senders:
+        expected = sorted(n for sender, n in acked if sender == name)
+        assert got[name] == expected  # every ok, once, in order
+    stuck.ws.transport.abort()
+
+
+async def test_a_stalled_reader_that_never_returns_makes_every_unread_ok_an_err(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = await relay_factory(resume_seconds=2)
+    stuck, flood, _took = await stall_and_flood(relay, flood_seconds=6)
+    answers = flood.first_answers()
+    acked = {key for key, reply in answers.items() if reply["type"] == "ok"}
+    # After the resume window every frame the peer never got is reported.
+    reports: dict[tuple[str, int], dict[str, Any]] = {}
+    accounted = anyio.Event()
+
+    async def late_errs(name: str) -> None:
+        while True:
+            reply = msgpack.unpackb(await flood.senders[name].ws.recv())
+            assert reply["type"] == "err" and reply["code"] == "peer-offline", reply
+            reports[(name, reply["id"])] = reply
+            if read_keys | set(reports) == acked:
+                accounted.set()
+
+    # What the old socket holds is what TCP delivered to the peer: read it.
+    stuck.ws.transport.resume_reading()
+    read: list[list[Any]] = []
+    with anyio.fail_after(10):
+        try:
+            while True:
+                frame = await stuck.ws.recv()
+                read.append(msgpack.unpackb(frame)["d"])
+        except ConnectionClosed:
+            pass
+    read_keys = {(name, n) for name, n, _blob in read}
+    async with anyio.create_task_group() as tasks:
+        for name in flood.senders:
+            tasks.start_soon(late_errs, name)
+        with anyio.fail_after(relay.settings.resume_seconds + 10):
+            await accounted.wait()
+        tasks.cancel_scope.cancel()
+    assert not read_keys & set(reports), "a message was both delivered and reported"
+    assert "stuck" not in relay.hub.peers
