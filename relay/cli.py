@@ -145,7 +145,11 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         # TLS straight from uvicorn: wss:// and https:// on the same port.
         options["ssl_certfile"] = settings.certfile or None
         options["ssl_keyfile"] = settings.keyfile or None
-    return uvicorn.Config(app, **{**options, **overrides})
+    config = uvicorn.Config(app, **{**options, **overrides})
+    # uvicorn's Config has no field for these; the relay's frame layer reads them.
+    config.ws_close_timeout = settings.close_timeout_seconds  # type: ignore[attr-defined]
+    config.ws_send_buffer_bytes = settings.send_buffer_bytes  # type: ignore[attr-defined]
+    return config
 
 
 # --- settings from flags, environment and a TOML file ---------------------------

@@ -263,6 +263,13 @@ class Settings:
         _POSITIVE,
         group="limits",
     )
+    send_buffer_bytes: int = _setting(
+        262144,
+        "Kernel send buffer of each socket (SO_SNDBUF; Linux doubles it); keep it well under "
+        "replay_bytes so a resume can replay whatever a socket swallowed.",
+        _COUNT,
+        group="limits",
+    )
     replay_bytes: int = _setting(
         1048576,
         "Sent frames kept per peer for replay on resume, in bytes (covers the socket's buffers).",

@@ -31,7 +31,12 @@ within ``ws_ping_timeout`` of the ping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
+import socket
+import struct
+import termios
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -158,6 +163,11 @@ class DirectConnection(Protocol):
         """The TCP peer's (host, port); a proxy's address behind one."""
 
 
+# The kernel send buffer of each socket (Linux doubles it): fixed, so that the
+# relay's replay window always covers what a socket can hold.
+DEFAULT_SEND_BUFFER = 256 * 1024
+
+
 class RelayWebSocketProtocol(asyncio.Protocol):
     """One WebSocket connection, from the upgrade request to the end of TCP."""
 
@@ -179,10 +189,12 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_peer",
         "_reading_paused",
         "_reported",
+        "_send_buffer",
         "_server_state",
         "_state",
         "_transport",
         "_transport_paused",
+        "_unsent",
         "_writing_paused",
     )
 
@@ -201,6 +213,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._server_state = server_state
         self._connections: set[Any] = server_state.connections
         self._close_timeout: float = getattr(config, "ws_close_timeout", DEFAULT_CLOSE_TIMEOUT)
+        self._send_buffer: int = getattr(config, "ws_send_buffer_bytes", DEFAULT_SEND_BUFFER)
         self._keepalive = _keepalive_of(server_state, config, self._loop)
         self._state = _HANDSHAKE
         self._head = b""
@@ -217,12 +230,17 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._alive = True  # data arrived since the last keepalive ping
         self._reported = False  # handler.connection_lost was called
         self._deadline: asyncio.TimerHandle | None = None
+        self._unsent: int | None = None  # bytes that never left, once the connection is lost
 
     # --- asyncio.Protocol -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
         self._peer = get_remote_addr(self._transport)
         self._connections.add(self)
 
@@ -250,6 +268,8 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._unsent is None:
+            self._unsent = self._count_unsent()
         self._state = _LOST
         self._out = None
         self._connections.discard(self)
@@ -355,9 +375,28 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         if self._parser.buffered:
             self._loop.call_soon(self._process)
 
+    def unsent_bytes(self) -> int:
+        return self._unsent or 0
+
+    def _count_unsent(self) -> int:
+        """Bytes written that have not reached the peer's host: ours, and the kernel's unacked."""
+        pending = self._out_size
+        transport = self._transport
+        if transport is None:
+            return pending
+        with contextlib.suppress(Exception):
+            pending += transport.get_write_buffer_size()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                pending += struct.unpack("i", raw)[0]
+        return pending
+
     def abort(self) -> None:
         if self._state == _LOST:
             return
+        self._unsent = self._count_unsent()
         self._state = _CLOSED
         self._out = None
         self._keepalive.discard(self)
