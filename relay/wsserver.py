@@ -397,6 +397,12 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         if self._state == _LOST:
             return
         self._unsent = self._count_unsent()
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            # A reset, not a close: the kernel would otherwise go on sending
+            # what it holds after we have given up (and counted it unsent).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._state = _CLOSED
         self._out = None
         self._keepalive.discard(self)
