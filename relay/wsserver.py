@@ -79,6 +79,11 @@ log = logging.getLogger("uvicorn.error")  # where uvicorn's own WebSocket protoc
 DEFAULT_CLOSE_TIMEOUT: Final = 3.0
 WRITE_HIGH_WATER: Final = 65536
 """Transport buffer above which ``writing_paused`` turns True (low water: a quarter)."""
+DEFAULT_SEND_BUFFER: Final = 256 * 1024
+"""SO_SNDBUF of each socket (Linux doubles it) unless ``config.ws_send_buffer_bytes`` says.
+
+Fixed rather than autotuned, so that the relay's replay window always covers
+what a socket can hold."""
 
 _PING_FRAME: Final = rfc6455.encode_frame(OP_PING, b"")
 
@@ -156,16 +161,19 @@ class DirectConnection(Protocol):
         """
 
     def abort(self) -> None:
-        """Drop the connection now (the handler gets ``connection_lost(1006, ...)``)."""
+        """Reset the connection now (the handler gets ``connection_lost(1006, ...)``)."""
+
+    def unsent_bytes(self) -> int:
+        """From ``connection_lost`` on: bytes written that never reached the peer's host.
+
+        Frames not yet handed to the kernel, and what the kernel had not seen
+        acknowledged (``SIOCOUTQ``) when the end was seen; 0 before that. Over
+        TLS the kernel's share counts ciphertext, a little more than was written.
+        """
 
     @property
     def peer_address(self) -> tuple[str, int] | None:
         """The TCP peer's (host, port); a proxy's address behind one."""
-
-
-# The kernel send buffer of each socket (Linux doubles it): fixed, so that the
-# relay's replay window always covers what a socket can hold.
-DEFAULT_SEND_BUFFER = 256 * 1024
 
 
 class RelayWebSocketProtocol(asyncio.Protocol):
@@ -230,7 +238,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._alive = True  # data arrived since the last keepalive ping
         self._reported = False  # handler.connection_lost was called
         self._deadline: asyncio.TimerHandle | None = None
-        self._unsent: int | None = None  # bytes that never left, once the connection is lost
+        self._unsent: int | None = None  # bytes that never left, counted when the end is seen
 
     # --- asyncio.Protocol -----------------------------------------------------------
 
@@ -268,10 +276,10 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._unsent is None:
-            self._unsent = self._count_unsent()
+        self._count_unsent_once()
         self._state = _LOST
         self._out = None
+        self._out_size = 0
         self._connections.discard(self)
         self._keepalive.discard(self)
         if self._deadline is not None:
@@ -378,6 +386,16 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     def unsent_bytes(self) -> int:
         return self._unsent or 0
 
+    def _count_unsent_once(self) -> None:
+        """Count the unsent bytes when the end is first seen.
+
+        That is before a close frame or FIN of ours joins the queue. What is
+        not acknowledged then is taken as lost: a sender hears of it rather
+        than never.
+        """
+        if self._unsent is None:
+            self._unsent = self._count_unsent()
+
     def _count_unsent(self) -> int:
         """Bytes written that have not reached the peer's host: ours, and the kernel's unacked."""
         pending = self._out_size
@@ -396,7 +414,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     def abort(self) -> None:
         if self._state == _LOST:
             return
-        self._unsent = self._count_unsent()
+        self._count_unsent_once()
         sock = self._transport.get_extra_info("socket")
         if sock is not None:
             # A reset, not a close: the kernel would otherwise go on sending
@@ -405,6 +423,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self._state = _CLOSED
         self._out = None
+        self._out_size = 0
         self._keepalive.discard(self)
         self._transport.abort()
 
@@ -542,6 +561,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             self._fail(rfc6455.INTERNAL_ERROR, "internal error")
 
     def _close_received(self, code: int, reason: str, payload: bytes) -> None:
+        self._count_unsent_once()
         if self._state == _OPEN:
             self._send_frame(OP_CLOSE, payload)  # echo it (RFC 6455 5.5.1)
         self._finish()
@@ -549,6 +569,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): close frame, then end TCP."""
+        self._count_unsent_once()
         if self._state == _OPEN:
             self._send_frame(OP_CLOSE, rfc6455.close_payload(code, reason))
         if self._state < _CLOSED:
@@ -573,6 +594,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         if self._reported or handler is None:
             return
         self._reported = True
+        self._count_unsent_once()
         try:
             handler.connection_lost(code, reason)
         except Exception:

@@ -1,10 +1,10 @@
 """Serve any ASGI app with ``RelayWebSocketProtocol`` in the test's event loop.
 
 ``serve(app, **uvicorn_options)`` starts uvicorn on a free port and returns a
-``Served``; ``ws_close_timeout=`` sets the protocol's close timeout the way an
-operator would (an attribute on the ``Config``), ``rcvbuf=`` and ``sndbuf=``
-the server sockets' kernel buffers (so that a test can fill them). Direct-mode tests use
-``Recorder``, a ``FrameHandler`` that records every callback.
+``Served``. ``ws_close_timeout=`` and ``ws_send_buffer_bytes=`` are set the way
+``relay.cli.uvicorn_config`` sets them (attributes of the ``Config``), and
+``rcvbuf=`` is the server sockets' kernel receive buffer (so a test can fill it).
+Direct-mode tests use ``Recorder``, a ``FrameHandler`` that records every call.
 """
 
 from __future__ import annotations
@@ -58,10 +58,9 @@ async def serve() -> AsyncIterator[Serve]:
     servers: list[_Server] = []
     async with anyio.create_task_group() as tasks:
 
-        async def start(
-            app: Any, *, rcvbuf: int | None = None, sndbuf: int | None = None, **options: Any
-        ) -> Served:
+        async def start(app: Any, *, rcvbuf: int | None = None, **options: Any) -> Served:
             close_timeout = options.pop("ws_close_timeout", None)
+            send_buffer = options.pop("ws_send_buffer_bytes", None)
             options = {
                 "ws": RelayWebSocketProtocol,
                 "lifespan": "off",
@@ -73,12 +72,11 @@ async def serve() -> AsyncIterator[Serve]:
             config = uvicorn.Config(app, **options)
             if close_timeout is not None:
                 config.ws_close_timeout = close_timeout  # type: ignore[attr-defined]
+            if send_buffer is not None:
+                config.ws_send_buffer_bytes = send_buffer  # type: ignore[attr-defined]
             listener = socket.socket()
-            # Accepted sockets inherit these buffer sizes, and then do not autotune them.
-            if rcvbuf is not None:
+            if rcvbuf is not None:  # accepted sockets inherit it, and then do not autotune it
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            if sndbuf is not None:
-                listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
             listener.bind(("127.0.0.1", 0))
             server = _Server(config)
             servers.append(server)

@@ -57,6 +57,7 @@ async def test_messages_reach_the_handler_and_writes_reach_the_client(serve: Ser
     await recorder.until(lambda: bool(recorder.lost))
     assert recorder.messages == [b"\x00bin", "tëxt", b"x" * 70000, "", b"fragmented"]
     assert recorder.lost == [(1000, "")]
+    assert recorder.conn.unsent_bytes() == 0  # the client read everything before closing
 
 
 async def test_the_app_may_return_and_gets_no_asgi_messages(serve: Serve) -> None:
@@ -257,7 +258,7 @@ async def test_close_against_a_client_that_never_reads_aborts_within_close_timeo
 
 async def test_pongs_to_a_client_that_never_reads_do_not_pile_up(serve: Serve) -> None:
     app = DirectApp()
-    served = await serve(app, sndbuf=8192)
+    served = await serve(app, ws_send_buffer_bytes=8192)
     sock = await _never_reading_client(served.port)
     recorder = await app.next()
     loop = asyncio.get_running_loop()
@@ -266,6 +267,37 @@ async def test_pongs_to_a_client_that_never_reads_do_not_pile_up(serve: Serve) -
     await recorder.until(lambda: recorder.messages == [b"done"])
     assert recorder.conn.writing_paused
     assert recorder.conn.write_buffer_size() < 256 * 1024
+    sock.close()
+
+
+async def test_an_abort_resets_and_counts_what_never_reached_the_peer(serve: Serve) -> None:
+    app = DirectApp()
+    served = await serve(app, ws_send_buffer_bytes=16384)
+    sock = await _never_reading_client(served.port)
+    recorder = await app.next()
+    unsent_when_lost: list[int] = []
+    written = 0
+    async with asyncio.timeout(10):
+        while not recorder.conn.writing_paused:
+            recorder.conn.write(b"x" * 16384)
+            written += 16384 + 4  # payload and frame header
+            await asyncio.sleep(0)
+    buffered = recorder.conn.write_buffer_size()
+    original = recorder.connection_lost
+
+    def lost(code: int, reason: str) -> None:
+        unsent_when_lost.append(recorder.conn.unsent_bytes())
+        original(code, reason)
+
+    recorder.connection_lost = lost  # type: ignore[method-assign]
+    recorder.conn.abort()
+    await recorder.until(lambda: bool(recorder.lost))
+    assert recorder.lost == [(1006, "")]
+    # Everything still in the relay's buffers, plus what the kernel held unacknowledged.
+    assert buffered < unsent_when_lost[0] <= written
+    with pytest.raises(ConnectionResetError):  # a reset, not a FIN after the data
+        while await asyncio.get_running_loop().sock_recv(sock, 1 << 20):
+            pass
     sock.close()
 
 
@@ -308,7 +340,8 @@ async def test_keepalive_reaps_a_silent_client_and_keeps_a_responsive_one(
     await reaped.until(lambda: bool(reaped.lost))
     assert reaped.lost == [(1006, "")]
     assert kept.lost == []
-    await silent.eof()
+    with pytest.raises(ConnectionResetError):  # aborted: reset
+        await silent.eof()
     responsive.close()
     silent.close()
 
