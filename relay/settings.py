@@ -183,8 +183,9 @@ class Settings:
         Rule("an origin scheme://host[:port] such as https://app.example.com", _is_origin),
     )
     ws_impl: str = _setting(
-        "websockets-sansio",
-        "WebSocket implementation.",
+        "relay",
+        "WebSocket implementation: relay is the relay's own frame layer (relay/wsserver.py), "
+        "the others are uvicorn's.",
         _one_of("relay", "websockets-sansio", "websockets", "wsproto"),
     )
     ping_interval_seconds: float = _setting(20.0, "WebSocket keepalive ping interval.", _POSITIVE)
@@ -271,6 +272,13 @@ class Settings:
         2.0,
         "Abort a socket whose closing handshake takes longer than this.",
         _POSITIVE,
+        group="limits",
+    )
+    send_buffer_bytes: int = _setting(
+        262144,
+        "Kernel send buffer of each socket (SO_SNDBUF; Linux doubles it); keep it well under "
+        "replay_bytes so a resume can replay whatever a socket swallowed.",
+        _COUNT,
         group="limits",
     )
     replay_bytes: int = _setting(
