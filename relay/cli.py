@@ -34,6 +34,7 @@ from relay.app import create_app
 from relay.auth import load_verifier
 from relay.hub import Hub
 from relay.settings import SettingError, Settings, describe, is_secret, parse
+from relay.wsserver import RelayWebSocketProtocol
 
 log = logging.getLogger("relay")
 
@@ -128,7 +129,7 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
-        "ws": settings.ws_impl,
+        "ws": RelayWebSocketProtocol if settings.ws_impl == "relay" else settings.ws_impl,
         "ws_max_size": settings.max_frame_bytes,
         "ws_ping_interval": settings.ping_interval_seconds,
         "ws_ping_timeout": settings.ping_timeout_seconds,
@@ -144,7 +145,11 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         # TLS straight from uvicorn: wss:// and https:// on the same port.
         options["ssl_certfile"] = settings.certfile or None
         options["ssl_keyfile"] = settings.keyfile or None
-    return uvicorn.Config(app, **{**options, **overrides})
+    config = uvicorn.Config(app, **{**options, **overrides})
+    # uvicorn's Config has no field for these; the relay's frame layer reads them.
+    config.ws_close_timeout = settings.close_timeout_seconds  # type: ignore[attr-defined]
+    config.ws_send_buffer_bytes = settings.send_buffer_bytes  # type: ignore[attr-defined]
+    return config
 
 
 # --- settings from flags, environment and a TOML file ---------------------------
@@ -210,7 +215,7 @@ class _SettingType(click.ParamType):  # type: ignore[type-arg]
 
     def __init__(self, setting: str, kind: type) -> None:
         self.setting = setting
-        self.name = {int: "integer", float: "number"}.get(kind, "text")
+        self.name = {int: "integer", float: "number", bool: "boolean"}.get(kind, "text")
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:

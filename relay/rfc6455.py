@@ -1,0 +1,511 @@
+"""RFC 6455 for the server side, without I/O: handshake, frame parser, frame writer.
+
+Nothing here imports asyncio; ``relay.wsserver`` drives it from a socket. The
+parser is pulled one event at a time (``FrameParser.next_event``) so that the
+caller can stop between two messages (backpressure) and the bytes not yet
+parsed simply stay in the parser until it asks again.
+
+Every refusal is one of these exceptions, each carrying what to answer:
+
+    WebSocketError
+    ├── HandshakeError       an HTTP status (400, 405, 426, 505) and its headers
+    └── ProtocolError        close 1002: framing, masking, opcodes, control frames
+        ├── InvalidUTF8      close 1007: a text message or close reason
+        └── MessageTooBig    close 1009: declared length over ``max_size``
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import hashlib
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Final
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - only when websockets was built without its C extension
+    from websockets.utils import apply_mask
+
+OP_CONT: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
+NEED_DATA: Final = -1
+"""``FrameParser.next_event`` found no complete event in the bytes fed so far."""
+
+NORMAL_CLOSURE: Final = 1000
+PROTOCOL_ERROR: Final = 1002
+NO_STATUS_RECEIVED: Final = 1005
+ABNORMAL_CLOSURE: Final = 1006
+INVALID_DATA: Final = 1007
+MESSAGE_TOO_BIG: Final = 1009
+INTERNAL_ERROR: Final = 1011
+SERVICE_RESTART: Final = 1012
+
+MAX_CONTROL_PAYLOAD: Final = 125
+MAX_CLOSE_REASON: Final = MAX_CONTROL_PAYLOAD - 2
+MAX_REQUEST_HEAD: Final = 16384
+"""Largest handshake request (request line and headers) accepted, in bytes."""
+
+_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_VALID_OPCODES: Final = frozenset({OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG})
+# Codes a peer may put in a close frame: the registered ones that are not
+# reserved for "no frame" (1005, 1006, 1015) or "unassigned" (1004), and the
+# ranges for libraries (3000-3999) and applications (4000-4999).
+_VALID_CLOSE_CODES: Final = frozenset({*range(1000, 1004), *range(1007, 1015)})
+
+
+class WebSocketError(Exception):
+    """Base of every refusal this module raises."""
+
+
+class HandshakeError(WebSocketError):
+    """The upgrade request is not a valid WebSocket handshake.
+
+    Answer it with ``http_response(status, headers, message)``.
+    """
+
+    def __init__(
+        self, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+class ProtocolError(WebSocketError):
+    """The peer broke the framing rules; fail the connection with ``code``."""
+
+    code: int = PROTOCOL_ERROR
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidUTF8(ProtocolError):
+    """A text message or a close reason is not valid UTF-8."""
+
+    code = INVALID_DATA
+
+
+class MessageTooBig(ProtocolError):
+    """A message declares more bytes than ``max_size``; refused before they arrive."""
+
+    code = MESSAGE_TOO_BIG
+
+
+# --- the opening handshake -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request head: what the upgrade request says, not yet validated."""
+
+    method: str
+    target: bytes
+    version: str
+    headers: list[tuple[bytes, bytes]]  # names lower-cased, values stripped
+
+    def values(self, name: bytes) -> list[bytes]:
+        """Every value of header ``name`` (lower-case), in order."""
+        return [value for key, value in self.headers if key == name]
+
+    def tokens(self, name: bytes) -> list[str]:
+        """The comma-separated tokens of every ``name`` header, lower-cased."""
+        return [
+            token.strip().decode("latin-1").lower()
+            for value in self.values(name)
+            for token in value.split(b",")
+            if token.strip()
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """A valid upgrade request: the accept key to answer and the offered subprotocols."""
+
+    accept: str
+    subprotocols: list[str]
+
+
+def parse_request(head: bytes) -> Request:
+    """Parse a request line and headers (``head`` without the blank line that ends it)."""
+    if len(head) > MAX_REQUEST_HEAD:
+        raise HandshakeError(431, "request header fields too large")
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise HandshakeError(400, "malformed request line")
+    method, target, version = parts
+    headers: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip() or b" " in name or b"\t" in name:
+            raise HandshakeError(400, "malformed header line")
+        headers.append((name.lower(), value.strip(b" \t")))
+    try:
+        return Request(method.decode("ascii"), target, version.decode("ascii"), headers)
+    except UnicodeDecodeError:
+        raise HandshakeError(400, "malformed request line") from None
+
+
+def validate_handshake(request: Request) -> Handshake:
+    """Check ``request`` against RFC 6455 section 4.2.1; raise ``HandshakeError`` if not."""
+    if request.method != "GET":
+        raise HandshakeError(405, "a WebSocket handshake uses GET", ((b"allow", b"GET"),))
+    if request.version != "HTTP/1.1":
+        raise HandshakeError(505, "a WebSocket handshake needs HTTP/1.1")
+    upgrading = "upgrade" in request.tokens(b"connection")
+    if not upgrading or "websocket" not in request.tokens(b"upgrade"):
+        message = "this is a WebSocket endpoint: use a WebSocket client"
+        raise HandshakeError(426, message, ((b"upgrade", b"websocket"),))
+    versions = request.values(b"sec-websocket-version")
+    if versions != [b"13"]:
+        raise HandshakeError(
+            426, "Sec-WebSocket-Version must be 13", ((b"sec-websocket-version", b"13"),)
+        )
+    keys = request.values(b"sec-websocket-key")
+    if len(keys) != 1:
+        raise HandshakeError(400, "exactly one Sec-WebSocket-Key is required")
+    try:
+        raw_key = base64.b64decode(keys[0], validate=True)
+    except binascii.Error:
+        raw_key = b""
+    if len(raw_key) != 16:
+        raise HandshakeError(400, "Sec-WebSocket-Key must be 16 bytes in base64")
+    subprotocols = [
+        token.strip().decode("latin-1")
+        for value in request.values(b"sec-websocket-protocol")
+        for token in value.split(b",")
+        if token.strip()
+    ]
+    return Handshake(accept_key(keys[0]), subprotocols)
+
+
+def accept_key(key: bytes) -> str:
+    """The ``Sec-WebSocket-Accept`` value answering ``Sec-WebSocket-Key: key``."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode("ascii")
+
+
+def _head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    try:
+        phrase = HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        phrase = b""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
+    for name, value in headers:
+        if not name or any(c in name for c in b"\r\n\0: \t") or any(c in value for c in b"\r\n\0"):
+            raise ValueError(f"invalid HTTP header {name!r}: {value!r}")
+        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(b"\r\n")
+    return lines
+
+
+def accept_response(accept: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
+    """The ``101 Switching Protocols`` response; ``headers`` are added after the required ones.
+
+    Raises ``ValueError`` for a header that would break the response (CR, LF, NUL).
+    """
+    required = [
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-accept", accept.encode("ascii")),
+    ]
+    return b"".join(_head(101, [*required, *headers]))
+
+
+def http_response(status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """A complete response that ends the connection (a refused upgrade).
+
+    ``content-length``, ``content-type`` (plain text) and ``connection: close``
+    are added unless ``headers`` has them.
+    """
+    given = list(headers)
+    names = {name.lower() for name, _ in given}
+    defaults = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"connection", b"close"),
+    ]
+    given += [(name, value) for name, value in defaults if name not in names]
+    return b"".join(_head(status, given)) + body
+
+
+# --- frames ----------------------------------------------------------------------------
+
+
+class FrameParser:
+    """Incremental parser of client frames: ``feed`` bytes, then pull ``next_event``.
+
+    ``next_event`` returns an opcode and sets the matching attribute:
+
+    - ``OP_BINARY``: a complete binary message in ``payload``;
+    - ``OP_TEXT``: a complete text message in ``text``;
+    - ``OP_PING`` / ``OP_PONG``: the control frame's ``payload``;
+    - ``OP_CLOSE``: ``close_code`` (1005 for an empty frame), ``close_reason``,
+      and the raw ``payload`` (to echo); the parser then ignores further bytes;
+    - ``NEED_DATA``: nothing complete yet.
+
+    Fragmented messages are reassembled; control frames may come between
+    fragments. Invalid input raises a ``ProtocolError`` subclass, after which
+    the parser ignores everything. Events are not objects, so that the hot path
+    (one small binary frame per read) allocates only the payload itself.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_decoder",
+        "_done",
+        "_fragments",
+        "_message_opcode",
+        "_pos",
+        "_size",
+        "_text_parts",
+        "close_code",
+        "close_reason",
+        "max_size",
+        "payload",
+        "text",
+    )
+
+    def __init__(self, max_size: int | None) -> None:
+        self.max_size = max_size if max_size is not None else 1 << 63
+        self.payload = b""
+        self.text = ""
+        self.close_code = NO_STATUS_RECEIVED
+        self.close_reason = ""
+        self._buf: bytes | bytearray = b""
+        self._pos = 0
+        self._done = False
+        self._message_opcode = 0  # OP_TEXT or OP_BINARY while a fragmented message is open
+        self._size = 0  # bytes of that message so far
+        self._fragments: list[bytes] = []
+        self._text_parts: list[str] = []
+        self._decoder: codecs.IncrementalDecoder | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed but not parsed yet."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes read from the client."""
+        if self._done:
+            return
+        buf = self._buf
+        pos = self._pos
+        if pos >= len(buf):
+            # The common case: everything before was consumed; parse ``data`` in place.
+            self._buf = data
+            self._pos = 0
+        elif isinstance(buf, bytearray):
+            del buf[:pos]  # O(1): bytearray moves its start instead of copying
+            buf += data
+            self._pos = 0
+        else:
+            joined = bytearray(memoryview(buf)[pos:])
+            joined += data
+            self._buf = joined
+            self._pos = 0
+
+    def next_event(self) -> int:
+        """Parse the next event; see the class docstring. Raises ``ProtocolError``."""
+        if self._done:
+            return NEED_DATA
+        try:
+            return self._next()
+        except ProtocolError:
+            self._done = True
+            self._buf = b""
+            self._pos = 0
+            raise
+
+    def _next(self) -> int:
+        while True:
+            buf = self._buf
+            pos = self._pos
+            available = len(buf) - pos
+            if available < 2:
+                if not available:
+                    self._buf = b""  # don't keep the last read chunk alive
+                    self._pos = 0
+                return NEED_DATA
+            first = buf[pos]
+            second = buf[pos + 1]
+            if first & 0x70:
+                raise ProtocolError("reserved bits must be 0")
+            opcode = first & 0x0F
+            fin = first & 0x80
+            if not second & 0x80:
+                raise ProtocolError("client frames must be masked")
+            length = second & 0x7F
+            if opcode not in _VALID_OPCODES:
+                raise ProtocolError(f"unknown opcode {opcode}")
+            if opcode >= OP_CLOSE:
+                if not fin:
+                    raise ProtocolError("control frames cannot be fragmented")
+                if length > MAX_CONTROL_PAYLOAD:
+                    raise ProtocolError("control frame payload over 125 bytes")
+                start = pos + 6
+            else:
+                if opcode == OP_CONT:
+                    if not self._message_opcode:
+                        raise ProtocolError("continuation frame without a message to continue")
+                elif self._message_opcode:
+                    raise ProtocolError("new message before the fragmented one ended")
+                if length == 126:
+                    if available < 4:
+                        return NEED_DATA
+                    length = buf[pos + 2] << 8 | buf[pos + 3]
+                    start = pos + 8
+                elif length == 127:
+                    if available < 10:
+                        return NEED_DATA
+                    length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                    if length >> 63:
+                        raise ProtocolError("64-bit payload length with its top bit set")
+                    start = pos + 14
+                else:
+                    start = pos + 6
+                if self._size + length > self.max_size:
+                    raise MessageTooBig(f"message over {self.max_size} bytes")
+            end = start + length
+            if len(buf) < end:
+                return NEED_DATA
+            mask = buf[start - 4 : start]
+            payload = apply_mask(memoryview(buf)[start:end], mask) if length else b""
+            self._pos = end
+
+            if opcode == OP_BINARY:
+                if fin:
+                    self.payload = payload
+                    return OP_BINARY
+                self._begin(OP_BINARY, payload)
+            elif opcode == OP_TEXT:
+                if fin:
+                    self.text = _decode(payload)
+                    return OP_TEXT
+                self._begin(OP_TEXT, payload)
+            elif opcode == OP_CONT:
+                done = self._continue(payload, fin)
+                if done:
+                    return done
+            elif opcode == OP_CLOSE:
+                self.close_code, self.close_reason = parse_close(payload)
+                self.payload = payload
+                self._done = True
+                self._buf = b""
+                self._pos = 0
+                return OP_CLOSE
+            else:  # OP_PING, OP_PONG
+                self.payload = payload
+                return opcode
+
+    def _begin(self, opcode: int, payload: bytes) -> None:
+        self._message_opcode = opcode
+        self._size = len(payload)
+        if opcode == OP_TEXT:
+            # Decode as fragments arrive: invalid UTF-8 fails at once (RFC 6455 8.1).
+            self._decoder = codecs.getincrementaldecoder("utf-8")()
+            self._text_parts = [self._decode_part(payload, final=False)]
+        else:
+            self._fragments = [payload]
+
+    def _continue(self, payload: bytes, fin: int) -> int:
+        """Add a continuation; the message's opcode once it is complete, else 0."""
+        opcode = self._message_opcode
+        self._size += len(payload)
+        if opcode == OP_TEXT:
+            self._text_parts.append(self._decode_part(payload, final=bool(fin)))
+        else:
+            self._fragments.append(payload)
+        if not fin:
+            return 0
+        if opcode == OP_TEXT:
+            self.text = "".join(self._text_parts)
+            self._text_parts = []
+            self._decoder = None
+        else:
+            self.payload = b"".join(self._fragments)
+            self._fragments = []
+        self._message_opcode = 0
+        self._size = 0
+        return opcode
+
+    def _decode_part(self, payload: bytes, *, final: bool) -> str:
+        assert self._decoder is not None
+        try:
+            return self._decoder.decode(payload, final)
+        except UnicodeDecodeError:
+            raise InvalidUTF8("text message is not valid UTF-8") from None
+
+
+def _decode(payload: bytes) -> str:
+    try:
+        return payload.decode()
+    except UnicodeDecodeError:
+        raise InvalidUTF8("text message is not valid UTF-8") from None
+
+
+def is_valid_close_code(code: int) -> bool:
+    """Whether ``code`` may appear in a close frame (RFC 6455 7.4, IANA registry)."""
+    return code in _VALID_CLOSE_CODES or 3000 <= code <= 4999
+
+
+def parse_close(payload: bytes) -> tuple[int, str]:
+    """The code and reason of a close frame's payload; 1005 when it is empty."""
+    if not payload:
+        return NO_STATUS_RECEIVED, ""
+    if len(payload) < 2:
+        raise ProtocolError("close frame payload of 1 byte")
+    code = payload[0] << 8 | payload[1]
+    if not is_valid_close_code(code):
+        raise ProtocolError(f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode()
+    except UnicodeDecodeError:
+        raise InvalidUTF8("close reason is not valid UTF-8") from None
+    return code, reason
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    """The payload of a close frame; ``ValueError`` for a code or reason one cannot send."""
+    if not is_valid_close_code(code):
+        raise ValueError(f"{code} is not a close code one can send")
+    encoded = reason.encode()
+    if len(encoded) > MAX_CLOSE_REASON:
+        raise ValueError(f"close reason over {MAX_CLOSE_REASON} bytes")
+    return code.to_bytes(2, "big") + encoded
+
+
+_HEADER_16: Final = struct.Struct("!BBH")
+_HEADER_64: Final = struct.Struct("!BBQ")
+
+BINARY_HEADERS: Final = tuple(bytes((0x80 | OP_BINARY, n)) for n in range(126))
+"""Header of an unmasked final binary frame, by payload length below 126."""
+TEXT_HEADERS: Final = tuple(bytes((0x80 | OP_TEXT, n)) for n in range(126))
+"""Header of an unmasked final text frame, by payload length below 126."""
+
+
+def frame_header(opcode: int, length: int) -> bytes:
+    """Header of a final, unmasked (server) frame carrying ``length`` payload bytes."""
+    first = 0x80 | opcode
+    if length < 126:
+        return bytes((first, length))
+    if length < 65536:
+        return _HEADER_16.pack(first, 126, length)
+    return _HEADER_64.pack(first, 127, length)
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """A complete final, unmasked (server) frame."""
+    return frame_header(opcode, len(payload)) + payload

@@ -1,0 +1,158 @@
+"""Serve any ASGI app with ``RelayWebSocketProtocol`` in the test's event loop.
+
+``serve(app, **uvicorn_options)`` starts uvicorn on a free port and returns a
+``Served``. ``ws_close_timeout=`` and ``ws_send_buffer_bytes=`` are set the way
+``relay.cli.uvicorn_config`` sets them (attributes of the ``Config``), and
+``rcvbuf=`` is the server sockets' kernel receive buffer (so a test can fill it).
+Direct-mode tests use ``Recorder``, a ``FrameHandler`` that records every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+import uvicorn
+
+from relay.wsserver import RelayWebSocketProtocol
+
+TIMEOUT = 5.0
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = anyio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # leave pytest's signal handling alone
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        self.ready.set()
+
+
+@dataclass
+class Served:
+    port: int
+    server: uvicorn.Server
+    config: uvicorn.Config
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+
+Serve = Callable[..., Awaitable[Served]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    servers: list[_Server] = []
+    async with anyio.create_task_group() as tasks:
+
+        async def start(app: Any, *, rcvbuf: int | None = None, **options: Any) -> Served:
+            close_timeout = options.pop("ws_close_timeout", None)
+            send_buffer = options.pop("ws_send_buffer_bytes", None)
+            options = {
+                "ws": RelayWebSocketProtocol,
+                "lifespan": "off",
+                "log_level": "warning",
+                "log_config": None,  # uvicorn's loggers then propagate: caplog sees them
+                "timeout_graceful_shutdown": 2,
+                **options,
+            }
+            config = uvicorn.Config(app, **options)
+            if close_timeout is not None:
+                config.ws_close_timeout = close_timeout  # type: ignore[attr-defined]
+            if send_buffer is not None:
+                config.ws_send_buffer_bytes = send_buffer  # type: ignore[attr-defined]
+            listener = socket.socket()
+            if rcvbuf is not None:  # accepted sockets inherit it, and then do not autotune it
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            listener.bind(("127.0.0.1", 0))
+            server = _Server(config)
+            servers.append(server)
+            tasks.start_soon(server.serve, [listener])
+            with anyio.fail_after(TIMEOUT):
+                await server.ready.wait()
+            return Served(listener.getsockname()[1], server, config)
+
+        yield start
+        for server in servers:
+            server.should_exit = True
+
+
+class Recorder:
+    """A ``FrameHandler`` that records every call; ``react`` hooks let a test act inside them."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.messages: list[bytes | str] = []
+        self.lost: list[tuple[int, str]] = []
+        self.writable_calls = 0
+        self.react: Callable[[Recorder, bytes | str], None] | None = None
+        self._changed = asyncio.Event()
+
+    def message_received(self, data: bytes) -> None:
+        self._record(data)
+
+    def text_received(self, text: str) -> None:
+        self._record(text)
+
+    def writable(self) -> None:
+        self.writable_calls += 1
+        self._changed.set()
+
+    def connection_lost(self, code: int, reason: str) -> None:
+        self.lost.append((code, reason))
+        self._changed.set()
+
+    def _record(self, message: bytes | str) -> None:
+        self.messages.append(message)
+        if self.react is not None:
+            self.react(self, message)
+        self._changed.set()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        """Wait (at most TIMEOUT) until ``condition()`` holds after some callback."""
+        async with asyncio.timeout(TIMEOUT):
+            while not condition():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class DirectApp:
+    """An ASGI app that accepts every WebSocket in direct mode with a new ``Recorder``.
+
+    ``setup(recorder)`` runs before the accept; ``accepted`` yields the recorders.
+    """
+
+    def __init__(
+        self,
+        setup: Callable[[Recorder], None] | None = None,
+        subprotocol: str | None = None,
+    ) -> None:
+        self.setup = setup
+        self.subprotocol = subprotocol
+        self.accepted: asyncio.Queue[Recorder] = asyncio.Queue()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "websocket"
+        conn = scope["extensions"]["relay.direct"]["connection"]
+        recorder = Recorder(conn)
+        if self.setup is not None:
+            self.setup(recorder)
+        conn.accept_direct(recorder, self.subprotocol)
+        self.accepted.put_nowait(recorder)
+
+    async def next(self) -> Recorder:
+        async with asyncio.timeout(TIMEOUT):
+            return await self.accepted.get()
