@@ -67,6 +67,8 @@ async def stall_on_b_and_flood_from_a(
             senders.start_soon(watch)
             for name in flood.senders:
                 senders.start_soon(flood.send, name, flood_seconds)
+        flood.done_sending = True
+        flood.check()
         with anyio.fail_after(10):
             await flood.all_answered.wait()
         tasks.cancel_scope.cancel()
@@ -76,10 +78,7 @@ async def stall_on_b_and_flood_from_a(
 async def test_a_stalled_reader_on_another_node_is_closed_and_resumes_with_every_ok(
     relay_factory: RelayFactory, redis_brokers: Callable[[], Broker]
 ) -> None:
-    # A replay window roomy enough for any socket buffer: whether the default
-    # one covers them is tests/test_slow_consumers.py's question; this test
-    # asks whether everything crosses to the other node.
-    a, b = await two_nodes(relay_factory, redis_brokers, replay_bytes=16 * 1024 * 1024)
+    a, b = await two_nodes(relay_factory, redis_brokers)  # default limits
     stuck, flood, took = await stall_on_b_and_flood_from_a(a, b, flood_seconds=10)
     answers = flood.first_answers()
     acked = {key for key, reply in answers.items() if reply["type"] == "ok"}
