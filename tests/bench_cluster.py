@@ -159,8 +159,8 @@ def _client(urls: tuple[str, str], names: list[str], inflight: int, rate: float,
     asyncio.run(main())
 
 
-def run_load(urls: tuple[str, str], pids: list[int], args: argparse.Namespace,
-             tag: str) -> dict[str, float]:  # fmt: skip
+def run_load(urls: tuple[str, str], pids: list[int], redis_pids: list[int],
+             args: argparse.Namespace, tag: str) -> dict[str, float]:  # fmt: skip
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     start = time.time() + 3.0 + WARMUP  # every client connected, then warmed up
@@ -175,9 +175,11 @@ def run_load(urls: tuple[str, str], pids: list[int], args: argparse.Namespace,
         proc.start()
         procs.append(proc)
     time.sleep(max(0.0, window[0] - time.time()))
-    cpu_before = cpu_seconds(pids)
+    cpu_before = cpu_seconds(pids), cpu_seconds(redis_pids)
     time.sleep(max(0.0, window[1] - time.time()))
-    cpu = cpu_seconds(pids) - cpu_before
+    relay_cpu = cpu_seconds(pids) - cpu_before[0]
+    redis_cpu = cpu_seconds(redis_pids) - cpu_before[1]
+    cpu = relay_cpu + redis_cpu
     total = 0
     rtts: list[float] = []
     for _ in procs:
@@ -194,6 +196,7 @@ def run_load(urls: tuple[str, str], pids: list[int], args: argparse.Namespace,
         "round_trips": len(rtts),
         "cpu_us_per_msg": 1e6 * cpu / max(1, total),
         "cpu_pct": 100 * cpu / args.seconds,
+        "redis_us_per_msg": 1e6 * redis_cpu / max(1, total),
     }
 
 
@@ -237,9 +240,8 @@ def main() -> None:
                     relay.wait_ready()
                 urls = (relays[0].url, relays[-1].url)
                 pids = [p for relay in relays for p in family(relay.process.pid)]
-                if scenario != "one":
-                    pids += redis_pids
-                result = run_load(urls, pids, args, scenario.replace("-", ""))
+                redis = redis_pids if scenario != "one" else []
+                result = run_load(urls, pids, redis, args, scenario.replace("-", ""))
             finally:
                 for relay in relays:
                     relay.stop()
@@ -248,7 +250,8 @@ def main() -> None:
                 f"{result['msg_per_s']:8.0f} msg/s relayed, "
                 f"rtt p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
                 f"relay+redis cpu {result['cpu_us_per_msg']:.0f} us/msg "
-                f"({result['cpu_pct']:.0f}% of a core; {result['round_trips']} round trips)",
+                f"(redis {result['redis_us_per_msg']:.0f}; {result['cpu_pct']:.0f}% of a core; "
+                f"{result['round_trips']} round trips)",
                 flush=True,
             )
     finally:

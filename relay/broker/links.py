@@ -102,13 +102,14 @@ class Route:
 class Outbound:
     """This node's side of its link to another node."""
 
-    __slots__ = ("asked", "batch", "fence_due", "given_up", "node", "pending", "seq")
+    __slots__ = ("asked", "batch", "fence_due", "first", "given_up", "node", "pending", "seq")
 
     def __init__(self, node: str) -> None:
         self.node = node
         self.seq = 0  # the last number given
         self.pending: dict[int, Sent] = {}  # in number order (insertion order)
-        self.batch: list[Sent] = []  # numbered, not yet published
+        self.batch: list[wire.Carried] = []  # numbered, not yet published
+        self.first = 0  # the number of batch[0]
         self.asked = 0.0  # when a status query last went out
         self.fence_due = False  # frames were given up on: have the receiver fence them
         self.given_up: set[int] = set()  # answered overloaded without the receiver's word
@@ -269,10 +270,12 @@ class Links:
         link = self._out.get(route.node)
         if link is None:
             link = self._out[route.node] = Outbound(route.node)
-        link.seq += 1
-        link.pending[link.seq] = sent
-        link.batch.append(sent)
-        sent.seq = link.seq
+        seq = link.seq = link.seq + 1
+        link.pending[seq] = sent
+        if not link.batch:
+            link.first = seq
+        link.batch.append((sent.peer, route.epoch, sent.frame, sent.undelivered))
+        sent.seq = seq
         sent.route = route
         sent.epoch = route.epoch
         sent.at = time.monotonic()
@@ -411,11 +414,11 @@ class Links:
         self._lazy -= dirty
         for node in dirty:
             link = self._out.get(node)
-            batch: list[Sent] = []
+            batch: list[wire.Carried] = []
             first = low = 0
             if link is not None and link.batch:
                 batch, link.batch = link.batch, []
-                first = batch[0].seq
+                first = link.first
                 low = link.low()
             acks = None
             inbound = self._in.get(node)
@@ -424,15 +427,12 @@ class Links:
                 inbound.runs = []
             if not batch and acks is None:
                 continue
-            payload = wire.encode_batch(
-                self._node_id, self.incarnation, low, first,
-                [(s.peer, s.epoch, s.frame, s.undelivered) for s in batch], acks,
-            )  # fmt: skip
-            self._publish(node, payload, self._published(node, batch))
+            payload = wire.encode_batch(self._node_id, self.incarnation, low, first, batch, acks)
+            self._publish(node, payload, self._published(node, first, len(batch)))
 
-    def _published(self, node: str, batch: list[Sent]) -> Done:
+    def _published(self, node: str, first: int, count: int) -> Done:
         def done(receivers: Any) -> None:
-            if not batch or receivers is UNKNOWN or (isinstance(receivers, int) and receivers > 0):
+            if not count or receivers is UNKNOWN or (isinstance(receivers, int) and receivers > 0):
                 return  # received, or unknown: the acks or a status query will tell
             link = self._out.get(node)
             if receivers == 0:
@@ -441,9 +441,9 @@ class Links:
                 delivery = self._offline()
             else:
                 delivery = Delivery.OVERLOADED  # never sent, or refused by Redis
-            for sent in batch:
-                if link is not None and link.pending.get(sent.seq) is sent:
-                    del link.pending[sent.seq]
+            for seq in range(first, first + count):
+                sent = link.pending.pop(seq, None) if link is not None else None
+                if sent is not None:
                     self._land(sent)
                     self._answer(sent, delivery)
 

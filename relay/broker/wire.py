@@ -115,11 +115,11 @@ def encode_batch(
     deliveries: list[Carried],
     acks: tuple[str, list[tuple[int, bytearray]]] | None,
 ) -> bytes:
+    # Tuples (and Undelivered, a named tuple) pack as arrays, bytearrays as
+    # bin: the batch goes out as it is, with no copy per frame.
     return _packb(
-        {"t": "b", "n": node, "i": incarnation, "l": low, "s": first,
-         "d": [[peer, epoch, frame, None if u is None else [u.sender, u.request_id, u.listed]]
-               for peer, epoch, frame, u in deliveries],
-         "a": None if acks is None else [acks[0], [[f, bytes(c)] for f, c in acks[1]]]}
+        {"t": "b", "n": node, "i": incarnation, "l": low, "s": first, "d": deliveries,
+         "a": acks}
     )  # fmt: skip
 
 
