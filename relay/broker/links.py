@@ -137,30 +137,31 @@ class Inbound:
         self.runs: list[tuple[int, bytearray]] = []  # acks to send: (first number, codes)
         self.seen = False  # taken a frame or a fence yet
 
-    def take(self, seq: int) -> bool:
-        """Whether frame ``seq`` is to be handled (False: late, already fenced)."""
-        top = self.top
-        if seq <= top:
-            return False
-        if seq > top + 1:
-            self._extend(top + 1, bytes([self._missed()]) * (seq - top - 1))
-        self.seen = True
-        self.top = seq
-        return True
-
     def _missed(self) -> int:
         return LOST if self.seen else GONE
 
-    def record(self, seq: int, code: int) -> None:
-        """The outcome of ``seq``, just taken."""
-        self.log.append(code)
+    def take(self, first: int, count: int) -> int:
+        """Take ``count`` frames numbered from ``first``; returns how many of them came late."""
+        top = self.top
+        late = min(count, max(0, top + 1 - first))
+        start = first + late
+        if late < count:
+            if start > top + 1:
+                self._extend(top + 1, bytes([self._missed()]) * (start - top - 1))
+            self.seen = True
+            self.top = first + count - 1
+        return late
+
+    def record(self, first: int, codes: bytearray) -> None:
+        """The outcomes of the frames just taken from ``first`` on."""
+        self.log += codes
         runs = self.runs
         if runs:
-            first, codes = runs[-1]
-            if first + len(codes) == seq:
-                codes.append(code)
+            start, last = runs[-1]
+            if start + len(last) == first:
+                last += codes
                 return
-        runs.append((seq, bytearray((code,))))
+        runs.append((first, codes))
 
     def resolve(self, seq: int, code: int) -> None:
         """The outcome of ``seq``, recorded earlier as PENDING."""
@@ -463,32 +464,46 @@ class Links:
             incarnation, runs = batch.acks
             link = self._out.get(node)
             if link is not None and incarnation == self.incarnation:
+                pending = link.pending
                 for first, codes in runs:
-                    for offset, code in enumerate(codes):
-                        self._resolve(link, first + offset, code)
+                    seq = first
+                    for code in codes:
+                        sent = pending.pop(seq, None) if code == DELIVERED else None
+                        if sent is not None:  # the common case, inline
+                            self._land(sent)
+                            self._answer(sent, Delivery.DELIVERED)
+                        else:
+                            self._resolve(link, seq, code)
+                        seq += 1
         if not batch.deliveries:
             return
         inbound = self._inbound(node, batch.incarnation, batch.low)
         inbound.trim(batch.low)
-        seq = batch.first
+        deliveries = batch.deliveries
+        late = inbound.take(batch.first, len(deliveries))
+        if late:
+            log.info("refused %d late frames from %s", late, node)
+            if late == len(deliveries):
+                return
+            deliveries = deliveries[late:]
+        seq = batch.first + late
         holds = self.holds
+        arriving = self._arriving
         deliver = self._node.deliver
+        outcomes = bytearray()
         urgent = False  # an ack somebody waits on: a request id, or news other than delivered
-        for peer, epoch, frame, undelivered in batch.deliveries:
-            if inbound.take(seq):
-                if holds.get(peer) != epoch:
-                    code = MOVED
-                elif peer in self._arriving:
-                    self._arriving[peer].append((inbound, node, seq, frame, undelivered))
-                    code = PENDING
-                else:
-                    code = CODES[deliver(peer, frame, undelivered)]
-                inbound.record(seq, code)
-                if code or (undelivered is not None and undelivered.request_id is not None):
-                    urgent = True
+        for peer, epoch, frame, undelivered in deliveries:
+            if holds.get(peer) != epoch:
+                code = MOVED
+            elif arriving and peer in arriving:
+                arriving[peer].append((inbound, node, seq + len(outcomes), frame, undelivered))
+                code = PENDING
             else:
-                log.info("refused a late frame %d from %s", seq, node)
-            seq += 1
+                code = CODES[deliver(peer, frame, undelivered)]
+            outcomes.append(code)
+            if code or (undelivered is not None and undelivered.request_id is not None):
+                urgent = True
+        inbound.record(seq, outcomes)
         self._mark(node, urgent)
 
     def status(self, query: wire.Status) -> None:
