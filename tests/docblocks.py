@@ -26,6 +26,8 @@ RUNNERS = {
 KINDS = ("server", "output", "browser", "not-run")
 RELAY_READY = "relay ready on"
 
+# A bare `python` command: Debian has only python3 (and the venv's .venv/bin/python).
+_BARE_PYTHON = re.compile(r"(?<![\w./-])python(?![\w.-])")
 _FENCE = re.compile(r"^(?P<indent> *)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[^`\s]*)")
 _MARKER = re.compile(r"<!--\s*docs-test:\s*(?P<kind>[\w-]+)\s*:?\s*(?P<note>.*?)\s*-->")
 
@@ -115,6 +117,8 @@ def problem(block: Block) -> str | None:
         and not console_commands(block.text)[-1][1]
     ):
         return "a console server shows its ready line under its command"
+    if block.runner in ("sh", "console") and _BARE_PYTHON.search(block.text):
+        return "Debian has no `python` command: write python3, or .venv/bin/python"
     if not block.kind and block.runner is None:
         return (
             f"the test cannot run a `{block.lang or '(no language)'}` block: mark it "
