@@ -91,6 +91,8 @@ class Command:
 
     def finish(self, timeout: float = 30.0) -> int:
         """Wait for it to exit (killed after ``timeout``); its exit status."""
+        if self._closed:
+            return self.process.returncode
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
