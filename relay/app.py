@@ -10,10 +10,12 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from relay import api
+from relay import api, ice
 from relay.broker import Broker, create_broker
+from relay.cors import cors_route
 from relay.hub import Hub
 from relay.metrics import Metrics
+from relay.peerjs.endpoint import PeerJSEndpoint
 from relay.settings import Settings
 from relay.ws import RelayEndpoint, unknown_path
 
@@ -34,8 +36,11 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         async with hub.running():
             yield
 
+    relay_endpoint = RelayEndpoint(hub)
+    # PeerJS sockets count against the same admission caps as native ones.
+    peerjs = PeerJSEndpoint(hub, relay_endpoint.admission) if settings.peerjs_path else None
     routes = [
-        WebSocketRoute(settings.path, RelayEndpoint(hub)),
+        WebSocketRoute(settings.path, relay_endpoint),
         Route("/healthz", api.healthz),
         Route("/readyz", api.readyz),
         Route("/metrics", api.metrics),
@@ -43,6 +48,10 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         Route("/v1/rooms/{room:path}/publish", api.api_publish, methods=["POST"]),
         Route("/v1/rooms/{room:path}", api.api_room, methods=["GET"]),
         Route("/v1/peers/{peer_id}", api.api_peer, methods=["GET"]),
+        cors_route(
+            "/v1/ice-servers", ice.endpoint(hub), settings.origins, headers=("authorization",)
+        ),
+        *(peerjs.routes() if peerjs is not None else ()),
         WebSocketRoute("/{path:path}", unknown_path),
         Mount("/", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False)),
     ]

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from relay.exceptions import Forbidden, Unauthorized
+from relay.protocol import codec
 from relay.protocol.envelopes import Hello
 from relay.settings import SettingError, Settings
 
@@ -304,9 +305,20 @@ class TokenVerifier:
         return Claims(sub=sub, exp=float(exp), rooms=rooms)
 
     def authenticate(self, hello: Hello) -> Claims:
-        """Check a ``hello``: a valid token whose ``sub`` is the id asked for."""
+        """Check a ``hello``: a valid token whose ``sub`` is the id asked for.
+
+        An id in one of the relay's own namespaces (``@peerjs/alice``, which
+        only the relay's endpoints register) is allowed by a token for the
+        bare id (``alice``); the claims returned then name the namespaced id.
+        """
         claims = self.verify(hello.token)
-        if hello.peer_id is not None and hello.peer_id != claims.sub:
+        wanted = hello.peer_id
+        if wanted is not None and wanted.startswith(codec.RESERVED_PREFIX):
+            namespace, _, bare = wanted.partition("/")
+            if len(namespace) < 2 or bare != claims.sub:
+                raise Forbidden("the token does not allow this id")
+            return dataclasses.replace(claims, sub=wanted)
+        if wanted is not None and wanted != claims.sub:
             raise Forbidden("the token does not allow this id")
         return claims
 

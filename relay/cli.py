@@ -210,7 +210,7 @@ class _SettingType(click.ParamType):  # type: ignore[type-arg]
 
     def __init__(self, setting: str, kind: type) -> None:
         self.setting = setting
-        self.name = {int: "integer", float: "number"}.get(kind, "text")
+        self.name = {int: "integer", float: "number", bool: "boolean"}.get(kind, "text")
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:

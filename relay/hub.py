@@ -294,7 +294,7 @@ class Hub:
             resumable = session.close_code in _KEEP_FOR_RESUME
         else:
             resumable = client_code not in _CLEAN_CLIENT_CLOSES
-        if resumable and self.settings.resume_seconds > 0:
+        if resumable and session.resumable and self.settings.resume_seconds > 0:
             loop = asyncio.get_running_loop()
             peer.expiry = loop.call_later(self.settings.resume_seconds, self._expire, peer)
         else:

@@ -247,6 +247,7 @@ class Session:
         "transport",
         "transport_closed",
     )
+    resumable = True  # False: its peer is removed when the socket ends, never kept for a resume
 
     def __init__(
         self,

@@ -112,6 +112,16 @@ def _is_broker(text: str) -> bool:
     return parts.scheme == "unix" and bool(parts.path)
 
 
+def _ice_url(kind: str) -> Rule:
+    """A STUN or TURN URL (RFC 7064, RFC 7065) as ``RTCPeerConnection`` takes it."""
+    return Rule(
+        f"a {kind}: or {kind}s: URL such as {kind}:turn.example.com:3478",
+        lambda value: (
+            re.fullmatch(rf"{kind}s?:[^\s/?#]+(\?transport=(udp|tcp))?", value) is not None
+        ),
+    )
+
+
 def _is_id_pattern(pattern: str) -> bool:
     return _compiles(pattern) and re.fullmatch(pattern, _SERVER_ID) is None
 
@@ -126,6 +136,7 @@ _NO_SPACE = Rule(
 _POSITIVE = Rule("a number > 0", lambda value: value > 0)
 _NOT_NEGATIVE = Rule("a number >= 0", lambda value: value >= 0)
 _COUNT = _int_at_least(1)
+_BOOL = Rule("true or false", lambda value: True)
 _NETWORK = Rule("an IP address or CIDR such as 10.0.0.0/8", _is_network)
 
 
@@ -426,6 +437,75 @@ class Settings:
         10000, "Frames waiting to be published to the backplane, at most.", _COUNT, group="cluster"
     )
 
+    # WebRTC: what GET /v1/ice-servers hands browsers (docs/webrtc.md)
+    stun_urls: tuple[str, ...] = _setting(
+        (),
+        "STUN URLs listed by /v1/ice-servers, e.g. stun:turn.example.com:3478.",
+        _ice_url("stun"),
+        group="webrtc",
+    )
+    turn_urls: tuple[str, ...] = _setting(
+        (),
+        "TURN URLs listed by /v1/ice-servers with time-limited credentials (needs turn_secret).",
+        _ice_url("turn"),
+        group="webrtc",
+    )
+    turn_secret: str = _setting(
+        "",
+        "coturn static-auth-secret (use-auth-secret) signing TURN credentials.",
+        _ANY,
+        group="webrtc",
+        secret=True,
+    )
+    turn_ttl_seconds: float = _setting(
+        14400.0, "Lifetime of the TURN credentials /v1/ice-servers issues.", _POSITIVE,
+        group="webrtc",
+    )  # fmt: skip
+
+    # PeerJS-compatible endpoint (docs/peerjs.md)
+    peerjs_path: str = _setting(
+        "/peerjs",
+        "Path of the PeerJS server protocol (empty: turned off).",
+        Rule(
+            "empty, or a path such as /peerjs (no trailing slash, no braces)",
+            lambda value: value == "" or re.fullmatch(r"(/[^/{}\s]+)+", value) is not None,
+        ),
+        group="peerjs",
+    )
+    peerjs_key: str = _setting(
+        "peerjs",
+        "The key PeerJS clients must give.",
+        Rule(
+            "a non-empty string without spaces, /, ? or #",
+            lambda value: re.fullmatch(r"[^/?#\s]+", value) is not None,
+        ),
+        group="peerjs",
+    )
+    peerjs_discovery: bool = _setting(
+        False,
+        "Serve GET {peerjs_path}/{key}/peers: every PeerJS id, to anyone.",
+        _BOOL,
+        group="peerjs",
+    )
+    peerjs_expire_seconds: float = _setting(
+        5.0,
+        "How long messages to a PeerJS id nobody holds wait before EXPIRE.",
+        _POSITIVE,
+        group="peerjs",
+    )
+    peerjs_queue_messages: int = _setting(
+        32, "Messages one PeerJS peer may have waiting for absent peers.", _COUNT, group="peerjs"
+    )
+    peerjs_queue_bytes: int = _setting(
+        65536, "Bytes one PeerJS peer may have waiting for absent peers.", _COUNT, group="peerjs"
+    )
+    peerjs_heartbeat_timeout_seconds: float = _setting(
+        90.0,
+        "Close a PeerJS socket silent this long (clients send HEARTBEAT every 5 s).",
+        _POSITIVE,
+        group="peerjs",
+    )
+
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             _check(item.name, getattr(self, item.name))
@@ -443,6 +523,12 @@ class Settings:
                 "heartbeat_seconds",
                 self.heartbeat_seconds,
                 f"expected less than node_lease_seconds ({self.node_lease_seconds:g})",
+            )
+        if self.turn_urls and not self.turn_secret:
+            raise SettingError(
+                "turn_urls",
+                self.turn_urls[0],
+                "TURN URLs need turn_secret (coturn's static-auth-secret)",
             )
         if self.workers > 1 and self.broker == "memory":
             raise SettingError(
@@ -564,6 +650,11 @@ def parse(name: str, value: object) -> Any:
         if isinstance(value, list | tuple) and all(isinstance(entry, str) for entry in value):
             return tuple(value)
         raise SettingError(name, value, "expected an array of strings")
+    if isinstance(value, str) and kind is bool:
+        flag = _BOOLEANS.get(value.strip().lower())
+        if flag is None:
+            raise SettingError(name, value, expected)
+        return flag
     if isinstance(value, str) and kind is not str:
         try:
             number: int | float = int(value) if kind is int else float(value)
@@ -573,6 +664,10 @@ def parse(name: str, value: object) -> Any:
     if not _has_kind(kind, value):
         raise SettingError(name, value, expected)
     return float(value) if kind is float else value  # type: ignore[arg-type]
+
+
+_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True,
+             "false": False, "0": False, "no": False, "off": False}  # fmt: skip
 
 
 def _check_readable(name: str, path: str) -> None:
@@ -585,8 +680,8 @@ def _check_readable(name: str, path: str) -> None:
 
 
 def _has_kind(kind: type, value: object) -> bool:
-    if isinstance(value, bool):
-        return False
+    if isinstance(value, bool) or kind is bool:
+        return isinstance(value, bool) and kind is bool
     if kind is float:
         return isinstance(value, int | float) and math.isfinite(value)
     if kind is tuple:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from relay.settings import SettingError, Settings, describe, parse
+from relay.settings import SettingError, Settings, describe, is_secret, parse
 from tests.test_tls import make_certificate
 
 
@@ -65,6 +65,19 @@ def test_every_default_passes_its_own_rule() -> None:
         ({"port": "80"}, "port", "an integer 0-65535"),  # wrong type in code
         ({"port": True}, "port", "an integer 0-65535"),
         ({"origins": "https://a.example"}, "origins", "a tuple of strings"),
+        ({"stun_urls": ("turn:a.example",)}, "stun_urls", "a stun: or stuns: URL"),
+        ({"turn_urls": ("https://a.example",)}, "turn_urls", "a turn: or turns: URL"),
+        ({"turn_urls": ("turn:a.example?transport=sctp",)}, "turn_urls", "a turn: or turns: URL"),
+        ({"turn_urls": ("turn:a.example",)}, "turn_urls", "need turn_secret"),
+        ({"turn_ttl_seconds": 0}, "turn_ttl_seconds", "a number > 0"),
+        ({"peerjs_path": "/"}, "peerjs_path", "empty, or a path such as /peerjs"),
+        ({"peerjs_path": "/peerjs/"}, "peerjs_path", "no trailing slash"),
+        ({"peerjs_path": "/{key}"}, "peerjs_path", "no braces"),
+        ({"peerjs_key": "a/b"}, "peerjs_key", "without spaces, /, ? or #"),
+        ({"peerjs_discovery": 1}, "peerjs_discovery", "true or false"),
+        ({"peerjs_expire_seconds": 0}, "peerjs_expire_seconds", "a number > 0"),
+        ({"peerjs_queue_messages": 0}, "peerjs_queue_messages", "an integer >= 1"),
+        ({"peerjs_heartbeat_timeout_seconds": -1}, "peerjs_heartbeat_timeout_seconds", "> 0"),
     ],
 )
 def test_a_value_outside_its_rule_is_refused(
@@ -93,6 +106,13 @@ def test_a_value_outside_its_rule_is_refused(
         {"api_rate_per_second": 0},
         {"rate_per_second": 1},  # an int for a float setting
         {"workers": 4, "broker": "redis://127.0.0.1:6379/0"},
+        {"stun_urls": ("stun:127.0.0.1:3478", "stuns:turn.example.com")},
+        {
+            "turn_urls": ("turn:[::1]:3478?transport=tcp", "turns:t.example:5349"),
+            "turn_secret": "s",
+        },
+        {"peerjs_path": "", "peerjs_key": "app-key.1", "peerjs_discovery": True},
+        {"peerjs_path": "/apps/signal"},
     ],
 )
 def test_values_inside_their_rules_are_accepted(changes: dict[str, Any]) -> None:
@@ -104,6 +124,7 @@ def test_secrets_never_appear_in_the_error() -> None:
         Settings(api_keys=("sekrit with-space",))
     assert "sekrit" not in str(refused.value)
     assert "(hidden)" in str(refused.value)
+    assert is_secret("turn_secret")
 
 
 @pytest.mark.parametrize(
@@ -116,6 +137,9 @@ def test_secrets_never_appear_in_the_error() -> None:
         ("origins", "https://a.example", "https://a.example"),  # one item of a list
         ("origins", ["https://a.example"], ("https://a.example",)),  # a TOML array
         ("host", "0.0.0.0", "0.0.0.0"),
+        ("peerjs_discovery", "true", True),
+        ("peerjs_discovery", "Off", False),
+        ("peerjs_discovery", False, False),  # a TOML boolean
     ],
 )
 def test_parse_converts_text_and_toml_values(name: str, text: object, value: object) -> None:
@@ -134,6 +158,8 @@ def test_parse_converts_text_and_toml_values(name: str, text: object, value: obj
         ("host", 5),
         ("origins", [1]),
         ("origins", {"a": 1}),
+        ("peerjs_discovery", "maybe"),
+        ("peerjs_discovery", 1),
     ],
 )
 def test_parse_refuses_the_wrong_type(name: str, value: object) -> None:

@@ -35,6 +35,10 @@ from relay.protocol.envelopes import (
 
 DEFAULT_ID_PATTERN = r"[A-Za-z0-9_.:~-]+"
 DEFAULT_ROOM_PATTERN = r"[A-Za-z0-9_.:~/#-]+"
+# Ids and rooms starting with this belong to the relay itself, whatever the
+# configured patterns allow: ``@server`` and the namespaces of its other
+# endpoints (``@peerjs/alice``), which no client envelope can name.
+RESERVED_PREFIX = "@"
 _MAX_REQUEST_ID_LENGTH = 64
 _MAX_TOKEN_LENGTH = 8192
 _MAX_SECRET_LENGTH = 128
@@ -78,6 +82,8 @@ def _checked_name(value: object, what: str, max_length: int, pattern: re.Pattern
         raise BadEnvelope(
             f"{what} must be a string of 1-{max_length} characters matching {pattern.pattern}"
         )
+    if value.startswith(RESERVED_PREFIX):
+        raise BadEnvelope(f"{what} may not start with {RESERVED_PREFIX}: reserved to the relay")
     return value
 
 

@@ -2239,6 +2239,15 @@ var activeFor = (peer) => {
   return set;
 };
 function openDataChannel(peer, remoteId, options = {}) {
+  if (options.iceServers === "relay") {
+    const token = (
+      /** @type {any} */
+      peer._opts?.token
+    );
+    return fetchIceServers(peer.url, { token, signal: options.signal }).then(
+      (iceServers2) => openDataChannel(peer, remoteId, { ...options, iceServers: iceServers2 })
+    );
+  }
   const {
     iceServers = [],
     rtcConfig = {},
@@ -2397,6 +2406,20 @@ function acceptDataChannels(peer, onChannel, options = {}) {
   peer.addEventListener("message", onMessage);
   return () => peer.removeEventListener("message", onMessage);
 }
+async function fetchIceServers(relayUrl, options = {}) {
+  const url = new URL("/v1/ice-servers", relayUrl.replace(/^ws(s?):/, "http$1:"));
+  const token = typeof options.token === "function" ? await options.token() : options.token;
+  const doFetch = options.fetch ?? globalThis.fetch;
+  const response = await doFetch(url.href, {
+    headers: token ? { authorization: `Bearer ${token}` } : {},
+    signal: options.signal
+  });
+  if (!response.ok) {
+    throw new Error(`relay-client/webrtc: ${url.pathname} answered ${response.status}`);
+  }
+  const body = await response.json();
+  return body.iceServers;
+}
 function plainDescription(d) {
   return d ? { type: d.type, sdp: d.sdp } : null;
 }
@@ -2443,6 +2466,7 @@ export {
   backoffDelay,
   connect,
   errorFromEnvelope,
+  fetchIceServers,
   openDataChannel,
   shouldReconnect
 };

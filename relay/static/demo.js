@@ -232,7 +232,8 @@ function useChannel(/** @type {{channel: RTCDataChannel, polite: boolean, close:
 async function startDirect(/** @type {string} */ remote) {
   setRtc("connecting", `Connecting to ${remote}…`);
   try {
-    useChannel(await openDataChannel(/** @type {any} */ (peer), remote, { timeout: 20_000 }), remote);
+    // iceServers "relay": the relay's STUN/TURN (GET /v1/ice-servers), for calls across NATs
+    useChannel(await openDataChannel(/** @type {any} */ (peer), remote, { timeout: 20_000, iceServers: "relay" }), remote);
   } catch (err) {
     setRtc("failed", `Could not open a channel to ${remote}: ${err instanceof Error ? err.message : err}`);
   }
@@ -303,6 +304,7 @@ ui.form.addEventListener("submit", async (e) => {
   // Someone pressed "Direct" on us: answer with our side of the negotiation.
   stopAccepting = acceptDataChannels(p, (result, remote) => useChannel(result, remote), {
     accept: (remote) => members.has(remote),
+    iceServers: "relay",
     onError: (err, remote) => setRtc("failed", `Channel from ${remote} failed: ${err.message}`),
   });
 

@@ -3,8 +3,11 @@ import type { RelayPeer } from "./index.js";
 export const SIGNAL_EV: "webrtc.signal";
 
 export interface DataChannelOptions {
-  /** default []: host candidates only (enough on one machine or a LAN) */
-  iceServers?: RTCIceServer[];
+  /**
+   * default []: host candidates only (enough on one machine or a LAN);
+   * "relay": fetched from the relay's /v1/ice-servers with the peer's token
+   */
+  iceServers?: RTCIceServer[] | "relay";
   /** extra RTCPeerConnection configuration */
   rtcConfig?: RTCConfiguration;
   /** data channel label (default "relay") */
@@ -40,3 +43,13 @@ export function acceptDataChannels(
     onError?: (err: Error, remoteId: string) => void;
   },
 ): () => void;
+
+export interface FetchIceServersOptions {
+  /** with auth on, a token for the peer (sent as `Authorization: Bearer`) */
+  token?: string | (() => string | Promise<string>);
+  signal?: AbortSignal;
+  fetch?: typeof fetch;
+}
+
+/** The relay's STUN and TURN servers (TURN with short-lived credentials), from GET /v1/ice-servers. */
+export function fetchIceServers(relayUrl: string, options?: FetchIceServersOptions): Promise<RTCIceServer[]>;

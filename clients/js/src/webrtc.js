@@ -11,6 +11,9 @@
  *   {sid, candidate: {...}}          -- an ICE candidate (RTCIceCandidateInit)
  * `sid` is a random id per call, so stale signals of an earlier attempt are
  * ignored.
+ *
+ * ICE servers: pass them, or `iceServers: "relay"` to use the relay's own
+ * `GET /v1/ice-servers` (STUN, and TURN with short-lived credentials).
  */
 
 /** Default signaling `ev`. */
@@ -27,7 +30,8 @@ const activeFor = (peer) => {
 
 /**
  * @typedef {object} DataChannelOptions
- * @property {RTCIceServer[]} [iceServers] default [] (host candidates: enough on one machine or LAN)
+ * @property {RTCIceServer[] | "relay"} [iceServers] default [] (host candidates: enough on one
+ *   machine or LAN); "relay": fetched from the relay's /v1/ice-servers with the peer's token
  * @property {RTCConfiguration} [rtcConfig] extra RTCPeerConnection configuration
  * @property {string} [label] data channel label (default "relay")
  * @property {number} [channelId] negotiated channel id, the same on both sides (default 0)
@@ -47,6 +51,13 @@ const activeFor = (peer) => {
  * @returns {Promise<{pc: RTCPeerConnection, channel: RTCDataChannel, polite: boolean, close: () => void}>}
  */
 export function openDataChannel(peer, remoteId, options = {}) {
+  if (options.iceServers === "relay") {
+    // The token the peer connected with (a string, or a function minting one).
+    const token = /** @type {any} */ (peer)._opts?.token;
+    return fetchIceServers(peer.url, { token, signal: options.signal }).then((iceServers) =>
+      openDataChannel(peer, remoteId, { ...options, iceServers }),
+    );
+  }
   const {
     iceServers = [],
     rtcConfig = {},
@@ -226,6 +237,29 @@ export function acceptDataChannels(peer, onChannel, options = {}) {
   };
   peer.addEventListener("message", onMessage);
   return () => peer.removeEventListener("message", onMessage);
+}
+
+/**
+ * Fetches the relay's ICE servers (`GET /v1/ice-servers`): its STUN URLs, and
+ * its TURN URLs with time-limited credentials, ready for `RTCPeerConnection`.
+ * @param {string} relayUrl the relay's URL, ws(s):// or http(s)://, any path (e.g. `peer.url`)
+ * @param {{token?: string | (() => string | Promise<string>), signal?: AbortSignal, fetch?: typeof fetch}} [options]
+ *   `token`: with auth on, a token for the peer (sent as `Authorization: Bearer`)
+ * @returns {Promise<RTCIceServer[]>}
+ */
+export async function fetchIceServers(relayUrl, options = {}) {
+  const url = new URL("/v1/ice-servers", relayUrl.replace(/^ws(s?):/, "http$1:"));
+  const token = typeof options.token === "function" ? await options.token() : options.token;
+  const doFetch = options.fetch ?? globalThis.fetch;
+  const response = await doFetch(url.href, {
+    headers: token ? { authorization: `Bearer ${token}` } : {},
+    signal: options.signal,
+  });
+  if (!response.ok) {
+    throw new Error(`relay-client/webrtc: ${url.pathname} answered ${response.status}`);
+  }
+  const body = await response.json();
+  return body.iceServers;
 }
 
 /** RTCSessionDescription -> plain map msgpack can encode. */

@@ -2,7 +2,7 @@
 // ordinary usage and reject obvious misuse.
 declare const WebSocket: new (url: string, protocols?: string | string[]) => unknown;
 import { connect, PeerOffline, RelayError, type RelayPeer } from "relay-client";
-import { openDataChannel } from "relay-client/webrtc";
+import { fetchIceServers, openDataChannel } from "relay-client/webrtc";
 
 async function main(): Promise<void> {
   const peer: RelayPeer = await connect("ws://127.0.0.1:1/v1/ws", { id: "alice", WebSocket });
@@ -29,6 +29,11 @@ async function main(): Promise<void> {
   for await (const m of peer) void m.data;
   const { channel } = await openDataChannel(peer, "bob", { iceServers: [{ urls: "stun:stun.example.org" }] });
   channel.send("hello");
+  await openDataChannel(peer, "carol", { iceServers: "relay" });
+  const servers: RTCIceServer[] = await fetchIceServers(peer.url, { token: () => "jwt" });
+  void servers;
+  // @ts-expect-error -- only "relay" names the relay's servers
+  await openDataChannel(peer, "dave", { iceServers: "google" });
   // @ts-expect-error -- room must be a string
   await peer.join(42);
   void queued, sum, rtt;

@@ -1,0 +1,239 @@
+"""The PeerJS server protocol over HTTP and WebSocket (docs/peerjs.md).
+
+Routes under ``peerjs_path`` (default ``/peerjs``), as the ``peerjs`` client
+configured with ``{host, port, path: "/peerjs", key}`` calls them:
+
+- ``GET {path}/{key}/id``: a fresh random id (text);
+- ``GET {path}/{key}/peers``: the PeerJS ids, when ``peerjs_discovery`` is on
+  (401 otherwise, as peerjs-server answers);
+- WebSocket ``{path}/peerjs?key=&id=&token=``: JSON text frames.
+
+The socket gets the relay's handshake checks first (draining 503, foreign
+Origin 403, then admission's caps), then the PeerJS ones: the query's key,
+id and token, with ``ERROR`` and a close for anything wrong. From there a
+``PeerJSSession`` (``relay.peerjs.session``) runs it on ``ws.ASGITransport``,
+the transport native sessions use on uvicorn's implementations, whose
+binary frames ``_TextSender`` turns into the session's PeerJS texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import uuid
+from dataclasses import dataclass
+from functools import partial
+
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import BaseRoute, WebSocketRoute
+from starlette.types import Message, Receive, Scope, Send
+
+from relay.admission import Admission
+from relay.broker import BrokerUnavailable
+from relay.cors import cors_route
+from relay.hub import Hub
+from relay.peerjs import protocol
+from relay.peerjs.protocol import DISCOVERY_ROOM, NAMESPACE, MessageType
+from relay.peerjs.session import PeerJSSession
+from relay.protocol.codes import CloseCode, ErrorCode
+from relay.ws import ASGITransport
+
+log = logging.getLogger("relay.peerjs")
+
+
+@dataclass(slots=True)
+class _Held:
+    """An id this node holds, with the PeerJS token that may take it over."""
+
+    token_digest: bytes
+    secret: str
+    session: PeerJSSession
+
+
+class PeerJSEndpoint:
+    """The PeerJS routes of one relay node; called as an ASGI app, the PeerJS socket."""
+
+    def __init__(self, hub: Hub, admission: Admission) -> None:
+        settings = hub.settings
+        self.hub = hub
+        self.settings = settings
+        self.admission = admission
+        self._origins = frozenset(o.lower().rstrip("/") for o in settings.origins)
+        self._held: dict[str, _Held] = {}
+
+    def routes(self) -> list[BaseRoute]:
+        """The routes to add to the app."""
+        path = self.settings.peerjs_path
+        origins = self.settings.origins
+        return [
+            cors_route(f"{path}/{{key}}/id", self.new_id, origins),
+            cors_route(f"{path}/{{key}}/peers", self.list_peers, origins),
+            WebSocketRoute(f"{path}/peerjs", self),
+        ]
+
+    # --- REST -------------------------------------------------------------------
+
+    async def new_id(self, request: Request) -> Response:
+        """``GET {path}/{key}/id``: a random id no peer of this node holds."""
+        if request.path_params["key"] != self.settings.peerjs_key:
+            return _invalid_key()
+        while NAMESPACE + (peer_id := str(uuid.uuid4())) in self.hub.peers:
+            pass
+        return PlainTextResponse(peer_id, headers={"Cache-Control": "no-store"})
+
+    async def list_peers(self, request: Request) -> Response:
+        """``GET {path}/{key}/peers``: every PeerJS id listed for discovery, on every node."""
+        if request.path_params["key"] != self.settings.peerjs_key:
+            return _invalid_key()
+        if not self.settings.peerjs_discovery:
+            return JSONResponse(
+                {"error": "discovery-disabled", "message": "peer discovery is turned off"},
+                status_code=401,
+            )
+        try:
+            members = await self.hub.broker.members(DISCOVERY_ROOM)
+        except BrokerUnavailable:
+            return JSONResponse(
+                {"error": "overloaded", "message": "the cluster backplane is unavailable"},
+                status_code=503,
+            )
+        peers = sorted(m.removeprefix(NAMESPACE) for m in members if m.startswith(NAMESPACE))
+        return JSONResponse(peers, headers={"Cache-Control": "no-store"})
+
+    # --- WebSocket --------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One PeerJS socket, from the handshake to its end."""
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        refusal = self._check_handshake(scope)
+        if refusal is not None:
+            await _deny(scope, send, *refusal)
+            return
+        ip = self.admission.client_ip(scope)
+        denied = self.admission.admit(ip)
+        if denied is not None:
+            self.hub.metrics.refused.labels(denied.reason).inc()
+            await _deny(scope, send, denied.status, denied.message, CloseCode.TRY_AGAIN_LATER)
+            return
+        checked = self._check_query(scope)
+        try:
+            await send({"type": "websocket.accept"})
+            if isinstance(checked, str):
+                self.hub.metrics.errors.labels(ErrorCode.BAD_ENVELOPE.value).inc()
+                error = protocol.server_message(MessageType.ERROR, msg=checked)
+                await send({"type": "websocket.send", "text": error})
+                await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION,
+                            "reason": "bad PeerJS parameters"})  # fmt: skip
+        except OSError:  # the client left during the handshake
+            checked = "gone"
+        if isinstance(checked, str):
+            self.admission.release(ip)
+            return
+        peer_id, token = checked
+        sender = _TextSender(send)
+        transport = ASGITransport(sender, self.settings.close_timeout_seconds)
+        session = PeerJSSession(
+            self.hub, transport, peer_id, on_end=partial(self._ended, ip, peer_id)
+        )
+        sender.session = session
+        self.hub.opened(session)
+        await self._register(session, token)
+        await transport.run(session, receive)
+
+    def _check_handshake(self, scope: Scope) -> tuple[int, str] | None:
+        if not self.hub.accepting:
+            return 503, "the relay is shutting down"
+        origin = _header(scope, b"origin")
+        if self._origins and origin is not None and origin.lower().rstrip("/") not in self._origins:
+            return 403, "origin not allowed"
+        return None
+
+    def _check_query(self, scope: Scope) -> tuple[str, str] | str:
+        """The id and token the query gives, or what is wrong with it."""
+        query = QueryParams(scope.get("query_string", b""))
+        peer_id, token, key = query.get("id"), query.get("token"), query.get("key")
+        if not peer_id or not token or not key:
+            return protocol.MISSING_PARAMETERS
+        if key != self.settings.peerjs_key:
+            return protocol.INVALID_KEY
+        if not protocol.valid_id(peer_id, self.settings.max_id_length):
+            return (
+                "invalid id: letters and digits, with single spaces, _ or - between them, "
+                f"at most {self.settings.max_id_length} characters"
+            )
+        if len(token) > protocol.MAX_TOKEN_LENGTH:
+            return f"the token exceeds {protocol.MAX_TOKEN_LENGTH} characters"
+        return peer_id, token
+
+    async def _register(self, session: PeerJSSession, token: str) -> None:
+        """Register the session's id; in open mode the same token may take it over later."""
+        auth = self.hub.auth is not None
+        digest = hashlib.sha256(token.encode()).digest()
+        resume = None
+        held = self._held.get(session.peerjs_id)
+        if not auth and held is not None and hmac.compare_digest(held.token_digest, digest):
+            resume = held.secret  # the same PeerJS client again: take over its socket
+        if await session.register(token if auth else None, resume) and not auth:
+            assert session.peer is not None
+            self._held[session.peerjs_id] = _Held(digest, session.peer.secret, session)
+
+    def _ended(self, ip: str, peer_id: str) -> None:
+        """A PeerJS session ended: its admission slot and its takeover entry go."""
+        self.admission.release(ip)
+        held = self._held.get(peer_id)
+        if held is not None and held.session.ended:
+            del self._held[peer_id]
+
+
+class _TextSender:
+    """The ASGI ``send`` of a PeerJS socket's ``ASGITransport``.
+
+    The transport hands it the hub's binary frames; the session's
+    ``translate`` turns each into the PeerJS texts that go out instead.
+    """
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.session: PeerJSSession | None = None
+
+    async def __call__(self, message: Message) -> None:
+        data = message.get("bytes")
+        if message["type"] != "websocket.send" or data is None:
+            await self._send(message)
+            return
+        assert self.session is not None, "set before the transport runs"
+        for text in self.session.translate(data):
+            await self._send({"type": "websocket.send", "text": text})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _invalid_key() -> Response:
+    return JSONResponse({"error": "invalid-key", "message": protocol.INVALID_KEY}, status_code=404)
+
+
+async def _deny(
+    scope: Scope, send: Send, status: int, body: str, close_code: int = CloseCode.POLICY_VIOLATION
+) -> None:
+    """Refuse before the upgrade: an HTTP answer where the server can give one, else a close."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        await send(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+            }
+        )
+        await send({"type": "websocket.http.response.body", "body": body.encode()})
+    else:
+        await send({"type": "websocket.close", "code": close_code})

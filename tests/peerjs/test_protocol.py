@@ -1,0 +1,237 @@
+"""The PeerJS protocol module and the pre-connect queue, with plain values (no sockets)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from relay.peerjs import protocol
+from relay.peerjs.pending import PreConnectQueue
+from relay.peerjs.protocol import Heartbeat, MessageType, Refusal, Relayed
+from relay.protocol import codec
+from relay.protocol.codes import CloseCode
+
+LIMITS = protocol.Limits(max_frame_bytes=1024, max_depth=4)
+
+
+def parse(message: object, own_id: str = "alice") -> Heartbeat | Relayed:
+    return protocol.parse(json.dumps(message), own_id, LIMITS)
+
+
+def test_heartbeat_and_relayed_messages() -> None:
+    assert parse({"type": "HEARTBEAT"}) == Heartbeat()
+    offer = parse({"type": "OFFER", "dst": "bob", "payload": {"sdp": "v=0", "connectionId": "c"}})
+    assert offer == Relayed(MessageType.OFFER, "bob", '{"sdp":"v=0","connectionId":"c"}')
+    # src equal to the sender's own id is allowed; other fields are dropped
+    leave = parse({"type": "LEAVE", "dst": "bob", "src": "alice", "extra": [1]})
+    assert leave == Relayed(MessageType.LEAVE, "bob", None)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("{not json", "malformed JSON"),
+        ('{"type": "OFFER", "dst": "bob", "payload": {"x": NaN}}', "malformed JSON"),
+        ("[1, 2]", "JSON object"),
+        ('"OFFER"', "JSON object"),
+        ("{}", "unknown message type"),
+        ('{"type": "NOPE", "dst": "bob"}', "unknown message type"),
+        ('{"type": 5, "dst": "bob"}', "unknown message type"),
+        ('{"type": "EXPIRE", "dst": "bob"}', "unknown message type"),  # only the server sends it
+        ('{"type": "OPEN"}', "unknown message type"),
+        ('{"type": "OFFER", "payload": {}}', "dst is required"),
+        ('{"type": "OFFER", "dst": 7, "payload": {}}', "dst is required"),
+        ('{"type": "OFFER", "dst": "", "payload": {}}', "dst is required"),
+        ('{"type": "OFFER", "dst": "bob", "src": "carol", "payload": {}}', "src is stamped"),
+        ('{"type": "OFFER", "dst": "bob", "src": 1, "payload": {}}', "src is stamped"),
+        ('{"type": "OFFER", "dst": "bob"}', "needs a payload object"),
+        ('{"type": "CANDIDATE", "dst": "bob", "payload": [1]}', "needs a payload object"),
+        ('{"type": "LEAVE", "dst": "bob", "payload": [[[[[1]]]]]}', "deeper than 4"),
+        ("[" * 100_000, "malformed JSON"),  # Python's own recursion limit
+        ('{"type": "OFFER", "dst": "bob", "payload": {"n": 1' + "0" * 5000 + "}}", "malformed"),
+    ],
+)
+def test_bad_messages_are_refused_with_a_reason(text: str, words: str) -> None:
+    limits = protocol.Limits(max_frame_bytes=1_000_000, max_depth=4)
+    with pytest.raises(Refusal) as refused:
+        protocol.parse(text, "alice", limits)
+    assert words in refused.value.message
+    assert refused.value.close_code == CloseCode.POLICY_VIOLATION
+
+
+def test_an_oversize_message_is_refused_1009_by_its_utf8_size() -> None:
+    text = json.dumps({"type": "LEAVE", "dst": "bob", "payload": "é" * 500}, ensure_ascii=False)
+    assert len(text) < 1024 < len(text.encode())
+    with pytest.raises(Refusal) as refused:
+        protocol.parse(text, "alice", LIMITS)
+    assert refused.value.close_code == CloseCode.MESSAGE_TOO_BIG
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    max_leaves=20,
+)
+FIELDS = st.sampled_from(["type", "dst", "src", "payload"]) | st.text(max_size=5)
+TYPES = st.sampled_from([t.value for t in MessageType]) | JSON
+
+
+@given(st.dictionaries(FIELDS, JSON) | JSON, TYPES)
+def test_any_json_is_parsed_or_refused_never_an_exception(value: object, kind: object) -> None:
+    if isinstance(value, dict):
+        value["type"] = kind
+    with contextlib.suppress(Refusal):
+        message = protocol.parse(json.dumps(value), "alice", LIMITS)
+        if isinstance(message, Relayed):
+            assert message.type in protocol.RELAYED and isinstance(message.dst, str)
+
+
+@pytest.mark.parametrize(
+    ("peer_id", "valid"),
+    [
+        ("alice", True),
+        ("a-b_c d", True),
+        ("6f1c2d3e-0a1b-4c5d-8e9f-001122334455", True),  # what GET /id hands out
+        ("x" * 64, True),
+        ("x" * 65, False),
+        ("", False),
+        ("bad id!", False),
+        ("a__b", False),
+        (" lead", False),
+        ("trail-", False),
+        ("@server", False),
+        ("tab\there", False),
+        (5, False),
+    ],
+)
+def test_ids_follow_the_peerjs_client_rule(peer_id: object, valid: bool) -> None:
+    assert protocol.valid_id(peer_id, 64) is valid
+
+
+def texts(frame: bytes, own_id: str) -> list[str]:
+    """What a PeerJS socket of ``own_id`` gets for one frame the hub wrote to it."""
+    envelope = protocol.unpack(frame)
+    return [] if envelope is None else protocol.from_relay(envelope, own_id)
+
+
+def test_a_relayed_message_crosses_the_hub_and_comes_out_with_src_stamped() -> None:
+    message = parse({"type": "ANSWER", "dst": "bob", "payload": {"sdp": "ü"}})
+    assert isinstance(message, Relayed)
+    frame = codec.encode_msg(
+        protocol.NAMESPACE + "alice", protocol.to_relay(message), ev=message.type
+    )
+    [text] = texts(frame, "bob")
+    assert json.loads(text) == {
+        "type": "ANSWER",
+        "src": "alice",
+        "dst": "bob",
+        "payload": {"sdp": "ü"},
+    }
+    leave = parse({"type": "LEAVE", "dst": "bob"})
+    assert isinstance(leave, Relayed)
+    frame = codec.encode_msg(protocol.NAMESPACE + "alice", protocol.to_relay(leave), ev="LEAVE")
+    assert [json.loads(t) for t in texts(frame, "bob")] == [
+        {"type": "LEAVE", "src": "alice", "dst": "bob"}
+    ]
+
+
+def test_late_refusals_become_expire_and_other_errors_error() -> None:
+    late = codec.encode_err("peer-offline", "gone", to=[protocol.NAMESPACE + "bob", "native"])
+    assert [json.loads(t) for t in texts(late, "alice")] == [
+        {"type": "EXPIRE", "src": "bob", "dst": "alice"}
+    ]
+    one = codec.encode_err("overloaded", "full", to=protocol.NAMESPACE + "bob")
+    assert json.loads(texts(one, "alice")[0])["type"] == "EXPIRE"
+    expired = codec.encode_err("unauthorized", "token expired")
+    assert [json.loads(t) for t in texts(expired, "alice")] == [
+        {"type": "ERROR", "payload": {"msg": "token expired"}}
+    ]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        b"\xc1",
+        codec.pack_value([1]),
+        codec.encode({"type": "presence", "room": "r", "peer": "x", "event": "join"}),
+        codec.encode_msg("native", codec.pack_value("hi"), ev="OFFER"),  # not a PeerJS sender
+        codec.encode_msg(protocol.NAMESPACE + "a", codec.pack_value("{}"), ev="chat"),
+        codec.encode_msg(protocol.NAMESPACE + "a", codec.pack_value("{}"), ev="OFFER", room="r"),
+        codec.encode_msg(protocol.NAMESPACE + "a", codec.pack_value(3), ev="OFFER"),
+        codec.encode_msg(protocol.NAMESPACE + "a", codec.pack_value("{nope"), ev="OFFER"),
+        codec.encode_ok(1),
+    ],
+)
+def test_frames_of_no_meaning_to_peerjs_give_nothing(frame: bytes) -> None:
+    assert texts(frame, "alice") == []
+
+
+def test_server_messages_are_the_ones_peerjs_clients_read() -> None:
+    assert json.loads(protocol.server_message(MessageType.OPEN)) == {"type": "OPEN"}
+    assert json.loads(protocol.server_message(MessageType.ID_TAKEN, msg="ID is taken")) == {
+        "type": "ID-TAKEN",
+        "payload": {"msg": "ID is taken"},
+    }
+
+
+# --- the pre-connect queue ---------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def relayed(dst: str, payload: str = "{}", kind: MessageType = MessageType.OFFER) -> Relayed:
+    return Relayed(kind, dst, payload)
+
+
+def test_held_messages_come_out_in_order_per_destination() -> None:
+    queue = PreConnectQueue(max_messages=10, max_bytes=1000, expire_seconds=5, clock=Clock())
+    assert not queue
+    for n in range(3):
+        assert queue.add(relayed("bob", f'{{"n":{n}}}'))
+    assert queue.add(relayed("carol"))
+    assert queue.holds("bob") and queue.destinations() == ["bob", "carol"]
+    out = []
+    while (message := queue.first("bob")) is not None:
+        out.append(message.payload)
+        queue.delivered("bob")
+    assert out == ['{"n":0}', '{"n":1}', '{"n":2}']
+    assert not queue.holds("bob") and queue
+
+
+def test_the_queue_is_bounded_in_messages_and_bytes() -> None:
+    queue = PreConnectQueue(max_messages=2, max_bytes=1000, expire_seconds=5, clock=Clock())
+    assert queue.add(relayed("bob")) and queue.add(relayed("carol"))
+    assert not queue.add(relayed("dave"))
+    queue.drop("bob")
+    assert queue.add(relayed("dave"))
+    by_bytes = PreConnectQueue(max_messages=10, max_bytes=20, expire_seconds=5, clock=Clock())
+    assert by_bytes.add(relayed("bob", '"' + "é" * 7 + '"'))  # 3 + 16 bytes
+    assert not by_bytes.add(relayed("bob", "1"))
+    by_bytes.delivered("bob")
+    assert by_bytes.add(relayed("bob", "1"))
+
+
+def test_a_destination_expires_from_its_first_held_message() -> None:
+    clock = Clock()
+    queue = PreConnectQueue(max_messages=10, max_bytes=1000, expire_seconds=5, clock=clock)
+    queue.add(relayed("bob"))
+    clock.now += 3
+    queue.add(relayed("bob"))
+    queue.add(relayed("carol"))
+    assert queue.expired() == []
+    clock.now += 2
+    assert queue.expired() == ["bob"]
+    assert not queue.holds("bob") and queue.holds("carol")
+    clock.now += 3
+    assert queue.expired() == ["carol"]
+    assert not queue

@@ -1,0 +1,103 @@
+"""PeerJSSession driven by plain calls: a fake socket and an injected clock, no network."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from relay.broker import MemoryBroker
+from relay.hub import Hub
+from relay.metrics import Metrics
+from relay.peerjs.session import PeerJSSession
+from relay.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+HEARTBEAT = json.dumps({"type": "HEARTBEAT"})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Socket:
+    """A ``Transport`` that keeps what the session does to it."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed: tuple[int, str] | None = None
+        self.reading = True
+
+    @property
+    def writing_paused(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def close(self, code: int, reason: str = "") -> None:
+        self.closed = (code, reason)
+
+    def unsent_bytes(self) -> int:
+        return 0
+
+
+async def test_time_the_socket_was_not_read_is_credited_to_its_rate() -> None:
+    settings = Settings(rate_per_second=10, rate_burst=10)
+    hub = Hub(settings, MemoryBroker(), Metrics())
+    async with hub.running():
+        clock, socket = Clock(), Socket()
+        session = PeerJSSession(hub, socket, "alice", clock=clock)
+        hub.opened(session)
+        assert await session.register(None, None)
+        session.hold()
+        session.hold()  # two reasons not to read (a full target, unanswered sends)
+        clock.now += 2
+        session.resume()
+        assert not socket.reading
+        clock.now += 1
+        session.resume()
+        assert socket.reading
+        # 3 s not read earned 30 messages beyond the burst of 10: they are
+        # what the client sent meanwhile, not a flood
+        for _ in range(40):
+            session.text_received(HEARTBEAT)
+        assert socket.closed is None
+        session.text_received(HEARTBEAT)
+        assert socket.closed == (4029, "rate limit exceeded")
+        session.connection_lost(4029)
+
+
+async def test_an_internal_error_at_registration_is_error_and_1011_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = Hub(Settings(), MemoryBroker(), Metrics())
+    async with hub.running():
+
+        async def broken(session: object, hello: object) -> bytes:
+            raise RuntimeError("secret detail")
+
+        monkeypatch.setattr(hub, "register", broken)
+        socket = Socket()
+        session = PeerJSSession(hub, socket, "alice", clock=Clock())
+        hub.opened(session)
+        assert not await session.register(None, None)
+        texts = [text for frame in socket.written for text in session.translate(frame)]
+        assert [json.loads(text) for text in texts] == [
+            {"type": "ERROR", "payload": {"msg": "internal error"}}
+        ]
+        assert socket.closed == (1011, "internal error")
+        assert "secret detail" in caplog.text  # in the log, never on the wire
+        session.connection_lost(1006)
+        assert not hub.sessions and not hub.peers
