@@ -241,9 +241,7 @@ async def _refuse(
         headers = [(b"content-type", b"text/plain; charset=utf-8")]
         if retry_after is not None:
             headers.append((b"retry-after", str(retry_after).encode()))
-        await send(
-            {"type": "websocket.http.response.start", "status": status, "headers": headers}
-        )
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body.encode()})
     else:
         await send({"type": "websocket.close", "code": close_code})

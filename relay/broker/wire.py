@@ -88,7 +88,7 @@ _packb: Callable[[object], bytes] = msgpack.Packer(use_bin_type=True, autoreset=
 
 
 def _undelivered_out(u: Undelivered | None) -> list[Any] | None:
-    return None if u is None else [u.sender, u.request_id, u.listed]
+    return None if u is None else list(u)
 
 
 def _entries_out(entries: list[QueueEntry]) -> list[list[Any]]:
@@ -227,7 +227,7 @@ def _undelivered(item: object) -> Undelivered | None:
         raise WireError("u.request_id")
     if not isinstance(listed, bool):
         raise WireError("u.listed")
-    return Undelivered(sender, request_id, listed)
+    return (sender, request_id, listed)
 
 
 def _entries(item: object, what: str) -> list[QueueEntry]:

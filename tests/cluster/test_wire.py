@@ -14,7 +14,7 @@ from relay.broker.base import Delivery, Handover, Proof, Undelivered
 
 
 def test_round_trips() -> None:
-    u = Undelivered("alice", 7, True)
+    u: Undelivered = ("alice", 7, True)
     assert wire.decode(wire.encode_deliver("bob", b"\x80", u, "c", "n")) == wire.Deliver(
         "bob", b"\x80", u, "c", "n"
     )
@@ -25,7 +25,7 @@ def test_round_trips() -> None:
     )
     request = wire.decode(wire.encode_handover_request("c1", "bob", Proof("s", False), "n1"))
     assert request == wire.HandoverRequest("c1", "bob", Proof("s", False), "n1")
-    handover = Handover({"r": True}, [(b"q", "msg", Undelivered("a", "x", False))],
+    handover = Handover({"r": True}, [(b"q", "msg", ("a", "x", False))],
                         [(b"w", "err", None)], 3)  # fmt: skip
     assert wire.decode(wire.encode_handover_reply("c1", handover)) == wire.HandoverReply(
         "c1", handover
