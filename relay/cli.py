@@ -10,8 +10,8 @@ accepts, and exit status 2.
 from __future__ import annotations
 
 import asyncio
-import gc
 import difflib
+import gc
 import json
 import logging
 import os
