@@ -15,8 +15,20 @@ ARGS ?=
 
 .PHONY: run test system install lint typecheck pytest js-test js-browser-test bench clean
 
+# `make run` listens on RELAY_PORT (make run RELAY_PORT=9000, or from the
+# environment); ARGS holds any other `relay serve` flags. It says where the demo
+# is and what to try before the relay starts.
+RELAY_PORT ?= 8080
+TRY_URL := $(if $(filter-out 8080,$(RELAY_PORT)), --url ws://127.0.0.1:$(RELAY_PORT)/v1/ws)
+
 run: $(STAMP)
-	$(BIN)/relay serve $(ARGS)
+	$(if $(filter --port --port=%,$(ARGS)),$(error give the port as RELAY_PORT=N, not in ARGS))
+	@echo "relay: starting on port $(RELAY_PORT) (Ctrl-C stops it). The demo: http://127.0.0.1:$(RELAY_PORT)/"
+	@echo "Then try, in a new terminal in $(CURDIR):"
+	@echo "  .venv/bin/relay-peer listen --id bob$(TRY_URL)"
+	@echo "and in another:"
+	@echo "  .venv/bin/relay-peer send --id alice$(TRY_URL) bob 'hello bob'"
+	$(BIN)/relay serve --port $(RELAY_PORT) $(ARGS)
 
 test: system lint typecheck pytest js-test js-browser-test
 

@@ -376,7 +376,7 @@ class Hub:
         )
         to = request.to
         if isinstance(to, str):
-            undelivered = Undelivered(sender.id, request.id, False)
+            undelivered: Undelivered = (sender.id, request.id, False)
             target = self.peers.get(to)
             if target is not None:  # the common case: answered at once
                 delivery = target.enqueue(frame, "msg", undelivered)
@@ -392,9 +392,9 @@ class Hub:
                 return
             targets: tuple[str, ...] = (to,)
         else:
-            undelivered = Undelivered(sender.id, request.id, True)
+            undelivered = (sender.id, request.id, True)
             targets = to
-        routed = Routed(self, sender, request.id, undelivered.listed, session)
+        routed = Routed(self, sender, request.id, undelivered[2], session)
         self._route(targets, frame, undelivered, routed, session)
         routed.close()
 
@@ -427,7 +427,7 @@ class Hub:
         routed = Routed(self, None, None, False, None)
         done = anyio.Event()
         routed.on_done = done.set
-        self._route(targets, frame, Undelivered(SERVER_ID, None, False), routed, None)
+        self._route(targets, frame, (SERVER_ID, None, False), routed, None)
         routed.close()
         await done.wait()
         return routed
@@ -435,7 +435,7 @@ class Hub:
     async def server_publish(self, room: str, d_raw: bytes, ev: str | None = None) -> None:
         """Publish to ``room`` on every node from the server itself."""
         frame = codec.encode_msg(SERVER_ID, d_raw, ev=ev, room=room)
-        self._publish_frame(room, frame, None, Undelivered(SERVER_ID, None, False), None)
+        self._publish_frame(room, frame, None, (SERVER_ID, None, False), None)
 
     def _publish_frame(
         self,
@@ -456,7 +456,7 @@ class Hub:
         self._check_room(sender, request.room)
         frame = codec.encode_msg(sender.id, request.d_raw, ev=request.ev, room=request.room)
         exclude = None if request.echo else sender.id
-        undelivered = Undelivered(sender.id, request.id, False)
+        undelivered: Undelivered = (sender.id, request.id, False)
         self._publish_frame(request.room, frame, exclude, undelivered, session)
         if request.id is not None:
             sender.enqueue(codec.encode_ok(request.id), "ok", None)
@@ -505,20 +505,21 @@ class Hub:
 
     def report(self, undelivered: Undelivered, target: str, code: ErrorCode) -> None:
         """Tell a sender that what it sent to ``target`` was never delivered."""
-        if undelivered.sender == SERVER_ID:
+        sender_id, request_id, listed = undelivered
+        if sender_id == SERVER_ID:
             return  # the API caller got its answer already
         frame = codec.encode_err(
             code.value,
             f"{target} did not take the message",
-            request_id=undelivered.request_id,
-            to=[target] if undelivered.listed else target,
+            request_id=request_id,
+            to=[target] if listed else target,
         )
         self.metrics.errors.labels(code.value).inc()
-        sender = self.peers.get(undelivered.sender)
+        sender = self.peers.get(sender_id)
         if sender is not None:
             sender.enqueue(frame, "err", None)
         else:
-            self.broker.send(undelivered.sender, frame, None, _ignore)
+            self.broker.send(sender_id, frame, None, _ignore)
 
     # --- the broker's callbacks (NodeHandler) ---------------------------------
 

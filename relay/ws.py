@@ -56,14 +56,21 @@ class RelayEndpoint:
             return
         refusal = self._check_handshake(scope)
         if refusal is not None:
-            await _refuse(scope, send, *refusal)
+            status, body = refusal
+            # A draining node: the client should come back (elsewhere) soon.
+            await _refuse(scope, send, status, body, retry_after=1 if status == 503 else None)
             return
         ip = self.admission.client_ip(scope)
         denied = self.admission.admit(ip)
         if denied is not None:
             self.hub.metrics.refused.labels(denied.reason).inc()
             await _refuse(
-                scope, send, denied.status, denied.message, close_code=CloseCode.TRY_AGAIN_LATER
+                scope,
+                send,
+                denied.status,
+                denied.message,
+                close_code=CloseCode.TRY_AGAIN_LATER,
+                retry_after=denied.retry_after,
             )
             return
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
@@ -228,15 +235,13 @@ async def _refuse(
     body: str,
     *,
     close_code: int = CloseCode.POLICY_VIOLATION,
+    retry_after: int | None = None,
 ) -> None:
     if "websocket.http.response" in scope.get("extensions", {}):
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
-            }
-        )
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": body.encode()})
     else:
         await send({"type": "websocket.close", "code": close_code})

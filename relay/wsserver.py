@@ -286,6 +286,10 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             self._deadline.cancel()
             self._deadline = None
         self._report(rfc6455.ABNORMAL_CLOSURE, "")
+        # The handler points back at us: let refcounting free both (and the
+        # peer state they hold) now, not at the next full collection.
+        self._handler = None
+        self._bridge = None
 
     def pause_writing(self) -> None:
         self._writing_paused = True

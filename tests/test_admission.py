@@ -9,10 +9,11 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from relay.admission import Admission
+from relay.session import Session
 from relay.settings import Settings
 from relay.ws import _refuse
 from tests.conftest import RelayFactory, RunningRelay
-from tests.peers import RawPeer, open_peer
+from tests.peers import RawPeer, join_as, open_peer
 
 pytestmark = pytest.mark.anyio
 
@@ -22,6 +23,12 @@ async def refused_with(url: str, **kwargs: Any) -> tuple[int, str]:
         await open_peer(url, **kwargs)
     response = refused.value.response
     return response.status_code, response.body.decode()
+
+
+async def retry_after(url: str) -> str | None:
+    with pytest.raises(InvalidStatus) as refused:
+        await open_peer(url)
+    return refused.value.response.headers.get("Retry-After")
 
 
 def xff(value: str) -> dict[str, Any]:
@@ -89,9 +96,41 @@ async def test_too_many_sockets_from_one_address_get_429(relay_factory: RelayFac
     relay = await relay_factory(max_connections_per_ip=2, **COUNT_LOOPBACK)
     first, _second = await open_peer(relay.url), await open_peer(relay.url)
     assert await refused_with(relay.url) == (429, "too many connections from your address")
+    assert await retry_after(relay.url) == "5"
     await first.close()
     await released(relay, 1)
     await (await open_peer(relay.url)).close()
+
+
+async def test_a_socket_counts_until_its_connection_is_gone(
+    relay_factory: RelayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client that never reads the relay's close still holds its slot until
+    # the relay aborts it (close_timeout_seconds later), not a moment less.
+    relay = await relay_factory(
+        max_connections_per_ip=2,
+        hello_timeout_seconds=0.2,
+        close_timeout_seconds=1.0,
+        **COUNT_LOOPBACK,
+    )
+    closing = anyio.Event()
+    close_transport = Session._close_transport
+
+    def spy(session: Session) -> None:
+        close_transport(session)
+        closing.set()
+
+    monkeypatch.setattr(Session, "_close_transport", spy)
+    deaf = await open_peer(relay.url)
+    deaf.ws.transport.pause_reading()  # it will never see the close
+    other = await join_as(relay.url, "other")
+    with anyio.fail_after(5):
+        await closing.wait()  # no hello in time: the relay closes the deaf socket
+    assert await refused_with(relay.url) == (429, "too many connections from your address")
+    await released(relay, 1)  # aborted after close_timeout_seconds
+    await (await open_peer(relay.url)).close()
+    await other.close()
+    deaf.ws.transport.abort()
 
 
 async def test_handshake_rate_exceeded_gets_429(relay_factory: RelayFactory) -> None:
@@ -109,6 +148,7 @@ async def test_the_node_cap_gets_503(relay_factory: RelayFactory) -> None:
     peers = [await open_peer(relay.url), await open_peer(relay.url)]
     assert await refused_with(relay.url) == (503, "the node is full, try again later")
     assert relay.hub.metrics.refused.labels("node-full")._value.get() == 1
+    assert await retry_after(relay.url) == "5"
     await peers[0].close()
     await released(relay, 1)
     await (await open_peer(relay.url)).close()

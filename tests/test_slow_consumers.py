@@ -10,6 +10,7 @@ to its sender, never both.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from typing import Any
@@ -22,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from relay.hub import Hub
 from relay.session import Session
 from tests.conftest import RelayFactory, RunningRelay
+from tests.jwtkit import SECRET, hs256
 from tests.peers import RawPeer, join_as
 
 pytestmark = pytest.mark.anyio
@@ -198,3 +200,64 @@ async def test_a_stalled_reader_that_never_returns_makes_every_unread_ok_an_err(
         tasks.cancel_scope.cancel()
     assert not read_keys & set(reports), "a message was both delivered and reported"
     assert "stuck" not in relay.hub.peers
+
+
+async def _flood(peer: RawPeer) -> None:
+    for n in range(2000):
+        await peer.send({"type": "send", "to": "nobody", "d": n, "id": n})
+
+
+async def _bad_envelopes(peer: RawPeer) -> None:
+    for _ in range(20):
+        await peer.send_raw(b"\xc1")
+
+
+async def _replaced(peer: RawPeer, relay: RunningRelay) -> None:
+    await join_as(relay.url, "deaf", resume=peer.welcome["resume"])
+
+
+async def _expired(peer: RawPeer) -> None:
+    pass  # the token lives one second
+
+
+async def _drained(peer: RawPeer, relay: RunningRelay) -> None:
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(relay.hub.drain, 3.0)
+
+
+CLOSE_PATHS: dict[str, tuple[int, dict[str, Any]]] = {
+    "flood": (4029, {"rate_per_second": 5, "rate_burst": 5, "rate_strikes": 10}),
+    "bad": (4500, {"bad_envelope_budget": 5}),
+    "replaced": (4503, {}),
+    "expired": (4501, {"jwt_secret": SECRET}),
+    "drain": (1001, {}),
+}
+
+
+@pytest.mark.parametrize("path", sorted(CLOSE_PATHS))
+async def test_every_relay_close_ends_a_deaf_session_within_the_bound(
+    relay_factory: RelayFactory, caplog: pytest.LogCaptureFixture, path: str
+) -> None:
+    code, settings = CLOSE_PATHS[path]
+    relay = await relay_factory(close_timeout_seconds=0.5, **settings)
+    hello: dict[str, Any] = {"token": hs256("deaf", ttl=1)} if path == "expired" else {}
+    deaf = await join_as(relay.url, "deaf", **hello)
+    deaf.ws.transport.pause_reading()  # it will never read the close frame
+    ended = ended_event(relay.hub, "deaf")
+    caplog.set_level(logging.INFO, logger="relay.session")
+    trigger = {
+        "flood": lambda: _flood(deaf),
+        "bad": lambda: _bad_envelopes(deaf),
+        "replaced": lambda: _replaced(deaf, relay),
+        "expired": lambda: _expired(deaf),
+        "drain": lambda: _drained(deaf, relay),
+    }[path]
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(trigger)
+        # explaining errs (up to 1 s), the token's second, then the close timeout
+        with anyio.fail_after(1.0 + 1.0 + relay.settings.close_timeout_seconds + 1.5):
+            await ended.wait()
+        tasks.cancel_scope.cancel()
+    closes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("closing deaf")]
+    assert len(closes) == 1 and f": {code} " in closes[0], closes
+    deaf.ws.transport.abort()

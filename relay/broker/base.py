@@ -27,17 +27,13 @@ class Delivery(Enum):
     OVERLOADED = "overloaded"  # the peer's queue is full
 
 
-class Undelivered(NamedTuple):
-    """Who to tell if a queued frame is never delivered.
-
-    One instance serves every target of a request: ``listed`` says whether the
-    ``err`` names the unreached peer as a list (the request's ``to`` was a list)
-    or as a string.
-    """
-
-    sender: str
-    request_id: RequestId | None
-    listed: bool
+# Who to tell if a frame is never delivered: (sender, request id, listed).
+# One serves every target of a request; ``listed`` says whether the ``err``
+# names the unreached peer as a list (the request's ``to`` was a list) or as a
+# string. A plain tuple on purpose: the garbage collector stops tracking tuples
+# of plain values, so the frames every peer keeps for replay cost it nothing,
+# where a NamedTuple stays tracked (full collections of 100 ms under fan-out).
+Undelivered = tuple[str, RequestId | None, bool]
 
 
 class Proof(NamedTuple):

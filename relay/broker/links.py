@@ -255,7 +255,7 @@ class Links:
         sent = Sent(peer, frame, undelivered, answer)
         self._count += 1
         if undelivered is not None:
-            sender = undelivered.sender
+            sender = undelivered[0]
             self._from[sender] = self._from.get(sender, 0) + 1
         route = self._routes.get(peer)
         if route is None:
@@ -327,7 +327,7 @@ class Links:
         self._count -= 1
         undelivered = sent.undelivered
         if undelivered is not None:
-            sender = undelivered.sender
+            sender = undelivered[0]
             left = self._from[sender] - 1
             if left:
                 self._from[sender] = left
@@ -501,7 +501,7 @@ class Links:
             else:
                 code = CODES[deliver(peer, frame, undelivered)]
             outcomes.append(code)
-            if code or (undelivered is not None and undelivered.request_id is not None):
+            if code or (undelivered is not None and undelivered[1] is not None):
                 urgent = True
         inbound.record(seq, outcomes)
         self._mark(node, urgent)

@@ -100,7 +100,7 @@ _packb: Callable[[object], bytes] = msgpack.Packer(use_bin_type=True, autoreset=
 
 
 def _undelivered_out(u: Undelivered | None) -> list[Any] | None:
-    return None if u is None else [u.sender, u.request_id, u.listed]
+    return None if u is None else list(u)
 
 
 def _entries_out(entries: list[QueueEntry]) -> list[list[Any]]:
@@ -115,8 +115,8 @@ def encode_batch(
     deliveries: list[Carried],
     acks: tuple[str, list[tuple[int, bytearray]]] | None,
 ) -> bytes:
-    # Tuples (and Undelivered, a named tuple) pack as arrays, bytearrays as
-    # bin: the batch goes out as it is, with no copy per frame.
+    # Tuples pack as arrays and bytearrays as bin: the batch goes out as it
+    # was gathered, with no copy per frame.
     return _packb(
         {"t": "b", "n": node, "i": incarnation, "l": low, "s": first, "d": deliveries,
          "a": acks}
@@ -223,7 +223,7 @@ def _deliveries(item: object) -> list[Carried]:
         raise WireError("d")
     out: list[Carried] = []
     # The frames of a batch mostly share a few senders: each distinct
-    # ``undelivered`` is checked and built once (building is what costs).
+    # ``undelivered`` is checked once.
     known: dict[tuple[object, object, object], Undelivered] = {}
     for entry in item:
         if type(entry) is not list or len(entry) != 4:
@@ -310,7 +310,7 @@ def _checked_undelivered(item: object) -> Undelivered:
         raise WireError("u.request_id")
     if not isinstance(listed, bool):
         raise WireError("u.listed")
-    return Undelivered(sender, request_id, listed)
+    return (sender, request_id, listed)
 
 
 def _entries(item: object, what: str) -> list[QueueEntry]:

@@ -175,6 +175,9 @@ def _describe_unpack_failure(exc: Exception) -> str:
 
 
 def _too_deep(raw: bytes, max_depth: int) -> bool:
+    first = raw[0]
+    if not (0x80 <= first <= 0x9F or 0xDC <= first <= 0xDF):
+        return max_depth < 1  # a scalar, string, bin or ext: nothing nests in it
     if len(raw.translate(None, _NOT_CONTAINER_START)) <= max_depth:
         return False
     return _depth(raw) > max_depth

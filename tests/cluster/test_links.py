@@ -164,7 +164,7 @@ async def test_every_send_is_answered_once_and_means_it(seed: int) -> None:
             key = (sender, number)
             sent_to[key] = target
             frame = f"{sender}:{number}".encode()
-            net.links["a"].send(target, frame, Undelivered(sender, number, False), answer_for(key))
+            net.links["a"].send(target, frame, (sender, number, False), answer_for(key))
         if rng.random() < 0.1:
             epoch += 1
             net.move(rng.choice(targets), rng.choice(["b", "c"]), epoch)
@@ -218,7 +218,7 @@ async def test_frames_a_restarted_node_never_got_are_peer_offline_and_cost_no_lo
     answers: list[Delivery] = []
 
     def send(n: int) -> None:
-        net.links["a"].send("bob", f"s:{n}".encode(), Undelivered("s", n, False), answers.append)
+        net.links["a"].send("bob", f"s:{n}".encode(), ("s", n, False), answers.append)
 
     async def exchange() -> None:
         for _ in range(10):

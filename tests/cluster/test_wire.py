@@ -14,7 +14,7 @@ from relay.broker.base import Handover, Proof, Undelivered
 
 
 def test_round_trips() -> None:
-    u = Undelivered("alice", 7, True)
+    u: Undelivered = ("alice", 7, True)
     carried = [("bob", 12, b"\x80", u), ("carol", 3, b"", None)]
     acks = ("inc-b", [(5, bytearray(b"\x00\x01\x05")), (9, bytearray(b"\x06"))])
     assert wire.decode(wire.encode_batch("a", "inc-a", 4, 6, carried, acks)) == wire.Batch(
@@ -24,7 +24,7 @@ def test_round_trips() -> None:
         "a", "i", 1, 0, [], None
     )
     assert wire.decode(wire.encode_status("a", "i", 9, 3)) == wire.Status("a", "i", 9, 3)
-    same = [("bob", 1, b"1", u), ("bob", 1, b"2", Undelivered("alice", 7, True))]
+    same = [("bob", 1, b"1", u), ("bob", 1, b"2", ("alice", 7, True))]
     decoded = wire.decode(wire.encode_batch("a", "i", 1, 1, same, None))
     assert isinstance(decoded, wire.Batch) and decoded.deliveries == same
     assert wire.decode(wire.encode_room("r", b"f", None, True)) == wire.RoomFrame(
@@ -32,7 +32,7 @@ def test_round_trips() -> None:
     )
     request = wire.decode(wire.encode_handover_request("c1", "bob", Proof("s", False), "n1"))
     assert request == wire.HandoverRequest("c1", "bob", Proof("s", False), "n1")
-    handover = Handover({"r": True}, [(b"q", "msg", Undelivered("a", "x", False))],
+    handover = Handover({"r": True}, [(b"q", "msg", ("a", "x", False))],
                         [(b"w", "err", None)], 3)  # fmt: skip
     assert wire.decode(wire.encode_handover_reply("c1", handover)) == wire.HandoverReply(
         "c1", handover
