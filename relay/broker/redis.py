@@ -26,18 +26,20 @@ with members (``roomnodes``), looked up and published by one Lua script, so
 there are no per-room subscriptions to manage and a node never hears rooms it
 has no member in.
 
-Everything that is published goes through one writer task on one dedicated
-connection, pipelined in submission order, so frames from one sender to one
-target stay in order. Registry commands use a separate pool. Every call is
-bounded by ``broker_timeout_seconds`` and the frames waiting for an answer by
-``broker_queue``; while the backplane is down every call raises
-``BrokerUnavailable`` (a send is answered ``overloaded``) at once.
+Everything that is published goes, in order, through one connection of its
+own (``resp.Connection``, an asyncio protocol: what one event-loop pass
+gathered is written at its end, in one write), so frames from one sender to
+one target stay in order; the subscription is another such connection, whose
+messages are handled as they are parsed. Registry commands use redis-py's
+pool. Every call is bounded by ``broker_timeout_seconds`` and the frames
+waiting for an answer by ``broker_queue``; while the backplane is down every
+call raises ``BrokerUnavailable`` (a send is answered ``overloaded``) at once.
 
-A supervisor task connects, registers the node (and, after an outage, every
-peer and room membership it still holds), subscribes, proves the
-subscription with a probe, then runs: the reader, the writer, the heartbeat
-(renews the lease, reaps dead nodes and announces presence ``leave`` for
-their members) and the periodic probe. When any of them fails the node is
+A supervisor task connects both, subscribes, registers the node (and, after
+an outage, every peer and room membership it still holds), proves the
+subscription with a probe, then runs the heartbeat (renews the lease, reaps
+dead nodes and announces presence ``leave`` for their members) and the
+periodic probe. When a connection closes or either task fails, the node is
 marked down and the supervisor reconnects. After an outage, until every node
 it knew is serving again (one lease at most), a peer that no node holds may
 just not be registered again yet: sends to it are answered ``overloaded``.
