@@ -57,12 +57,13 @@ class RelayServer(uvicorn.Server):
             return  # startup failed; uvicorn says why
         # Full collections stall every socket: each walks every peer's replay
         # ring (thousands of frames under fan-out), 10-20 ms, several times a
-        # second. What exists now lives as long as the process (freeze), the
-        # hot path makes no cyclic garbage, and young cycles still die in the
-        # young generations: a full pass every thousand second-generation
-        # passes (about a minute under load) is enough. docs/design.md.
+        # second. What exists now lives as long as the process (freeze), and
+        # the hot path makes no cyclic garbage: a full pass every hundred
+        # second-generation passes (seconds apart under load) is enough, and
+        # still frequent enough that handshake garbage does not pile up.
+        # docs/design.md.
         gc.freeze()
-        gc.set_threshold(700, 10, 1000)
+        gc.set_threshold(700, 10, 100)
         host, port = self.servers[0].sockets[0].getsockname()[:2]
         scheme = "wss" if self.config.ssl_keyfile else "ws"
         shown = f"[{host}]" if ":" in host else host
