@@ -95,12 +95,22 @@ def ended_event(hub: Hub, peer_id: str) -> anyio.Event:
 
 
 async def stall_and_flood(
-    relay: RunningRelay, flood_seconds: float
+    relay: RunningRelay,
+    flood_seconds: float,
+    *,
+    senders_on: RunningRelay | None = None,
+    names: tuple[str, str] = ("a", "b"),
 ) -> tuple[RawPeer, Flood, float]:
-    """Register ``stuck``, stop reading it, flood it; returns when every send is answered."""
+    """Register ``stuck`` on ``relay``, stop reading it, flood it from two senders.
+
+    The senders join ``senders_on`` (``relay`` itself by default). Returns
+    when every send is answered, with how long the relay took to end the
+    stalled session (bounded: the watch fails otherwise).
+    """
     stuck = await join_as(relay.url, "stuck")
     stuck.ws.transport.pause_reading()
-    flood = Flood({"a": await join_as(relay.url, "a"), "b": await join_as(relay.url, "b")}, "stuck")
+    origin = senders_on or relay
+    flood = Flood({name: await join_as(origin.url, name) for name in names}, "stuck")
     ended = ended_event(relay.hub, "stuck")
     settings = relay.settings
     bound = settings.slow_consumer_seconds + settings.close_timeout_seconds + 2

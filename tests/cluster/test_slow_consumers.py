@@ -10,7 +10,6 @@ peer when it resumes (here on node a: its queue moves across) or is reported
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +22,7 @@ from relay.broker import Broker
 from tests.cluster.conftest import REDIS_TEST_SETTINGS, redis_broker_factory
 from tests.conftest import RelayFactory, RunningRelay
 from tests.peers import RawPeer, join_as
-from tests.test_slow_consumers import Flood, delivered_in_order, ended_event
+from tests.test_slow_consumers import Flood, delivered_in_order, stall_and_flood
 
 pytestmark = pytest.mark.anyio
 
@@ -45,34 +44,7 @@ async def stall_on_b_and_flood_from_a(
     a: RunningRelay, b: RunningRelay, flood_seconds: float
 ) -> tuple[RawPeer, Flood, float]:
     """``stuck`` on b stops reading; two senders on a flood it; returns when all are answered."""
-    stuck = await join_as(b.url, "stuck")
-    stuck.ws.transport.pause_reading()
-    flood = Flood({"s1": await join_as(a.url, "s1"), "s2": await join_as(a.url, "s2")}, "stuck")
-    ended = ended_event(b.hub, "stuck")
-    settings = b.settings
-    bound = settings.slow_consumer_seconds + settings.close_timeout_seconds + 2
-    started = time.monotonic()
-    took = 0.0
-
-    async def watch() -> None:
-        nonlocal took
-        with anyio.fail_after(bound):
-            await ended.wait()
-        took = time.monotonic() - started
-
-    async with anyio.create_task_group() as tasks:
-        for name in flood.senders:
-            tasks.start_soon(flood.collect, name)
-        async with anyio.create_task_group() as senders:
-            senders.start_soon(watch)
-            for name in flood.senders:
-                senders.start_soon(flood.send, name, flood_seconds)
-        flood.done_sending = True
-        flood.check()
-        with anyio.fail_after(10):
-            await flood.all_answered.wait()
-        tasks.cancel_scope.cancel()
-    return stuck, flood, took
+    return await stall_and_flood(b, flood_seconds, senders_on=a, names=("s1", "s2"))
 
 
 async def test_a_stalled_reader_on_another_node_is_closed_and_resumes_with_every_ok(
