@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
@@ -100,6 +101,19 @@ async def test_too_many_sockets_from_one_address_get_429(relay_factory: RelayFac
     await first.close()
     await released(relay, 1)
     await (await open_peer(relay.url)).close()
+
+
+async def test_refused_handshakes_log_nothing_at_error_level(
+    relay_factory: RelayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An attacker refused at the handshake rate must not be able to fill the log.
+    relay = await relay_factory(max_connections_per_ip=1, **COUNT_LOOPBACK)
+    held = await open_peer(relay.url)
+    caplog.set_level(logging.INFO)
+    for _ in range(20):
+        assert (await refused_with(relay.url))[0] == 429
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await held.close()
 
 
 async def test_a_socket_counts_until_its_connection_is_gone(
