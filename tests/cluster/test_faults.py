@@ -146,7 +146,7 @@ async def test_a_redis_pause_answers_every_send_for_what_became_of_it(
         await anyio.sleep(2.5)  # longer than the lease: leases expire, nodes reconnect
         own_redis.resume()
 
-    await _stream_through(stream, pause, count=3200, per_second=400)
+    await _stream_through(stream, pause, count=4800, per_second=400)
     kinds = stream.check()
     # Refused while the backplane was away, served before and after; never
     # peer-offline: bob was online throughout.
@@ -168,7 +168,7 @@ async def test_a_redis_restart_answers_every_send_for_what_became_of_it(
         await anyio.sleep(1)
         own_redis.start()
 
-    await _stream_through(stream, restart, count=2800, per_second=400)
+    await _stream_through(stream, restart, count=4400, per_second=400)
     kinds = stream.check()
     # Until b has registered bob again, a cannot tell him from a peer that
     # left: overloaded (try again), not peer-offline.
