@@ -7,7 +7,6 @@ the test. ``relay`` is one with default settings.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ from relay.broker import Broker
 from relay.cli import uvicorn_config
 from relay.hub import Hub
 from relay.settings import Settings
+from tests.inloop import InLoopServer
 from tests.redis_server import RedisServer, redis_url_from_env
 
 
@@ -36,20 +36,6 @@ class RunningRelay:
     hub: Hub
     settings: Settings
     server: uvicorn.Server
-
-
-class _TestServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = anyio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # leave pytest's signal handling alone
-
-    async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets)
-        self.ready.set()
 
 
 RelayFactory = Callable[..., Awaitable[RunningRelay]]
@@ -77,13 +63,13 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def relay_factory() -> AsyncIterator[RelayFactory]:
-    servers: list[_TestServer] = []
+    servers: list[InLoopServer] = []
     async with anyio.create_task_group() as tasks:
 
         async def start(*, broker: Broker | None = None, **overrides: Any) -> RunningRelay:
             settings = Settings(**{"port": 0, "log_level": "warning", **overrides})
             app = create_app(settings, broker=broker)
-            server = _TestServer(uvicorn_config(app, settings))
+            server = InLoopServer(uvicorn_config(app, settings))
             servers.append(server)
             tasks.start_soon(server.serve)
             with anyio.fail_after(10):

@@ -138,11 +138,70 @@ async def stall_and_flood(
     return stuck, flood, took
 
 
-def delivered_in_order(received: list[list[Any]]) -> dict[str, list[int]]:
+def accepted(flood: Flood) -> set[tuple[str, int]]:
+    """The ``(sender, id)`` of every send answered ``ok``."""
+    return {key for key, reply in flood.first_answers().items() if reply["type"] == "ok"}
+
+
+async def resume_gets_every_ok(
+    url: str, stuck: RawPeer, flood: Flood, acked: set[tuple[str, int]]
+) -> dict[str, Any]:
+    """Resume ``stuck`` at ``url``, having read nothing of its old socket.
+
+    Asserts that the new session receives every message answered ``ok``,
+    once and in order per sender; returns its welcome.
+    """
+    peer = await join_as(url, "stuck", resume=stuck.welcome["resume"], received=0)
+    assert peer.welcome["resumed"] is True
+    received: list[list[Any]] = []
+    with anyio.fail_after(20):
+        while len(received) < len(acked):
+            received.append((await peer.expect(type="msg"))["d"])
     per_sender: dict[str, list[int]] = defaultdict(list)
     for name, n, _blob in received:
         per_sender[name].append(n)
-    return per_sender
+    for name in flood.senders:
+        assert per_sender[name] == sorted(n for sender, n in acked if sender == name)
+    return peer.welcome
+
+
+async def every_unread_ok_is_reported(
+    stuck: RawPeer, flood: Flood, acked: set[tuple[str, int]], within: float
+) -> None:
+    """Assert that each ``ok`` the stalled peer never read is reported once, within ``within`` s.
+
+    What the old socket holds is what TCP delivered to the peer: it is read
+    first, and nothing read may also be reported ``peer-offline``.
+    """
+    stuck.ws.transport.resume_reading()
+    read: list[list[Any]] = []
+    with anyio.fail_after(10):
+        try:
+            while True:
+                read.append(msgpack.unpackb(await stuck.ws.recv())["d"])
+        except ConnectionClosed:
+            pass
+    read_keys = {(name, n) for name, n, _blob in read}
+    reports: dict[tuple[str, int], dict[str, Any]] = {}
+    accounted = anyio.Event()
+
+    async def late_errs(name: str) -> None:
+        while True:
+            reply = msgpack.unpackb(await flood.senders[name].ws.recv())
+            assert reply["type"] == "err" and reply["code"] == "peer-offline", reply
+            key = (name, reply["id"])
+            assert key not in reports, f"{key} reported twice"
+            reports[key] = reply
+            if read_keys | set(reports) == acked:
+                accounted.set()
+
+    async with anyio.create_task_group() as tasks:
+        for name in flood.senders:
+            tasks.start_soon(late_errs, name)
+        with anyio.fail_after(within):
+            await accounted.wait()
+        tasks.cancel_scope.cancel()
+    assert not read_keys & set(reports), "a message was both delivered and reported"
 
 
 async def test_a_stalled_reader_is_closed_within_the_bound_and_its_resume_gets_every_ok(
@@ -150,25 +209,14 @@ async def test_a_stalled_reader_is_closed_within_the_bound_and_its_resume_gets_e
 ) -> None:
     relay = await relay_factory()  # default settings
     stuck, flood, took = await stall_and_flood(relay, flood_seconds=10)
-    answers = flood.first_answers()
-    acked = {key for key, reply in answers.items() if reply["type"] == "ok"}
+    acked = accepted(flood)
     assert acked, "nothing was accepted"
-    for reply in answers.values():
+    for reply in flood.first_answers().values():
         assert reply["type"] == "ok" or reply["code"] in ("overloaded", "rate-limited"), reply
     # The session ended within the bound (watch() fails otherwise), and the
-    # peer resumes more than 8 s after it stopped reading, having never read
-    # a frame of its old socket.
+    # peer resumes more than 8 s after it stopped reading.
     assert 0 < took < 10
-    peer = await join_as(relay.url, "stuck", resume=stuck.welcome["resume"], received=0)
-    assert peer.welcome["resumed"] is True
-    received: list[list[Any]] = []
-    with anyio.fail_after(20):
-        while len(received) < len(acked):
-            received.append((await peer.expect(type="msg"))["d"])
-    got = delivered_in_order(received)
-    for name in flood.senders:
-        expected = sorted(n for sender, n in acked if sender == name)
-        assert got[name] == expected  # every ok, once, in order
+    await resume_gets_every_ok(relay.url, stuck, flood, acked)
     stuck.ws.transport.abort()
 
 
@@ -177,38 +225,10 @@ async def test_a_stalled_reader_that_never_returns_makes_every_unread_ok_an_err(
 ) -> None:
     relay = await relay_factory(resume_seconds=2)
     stuck, flood, _took = await stall_and_flood(relay, flood_seconds=6)
-    answers = flood.first_answers()
-    acked = {key for key, reply in answers.items() if reply["type"] == "ok"}
     # After the resume window every frame the peer never got is reported.
-    reports: dict[tuple[str, int], dict[str, Any]] = {}
-    accounted = anyio.Event()
-
-    async def late_errs(name: str) -> None:
-        while True:
-            reply = msgpack.unpackb(await flood.senders[name].ws.recv())
-            assert reply["type"] == "err" and reply["code"] == "peer-offline", reply
-            reports[(name, reply["id"])] = reply
-            if read_keys | set(reports) == acked:
-                accounted.set()
-
-    # What the old socket holds is what TCP delivered to the peer: read it.
-    stuck.ws.transport.resume_reading()
-    read: list[list[Any]] = []
-    with anyio.fail_after(10):
-        try:
-            while True:
-                frame = await stuck.ws.recv()
-                read.append(msgpack.unpackb(frame)["d"])
-        except ConnectionClosed:
-            pass
-    read_keys = {(name, n) for name, n, _blob in read}
-    async with anyio.create_task_group() as tasks:
-        for name in flood.senders:
-            tasks.start_soon(late_errs, name)
-        with anyio.fail_after(relay.settings.resume_seconds + 10):
-            await accounted.wait()
-        tasks.cancel_scope.cancel()
-    assert not read_keys & set(reports), "a message was both delivered and reported"
+    await every_unread_ok_is_reported(
+        stuck, flood, accepted(flood), within=relay.settings.resume_seconds + 10
+    )
     assert "stuck" not in relay.hub.peers
 
 

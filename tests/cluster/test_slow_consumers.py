@@ -13,16 +13,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import anyio
-import msgpack
 import pytest
-from websockets.exceptions import ConnectionClosed
 
 from relay.broker import Broker
 from tests.cluster.conftest import REDIS_TEST_SETTINGS, redis_broker_factory
 from tests.conftest import RelayFactory, RunningRelay
-from tests.peers import RawPeer, join_as
-from tests.test_slow_consumers import Flood, delivered_in_order, stall_and_flood
+from tests.peers import RawPeer
+from tests.test_slow_consumers import (
+    Flood,
+    accepted,
+    every_unread_ok_is_reported,
+    resume_gets_every_ok,
+    stall_and_flood,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -52,23 +55,14 @@ async def test_a_stalled_reader_on_another_node_is_closed_and_resumes_with_every
 ) -> None:
     a, b = await two_nodes(relay_factory, redis_brokers)  # default limits
     stuck, flood, took = await stall_on_b_and_flood_from_a(a, b, flood_seconds=10)
-    answers = flood.first_answers()
-    acked = {key for key, reply in answers.items() if reply["type"] == "ok"}
+    acked = accepted(flood)
     assert acked, "nothing was accepted"
-    for reply in answers.values():
+    for reply in flood.first_answers().values():
         assert reply["type"] == "ok" or reply["code"] in ("overloaded", "rate-limited"), reply
     assert 0 < took < 10
-    # It resumes on the senders' node, having read nothing of its old socket:
-    # its queue and replay window come across from b.
-    peer = await join_as(a.url, "stuck", resume=stuck.welcome["resume"], received=0)
-    assert peer.welcome["resumed"] is True and peer.welcome["node"] == "a"
-    received: list[list[Any]] = []
-    with anyio.fail_after(20):
-        while len(received) < len(acked):
-            received.append((await peer.expect(type="msg"))["d"])
-    got = delivered_in_order(received)
-    for name in flood.senders:
-        assert got[name] == sorted(n for sender, n in acked if sender == name)
+    # It resumes on the senders' node: its queue and replay window come across from b.
+    welcome = await resume_gets_every_ok(a.url, stuck, flood, acked)
+    assert welcome["node"] == "a"
     stuck.ws.transport.abort()
 
 
@@ -77,37 +71,8 @@ async def test_a_stalled_reader_on_another_node_that_never_returns_makes_every_u
 ) -> None:
     a, b = await two_nodes(relay_factory, redis_brokers, resume_seconds=2)
     stuck, flood, _took = await stall_on_b_and_flood_from_a(a, b, flood_seconds=6)
-    answers = flood.first_answers()
-    acked = {key for key, reply in answers.items() if reply["type"] == "ok"}
-    reports: dict[tuple[str, int], dict[str, Any]] = {}
-    accounted = anyio.Event()
-
-    async def late_errs(name: str) -> None:
-        while True:
-            reply = msgpack.unpackb(await flood.senders[name].ws.recv())
-            assert reply["type"] == "err" and reply["code"] == "peer-offline", reply
-            key = (name, reply["id"])
-            assert key not in reports, f"{key} reported twice"
-            reports[key] = reply
-            if read_keys | set(reports) == acked:
-                accounted.set()
-
-    # What the old socket holds is what TCP delivered to the peer: read it.
-    stuck.ws.transport.resume_reading()
-    read: list[list[Any]] = []
-    with anyio.fail_after(10):
-        try:
-            while True:
-                read.append(msgpack.unpackb(await stuck.ws.recv())["d"])
-        except ConnectionClosed:
-            pass
-    read_keys = {(name, n) for name, n, _blob in read}
-    async with anyio.create_task_group() as tasks:
-        for name in flood.senders:
-            tasks.start_soon(late_errs, name)
-        # The reports cross from b to a over Redis.
-        with anyio.fail_after(b.settings.resume_seconds + 10):
-            await accounted.wait()
-        tasks.cancel_scope.cancel()
-    assert not read_keys & set(reports), "a message was both delivered and reported"
+    # The reports cross from b to a over Redis.
+    await every_unread_ok_is_reported(
+        stuck, flood, accepted(flood), within=b.settings.resume_seconds + 10
+    )
     assert "stuck" not in b.hub.peers and "stuck" not in a.hub.peers

@@ -10,9 +10,8 @@ Direct-mode tests use ``Recorder``, a ``FrameHandler`` that records every call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,22 +20,9 @@ import pytest
 import uvicorn
 
 from relay.wsserver import RelayWebSocketProtocol
+from tests.inloop import InLoopServer
 
 TIMEOUT = 5.0
-
-
-class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = anyio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield  # leave pytest's signal handling alone
-
-    async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets)
-        self.ready.set()
 
 
 @dataclass
@@ -55,7 +41,7 @@ Serve = Callable[..., Awaitable[Served]]
 
 @pytest.fixture
 async def serve() -> AsyncIterator[Serve]:
-    servers: list[_Server] = []
+    servers: list[InLoopServer] = []
     async with anyio.create_task_group() as tasks:
 
         async def start(app: Any, *, rcvbuf: int | None = None, **options: Any) -> Served:
@@ -78,7 +64,7 @@ async def serve() -> AsyncIterator[Serve]:
             if rcvbuf is not None:  # accepted sockets inherit it, and then do not autotune it
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
             listener.bind(("127.0.0.1", 0))
-            server = _Server(config)
+            server = InLoopServer(config)
             servers.append(server)
             tasks.start_soon(server.serve, [listener])
             with anyio.fail_after(TIMEOUT):
