@@ -39,7 +39,7 @@ from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Leave, Publish, Refresh, Send
 from relay.rooms import Rooms
-from relay.session import REPLAY_OVERHEAD, Peer, Session
+from relay.session import Peer, Session
 from relay.settings import Settings
 
 log = logging.getLogger("relay.hub")
@@ -234,11 +234,7 @@ class Hub:
             for room in handover.rooms:
                 self.rooms.add(room, peer)
             self.metrics.rooms.set(len(self.rooms))
-            peer.queue.extend(handover.queue)
-            peer.queued_bytes = sum(len(entry[0]) for entry in handover.queue)
-            peer.written.extend(handover.written)
-            peer.written_bytes = sum(len(entry[0]) + REPLAY_OVERHEAD for entry in handover.written)
-            peer.written_count = handover.written_count
+            peer.take_over(handover.queue, handover.written, handover.written_count)
         self.peers[peer_id] = peer
         self.metrics.peers.inc()
         return peer
@@ -263,9 +259,9 @@ class Hub:
             self.rooms.discard(room, peer)
         self.metrics.rooms.set(len(self.rooms))
         handover = Handover(
-            dict(peer.rooms), list(peer.queue), list(peer.written), peer.written_count
+            dict(peer.rooms), list(peer.queue or ()), list(peer.written or ()), peer.written_count
         )
-        peer.queue.clear()
+        peer.queue = None
         peer.queued_bytes = 0
         return handover
 

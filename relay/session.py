@@ -124,7 +124,9 @@ class Peer:
         self.id = peer_id
         self.secret = ""
         self.rooms: dict[str, bool] = {}  # room -> receives presence
-        self.queue: deque[QueueEntry] = deque()
+        # Both deques are made on first use: an empty deque holds a 700-byte
+        # block, which is most of what an idle peer would cost.
+        self.queue: deque[QueueEntry] | None = None
         self.queued_bytes = 0
         self.max_queue_messages = max_queue_messages
         self.max_queue_bytes = max_queue_bytes
@@ -139,13 +141,25 @@ class Peer:
         # ``replay_bytes`` (each frame counted with REPLAY_OVERHEAD more), and
         # the frame layer keeps the kernel's send buffer well below that, so
         # it covers everything a socket can have swallowed.
-        self.written: deque[QueueEntry] = deque()
+        self.written: deque[QueueEntry] | None = None
         self.written_bytes = 0
         self.written_count = 0
         self.replay_bytes = replay_bytes
         # How many of the newest frames in ``written`` never left this host
         # when the last socket was lost: reported if the peer never resumes.
         self.unsent = 0
+
+    def take_over(
+        self, queue: list[QueueEntry], written: list[QueueEntry], written_count: int
+    ) -> None:
+        """Start from the queue and replay window another node handed over."""
+        if queue:
+            self.queue = deque(queue)
+            self.queued_bytes = sum(len(entry[0]) for entry in queue)
+        if written:
+            self.written = deque(written)
+            self.written_bytes = sum(len(entry[0]) + REPLAY_OVERHEAD for entry in written)
+        self.written_count = written_count
 
     def replay(self, received: int | None) -> int:
         """Start a new session's count; requeue frames the last socket never delivered.
@@ -155,13 +169,15 @@ class Peer:
         replayed. Returns how many frames were lost beyond the replay window.
         """
         lost = 0
+        written = self.written or ()
         if received is not None and received < self.written_count:
-            oldest = self.written_count - len(self.written)
+            oldest = self.written_count - len(written)
             lost = max(0, oldest - received)
-            missed = list(self.written)[max(0, received - oldest) :]
-            self.queue.extendleft(reversed(missed))
-            self.queued_bytes += sum(len(entry[0]) for entry in missed)
-        self.written.clear()
+            missed = list(written)[max(0, received - oldest) :]
+            if missed:
+                self.queue = deque(missed + list(self.queue or ()))
+                self.queued_bytes += sum(len(entry[0]) for entry in missed)
+        self.written = None
         self.written_bytes = 0
         self.written_count = 0
         self.unsent = 0
@@ -170,7 +186,7 @@ class Peer:
     def count_unsent(self, unsent_bytes: int) -> None:
         """Mark the newest frames covering ``unsent_bytes`` on the wire as never sent."""
         count = 0
-        for frame, _kind, _undelivered in reversed(self.written):
+        for frame, _kind, _undelivered in reversed(self.written or ()):
             if unsent_bytes <= 0:
                 break
             unsent_bytes -= wire_size(len(frame))
@@ -179,9 +195,10 @@ class Peer:
 
     def take_undelivered(self) -> list[QueueEntry]:
         """Everything the peer provably never got: its queue and its unsent frames."""
-        unsent = list(self.written)[len(self.written) - self.unsent :] if self.unsent else []
-        pending = unsent + list(self.queue)
-        self.queue.clear()
+        written = self.written or ()
+        unsent = list(written)[len(written) - self.unsent :] if self.unsent else []
+        pending = unsent + list(self.queue or ())
+        self.queue = None
         self.queued_bytes = 0
         self.unsent = 0
         return pending
@@ -203,16 +220,16 @@ class Peer:
         else:
             delivered = Delivery.QUEUED
         size = len(frame)
-        if (
-            len(self.queue) >= self.max_queue_messages
-            or self.queued_bytes + size > self.max_queue_bytes
-        ):
+        queue = self.queue
+        if queue is None:
+            queue = self.queue = deque()
+        if len(queue) >= self.max_queue_messages or self.queued_bytes + size > self.max_queue_bytes:
             return Delivery.OVERLOADED
-        if not self.queue:
+        if not queue:
             self.backlog_since = time.monotonic()
             if session is not None:
                 session.hub.backlogged.add(self)
-        self.queue.append((frame, kind, undelivered))
+        queue.append((frame, kind, undelivered))
         self.queued_bytes += size
         return delivered
 
@@ -346,6 +363,8 @@ class Session:
         frame = entry[0]
         size = len(frame)
         written = peer.written
+        if written is None:
+            written = peer.written = deque()
         written.append(entry)
         peer.written_bytes += size + REPLAY_OVERHEAD
         peer.written_count += 1

@@ -16,6 +16,7 @@ code path for the rules whichever implementation serves the socket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -75,9 +76,7 @@ class RelayEndpoint:
             return
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
 
-        def release() -> None:
-            self.admission.release(ip)
-
+        release = functools.partial(self.admission.release, ip)
         direct = scope.get("extensions", {}).get("relay.direct")
         if direct is not None:
             connection = direct["connection"]
