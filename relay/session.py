@@ -175,7 +175,7 @@ class Peer:
             lost = max(0, oldest - received)
             missed = list(written)[max(0, received - oldest) :]
             if missed:
-                self.queue = deque(missed + list(self.queue or ()))
+                self._open_queue().extendleft(reversed(missed))
                 self.queued_bytes += sum(len(entry[0]) for entry in missed)
         self.written = None
         self.written_bytes = 0
@@ -220,9 +220,7 @@ class Peer:
         else:
             delivered = Delivery.QUEUED
         size = len(frame)
-        queue = self.queue
-        if queue is None:
-            queue = self.queue = deque()
+        queue = self._open_queue()
         if len(queue) >= self.max_queue_messages or self.queued_bytes + size > self.max_queue_bytes:
             return Delivery.OVERLOADED
         if not queue:
@@ -232,6 +230,11 @@ class Peer:
         queue.append((frame, kind, undelivered))
         self.queued_bytes += size
         return delivered
+
+    def _open_queue(self) -> deque[QueueEntry]:
+        if self.queue is None:
+            self.queue = deque()
+        return self.queue
 
     def release_waiters(self) -> None:
         """Read again from every sender that waited for this peer's queue."""
