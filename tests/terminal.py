@@ -97,6 +97,7 @@ class Command:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self._signal(signal.SIGKILL)
+            self.process.wait()
             self._close()
             pytest.fail(f"still running after {timeout:.0f} s:\n{self.output}")
         self._close()

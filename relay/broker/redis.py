@@ -52,7 +52,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 import hiredis
@@ -77,6 +77,7 @@ from relay.protocol import codec
 
 log = logging.getLogger("relay.broker.redis")
 
+_RECANCEL_SECONDS = 0.5
 _ERRORS = (RedisError, OSError, TimeoutError, asyncio.TimeoutError, BrokerUnavailable)
 
 # KEYS[1] peer key; ARGV: node, prefix, peer, epoch, "1" when a holder that does
@@ -328,7 +329,11 @@ class RedisBroker:
             limit=self._queue_size,
         )
         options: dict[str, Any] = {
-            "socket_timeout": self._timeout,
+            # Every command is bounded by _call's own timeout. redis-py's
+            # socket_timeout would wrap each write in asyncio.wait_for, which on
+            # Python 3.11 can swallow a cancellation (the write finishes as the
+            # cancel arrives), and a heartbeat that goes on hangs the node's stop.
+            "socket_timeout": None,
             "socket_connect_timeout": self._timeout,
             "retry": Retry(NoBackoff(), 0),
             "decode_responses": False,
@@ -352,11 +357,7 @@ class RedisBroker:
                     await links.settled()
         self._closing = True
         was_up = self._up
-        for task in (self._supervisor, self._ticker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(BaseException):
-                    await task
+        await _stop(task for task in (self._supervisor, self._ticker) if task is not None)
         for task in list(self._background):
             task.cancel()
         if was_up and self._cmd is not None:
@@ -680,7 +681,7 @@ class RedisBroker:
     async def _run(self) -> None:
         assert self._links is not None
         connections: list[Connection] = []
-        tasks: list[asyncio.Future[Any]] = []
+        loops: list[asyncio.Task[None]] = []
         try:
             async with asyncio.timeout(self._timeout * 3):
                 subscriber = await Connection.open(self._url, self._received)
@@ -689,7 +690,6 @@ class RedisBroker:
                 connections.append(writer)
                 await subscriber.call("SUBSCRIBE", self._channel(self._node_id))
             self._writer = writer
-            tasks += [subscriber.closed, writer.closed]
             await self._register()
             await self._probe_once()  # the subscription really works
             self._up = True
@@ -706,11 +706,13 @@ class RedisBroker:
                 self._spawn(self._announce_when_heard(stale))
             log.info("backplane up: node %s on %s", self._node_id, self._prefix)
             self._links.reconnected()
-            tasks += [
+            loops = [
                 asyncio.create_task(self._heartbeats()),
                 asyncio.create_task(self._probes()),
             ]
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                [subscriber.closed, writer.closed, *loops], return_when=asyncio.FIRST_COMPLETED
+            )
             for task in done:
                 task.result()  # raise what stopped it
             raise _Lost("a backplane connection closed")
@@ -719,11 +721,9 @@ class RedisBroker:
             self._writer = None
             outbox, self._outbox = self._outbox, []
             self._fail_unsent(outbox)
-            for task in tasks[2:]:
-                task.cancel()
-            await asyncio.gather(*tasks[2:], return_exceptions=True)
             for connection in connections:
                 connection.close()
+            await _stop(loops)
 
     async def _raw(self, *args: Any) -> Any:
         assert self._cmd is not None
@@ -959,6 +959,31 @@ class RedisBroker:
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+async def _stop(tasks: Iterable[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended, whatever it does with a cancel.
+
+    A task that swallowed its cancellation (a library may) is cancelled
+    again after ``_RECANCEL_SECONDS``. Cancelling the caller meanwhile does not
+    stop the wait, so no task outlives it; the caller's own cancellation is
+    raised once they have all ended.
+    """
+    pending = {task for task in tasks if not task.done()}
+    cancelled = False
+    while pending:
+        for task in pending:
+            task.cancel()
+        try:
+            done, pending = await asyncio.wait(pending, timeout=_RECANCEL_SECONDS)
+        except asyncio.CancelledError:
+            cancelled = True
+            continue
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved: a failure on the way out is not news
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _text(value: object) -> str:

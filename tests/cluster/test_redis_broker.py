@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
+import random
 import secrets
 
 import anyio
@@ -88,3 +91,47 @@ async def test_an_unreachable_redis_is_refused_promptly() -> None:
     finally:
         with anyio.fail_after(3):
             await broker.close()
+
+
+async def test_a_registry_call_always_gives_way_to_a_cancel(redis_url: str) -> None:
+    # asyncio.wait_for on Python 3.11 returns its result when the operation it
+    # waits on finishes as a cancel arrives: a loop of such calls never stops.
+    broker = _broker(redis_url)
+    await broker.start(FakeNode("n1"))
+
+    async def lookups() -> None:
+        while True:
+            await broker.locate("nobody")
+
+    try:
+        for _attempt in range(100):
+            task = asyncio.create_task(lookups())
+            await asyncio.sleep(random.random() * 0.003)  # the cancel lands anywhere in a call
+            task.cancel()
+            try:
+                with anyio.fail_after(2):
+                    await asyncio.wait([task])
+            finally:
+                task.cancel()
+            assert task.cancelled()
+    finally:
+        await broker.close()
+
+
+async def test_close_ends_a_heartbeat_that_swallowed_its_cancel(redis_url: str) -> None:
+    broker = _broker(redis_url)
+    await broker.start(FakeNode("n1"))
+    renew = broker._renew
+    inside = asyncio.Event()
+
+    async def deaf_once(state: bytes) -> None:
+        broker._renew = renew  # type: ignore[method-assign]
+        inside.set()
+        with contextlib.suppress(asyncio.CancelledError):  # as a library call may
+            await asyncio.Event().wait()
+
+    broker._renew = deaf_once  # type: ignore[method-assign]
+    with anyio.fail_after(5):
+        await inside.wait()
+    with anyio.fail_after(5):
+        await broker.close()
