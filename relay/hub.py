@@ -230,11 +230,10 @@ class Hub:
             replay_bytes=self.settings.replay_bytes,
         )
         if handover is not None:
-            peer.rooms.update(handover.rooms)
+            peer.take_over(handover)
             for room in handover.rooms:
                 self.rooms.add(room, peer)
             self.metrics.rooms.set(len(self.rooms))
-            peer.take_over(handover.queue, handover.written, handover.written_count)
         self.peers[peer_id] = peer
         self.metrics.peers.inc()
         return peer
@@ -258,12 +257,7 @@ class Hub:
         for room in peer.rooms:
             self.rooms.discard(room, peer)
         self.metrics.rooms.set(len(self.rooms))
-        handover = Handover(
-            dict(peer.rooms), list(peer.queue or ()), list(peer.written or ()), peer.written_count
-        )
-        peer.queue = None
-        peer.queued_bytes = 0
-        return handover
+        return peer.hand_over()
 
     def _unused_peer_id(self) -> str:
         while (peer_id := self._make_peer_id()) in self.peers:

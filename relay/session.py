@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
-from relay.broker.base import BrokerUnavailable, Delivery, QueueEntry, Undelivered
+from relay.broker.base import BrokerUnavailable, Delivery, Handover, QueueEntry, Undelivered
 from relay.exceptions import (
     BadEnvelope,
     NotRegistered,
@@ -149,17 +149,25 @@ class Peer:
         # when the last socket was lost: reported if the peer never resumes.
         self.unsent = 0
 
-    def take_over(
-        self, queue: list[QueueEntry], written: list[QueueEntry], written_count: int
-    ) -> None:
-        """Start from the queue and replay window another node handed over."""
-        if queue:
-            self.queue = deque(queue)
-            self.queued_bytes = sum(len(entry[0]) for entry in queue)
-        if written:
-            self.written = deque(written)
-            self.written_bytes = sum(len(entry[0]) + REPLAY_OVERHEAD for entry in written)
-        self.written_count = written_count
+    def take_over(self, handover: Handover) -> None:
+        """Start from the rooms, queue and replay window another node handed over."""
+        self.rooms.update(handover.rooms)
+        if handover.queue:
+            self.queue = deque(handover.queue)
+            self.queued_bytes = sum(len(entry[0]) for entry in handover.queue)
+        if handover.written:
+            self.written = deque(handover.written)
+            self.written_bytes = sum(len(entry[0]) + REPLAY_OVERHEAD for entry in handover.written)
+        self.written_count = handover.written_count
+
+    def hand_over(self) -> Handover:
+        """The state another node takes over (``take_over``); the queue moves with it."""
+        handover = Handover(
+            dict(self.rooms), list(self.queue or ()), list(self.written or ()), self.written_count
+        )
+        self.queue = None
+        self.queued_bytes = 0
+        return handover
 
     def replay(self, received: int | None) -> int:
         """Start a new session's count; requeue frames the last socket never delivered.
