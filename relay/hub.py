@@ -13,6 +13,7 @@ sweep, so one stalled reader holds nobody up for long.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import logging
 import secrets
@@ -26,6 +27,7 @@ from anyio.abc import TaskGroup
 
 from relay.auth import Claims, load_verifier
 from relay.broker.base import (
+    Answer,
     Broker,
     BrokerUnavailable,
     Delivery,
@@ -33,6 +35,7 @@ from relay.broker.base import (
     Proof,
     Undelivered,
 )
+from relay.delivery import AckWatch
 from relay.exceptions import Forbidden, IdTaken, RequestId, RoomFull
 from relay.metrics import Metrics
 from relay.protocol import codec
@@ -50,6 +53,10 @@ _KEEP_FOR_RESUME = frozenset({CloseCode.GOING_AWAY, CloseCode.SLOW_CONSUMER, Clo
 
 
 SERVER_ID = "@server"  # ``from`` of server-originated messages; no peer id can start with @
+
+# The close reason of a drain: the contract a client relies on to send again.
+DRAIN_REASON = "relay going away: requests not answered before this close were not acted on"
+_DRAIN_POLL_SECONDS = 0.005
 
 
 def _new_secret() -> str:
@@ -85,6 +92,9 @@ class Hub:
         self._make_peer_id = make_peer_id
         self._make_secret = make_secret
         self.backlogged: set[Peer] = set()  # live peers whose queue is not empty
+        self.acks = AckWatch()  # sessions whose peers' senders wait for acknowledgements
+        self.draining = False
+        self._drain_keeps = True  # a drained peer can resume on another node
         self._tasks: TaskGroup | None = None
         self._changed = anyio.Event()  # set when a session or a peer goes away
 
@@ -107,25 +117,63 @@ class Hub:
                     await self.broker.close()
 
     async def drain(self, seconds: float) -> None:
-        """Stop taking peers and let the ones this node holds move elsewhere.
+        """Stop taking peers, answer every request read, and let the peers move elsewhere.
 
-        Readiness goes false and new sockets are refused; every queue is
-        flushed and every socket closed with 1001. When other nodes serve
-        the cluster, the peers stay resumable until they reconnect there
-        (their rooms and queues move with them). Whatever is left at the
-        deadline is removed, and its senders are told it was not delivered.
+        Readiness goes false and new sockets are refused. Then, within
+        ``seconds``: each session is read until nothing its peer had sent
+        waits any more, full target queues notwithstanding (what they cannot
+        take is refused ``overloaded``), and reading stops (by 40% of the
+        time); every request read is answered (by 70%: a reader whose
+        acknowledgements are still missing then is aborted, so what it never
+        got is answered as it would be for any lost link); then every queue
+        is flushed and every socket closed with 1001 and ``DRAIN_REASON``:
+        a request not answered by then was not acted on. When other nodes
+        serve the cluster, the peers stay resumable until they reconnect
+        there (their rooms and queues move with them); alone, the node
+        removes them as they end. Whatever is left at the deadline is
+        removed, and its senders are told it was not delivered.
         """
         self.accepting = False
+        self.draining = True
+        start = anyio.current_time()
+        try:
+            self._drain_keeps = seconds > 0 and await self.broker.other_nodes() > 0
+        except BrokerUnavailable:
+            self._drain_keeps = False
+        for session in self.sessions:
+            session.draining = True
+        for peer in list(self.peers.values()):
+            peer.release_waiters()
+
+        def stopped() -> bool:
+            return all([session.stop_reading() for session in list(self.sessions)])
+
+        await self._poll_until(stopped, start + 0.4 * seconds)
         for session in list(self.sessions):
-            session.close(
-                CloseCode.GOING_AWAY, "server going away", reason="drain", flush_seconds=seconds
-            )
-        with anyio.move_on_after(seconds):
+            session.stop_reading(now=True)
+        answered = lambda: not any(session.owes_answers for session in self.sessions)  # noqa: E731
+        if not await self._poll_until(answered, start + 0.7 * seconds):
+            for session in [session for session in self.sessions if session.holds_answers]:
+                session.abort()
+            await self._poll_until(answered, start + 0.8 * seconds)
+        left = max(0.0, start + seconds - anyio.current_time())
+        for session in list(self.sessions):
+            session.close(CloseCode.GOING_AWAY, DRAIN_REASON, reason="drain", flush_seconds=left)
+        with anyio.move_on_after(left):
             await self._until(lambda: not self.sessions)
-            if await self.broker.other_nodes():
+            if self._drain_keeps:
                 await self._until(lambda: not self.peers)
         for peer in list(self.peers.values()):
             await self._remove(peer)
+
+    @staticmethod
+    async def _poll_until(done: Callable[[], bool], deadline: float) -> bool:
+        """Check ``done`` every few milliseconds until it holds or ``deadline`` passes."""
+        while not done():
+            if anyio.current_time() >= deadline:
+                return False
+            await anyio.sleep(_DRAIN_POLL_SECONDS)
+        return True
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the hub's task group (it ends with the hub)."""
@@ -183,6 +231,10 @@ class Hub:
             old = peer.session
             if old is not None:
                 old.close(CloseCode.REPLACED, "replaced by a newer session", reason="replaced")
+                # Its socket lives on a little: what it has not acknowledged
+                # by now is replayed on the new one.
+                peer.acknowledged(old.transport.acked_bytes())
+                peer.answer_queued()
             resumed = True
         else:
             handover = None
@@ -249,6 +301,7 @@ class Hub:
         session, peer.session = peer.session, None
         if session is not None:
             session.close(CloseCode.REPLACED, "replaced by a newer session", reason="replaced")
+            peer.acknowledged(session.transport.acked_bytes())
         if peer.expiry is not None:
             peer.expiry.cancel()
         del self.peers[peer_id]
@@ -284,7 +337,10 @@ class Hub:
             resumable = session.close_code in _KEEP_FOR_RESUME
         else:
             resumable = client_code not in _CLEAN_CLIENT_CLOSES
+        if self.draining and not self._drain_keeps:
+            resumable = False  # nobody would be left to resume with
         if resumable and session.resumable and self.settings.resume_seconds > 0:
+            peer.answer_queued()
             loop = asyncio.get_running_loop()
             peer.expiry = loop.call_later(self.settings.resume_seconds, self._expire, peer)
         else:
@@ -302,8 +358,10 @@ class Hub:
         del self.peers[peer.id]
         self.metrics.peers.dec()
         self._changed.set()
-        for _frame, _kind, undelivered in peer.take_undelivered():
-            if undelivered is not None:
+        for undelivered, answer in peer.take_undelivered():
+            if answer is not None:
+                answer(Delivery.OFFLINE)
+            elif undelivered is not None:
                 self.report(undelivered, peer.id, ErrorCode.PEER_OFFLINE)
         try:
             for room in list(peer.rooms):
@@ -355,9 +413,11 @@ class Hub:
     def send(self, session: Session, request: Send) -> None:
         """Deliver a ``send`` to each target; one ``ok`` or ``err`` answers it.
 
-        Local targets get the frame at once; targets on other nodes are
-        answered by their node later, and the sender's next frames are read
-        meanwhile (up to ``inflight_per_session`` such sends at a time).
+        Local targets get the frame at once, and the ``ok`` follows when
+        their hosts have acknowledged it (``relay.delivery``); targets on
+        other nodes are answered by their node later. The sender's next
+        frames are read meanwhile (up to ``inflight_per_session`` sends to
+        other nodes at a time).
         """
         sender = session.peer
         assert sender is not None
@@ -368,14 +428,21 @@ class Hub:
         if isinstance(to, str):
             undelivered: Undelivered = (sender.id, request.id, False)
             target = self.peers.get(to)
-            if target is not None:  # the common case: answered at once
-                delivery = target.enqueue(frame, "msg", undelivered)
-                if delivery is Delivery.DELIVERED:
-                    if target.queue:
-                        session.wait_for(target)
-                    if request.id is not None:
-                        sender.enqueue(codec.encode_ok(request.id), "ok", None)
-                    return
+            if target is not None:  # the common case: one local target
+                if request.id is None:
+                    delivery = target.enqueue(frame, "msg", undelivered)
+                    if delivery is Delivery.DELIVERED:
+                        if target.queue:
+                            session.wait_for(target)
+                        return
+                else:
+                    answer = functools.partial(self._answer_one, undelivered, to)
+                    delivery = target.enqueue(frame, "msg", undelivered, answer)
+                    if delivery is Delivery.PENDING:
+                        sender.owed += 1
+                        if target.queue:
+                            session.wait_for(target)
+                        return
                 routed = Routed(self, sender, request.id, False, session)
                 routed.add(to, delivery)
                 routed.close()
@@ -388,6 +455,29 @@ class Hub:
         self._route(targets, frame, undelivered, routed, session)
         routed.close()
 
+    def _answer_one(self, undelivered: Undelivered, target: str, delivery: Delivery) -> None:
+        """Answer a ``send`` to one local target (with an id), once its fate is known."""
+        sender_id, request_id, _listed = undelivered
+        assert request_id is not None
+        sender = self.peers.get(sender_id)
+        if sender is not None and sender.owed:
+            sender.owed -= 1
+        if delivery is Delivery.DELIVERED:
+            frame, kind = codec.encode_ok(request_id), "ok"
+        else:
+            routed = Routed(self, None, request_id, False, None)
+            routed.add(target, delivery)
+            frame, kind = routed.answer_frame()
+        self.tell(sender_id, frame, kind)
+
+    def tell(self, peer_id: str, frame: bytes, kind: str) -> None:
+        """Send a frame of the relay's own (an answer, a report) to a peer wherever it is."""
+        peer = self.peers.get(peer_id)
+        if peer is not None:
+            peer.enqueue(frame, kind, None)
+        else:
+            self.broker.send(peer_id, frame, None, _ignore)
+
     def _route(
         self,
         targets: tuple[str, ...],
@@ -396,16 +486,25 @@ class Hub:
         routed: Routed,
         waiter: Session | None,
     ) -> None:
-        """Hand ``frame`` to each target, locally or through the broker."""
+        """Hand ``frame`` to each target, locally or through the broker.
+
+        Local targets are answered when their hosts acknowledge the frame
+        if ``routed`` waits for that (a request with an id, an API send).
+        """
+        acked = routed.waits_for_acks
         for target_id in targets:
             target = self.peers.get(target_id)
             if target is not None:
-                delivery = target.enqueue(frame, "msg", undelivered)
-                if waiter is not None and target.queue and delivery is Delivery.DELIVERED:
+                answer = routed.answerer(target_id) if acked else None
+                delivery = target.enqueue(frame, "msg", undelivered, answer)
+                if delivery is Delivery.PENDING:
+                    routed.expect(remote=False)
+                else:
+                    routed.add(target_id, delivery)
+                if waiter is not None and target.queue and delivery in _ON_ITS_WAY:
                     waiter.wait_for(target)
-                routed.add(target_id, delivery)
             else:
-                routed.expect()
+                routed.expect(remote=True)
                 self.broker.send(target_id, frame, undelivered, routed.answerer(target_id))
 
     async def server_send(
@@ -414,10 +513,12 @@ class Hub:
         """Deliver a message from the server itself (``from`` is ``@server``)."""
         frame = codec.encode_msg(SERVER_ID, d_raw, ev=ev)
         targets = (to,) if isinstance(to, str) else to
-        routed = Routed(self, None, None, False, None)
+        routed = Routed(self, None, None, False, None, waits_for_acks=True)
         done = anyio.Event()
         routed.on_done = done.set
-        self._route(targets, frame, (SERVER_ID, None, False), routed, None)
+        # A request id, so that other nodes too answer once acknowledged;
+        # nothing is ever sent to @server with it.
+        self._route(targets, frame, (SERVER_ID, 0, False), routed, None)
         routed.close()
         await done.wait()
         return routed
@@ -436,7 +537,7 @@ class Hub:
         waiter: Session | None,
         presence_only: bool = False,
     ) -> None:
-        self.deliver_room(room, frame, exclude, presence_only, undelivered, waiter)
+        self._deliver_room(room, frame, exclude, presence_only, undelivered, waiter)
         self.broker.publish(room, frame, exclude, presence_only)
 
     def publish(self, session: Session, request: Publish) -> None:
@@ -447,9 +548,10 @@ class Hub:
         frame = codec.encode_msg(sender.id, request.d_raw, ev=request.ev, room=request.room)
         exclude = None if request.echo else sender.id
         undelivered: Undelivered = (sender.id, request.id, False)
-        self._publish_frame(request.room, frame, exclude, undelivered, session)
+        queued = self._deliver_room(request.room, frame, exclude, False, undelivered, session)
+        self.broker.publish(request.room, frame, exclude, False)
         if request.id is not None:
-            sender.enqueue(codec.encode_ok(request.id), "ok", None)
+            sender.enqueue(codec.encode_ok(request.id, queued=queued), "ok", None)
 
     async def join(self, session: Session, request: Join) -> None:
         """Add the session's peer to a room, announcing it to members who watch presence."""
@@ -505,25 +607,34 @@ class Hub:
             to=[target] if listed else target,
         )
         self.metrics.errors.labels(code.value).inc()
-        sender = self.peers.get(sender_id)
-        if sender is not None:
-            sender.enqueue(frame, "err", None)
-        else:
-            self.broker.send(sender_id, frame, None, _ignore)
+        self.tell(sender_id, frame, "err")
 
     # --- the broker's callbacks (NodeHandler) ---------------------------------
 
-    def deliver(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
-        """Queue ``frame`` for one of this node's peers."""
+    def deliver(
+        self,
+        peer_id: str,
+        frame: bytes,
+        undelivered: Undelivered | None,
+        answer: Answer | None = None,
+    ) -> Delivery:
+        """Hand ``frame`` to one of this node's peers (``answer``: see ``NodeHandler``)."""
         peer = self.peers.get(peer_id)
         if peer is None:
             return Delivery.OFFLINE
-        delivery = peer.enqueue(frame, "msg" if undelivered is not None else "err", undelivered)
+        kind = "msg" if undelivered is not None else "err"
+        delivery = peer.enqueue(frame, kind, undelivered, answer)
         if delivery is Delivery.OVERLOADED:
             self.metrics.drops.labels("queue-full").inc()
         return delivery
 
     def deliver_room(
+        self, room: str, frame: bytes, exclude: str | None, presence_only: bool
+    ) -> None:
+        """Hand ``frame`` (published on another node) to this node's members of ``room``."""
+        self._deliver_room(room, frame, exclude, presence_only)
+
+    def _deliver_room(
         self,
         room: str,
         frame: bytes,
@@ -531,9 +642,10 @@ class Hub:
         presence_only: bool,
         undelivered: Undelivered | None = None,
         waiter: Session | None = None,
-    ) -> None:
-        """Hand ``frame`` to this node's members of ``room``."""
+    ) -> bool:
+        """Hand ``frame`` to this node's members of ``room``; True if one was resuming."""
         kind = "presence" if presence_only else "msg"
+        queued = False
         for member in self.rooms.members(room):
             if member.id == exclude or (presence_only and not member.rooms.get(room)):
                 continue
@@ -542,8 +654,14 @@ class Hub:
                 self.metrics.drops.labels("queue-full").inc()
                 if undelivered is not None:
                     self.report(undelivered, member.id, ErrorCode.OVERLOADED)
-            elif waiter is not None and member.queue and delivery is Delivery.DELIVERED:
+            elif delivery is Delivery.QUEUED:
+                queued = True
+            elif waiter is not None and member.queue:
                 waiter.wait_for(member)
+        return queued
+
+
+_ON_ITS_WAY = frozenset({Delivery.DELIVERED, Delivery.PENDING})
 
 
 def _ignore(delivery: Delivery) -> None:
@@ -556,6 +674,7 @@ class Routed:
     __slots__ = (
         "_hub",
         "_listed",
+        "_owed",
         "_pending",
         "_remote",
         "_request_id",
@@ -566,6 +685,7 @@ class Routed:
         "on_done",
         "overloaded",
         "queued",
+        "waits_for_acks",
     )
 
     def __init__(
@@ -575,6 +695,8 @@ class Routed:
         request_id: RequestId | None,
         listed: bool,
         session: Session | None,
+        *,
+        waits_for_acks: bool = False,
     ) -> None:
         self._hub = hub
         self._sender = sender
@@ -583,6 +705,10 @@ class Routed:
         self._session = session
         self._pending = 1  # the routing itself, until close()
         self._remote = False
+        self._owed = False  # counted in the sender's ``owed`` until answered
+        # Local targets answer once their hosts acknowledge the frame: for
+        # a request with an id (its ok says so), or the HTTP API's sends.
+        self.waits_for_acks = waits_for_acks or request_id is not None
         self.on_done: Callable[[], None] | None = None
         self.delivered: list[str] = []
         self.queued: list[str] = []
@@ -601,10 +727,10 @@ class Routed:
             self.overloaded.append(target)
             self._hub.metrics.drops.labels("queue-full").inc()
 
-    def expect(self) -> None:
-        """One more target will be answered by another node."""
+    def expect(self, *, remote: bool) -> None:
+        """One more target will be answered later: by another node, or by its acknowledgement."""
         self._pending += 1
-        if not self._remote and self._session is not None:
+        if remote and not self._remote and self._session is not None:
             self._remote = True
             session = self._session
             session.inflight += 1
@@ -621,13 +747,18 @@ class Routed:
         return answer
 
     def close(self) -> None:
-        """Every target was handed over; answer now if no other node is awaited."""
+        """Every target was handed over; answer now if nothing is awaited."""
+        if self._pending > 1 and self._sender is not None:
+            self._owed = True
+            self._sender.owed += 1
         self._settle()
 
     def _settle(self) -> None:
         self._pending -= 1
         if self._pending:
             return
+        if self._owed and self._sender is not None and self._sender.owed:
+            self._sender.owed -= 1
         session = self._session
         if self._remote and session is not None:
             session.inflight -= 1
@@ -639,8 +770,14 @@ class Routed:
 
     def _answer(self) -> None:
         sender = self._sender
-        if sender is None:
+        if sender is None or (self._request_id is None and not self.offline + self.overloaded):
             return
+        frame, kind = self.answer_frame()
+        # The sender may have moved to another node meanwhile.
+        self._hub.tell(sender.id, frame, kind)
+
+    def answer_frame(self) -> tuple[bytes, str]:
+        """The sender's answer (``ok`` or ``err``), and its kind for the metrics."""
         unreached = self.offline + self.overloaded
         if unreached:
             code = ErrorCode.PEER_OFFLINE if self.offline else ErrorCode.OVERLOADED
@@ -650,7 +787,6 @@ class Routed:
             frame = codec.encode_err(
                 code.value, f"{what}: {', '.join(unreached)}", request_id=self._request_id, to=to
             )
-            sender.enqueue(frame, "err", None)
-        elif self._request_id is not None:
-            frame = codec.encode_ok(self._request_id, queued=bool(self.queued))
-            sender.enqueue(frame, "ok", None)
+            return frame, "err"
+        assert self._request_id is not None
+        return codec.encode_ok(self._request_id, queued=bool(self.queued)), "ok"

@@ -29,7 +29,14 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
-from relay.broker.base import BrokerUnavailable, Delivery, Handover, QueueEntry, Undelivered
+from relay.broker.base import (
+    Answer,
+    BrokerUnavailable,
+    Delivery,
+    Handover,
+    QueueEntry,
+    Undelivered,
+)
 from relay.exceptions import (
     BadEnvelope,
     NotRegistered,
@@ -82,6 +89,10 @@ class Transport(Protocol):
         """Close the connection with ``code`` (aborting it if the close cannot complete)."""
         ...
 
+    def abort(self) -> None:
+        """Reset the connection now; the session hears ``connection_lost`` soon after."""
+        ...
+
     def unsent_bytes(self) -> int:
         """Once the connection is lost: how many written bytes never reached the peer's host.
 
@@ -90,16 +101,40 @@ class Transport(Protocol):
         """
         ...
 
+    @property
+    def written_bytes(self) -> int:
+        """Bytes written to the connection so far, counted as they go on the wire."""
+        ...
+
+    def acked_bytes(self) -> int:
+        """How many of ``written_bytes`` the peer's host has acknowledged.
+
+        A transport that cannot tell answers ``written_bytes``: written
+        counts as delivered there.
+        """
+        ...
+
+    def received_bytes(self) -> int:
+        """Bytes the peer sent that wait to be read: in the kernel, or read but not yet handled."""
+        ...
+
+
+# A frame waiting in a peer's queue: frame, kind for metrics, who to tell if
+# it is never delivered, and who waits for its acknowledgement (or None).
+Queued = tuple[bytes, str, Undelivered | None, Answer | None]
+
 
 class Peer:
     """A registered peer id and the state that survives its reconnects."""
 
     __slots__ = (
+        "acks",
         "backlog_since",
         "expiry",
         "id",
         "max_queue_bytes",
         "max_queue_messages",
+        "owed",
         "queue",
         "queued_bytes",
         "replay_bytes",
@@ -126,7 +161,7 @@ class Peer:
         self.rooms: dict[str, bool] = {}  # room -> receives presence
         # Both deques are made on first use: an empty deque holds a 700-byte
         # block, which is most of what an idle peer would cost.
-        self.queue: deque[QueueEntry] | None = None
+        self.queue: deque[Queued] | None = None
         self.queued_bytes = 0
         self.max_queue_messages = max_queue_messages
         self.max_queue_bytes = max_queue_bytes
@@ -148,12 +183,20 @@ class Peer:
         # How many of the newest frames in ``written`` never left this host
         # when the last socket was lost: reported if the peer never resumes.
         self.unsent = 0
+        # Frames written to the current socket whose senders wait for the
+        # acknowledgement: (end of the frame in the socket's byte count, who
+        # waits, the frame's entry in ``written``).
+        self.acks: deque[tuple[int, Answer, QueueEntry]] | None = None
+        # Requests of this peer answered later (an acknowledgement, another
+        # node): a drain closes the peer's socket only once they are answered.
+        self.owed = 0
 
     def take_over(self, handover: Handover) -> None:
         """Start from the rooms, queue and replay window another node handed over."""
         self.rooms.update(handover.rooms)
         if handover.queue:
-            self.queue = deque(handover.queue)
+            self.queue = deque((frame, kind, undelivered, None)
+                               for frame, kind, undelivered in handover.queue)  # fmt: skip
             self.queued_bytes = sum(len(entry[0]) for entry in handover.queue)
         if handover.written:
             self.written = deque(handover.written)
@@ -161,10 +204,13 @@ class Peer:
         self.written_count = handover.written_count
 
     def hand_over(self) -> Handover:
-        """The state another node takes over (``take_over``); the queue moves with it."""
-        handover = Handover(
-            dict(self.rooms), list(self.queue or ()), list(self.written or ()), self.written_count
-        )
+        """The state another node takes over (``take_over``); the queue moves with it.
+
+        Senders still waiting for this peer are answered ``ok queued`` first.
+        """
+        self.answer_queued()
+        queue = [(frame, kind, undelivered) for frame, kind, undelivered, _ in self.queue or ()]
+        handover = Handover(dict(self.rooms), queue, list(self.written or ()), self.written_count)
         self.queue = None
         self.queued_bytes = 0
         return handover
@@ -183,7 +229,9 @@ class Peer:
             lost = max(0, oldest - received)
             missed = list(written)[max(0, received - oldest) :]
             if missed:
-                self._open_queue().extendleft(reversed(missed))
+                self._open_queue().extendleft(
+                    (frame, kind, sender, None) for frame, kind, sender in reversed(missed)
+                )
                 self.queued_bytes += sum(len(entry[0]) for entry in missed)
         self.written = None
         self.written_bytes = 0
@@ -201,32 +249,65 @@ class Peer:
             count += 1
         self.unsent = count
 
-    def take_undelivered(self) -> list[QueueEntry]:
-        """Everything the peer provably never got: its queue and its unsent frames."""
+    def acknowledged(self, acked_bytes: int) -> None:
+        """The socket's first ``acked_bytes`` reached the peer's host: answer their senders."""
+        acks = self.acks
+        while acks and acks[0][0] <= acked_bytes:
+            acks.popleft()[1](Delivery.DELIVERED)
+
+    def answer_queued(self) -> None:
+        """The peer is kept for a resume: senders still waiting are answered ``ok queued``."""
+        acks, self.acks = self.acks, None
+        for _end, answer, _entry in acks or ():
+            answer(Delivery.QUEUED)
+        queue = self.queue
+        if queue and any(entry[3] is not None for entry in queue):
+            answers = [entry[3] for entry in queue if entry[3] is not None]
+            self.queue = deque((frame, kind, undelivered, None)
+                               for frame, kind, undelivered, _ in queue)  # fmt: skip
+            for answer in answers:
+                answer(Delivery.QUEUED)
+
+    def take_undelivered(self) -> list[tuple[Undelivered | None, Answer | None]]:
+        """Everything the peer provably never got: its unsent frames and its queue.
+
+        For each, who to tell: the sender still waiting for its answer, or
+        (already answered) the sender to report it to.
+        """
+        waiting = {id(entry): answer for _end, answer, entry in self.acks or ()}
+        self.acks = None
         written = self.written or ()
         unsent = list(written)[len(written) - self.unsent :] if self.unsent else []
-        pending = unsent + list(self.queue or ())
+        pending = [(entry[2], waiting.pop(id(entry), None)) for entry in unsent]
+        # Waiting but not counted unsent: never acknowledged all the same.
+        pending += [(None, answer) for answer in waiting.values()]
+        pending += [(undelivered, answer) for _, _, undelivered, answer in self.queue or ()]
         self.queue = None
         self.queued_bytes = 0
         self.unsent = 0
         return pending
 
-    def enqueue(self, frame: bytes, kind: str, undelivered: Undelivered | None) -> Delivery:
+    def enqueue(
+        self, frame: bytes, kind: str, undelivered: Undelivered | None, answer: Answer | None = None
+    ) -> Delivery:
         """Write ``frame`` to the live socket, or queue it.
 
         Written at once while the session is open, its socket takes more and
         nothing is queued ahead; queued otherwise, up to the queue's bounds
         (``OVERLOADED`` beyond). ``QUEUED`` means kept for a peer without a
-        live session (resuming, or being closed).
+        live session (resuming, or being closed). With ``answer``, a frame
+        for a live session is ``PENDING``: ``answer`` is told later, once,
+        when the peer's host has acknowledged it (or what became of it).
         """
         session = self.session
         if session is not None and session.close_code is None:
             if not self.queue and not session.transport.writing_paused:
-                session.write_entry((frame, kind, undelivered))
-                return Delivery.DELIVERED
-            delivered = Delivery.DELIVERED
+                session.write(frame, kind, undelivered, answer)
+                return Delivery.DELIVERED if answer is None else Delivery.PENDING
+            delivered = Delivery.DELIVERED if answer is None else Delivery.PENDING
         else:
             delivered = Delivery.QUEUED
+            answer = None
         size = len(frame)
         queue = self._open_queue()
         if len(queue) >= self.max_queue_messages or self.queued_bytes + size > self.max_queue_bytes:
@@ -235,11 +316,13 @@ class Peer:
             self.backlog_since = time.monotonic()
             if session is not None:
                 session.hub.backlogged.add(self)
-        queue.append((frame, kind, undelivered))
+        queue.append((frame, kind, undelivered, answer))
         self.queued_bytes += size
+        if session is not None and session.flushing:
+            session.writable()  # a closing session flushes what comes meanwhile, answers too
         return delivered
 
-    def _open_queue(self) -> deque[QueueEntry]:
+    def _open_queue(self) -> deque[Queued]:
         if self.queue is None:
             self.queue = deque()
         return self.queue
@@ -265,13 +348,18 @@ class Session:
         "_on_end",
         "_rate",
         "_rate_strikes",
+        "ack_delay",
+        "ack_due",
+        "ack_timer",
         "claims",
         "close_code",
         "close_reason",
+        "draining",
         "ended",
         "hub",
         "inflight",
         "peer",
+        "read_stopped",
         "transport",
         "transport_closed",
     )
@@ -295,6 +383,11 @@ class Session:
         self.transport_closed = False
         self.ended = False
         self.inflight = 0  # sends waiting for another node's answer
+        self.draining = False  # the node drains: read on, whatever the targets' queues
+        self.read_stopped = False  # the drain read what the peer had sent: nothing more is read
+        self.ack_due = False  # relay.delivery.AckWatch's bookkeeping
+        self.ack_timer: asyncio.TimerHandle | None = None
+        self.ack_delay = 0.0
         self._holds = 0  # reasons not to read now (a pending step, a full target)
         self._held_since = 0.0
         self._rate = TokenBucket(settings.rate_per_second, settings.rate_burst, clock)
@@ -333,16 +426,18 @@ class Session:
         transport = self.transport
         moved = False
         while queue and not transport.writing_paused:
-            entry = queue.popleft()
-            peer.queued_bytes -= len(entry[0])
-            self.write_entry(entry)
+            frame, kind, undelivered, answer = queue.popleft()
+            peer.queued_bytes -= len(frame)
+            self.write(frame, kind, undelivered, answer)
             moved = True
         if moved:
             peer.backlog_since = time.monotonic()
+        if peer.acks:
+            self.hub.acks.watch(self)  # the kernel took bytes: some may be acknowledged
         if not queue:
             self.hub.backlogged.discard(peer)
             peer.release_waiters()
-            if self.close_code is not None:
+            if self.close_code is not None and not peer.owed:
                 self._close_transport()
 
     def connection_lost(self, code: int, reason: str = "") -> None:
@@ -350,28 +445,35 @@ class Session:
         if self.ended:
             return
         self.ended = True
-        for timer in (self._close_timer, self._expiry_timer):
+        for timer in (self._close_timer, self._expiry_timer, self.ack_timer):
             if timer is not None:
                 timer.cancel()
-        self._close_timer = self._expiry_timer = None
+        self._close_timer = self._expiry_timer = self.ack_timer = None
         peer = self.peer
         if peer is not None and peer.session is self:
             self.hub.backlogged.discard(peer)
             peer.release_waiters()
             peer.count_unsent(self.transport.unsent_bytes())
+            peer.acknowledged(self.transport.acked_bytes())
         self.hub.session_ended(self, code)
         if self._on_end is not None:
             self._on_end()
 
     # --- writing -------------------------------------------------------------
 
-    def write_entry(self, entry: QueueEntry) -> None:
-        """Write one frame to the socket, keeping it for replay."""
+    def write(
+        self, frame: bytes, kind: str, undelivered: Undelivered | None, answer: Answer | None
+    ) -> None:
+        """Write one frame to the socket, keeping it for replay.
+
+        With ``answer``, its sender waits: it is told once the peer's host
+        has acknowledged the frame (``relay.delivery``).
+        """
         peer = self.peer
         assert peer is not None, "frames are written only after hello"
         # Kept before writing: if the socket dies with it in its buffers, a
         # resume replays it from here.
-        frame = entry[0]
+        entry = (frame, kind, undelivered)
         size = len(frame)
         written = peer.written
         if written is None:
@@ -381,8 +483,29 @@ class Session:
         peer.written_count += 1
         while peer.written_bytes > peer.replay_bytes:
             peer.written_bytes -= len(written.popleft()[0]) + REPLAY_OVERHEAD
-        self.transport.write(frame)
-        self._metrics.sent[entry[1]].add(size)
+        transport = self.transport
+        transport.write(frame)
+        self._metrics.sent[kind].add(size)
+        if answer is not None:
+            acks = peer.acks
+            if acks is None:
+                acks = peer.acks = deque()
+            acks.append((transport.written_bytes, answer, entry))
+            self.hub.acks.watch(self)
+
+    def check_acks(self) -> int | None:
+        """Answer the senders of what the peer's host acknowledged; how many still wait.
+
+        None once this session no longer holds its peer (what waited was
+        answered when it let go).
+        """
+        peer = self.peer
+        if peer is None or peer.session is not self or self.ended:
+            return None
+        acks = peer.acks
+        if acks:
+            peer.acknowledged(self.transport.acked_bytes())
+        return len(acks) if acks else 0
 
     def reply(self, frame: bytes, kind: str) -> None:
         """Send a frame to this session's own peer (queued behind what waits)."""
@@ -409,10 +532,45 @@ class Session:
 
     def wait_for(self, target: Peer) -> None:
         """Read nothing more from this socket until ``target``'s queue has drained."""
-        if target.session is None or target.session is self:
-            return  # nothing to wait for / a peer is not held up by its own replies
+        if target.session is None or target.session is self or self.draining:
+            # Nothing to wait for / a peer is not held up by its own replies /
+            # a drain reads what was sent (a full queue refuses it overloaded).
+            return
         target.waiters.append(self)
         self.hold()
+
+    # --- draining ------------------------------------------------------------
+
+    def stop_reading(self, *, now: bool = False) -> bool:
+        """Read nothing more once everything the peer sent so far is read and handled.
+
+        True when stopped. Without ``now`` it stops only when nothing waits
+        to be read and no step is under way; with it, at once.
+        """
+        if not self.read_stopped and (
+            now or (self._holds == 0 and not self.transport.received_bytes())
+        ):
+            self.read_stopped = True
+            self.hold()
+        return self.read_stopped
+
+    @property
+    def owes_answers(self) -> bool:
+        """Some request this session read is still to be answered."""
+        peer = self.peer
+        return peer is not None and peer.owed > 0
+
+    @property
+    def holds_answers(self) -> bool:
+        """Senders wait for this peer's host to acknowledge frames written to it."""
+        peer = self.peer
+        if peer is None or peer.session is not self:
+            return False
+        return bool(peer.acks) or any(entry[3] is not None for entry in peer.queue or ())
+
+    def abort(self) -> None:
+        """Drop the connection now: what its buffers held never reaches the peer."""
+        self.transport.abort()
 
     # --- closing -------------------------------------------------------------
 
@@ -438,12 +596,18 @@ class Session:
             self._close_timer.cancel()
             self._close_timer = None
         peer = self.peer
-        if flush_seconds > 0 and peer is not None and peer.queue:
+        if flush_seconds > 0 and peer is not None and (peer.queue or peer.owed):
+            # The peer's queue and the answers it is owed go out first.
             loop = asyncio.get_running_loop()
             self._close_timer = loop.call_later(flush_seconds, self._close_transport)
             self.writable()
         else:
             self._close_transport()
+
+    @property
+    def flushing(self) -> bool:
+        """Closing, with time left to send the peer what it is owed before the close frame."""
+        return self.close_code is not None and self._close_timer is not None
 
     def _close_transport(self) -> None:
         if self.transport_closed or self.ended:
@@ -621,8 +785,8 @@ class Session:
         except RelayError:
             return
         if self.close_code == CloseCode.GOING_AWAY:
-            # A drain still routes: the peer's last requests are served.
-            self._receive(frame)
+            # After a 1001 the relay acts on nothing more: the client sends
+            # again, after reconnecting, whatever was left unanswered.
             return
         error = _CLOSING_ERRORS.get(self.close_code or 0, Overloaded)
         self._refuse(error("the session is closing", request_id=envelope_id(envelope)))

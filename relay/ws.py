@@ -127,6 +127,7 @@ class ASGITransport:
         self._reading.set()
         self._closing: tuple[int, str] | None = None
         self._scope: anyio.CancelScope | None = None
+        self.written_bytes = 0
 
     @property
     def writing_paused(self) -> bool:
@@ -137,6 +138,7 @@ class ASGITransport:
             return
         self._out.append(data)
         self._pending_bytes += len(data)
+        self.written_bytes += len(data) + 2
         if self._pending_bytes > _HIGH_WATER:
             self._paused = True
         self._wake.set()
@@ -160,6 +162,17 @@ class ASGITransport:
     def unsent_bytes(self) -> int:
         # What never reached uvicorn; ASGI does not tell what its socket held.
         return sum(len(data) + 2 for data in self._out)
+
+    def acked_bytes(self) -> int:
+        # ASGI says nothing of acknowledgements: written counts as delivered.
+        return self.written_bytes
+
+    def received_bytes(self) -> int:
+        return 0  # ASGI does not say what waits unread
+
+    def abort(self) -> None:
+        # ASGI cannot reset a socket: the closest is a close the peer need not answer.
+        self.close(CloseCode.GOING_AWAY)
 
     async def run(self, session: Session, receive: Receive) -> None:
         """Serve the socket until it is gone, then end the session."""

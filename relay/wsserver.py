@@ -172,6 +172,20 @@ class DirectConnection(Protocol):
         """
 
     @property
+    def written_bytes(self) -> int:
+        """Every frame written so far (ours too: pongs, pings, close), in wire bytes."""
+
+    def acked_bytes(self) -> int:
+        """How many of ``written_bytes`` the peer's host has acknowledged.
+
+        One ``SIOCOUTQ`` system call; after the end was seen, the count taken
+        then. Over TLS the kernel counts ciphertext, so this errs low.
+        """
+
+    def received_bytes(self) -> int:
+        """Bytes received and not yet delivered as messages: the parser's and the kernel's."""
+
+    @property
     def peer_address(self) -> tuple[str, int] | None:
         """The TCP peer's (host, port); a proxy's address behind one."""
 
@@ -180,6 +194,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     """One WebSocket connection, from the upgrade request to the end of TCP."""
 
     __slots__ = (
+        "_acked_at_end",
         "_alive",
         "_app_state",
         "_bridge",
@@ -204,6 +219,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_transport_paused",
         "_unsent",
         "_writing_paused",
+        "written_bytes",
     )
 
     def __init__(
@@ -239,6 +255,8 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._reported = False  # handler.connection_lost was called
         self._deadline: asyncio.TimerHandle | None = None
         self._unsent: int | None = None  # bytes that never left, counted when the end is seen
+        self._acked_at_end = 0  # written_bytes less _unsent, at that moment
+        self.written_bytes = 0
 
     # --- asyncio.Protocol -----------------------------------------------------------
 
@@ -390,6 +408,22 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     def unsent_bytes(self) -> int:
         return self._unsent or 0
 
+    def acked_bytes(self) -> int:
+        if self._unsent is not None:
+            return self._acked_at_end
+        return self.written_bytes - self._count_unsent()
+
+    def received_bytes(self) -> int:
+        if self._state >= _CLOSED or self._parser is None:
+            return 0
+        waiting = self._parser.buffered
+        sock = self._transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+                waiting += struct.unpack("i", raw)[0]
+        return waiting
+
     def _count_unsent_once(self) -> None:
         """Count the unsent bytes when the end is first seen.
 
@@ -399,6 +433,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         """
         if self._unsent is None:
             self._unsent = self._count_unsent()
+            self._acked_at_end = self.written_bytes - self._unsent
 
     def _count_unsent(self) -> int:
         """Bytes written that have not reached the peer's host: ours, and the kernel's unacked."""
@@ -616,6 +651,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     # --- writing --------------------------------------------------------------------
 
     def _queue(self, header: bytes, data: bytes, size: int) -> None:
+        self.written_bytes += size
         out = self._out
         if out is None:
             self._out = [header, data]

@@ -21,10 +21,11 @@ class BrokerUnavailable(Exception):
 class Delivery(Enum):
     """What became of a frame handed to a peer."""
 
-    DELIVERED = "delivered"  # in the live session's outbound queue
+    DELIVERED = "delivered"  # the peer's host acknowledged it (or, without an answer owed, written)
     QUEUED = "queued"  # kept for a peer inside its resume window
     OFFLINE = "offline"  # no session holds that id
     OVERLOADED = "overloaded"  # the peer's queue is full
+    PENDING = "pending"  # on its way to a live session: the answer callback tells the rest
 
 
 # Who to tell if a frame is never delivered: (sender, request id, listed).
@@ -46,7 +47,7 @@ class Proof(NamedTuple):
 QueueEntry = tuple[bytes, str, Undelivered | None]  # frame, kind for metrics, who to tell
 
 
-Answer = Callable[[Delivery], None]  # told what became of one frame sent through a broker
+Answer = Callable[[Delivery], None]  # told what became of one frame (through a broker, or later)
 
 
 class Handover(NamedTuple):
@@ -63,8 +64,19 @@ class NodeHandler(Protocol):
 
     node_id: str
 
-    def deliver(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
-        """Queue ``frame`` for a peer held by this node."""
+    def deliver(
+        self,
+        peer_id: str,
+        frame: bytes,
+        undelivered: Undelivered | None,
+        answer: Answer | None = None,
+    ) -> Delivery:
+        """Hand ``frame`` to a peer held by this node.
+
+        With ``answer``, a frame written to a live socket is answered once
+        the peer's host has acknowledged it (``PENDING`` is returned, and
+        ``answer`` called later, exactly once); without, writing it counts.
+        """
         ...
 
     def deliver_room(

@@ -20,7 +20,11 @@ So a frame's answer is what became of it, or ``LOST``, which means it never
 was and never will be delivered (``err overloaded``: try again). A sender
 waits for an answer at most ``give_up_seconds`` (the backplane may stay away
 longer than anyone should wait); past that it answers ``overloaded`` without
-knowing, and logs it if the receiver later reports the frame delivered.
+knowing, and logs it if the receiver later reports the frame delivered. A
+frame the receiver answered ``PENDING`` for a live session (its sender waits
+for the peer's host to acknowledge it, which takes as long as the peer takes
+to read) is not given up on: only the receiver's answer, or its death, ends
+that wait.
 
 Senders cache which node holds each peer (a ``Route``, with the *epoch* of
 that node's hold, a number it drew when it registered the peer). A node
@@ -34,6 +38,7 @@ for it (``PENDING``, answered in a later ack).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -49,8 +54,8 @@ log = logging.getLogger("relay.broker.links")
 # LOST as told by a receiver that started after the frame was sent: a previous
 # run of that node may have had it, and died with it (the peer is offline).
 DELIVERED, QUEUED, OFFLINE, OVERLOADED, MOVED, LOST, PENDING, GONE = range(8)
-CODES = {Delivery.DELIVERED: DELIVERED, Delivery.QUEUED: QUEUED,
-         Delivery.OFFLINE: OFFLINE, Delivery.OVERLOADED: OVERLOADED}  # fmt: skip
+CODES = {Delivery.DELIVERED: DELIVERED, Delivery.QUEUED: QUEUED, Delivery.OFFLINE: OFFLINE,
+         Delivery.OVERLOADED: OVERLOADED, Delivery.PENDING: PENDING}  # fmt: skip
 _DELIVERIES = (Delivery.DELIVERED, Delivery.QUEUED, Delivery.OFFLINE, Delivery.OVERLOADED)
 MAX_MOVES = 3  # a frame whose peer keeps moving is answered overloaded (try again)
 # Acks nobody waits on (a send without id, delivered) wait this long for a
@@ -67,7 +72,18 @@ Spawn = Callable[[Coroutine[Any, Any, None]], None]
 class Sent:
     """One frame for a peer on another node, until it is answered."""
 
-    __slots__ = ("answer", "at", "epoch", "frame", "moves", "peer", "route", "seq", "undelivered")
+    __slots__ = (
+        "accepted",
+        "answer",
+        "at",
+        "epoch",
+        "frame",
+        "moves",
+        "peer",
+        "route",
+        "seq",
+        "undelivered",
+    )
 
     def __init__(
         self, peer: str, frame: bytes, undelivered: Undelivered | None, answer: Answer
@@ -81,6 +97,9 @@ class Sent:
         self.seq = 0  # on its link, once sent
         self.at = 0.0
         self.moves = 0
+        # The receiver took it for a live session and answers once the peer's
+        # host acknowledges it (PENDING): only that node's death ends the wait.
+        self.accepted = False
 
 
 class Route:
@@ -312,11 +331,22 @@ class Links:
         route.waiting = None
         for sent in frames:
             if isinstance(found, tuple):  # the peer is held here now
-                self._answer(sent, self._node.deliver(peer, sent.frame, sent.undelivered))
+                self._deliver_here(peer, sent)
             elif found is None:
                 self._answer(sent, self._offline())
             else:
                 self._answer(sent, Delivery.OVERLOADED)
+
+    def _deliver_here(self, peer: str, sent: Sent) -> None:
+        """``sent`` was meant for another node, but its peer is held here now."""
+        undelivered = sent.undelivered
+        if undelivered is None or undelivered[1] is None:
+            self._answer(sent, self._node.deliver(peer, sent.frame, undelivered))
+            return
+        answer = functools.partial(self._answer, sent)
+        delivery = self._node.deliver(peer, sent.frame, undelivered, answer)
+        if delivery is not Delivery.PENDING:
+            self._answer(sent, delivery)
 
     def _offline(self) -> Delivery:
         # Until every node is back after an outage, a peer that no node
@@ -344,6 +374,9 @@ class Links:
     def _resolve(self, link: Outbound, seq: int, code: int) -> None:
         """The receiver's outcome for frame ``seq`` of ``link``."""
         if code == PENDING:
+            sent = link.pending.get(seq)
+            if sent is not None:
+                sent.accepted = True
             return
         sent = link.pending.pop(seq, None)
         if sent is None:  # answered already (a repeated ack, or given up on)
@@ -498,13 +531,27 @@ class Links:
             elif arriving and peer in arriving:
                 arriving[peer].append((inbound, node, seq + len(outcomes), frame, undelivered))
                 code = PENDING
-            else:
+            elif undelivered is None or undelivered[1] is None:
                 code = CODES[deliver(peer, frame, undelivered)]
+            else:  # its sender waits for the acknowledgement
+                answer = self._later(inbound, node, seq + len(outcomes))
+                code = CODES[deliver(peer, frame, undelivered, answer)]
             outcomes.append(code)
+            if code == PENDING:
+                continue  # the ack that matters comes when it is resolved
             if code or (undelivered is not None and undelivered[1] is not None):
                 urgent = True
         inbound.record(seq, outcomes)
         self._mark(node, urgent)
+
+    def _later(self, inbound: Inbound, node: str, seq: int) -> Answer:
+        """The answer for frame ``seq`` of ``node``'s link, recorded PENDING until called."""
+
+        def answer(delivery: Delivery) -> None:
+            inbound.resolve(seq, CODES[delivery])
+            self._mark(node)
+
+        return answer
 
     def status(self, query: wire.Status) -> None:
         """Another node asks what became of its frames: fence, then report."""
@@ -532,12 +579,16 @@ class Links:
         """Registration of ``peer`` finished (the hub holds it now, or it failed)."""
         parked = self._arriving.pop(peer, None)
         for inbound, node, seq, frame, undelivered in parked or ():
-            if peer in self.holds:
+            if peer not in self.holds:
+                code = MOVED
+            elif undelivered is None or undelivered[1] is None:
                 code = CODES[self._node.deliver(peer, frame, undelivered)]
             else:
-                code = MOVED
-            inbound.resolve(seq, code)
-            self._mark(node)
+                answer = self._later(inbound, node, seq)
+                code = CODES[self._node.deliver(peer, frame, undelivered, answer)]
+            if code != PENDING:
+                inbound.resolve(seq, code)
+                self._mark(node)
 
     async def settled(self, sender: str | None = None) -> None:
         """Wait until every frame ``sender`` (None: anyone) sent has its answer."""
@@ -558,10 +609,8 @@ class Links:
         """Ask about frames whose answers are late; give up on those past the bound."""
         now = time.monotonic()
         for link in list(self._out.values()):
-            if link.pending:
-                oldest = next(iter(link.pending.values())).at
-                if now - oldest > self._give_up:
-                    self._give_up_on(link, now)
+            if any(now - s.at > self._give_up and not s.accepted for s in link.pending.values()):
+                self._give_up_on(link, now)
             late = bool(link.pending) and now - next(iter(link.pending.values())).at > self._timeout
             if connected and (late or link.fence_due) and now - link.asked > self._timeout:
                 link.asked = now
@@ -574,7 +623,11 @@ class Links:
         self.tick(True)
 
     def _give_up_on(self, link: Outbound, now: float) -> None:
-        expired = [seq for seq, sent in link.pending.items() if now - sent.at > self._give_up]
+        expired = [
+            seq
+            for seq, sent in link.pending.items()
+            if now - sent.at > self._give_up and not sent.accepted
+        ]
         for seq in expired:
             sent = link.pending.pop(seq)
             link.given_up.add(seq)

@@ -80,8 +80,12 @@ class MemoryBroker:
         node = self._cluster.nodes.get(holder) if holder is not None else None
         if node is None or holder == self._node_id:
             answer(Delivery.OFFLINE)
-        else:
+        elif undelivered is None or undelivered[1] is None:
             answer(node.deliver(peer_id, frame, undelivered))
+        else:  # its sender waits for the acknowledgement
+            delivery = node.deliver(peer_id, frame, undelivered, answer)
+            if delivery is not Delivery.PENDING:
+                answer(delivery)
 
     def publish(self, room: str, frame: bytes, exclude: str | None, presence_only: bool) -> None:
         for node_id, node in list(self._cluster.nodes.items()):

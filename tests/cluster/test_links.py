@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from relay.broker import wire
-from relay.broker.base import Delivery, Handover, Proof, Undelivered
+from relay.broker.base import Answer, Delivery, Handover, Proof, Undelivered
 from relay.broker.links import Links
 from relay.broker.resp import NOT_SENT, UNKNOWN, Done
 
@@ -36,12 +36,22 @@ class Node:
         self.peers: set[str] = set()
         self.log = log  # (target, sender, number) in delivery order, all nodes
 
-    def deliver(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
+    def deliver(
+        self,
+        peer_id: str,
+        frame: bytes,
+        undelivered: Undelivered | None,
+        answer: Answer | None = None,
+    ) -> Delivery:
         if peer_id not in self.peers:
             return Delivery.OFFLINE
         sender, number = frame.decode().split(":")
         self.log.append((peer_id, sender, int(number)))
-        return Delivery.DELIVERED
+        if answer is None:
+            return Delivery.DELIVERED
+        # As a hub does: the sender waits until the peer's host acknowledged it.
+        asyncio.get_running_loop().call_soon(answer, Delivery.DELIVERED)
+        return Delivery.PENDING
 
     def deliver_room(
         self, room: str, frame: bytes, exclude: str | None, presence_only: bool

@@ -52,6 +52,19 @@ class Socket:
     def unsent_bytes(self) -> int:
         return 0
 
+    @property
+    def written_bytes(self) -> int:
+        return sum(len(data) + 2 for data in self.written)
+
+    def acked_bytes(self) -> int:
+        return self.written_bytes
+
+    def received_bytes(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        self.closed = (1006, "")
+
 
 async def test_time_the_socket_was_not_read_is_credited_to_its_rate() -> None:
     settings = Settings(rate_per_second=10, rate_burst=10)

@@ -1,0 +1,36 @@
+"""A real `relay serve` process on a free port, for tests that signal or kill it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def relay_process(*flags: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start ``relay serve`` with ``flags``; yields the process and its WebSocket URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "--port", "0", "--log-level", "warning", *flags],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stderr is not None
+    try:
+        url = ""
+        for line in process.stderr:
+            found = re.search(r"relay ready on (ws://\S+)", line)
+            if found:
+                url = found.group(1)
+                break
+        assert url, "relay did not start"
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stderr.close()
