@@ -60,6 +60,14 @@ SCENARIOS: dict[str, Scenario] = {
         "msg/s",
         "higher",
     ),
+    "pairs64ok": Scenario(
+        [*PAIRS, "--inflight", "16", "--size", "64", "--ids", "1"],
+        "pairs64 with an id on every send: the relay answers each ok once the target's host "
+        "acknowledged it (node ws and the bare forwarder answer nothing)",
+        "relayed_per_second",
+        "msg/s",
+        "higher",
+    ),
     "pairs4k": Scenario(
         [*PAIRS, "--inflight", "16", "--size", "4096"],
         "50 pairs ping-ponging, 16 messages in flight per pair, 4 KiB payloads",

@@ -10,6 +10,10 @@
 //   node tests/bench/load.mjs room  --url ... --members 200 --rate 500 --size 64 --seconds 10 --grace 2
 //   node tests/bench/load.mjs idle  --url ... --connections 5000   (holds them until stdin closes)
 //
+// --ids 1 puts an id on every send of pairs and fixed, so the relay answers each
+// with an ok (sent once the target's host acknowledged the message); the
+// generator ignores the oks. Node ws and the bare forwarder answer nothing.
+//
 // ws masks frames with bufferutil (tests/bench/package.json), as a production
 // client would; JavaScript masking of 64 KiB frames would otherwise be the limit.
 import { performance } from "node:perf_hooks";
@@ -26,7 +30,7 @@ const decode = (data) => decoder.decode(data);
 
 const [mode, ...rest] = process.argv.slice(2);
 const opts = { url: "ws://127.0.0.1:8080/v1/ws", pairs: 50, inflight: 16, size: 64, seconds: 10,
-  rate: 2000, members: 200, connections: 5000, warmup: 2, grace: 2 };
+  rate: 2000, members: 200, connections: 5000, warmup: 2, grace: 2, ids: 0 };
 for (let i = 0; i < rest.length; i += 2) opts[rest[i].replace(/^--/, "")] = rest[i + 1];
 for (const k of Object.keys(opts)) if (k !== "url") opts[k] = Number(opts[k]);
 
@@ -119,13 +123,17 @@ async function pingPong(fixedRate) {
   echoers.forEach((ws, i) => ws.on("message", (data) => {
     const m = decode(data);
     if (m.type !== "msg") return;
-    ws.send(encode({ type: "send", to: `${run}-a${i}`, d: m.d, re: m.rid }));
+    const reply = { type: "send", to: `${run}-a${i}`, d: m.d, re: m.rid };
+    if (opts.ids) reply.id = m.rid;
+    ws.send(encode(reply));
     if (measuring) relayed++;
   }));
   const fire = (ws, i) => {
     const rid = ++seq;
     sentAt.set(rid, performance.now());
-    ws.send(encode({ type: "send", to: `${run}-b${i}`, d: payload, rid }));
+    const request = { type: "send", to: `${run}-b${i}`, d: payload, rid };
+    if (opts.ids) request.id = rid;
+    ws.send(encode(request));
   };
   pingers.forEach((ws, i) => ws.on("message", (data) => {
     const m = decode(data);
