@@ -236,8 +236,8 @@ class Connection:
         return frame
 
     async def _transmit(self, conn: ClientConnection, out: Outgoing) -> None:
-        """Write one frame; an unacknowledged frame lost with the socket fails
-        with ConnectionLost when the session ends."""
+        """Write one frame; one with an ``id`` waits for its answer from now on
+        (see :meth:`lose_inflight` for what happens if the socket ends first)."""
         if out.pending is not None:
             self._inflight.expect(out.pending)
         try:
