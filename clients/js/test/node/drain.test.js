@@ -201,4 +201,25 @@ describe("a drain (1001): requests left unanswered are sent again", () => {
     await b.publish(lobby, "still in the room");
     await until(() => gotA.length === 1, 3000, "room message");
   });
+
+  test("a rejoin cut by a reset keeps its room: the next fresh session rejoins it", async () => {
+    const p = (proxy = await startDrainProxy(forgetful.url));
+    const lobby = uid("lobby");
+    const b = await open(forgetful.url, uid("b"));
+    const a = await open(p.url, uid("a"));
+    await a.join(lobby);
+    p.setHoldAfterHello(true); // the next socket's rejoin stays in the proxy
+    p.end(1001, "draining");
+    await p.waitHeld(1, 1);
+    p.setHoldAfterHello(false);
+    const reopened = nextEvent(a, "open");
+    p.end(null); // the rejoin's fate is unknown: a refusal would be the only reason to forget the room
+    assert.equal((await reopened).resumed, false);
+    await a.ping(); // a round trip: what the socket carried before it is recorded
+    assert.deepEqual(asked(p.sessions[2]), [["join", lobby], ["ping", null]]);
+    assert.deepEqual(a.rooms, [lobby]);
+    const gotA = collect(a);
+    await b.publish(lobby, "still in the room");
+    await until(() => gotA.length === 1, 3000, "room message");
+  });
 });
