@@ -146,6 +146,7 @@ export async function startDrainProxy(relayUrl) {
   /** @type {Set<() => void>} */
   const watchers = new Set();
   const changed = () => watchers.forEach((watch) => watch());
+  let target = relayUrl;
   let refusing = false;
   let holdAfterHello = false;
   /** @type {{client: WebSocket, upstream: WebSocket, holding: boolean, ended: boolean} | null} */
@@ -164,7 +165,7 @@ export async function startDrainProxy(relayUrl) {
     const kept = [];
     sessions.push(seen);
     held.push(kept);
-    const link = { client, upstream: new WebSocket(relayUrl, SUBPROTOCOL), holding: false, ended: false };
+    const link = { client, upstream: new WebSocket(target, SUBPROTOCOL), holding: false, ended: false };
     current = link;
     /** @type {Buffer[]} */
     const early = []; // what the client sent before the relay's socket opened
@@ -197,6 +198,10 @@ export async function startDrainProxy(relayUrl) {
     url: `ws://127.0.0.1:${port}${new URL(relayUrl).pathname}`,
     sessions,
     held,
+    /** send new sockets to another relay */
+    setTarget(/** @type {string} */ url) {
+      target = url;
+    },
     /** refuse new sockets (HTTP 503) while true */
     setRefusing(/** @type {boolean} */ v) {
       refusing = v;

@@ -35,6 +35,7 @@ class DrainProxy:
 
     def __init__(self, relay_url: str) -> None:
         self.relay_url = relay_url
+        """Where new sockets go: a test may point it at another relay."""
         self.refusing = False
         """While true, new sockets are refused (HTTP 503), as by a relay that is down."""
         self.hold_after_hello = False

@@ -179,6 +179,32 @@ async def test_a_caller_that_gave_up_is_not_sent_again(
         assert asked(proxy.sessions[1]) == [("send", "marker")]
 
 
+async def test_a_request_too_large_for_the_next_relay_fails_with_too_large(
+    relay_factory: Callable[..., Awaitable[RunningRelay]],
+    drain_proxy_factory: DrainProxyFactory,
+) -> None:
+    first, smaller = await relay_factory(), await relay_factory(max_frame_bytes=1024)
+    proxy = await drain_proxy_factory(first)
+    async with (
+        relay_client.connect(smaller.url, id="bob") as bob,
+        relay_client.connect(proxy.url, id="alice", **FAST) as alice,
+    ):
+        back = States(alice).expect(State.CONNECTED)
+        proxy.hold()
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as tasks:
+                calls = Calls(tasks)
+                await calls.held(proxy, "large", lambda: alice.send("bob", "x" * 2000))
+                await calls.held(proxy, "small", lambda: alice.send("bob", "small"))
+                proxy.relay_url = smaller.url  # the drained relay's peers move to another one
+                await proxy.end(1001, "draining")
+                await wait(back)
+        assert isinstance(calls.results["large"], relay_client.TooLarge)
+        assert isinstance(calls.results["small"], Ack)
+        assert (await recv(bob)).data == "small"
+        assert asked(proxy.sessions[1]) == [("send", "small")]
+
+
 async def test_rooms_in_flight_at_a_drain_end_as_asked_on_a_fresh_session(
     relay_factory: Callable[..., Awaitable[RunningRelay]],
     drain_proxy_factory: DrainProxyFactory,

@@ -6,14 +6,14 @@
 // closes the client's socket.
 import assert from "node:assert/strict";
 import { after, afterEach, before, describe, test } from "node:test";
-import { ConnectionLost, RequestTimeout } from "../../src/index.js";
+import { ConnectionLost, RequestTimeout, TooLarge } from "../../src/index.js";
 import { collect, nextEvent, peer, startDrainProxy, startRelay, uid, until } from "../helpers.js";
 
 const FAST = { backoff: { base: 20, max: 100 } };
 
 /** @type {Awaited<ReturnType<typeof startRelay>>} */
 let relay;
-/** @type {Awaited<ReturnType<typeof startRelay>>} a relay that forgets a lost peer at once */
+/** @type {Awaited<ReturnType<typeof startRelay>>} forgets a lost peer at once, takes frames up to 1 KiB */
 let forgetful;
 /** @type {Awaited<ReturnType<typeof startDrainProxy>> | undefined} */
 let proxy;
@@ -38,7 +38,7 @@ const outcome = (/** @type {Promise<unknown>} */ p) => p.then((v) => v, (e) => e
 
 describe("a drain (1001): requests left unanswered are sent again", () => {
   before(async () => {
-    [relay, forgetful] = await Promise.all([startRelay(), startRelay(["--resume-seconds", "0"])]);
+    [relay, forgetful] = await Promise.all([startRelay(), startRelay(["--resume-seconds", "0", "--max-frame-bytes", "1024"])]);
   });
   afterEach(async () => {
     await Promise.all(opened.map((p) => p.close()));
@@ -148,6 +148,24 @@ describe("a drain (1001): requests left unanswered are sent again", () => {
     await a.send(b.id ?? "", "marker");
     await until(() => gotB.length === 1, 3000, "marker");
     assert.deepEqual(asked(p.sessions[1]), [["send", "marker"]]);
+  });
+
+  test("a request too large for the next relay rejects with TooLarge; the others go", async () => {
+    const p = (proxy = await startDrainProxy(relay.url));
+    const b = await open(forgetful.url, uid("b"));
+    const a = await open(p.url, uid("a"));
+    const gotB = collect(b);
+    p.hold();
+    const large = a.send(b.id ?? "", "x".repeat(2000));
+    await p.waitHeld(1);
+    const small = a.send(b.id ?? "", "small");
+    await p.waitHeld(2);
+    p.setTarget(forgetful.url); // the drained relay's peers move to another one
+    p.end(1001, "draining");
+    assert.ok((await outcome(large)) instanceof TooLarge);
+    assert.equal((await small).queued, false);
+    await until(() => gotB.length === 1, 3000, "the small message");
+    assert.deepEqual(asked(p.sessions[1]), [["send", "small"]]);
   });
 
   test("rooms in flight at a drain end as asked on a fresh session", async () => {
