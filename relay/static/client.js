@@ -1665,6 +1665,8 @@ var DEFAULTS = {
 var noop = () => {
 };
 var STABLE_MS = 5e3;
+var DRAIN_CODE = 1001;
+var always = () => true;
 var payload = (data) => data === void 0 ? null : data instanceof ArrayBuffer ? new Uint8Array(data) : data;
 function connect(url, options = {}) {
   const peer = new RelayPeer(url, options);
@@ -1697,8 +1699,8 @@ var RelayPeer = class extends EventTarget {
     this._nextId = 1;
     this._nextRid = 1;
     this._outbox = [];
+    this._resend = [];
     this._acks = /* @__PURE__ */ new Map();
-    this._pings = /* @__PURE__ */ new Map();
     this._requests = /* @__PURE__ */ new Map();
     this._handlers = /* @__PURE__ */ new Map();
     this._rooms = /* @__PURE__ */ new Map();
@@ -1777,7 +1779,8 @@ var RelayPeer = class extends EventTarget {
         reject(new RequestTimeout(`no reply from ${to} within ${timeout} ms`));
       }, timeout);
       this._requests.set(rid, { to, resolve, reject, timer });
-      this.send(to, data, { ev, rid }).catch((err) => {
+      const env = { type: "send", to, d: payload(data), ev, rid };
+      this._submit(env, true, { live: () => this._requests.has(rid) }).catch((err) => {
         if (!(err instanceof ConnectionLost)) this._settleRequest(rid, err, true);
       });
     });
@@ -1816,19 +1819,7 @@ var RelayPeer = class extends EventTarget {
   ping({ timeout = this._opts.pingTimeout } = {}) {
     const ws = this._ws;
     if (this.state !== "open" || !ws) return Promise.reject(new NotConnected());
-    const id = this._nextId++;
-    const t0 = performance.now();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this._pings.delete(id);
-        reject(new RequestTimeout(`no pong within ${timeout} ms`));
-      }, timeout);
-      this._pings.set(id, {
-        resolve: () => (clearTimeout(timer), resolve(performance.now() - t0)),
-        reject: (e) => (clearTimeout(timer), reject(e))
-      });
-      this._writeNow(ws, { type: "ping", id });
-    });
+    return this._ping(ws, timeout, always);
   }
   /**
    * Closes the connection for good; pending work is rejected with
@@ -1950,8 +1941,12 @@ var RelayPeer = class extends EventTarget {
    * Queues an envelope for writing. Every request gets an `id` when `ack`,
    * and the returned promise settles on the relay's `ok`/`err`.
    * `urgent` items (rejoins after a reconnect) skip the bound and the queue.
+   * `live` says whether the caller still waits (a request whose reply timed
+   * out does not): a request a drain left unanswered is sent again only then.
+   * @param {Record<string, unknown>} env @param {boolean} ack
+   * @param {{urgent?: boolean, live?: () => boolean}} [opts]
    */
-  _submit(env, ack, urgent = false) {
+  _submit(env, ack, { urgent = false, live = always } = {}) {
     if (this.state === "closed") return Promise.reject(this._closedError);
     if (this._closing) return Promise.reject(new ConnectionClosed(this._closing.code, this._closing.reason));
     const id = ack ? this._nextId++ : void 0;
@@ -1962,28 +1957,33 @@ var RelayPeer = class extends EventTarget {
     } catch (err) {
       return Promise.reject(err);
     }
-    const max = this.limits.max_frame_bytes;
-    if (max && bytes.byteLength > max) {
-      return Promise.reject(
-        new TooLarge("too-large", `frame of ${bytes.byteLength} bytes exceeds the relay's max_frame_bytes (${max})`, { id })
-      );
-    }
+    const tooLarge = this._tooLarge(bytes, id);
+    if (tooLarge) return Promise.reject(tooLarge);
     if (!urgent && this._outbox.length >= this._opts.maxBuffered) {
       return Promise.reject(new OfflineBufferFull(`${this._outbox.length} sends already waiting (maxBuffered)`));
     }
     return new Promise((resolve, reject) => {
-      const item = { id, bytes, ack, urgent, env, resolve, reject };
+      const item = { id, bytes, ack, urgent, env, resolve, reject, live };
       const at = urgent ? this._outbox.findIndex((i) => !i.urgent) : -1;
       if (at === -1) this._outbox.push(item);
       else this._outbox.splice(at, 0, item);
       this._pump();
     });
   }
+  /**
+   * Checked before writing: a frame over the limit would get the socket closed (1009).
+   * @param {Uint8Array} bytes @param {number | undefined} id
+   */
+  _tooLarge(bytes, id) {
+    const max = this.limits.max_frame_bytes;
+    if (!max || bytes.byteLength <= max) return null;
+    return new TooLarge("too-large", `frame of ${bytes.byteLength} bytes exceeds the relay's max_frame_bytes (${max})`, { id });
+  }
   /** Writes queued envelopes in order, as fast as the relay's rate limit allows. */
   _pump() {
     const ws = this._ws;
     if (this.state !== "open" || !ws || this._timers.pump) return;
-    while (this._outbox.length) {
+    for (let queue = this._nextQueue(); queue.length; queue = this._nextQueue()) {
       const wait = this._takeToken();
       if (wait > 0) {
         this._timers.pump = setTimeout(() => {
@@ -1993,19 +1993,77 @@ var RelayPeer = class extends EventTarget {
         return;
       }
       const item = (
-        /** @type {any} */
-        this._outbox.shift()
+        /** @type {Item} */
+        queue.shift()
       );
-      if (item.ack) this._acks.set(item.id, item);
-      try {
-        ws.send(item.bytes);
-      } catch (err) {
-        if (item.ack) this._acks.delete(item.id);
-        item.reject(new ConnectionLost(`write failed: ${err}`));
-        continue;
-      }
-      if (!item.ack) item.resolve({ queued: false });
+      if (queue === this._resend && !this._renumber(item)) continue;
+      this._write(ws, item);
     }
+  }
+  /**
+   * The queue to write from next: rejoins, then what a drain left unanswered
+   * (dropping those whose caller gave up), then everything else.
+   */
+  _nextQueue() {
+    while (this._resend.length && !this._outbox[0]?.urgent) {
+      if (this._resend[0].live()) return this._resend;
+      this._resend.shift().reject(new ConnectionLost("its caller gave up before it was sent again"));
+    }
+    return this._outbox;
+  }
+  /**
+   * A request sent again gets a new id, so that an answer meant for the old
+   * one can never settle it. False when it no longer fits this relay's limit.
+   * @param {Item} item
+   */
+  _renumber(item) {
+    item.id = item.env.id = this._nextId++;
+    item.bytes = this._codec.encode(item.env);
+    const tooLarge = this._tooLarge(item.bytes, item.id);
+    if (tooLarge) item.reject(tooLarge);
+    return !tooLarge;
+  }
+  /** Writes one item now; a request waits for its answer from then on. */
+  _write(ws, item) {
+    item.sentAt = performance.now();
+    if (item.ack) this._acks.set(item.id, item);
+    try {
+      ws.send(item.bytes);
+    } catch (err) {
+      if (item.ack) this._acks.delete(item.id);
+      item.reject(new ConnectionLost(`write failed: ${err}`));
+      return;
+    }
+    if (!item.ack) item.resolve({ queued: false });
+  }
+  /**
+   * A `ping` written at once (not paced, not buffered); resolves with the
+   * round trip in ms. `live` as for `_submit`.
+   * @param {any} ws @param {number} timeout @param {() => boolean} live
+   * @returns {Promise<number>}
+   */
+  _ping(ws, timeout, live) {
+    return new Promise((resolve, reject) => {
+      let waiting = true;
+      const id = this._nextId++;
+      const env = { type: "ping", id };
+      const item = {
+        id,
+        env,
+        bytes: this._codec.encode(env),
+        ack: true,
+        urgent: false,
+        live: () => waiting && live(),
+        resolve: () => (clearTimeout(timer), resolve(performance.now() - (item.sentAt ?? 0))),
+        reject: (e) => (clearTimeout(timer), reject(e))
+      };
+      const timer = setTimeout(() => {
+        waiting = false;
+        this._acks.delete(item.id);
+        reject(new RequestTimeout(`no pong within ${timeout} ms`));
+      }, timeout);
+      this._write(ws, item);
+    });
   }
   /** Token bucket mirroring the relay's; returns 0 or ms to wait. */
   _takeToken() {
@@ -2060,10 +2118,14 @@ var RelayPeer = class extends EventTarget {
       case "presence":
         this.dispatchEvent(new PresenceEvent(env));
         return;
-      case "pong":
-        this._pings.get(env.id)?.resolve();
-        this._pings.delete(env.id);
+      case "pong": {
+        const item = this._acks.get(env.id);
+        if (item?.env.type === "ping") {
+          this._acks.delete(env.id);
+          item.resolve();
+        }
         return;
+      }
       default:
         return;
     }
@@ -2083,8 +2145,13 @@ var RelayPeer = class extends EventTarget {
     const { rate_per_second: rate, rate_burst: burst } = this.limits;
     this._bucket = this._opts.pace && rate > 0 ? { rate: rate * 0.9, cap: Math.max(1, Math.floor(burst || 1) - 1), tokens: Math.max(1, Math.floor(burst || 1) - 1), at: performance.now() } : null;
     if (!resumed) {
+      const superseded = [...this._outbox, ...this._resend].filter((item) => item.urgent);
+      this._outbox = this._outbox.filter((item) => !item.urgent);
+      this._resend = this._resend.filter((item) => !item.urgent);
+      for (const item of superseded) item.reject(new ConnectionLost("superseded by a new rejoin"));
       for (const [room, { presence }] of this._rooms) {
-        this._submit({ type: "join", room, presence: presence || void 0 }, true, true).catch((err) => {
+        this._submit({ type: "join", room, presence: presence || void 0 }, true, { urgent: true }).catch((err) => {
+          if (err instanceof ConnectionLost || err instanceof ConnectionClosed) return;
           this._rooms.delete(room);
           this._dispatchError(err);
         });
@@ -2152,7 +2219,7 @@ var RelayPeer = class extends EventTarget {
     if (!every) return;
     this._timers.heartbeat = setInterval(() => {
       if (ws !== this._ws) return;
-      this.ping({ timeout: this._opts.pingTimeout }).catch((err) => {
+      this._ping(ws, this._opts.pingTimeout, () => ws === this._ws).catch((err) => {
         if (err instanceof RequestTimeout && ws === this._ws) this._drop(ws, "ping timeout");
       });
     }, every);
@@ -2189,11 +2256,16 @@ var RelayPeer = class extends EventTarget {
       this._finish(...end);
       return;
     }
-    const lost = new ConnectionLost();
-    for (const item of this._acks.values()) item.reject(lost);
+    const unanswered = [...this._acks.values()];
     this._acks.clear();
-    for (const p of this._pings.values()) p.reject(lost);
-    this._pings.clear();
+    const lost = new ConnectionLost();
+    if (code === DRAIN_CODE) {
+      const again = unanswered.filter((item) => item.live());
+      for (const item of unanswered) if (!again.includes(item)) item.reject(lost);
+      this._resend = [...again, ...this._resend];
+    } else {
+      for (const item of unanswered) item.reject(lost);
+    }
     const delay = backoffDelay(this._retries++, this._opts.backoff);
     this._setState("reconnecting");
     this.dispatchEvent(new DisconnectEvent(code, reason, delay));
@@ -2215,10 +2287,9 @@ var RelayPeer = class extends EventTarget {
       }
     }
     for (const item of this._outbox.splice(0)) item.reject(error);
+    for (const item of this._resend.splice(0)) item.reject(error);
     for (const item of this._acks.values()) item.reject(error);
     this._acks.clear();
-    for (const p of this._pings.values()) p.reject(error);
-    this._pings.clear();
     for (const rid of [...this._requests.keys()]) this._settleRequest(rid, error, true);
     this._setState("closed");
     this._firstConnect?.reject(error);

@@ -28,6 +28,21 @@ import {
   UndeliveredEvent,
 } from "./events.js";
 
+/**
+ * An envelope on its way: waiting to be written, or written and waiting for
+ * the relay's answer.
+ * @typedef {object} Item
+ * @property {number | undefined} id its `id` (requests only)
+ * @property {Uint8Array} bytes the encoded envelope
+ * @property {boolean} ack a request: it has an `id` and the relay's answer settles it
+ * @property {boolean} urgent a rejoin after a reconnect: written ahead of everything
+ * @property {any} env the envelope
+ * @property {(value?: any) => void} resolve
+ * @property {(error: Error) => void} reject
+ * @property {() => boolean} live whether its caller still waits
+ * @property {number} [sentAt] when it was written (performance.now())
+ */
+
 /** The WebSocket subprotocol of protocol v1. */
 export const SUBPROTOCOL = "relay.v1";
 
@@ -50,6 +65,14 @@ const noop = () => {};
 
 /** A session up this long (ms) counts as stable: the backoff starts over after it. */
 const STABLE_MS = 5000;
+
+/**
+ * The close code of a draining relay. It acted on no request it left
+ * unanswered before its close frame (protocol.md), so those are sent again.
+ */
+const DRAIN_CODE = 1001;
+
+const always = () => true;
 
 /**
  * The `d` of an envelope: `undefined` becomes nil (the relay wants a `d`),
@@ -105,12 +128,14 @@ export class RelayPeer extends EventTarget {
     this.state = "connecting";
 
     this._ws = null;
-    this._nextId = 1; // request ids (ok/err correlation); never reused
+    this._nextId = 1; // request ids (ok/err/pong correlation); never reused
     this._nextRid = 1; // request/reply ids (rid/re)
-    /** @type {Array<{id?: number, bytes: Uint8Array, ack: boolean, urgent: boolean, env: any, resolve: Function, reject: Function}>} */
+    /** @type {Item[]} */
     this._outbox = []; // written in order when connected (and paced)
-    this._acks = new Map(); // id -> outbox item written, awaiting ok/err
-    this._pings = new Map(); // id -> {resolve, reject}
+    /** @type {Item[]} */
+    this._resend = []; // requests a drain left unanswered, in the order written: sent again first
+    /** @type {Map<number | undefined, Item>} */
+    this._acks = new Map(); // id -> item written, awaiting ok/err (pong for a ping)
     this._requests = new Map(); // rid -> {to, resolve, reject, timer}
     this._handlers = new Map(); // ev -> request handler
     this._rooms = new Map(); // room -> {presence}; rejoined after a non-resumed reconnect
@@ -199,7 +224,9 @@ export class RelayPeer extends EventTarget {
         reject(new RequestTimeout(`no reply from ${to} within ${timeout} ms`));
       }, timeout);
       this._requests.set(rid, { to, resolve, reject, timer });
-      this.send(to, data, { ev, rid }).catch((err) => {
+      const env = { type: "send", to, d: payload(data), ev, rid };
+      // After a drain the send goes again only while someone waits for its reply.
+      this._submit(env, true, { live: () => this._requests.has(rid) }).catch((err) => {
         // Written but unanswered when the link dropped: it may have arrived,
         // and the reply can still come after we resume, so keep waiting.
         if (!(err instanceof ConnectionLost)) this._settleRequest(rid, err, true);
@@ -245,19 +272,7 @@ export class RelayPeer extends EventTarget {
   ping({ timeout = this._opts.pingTimeout } = {}) {
     const ws = this._ws;
     if (this.state !== "open" || !ws) return Promise.reject(new NotConnected());
-    const id = this._nextId++;
-    const t0 = performance.now();
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this._pings.delete(id);
-        reject(new RequestTimeout(`no pong within ${timeout} ms`));
-      }, timeout);
-      this._pings.set(id, {
-        resolve: () => (clearTimeout(timer), resolve(performance.now() - t0)),
-        reject: (/** @type {Error} */ e) => (clearTimeout(timer), reject(e)),
-      });
-      this._writeNow(ws, { type: "ping", id });
-    });
+    return this._ping(ws, timeout, always);
   }
 
   /**
@@ -390,8 +405,12 @@ export class RelayPeer extends EventTarget {
    * Queues an envelope for writing. Every request gets an `id` when `ack`,
    * and the returned promise settles on the relay's `ok`/`err`.
    * `urgent` items (rejoins after a reconnect) skip the bound and the queue.
+   * `live` says whether the caller still waits (a request whose reply timed
+   * out does not): a request a drain left unanswered is sent again only then.
+   * @param {Record<string, unknown>} env @param {boolean} ack
+   * @param {{urgent?: boolean, live?: () => boolean}} [opts]
    */
-  _submit(/** @type {Record<string, unknown>} */ env, /** @type {boolean} */ ack, urgent = false) {
+  _submit(env, ack, { urgent = false, live = always } = {}) {
     if (this.state === "closed") return Promise.reject(this._closedError);
     if (this._closing) return Promise.reject(new ConnectionClosed(this._closing.code, this._closing.reason));
     const id = ack ? this._nextId++ : undefined;
@@ -402,18 +421,14 @@ export class RelayPeer extends EventTarget {
     } catch (err) {
       return Promise.reject(err);
     }
-    // Checked here: a frame over the limit would get the socket closed (1009).
-    const max = this.limits.max_frame_bytes;
-    if (max && bytes.byteLength > max) {
-      return Promise.reject(
-        new TooLarge("too-large", `frame of ${bytes.byteLength} bytes exceeds the relay's max_frame_bytes (${max})`, { id }),
-      );
-    }
+    const tooLarge = this._tooLarge(bytes, id);
+    if (tooLarge) return Promise.reject(tooLarge);
     if (!urgent && this._outbox.length >= this._opts.maxBuffered) {
       return Promise.reject(new OfflineBufferFull(`${this._outbox.length} sends already waiting (maxBuffered)`));
     }
     return new Promise((resolve, reject) => {
-      const item = { id, bytes, ack, urgent, env, resolve, reject };
+      /** @type {Item} */
+      const item = { id, bytes, ack, urgent, env, resolve, reject, live };
       // Urgent items (rejoins after a reconnect) go ahead of buffered sends.
       const at = urgent ? this._outbox.findIndex((i) => !i.urgent) : -1;
       if (at === -1) this._outbox.push(item);
@@ -422,11 +437,21 @@ export class RelayPeer extends EventTarget {
     });
   }
 
+  /**
+   * Checked before writing: a frame over the limit would get the socket closed (1009).
+   * @param {Uint8Array} bytes @param {number | undefined} id
+   */
+  _tooLarge(bytes, id) {
+    const max = this.limits.max_frame_bytes;
+    if (!max || bytes.byteLength <= max) return null;
+    return new TooLarge("too-large", `frame of ${bytes.byteLength} bytes exceeds the relay's max_frame_bytes (${max})`, { id });
+  }
+
   /** Writes queued envelopes in order, as fast as the relay's rate limit allows. */
   _pump() {
     const ws = this._ws;
     if (this.state !== "open" || !ws || this._timers.pump) return;
-    while (this._outbox.length) {
+    for (let queue = this._nextQueue(); queue.length; queue = this._nextQueue()) {
       const wait = this._takeToken();
       if (wait > 0) {
         this._timers.pump = setTimeout(() => {
@@ -435,17 +460,80 @@ export class RelayPeer extends EventTarget {
         }, wait);
         return;
       }
-      const item = /** @type {any} */ (this._outbox.shift());
-      if (item.ack) this._acks.set(item.id, item);
-      try {
-        ws.send(item.bytes);
-      } catch (err) {
-        if (item.ack) this._acks.delete(item.id);
-        item.reject(new ConnectionLost(`write failed: ${err}`));
-        continue;
-      }
-      if (!item.ack) item.resolve({ queued: false });
+      const item = /** @type {Item} */ (queue.shift());
+      if (queue === this._resend && !this._renumber(item)) continue;
+      this._write(ws, item);
     }
+  }
+
+  /**
+   * The queue to write from next: rejoins, then what a drain left unanswered
+   * (dropping those whose caller gave up), then everything else.
+   */
+  _nextQueue() {
+    while (this._resend.length && !this._outbox[0]?.urgent) {
+      if (this._resend[0].live()) return this._resend;
+      /** @type {Item} */ (this._resend.shift()).reject(new ConnectionLost("its caller gave up before it was sent again"));
+    }
+    return this._outbox;
+  }
+
+  /**
+   * A request sent again gets a new id, so that an answer meant for the old
+   * one can never settle it. False when it no longer fits this relay's limit.
+   * @param {Item} item
+   */
+  _renumber(item) {
+    item.id = item.env.id = this._nextId++;
+    item.bytes = this._codec.encode(item.env);
+    const tooLarge = this._tooLarge(item.bytes, item.id);
+    if (tooLarge) item.reject(tooLarge);
+    return !tooLarge;
+  }
+
+  /** Writes one item now; a request waits for its answer from then on. */
+  _write(/** @type {any} */ ws, /** @type {Item} */ item) {
+    item.sentAt = performance.now();
+    if (item.ack) this._acks.set(item.id, item);
+    try {
+      ws.send(item.bytes);
+    } catch (err) {
+      if (item.ack) this._acks.delete(item.id);
+      item.reject(new ConnectionLost(`write failed: ${err}`));
+      return;
+    }
+    if (!item.ack) item.resolve({ queued: false });
+  }
+
+  /**
+   * A `ping` written at once (not paced, not buffered); resolves with the
+   * round trip in ms. `live` as for `_submit`.
+   * @param {any} ws @param {number} timeout @param {() => boolean} live
+   * @returns {Promise<number>}
+   */
+  _ping(ws, timeout, live) {
+    return new Promise((resolve, reject) => {
+      let waiting = true;
+      const id = this._nextId++;
+      const env = { type: "ping", id };
+      /** @type {Item} */
+      const item = {
+        id,
+        env,
+        bytes: this._codec.encode(env),
+        ack: true,
+        urgent: false,
+        live: () => waiting && live(),
+        resolve: () => (clearTimeout(timer), resolve(performance.now() - (item.sentAt ?? 0))),
+        reject: (/** @type {Error} */ e) => (clearTimeout(timer), reject(e)),
+      };
+      const timer = setTimeout(() => {
+        waiting = false;
+        this._acks.delete(item.id);
+        reject(new RequestTimeout(`no pong within ${timeout} ms`));
+      }, timeout);
+      this._write(ws, item);
+    });
   }
 
   /** Token bucket mirroring the relay's; returns 0 or ms to wait. */
@@ -500,10 +588,14 @@ export class RelayPeer extends EventTarget {
       case "presence":
         this.dispatchEvent(new PresenceEvent(env));
         return;
-      case "pong":
-        this._pings.get(env.id)?.resolve();
-        this._pings.delete(env.id);
+      case "pong": {
+        const item = this._acks.get(env.id);
+        if (item?.env.type === "ping") {
+          this._acks.delete(env.id);
+          item.resolve();
+        }
         return;
+      }
       default:
         // Newer relays may add envelope types: ignore what we don't know.
         return;
@@ -530,9 +622,17 @@ export class RelayPeer extends EventTarget {
         ? { rate: rate * 0.9, cap: Math.max(1, Math.floor(burst || 1) - 1), tokens: Math.max(1, Math.floor(burst || 1) - 1), at: performance.now() }
         : null;
     if (!resumed) {
-      // A fresh session has no rooms: rejoin ours ahead of the buffered sends.
+      // A fresh session has no rooms: rejoin ours ahead of everything else.
+      // Rejoins of an earlier session not yet written, or that a drain left
+      // unanswered, are not needed any more.
+      const superseded = [...this._outbox, ...this._resend].filter((item) => item.urgent);
+      this._outbox = this._outbox.filter((item) => !item.urgent);
+      this._resend = this._resend.filter((item) => !item.urgent);
+      for (const item of superseded) item.reject(new ConnectionLost("superseded by a new rejoin"));
       for (const [room, { presence }] of this._rooms) {
-        this._submit({ type: "join", room, presence: presence || undefined }, true, true).catch((err) => {
+        this._submit({ type: "join", room, presence: presence || undefined }, true, { urgent: true }).catch((err) => {
+          // A lost link is not a refusal: the next fresh session rejoins the room.
+          if (err instanceof ConnectionLost || err instanceof ConnectionClosed) return;
           this._rooms.delete(room);
           this._dispatchError(err);
         });
@@ -613,7 +713,8 @@ export class RelayPeer extends EventTarget {
     // protocol's own ping: a link that stops answering is dropped and redialled.
     this._timers.heartbeat = setInterval(() => {
       if (ws !== this._ws) return;
-      this.ping({ timeout: this._opts.pingTimeout }).catch((err) => {
+      // This socket's liveness: not worth sending again on another one.
+      this._ping(ws, this._opts.pingTimeout, () => ws === this._ws).catch((err) => {
         if (err instanceof RequestTimeout && ws === this._ws) this._drop(ws, "ping timeout");
       });
     }, every);
@@ -661,12 +762,19 @@ export class RelayPeer extends EventTarget {
       this._finish(...end);
       return;
     }
-    // Written but unanswered: the outcome is unknown, so don't resend blindly.
-    const lost = new ConnectionLost();
-    for (const item of this._acks.values()) item.reject(lost);
+    const unanswered = [...this._acks.values()];
     this._acks.clear();
-    for (const p of this._pings.values()) p.reject(lost);
-    this._pings.clear();
+    const lost = new ConnectionLost();
+    if (code === DRAIN_CODE) {
+      // The relay acted on none of them: send them again, ahead of those
+      // still waiting from an earlier drain (these were written first).
+      const again = unanswered.filter((item) => item.live());
+      for (const item of unanswered) if (!again.includes(item)) item.reject(lost);
+      this._resend = [...again, ...this._resend];
+    } else {
+      // Written but unanswered: the outcome is unknown, so don't resend blindly.
+      for (const item of unanswered) item.reject(lost);
+    }
     const delay = backoffDelay(this._retries++, this._opts.backoff);
     this._setState("reconnecting");
     this.dispatchEvent(new DisconnectEvent(code, reason, delay));
@@ -690,10 +798,9 @@ export class RelayPeer extends EventTarget {
       }
     }
     for (const item of this._outbox.splice(0)) item.reject(error);
+    for (const item of this._resend.splice(0)) item.reject(error);
     for (const item of this._acks.values()) item.reject(error);
     this._acks.clear();
-    for (const p of this._pings.values()) p.reject(error);
-    this._pings.clear();
     for (const rid of [...this._requests.keys()]) this._settleRequest(rid, error, true);
     this._setState("closed");
     this._firstConnect?.reject(error);

@@ -72,9 +72,11 @@ export class ConnectionClosed extends RelayError {
 }
 
 /**
- * The socket dropped after the request was written but before the relay
- * answered it: it may or may not have been delivered. (Work that was not yet
- * written stays buffered and is sent after the reconnect instead.)
+ * The socket dropped (or closed with a code other than 1001) after the
+ * request was written but before the relay answered it: it may or may not
+ * have been acted on. (Work that was not yet written stays buffered and is
+ * sent after the reconnect instead; so is what a draining relay, 1001, left
+ * unanswered, since it acted on none of it.)
  */
 export class ConnectionLost extends RelayError {
   constructor(message = "connection lost before the relay answered") {

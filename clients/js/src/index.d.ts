@@ -47,7 +47,7 @@ export interface ConnectOptions {
 export type State = "connecting" | "open" | "reconnecting" | "closed";
 
 export interface SendResult {
-  /** request id (matches a later "undelivered" event's id) */
+  /** request id (matches a later "undelivered" event's id); a request sent again after a drain (1001) has a new one */
   id?: number;
   /** true when a target is resuming and the relay queued the message for it */
   queued: boolean;
@@ -191,6 +191,11 @@ export class ConnectionClosed extends RelayError {
   readonly closeCode: number;
   readonly reason: string;
 }
+/**
+ * The socket dropped (or closed with a code other than 1001) after the request was written but
+ * before the relay answered: it may or may not have been acted on. After a drain (1001) the
+ * relay acted on nothing it left unanswered, and the client sends such requests again instead.
+ */
 export class ConnectionLost extends RelayError {
   constructor(message?: string);
 }

@@ -1,11 +1,13 @@
-// Test helpers: a real relay process, a severable TCP proxy, small waits.
+// Test helpers: a real relay process, a severable TCP proxy, a WebSocket
+// proxy that plays a relay's drain, small waits.
+import { decode } from "@msgpack/msgpack";
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import net from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import WebSocket from "ws";
-import { connect } from "../src/index.js";
+import WebSocket, { WebSocketServer } from "ws";
+import { connect, SUBPROTOCOL } from "../src/index.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const REPO = resolve(here, "..", "..", "..");
@@ -121,6 +123,125 @@ export async function startProxy(relayUrl) {
     close() {
       this.sever();
       return new Promise((r) => server.close(() => r(undefined)));
+    },
+  };
+}
+
+/**
+ * A WebSocket proxy in front of the relay that can end a socket the way a
+ * draining relay does. Every client socket gets its own socket to the relay.
+ * `hold()` makes the proxy keep what the current client sends from then on
+ * (read, never passed on: requests a draining relay read without acting on);
+ * `end(code)` closes the client's socket with `code` (1001: the drain; null:
+ * a reset, which the client sees as 1006) and drops the relay's socket, so the
+ * relay keeps the session for a resume. `sessions[n]` lists the envelopes
+ * client socket n sent (held ones too), `held[n]` the ones held.
+ * @param {string} relayUrl ws://127.0.0.1:PORT/v1/ws
+ */
+export async function startDrainProxy(relayUrl) {
+  /** @type {any[][]} */
+  const sessions = [];
+  /** @type {any[][]} */
+  const held = [];
+  /** @type {Set<() => void>} */
+  const watchers = new Set();
+  const changed = () => watchers.forEach((watch) => watch());
+  let target = relayUrl;
+  let refusing = false;
+  let holdAfterHello = false;
+  /** @type {{client: WebSocket, upstream: WebSocket, holding: boolean, ended: boolean} | null} */
+  let current = null;
+  const wss = new WebSocketServer({
+    port: 0,
+    host: "127.0.0.1",
+    handleProtocols: (offered) => (offered.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
+    verifyClient: (_info, accept) => accept(!refusing, 503),
+  });
+  await new Promise((r) => wss.on("listening", () => r(undefined)));
+  wss.on("connection", (client) => {
+    /** @type {any[]} */
+    const seen = [];
+    /** @type {any[]} */
+    const kept = [];
+    sessions.push(seen);
+    held.push(kept);
+    const link = { client, upstream: new WebSocket(target, SUBPROTOCOL), holding: false, ended: false };
+    current = link;
+    /** @type {Buffer[]} */
+    const early = []; // what the client sent before the relay's socket opened
+    link.upstream.on("open", () => early.splice(0).forEach((frame) => link.upstream.send(frame)));
+    link.upstream.on("message", (/** @type {Buffer} */ frame) => client.send(frame));
+    link.upstream.on("close", (code, reason) => {
+      if (link.ended) return;
+      if (code === 1005 || code === 1006) client.terminate();
+      else client.close(code, reason);
+    });
+    link.upstream.on("error", () => {});
+    client.on("message", (/** @type {Buffer} */ frame) => {
+      const env = /** @type {any} */ (decode(frame));
+      seen.push(env);
+      if (link.holding) {
+        kept.push(env);
+        changed();
+        return;
+      }
+      if (holdAfterHello && env.type === "hello") link.holding = true;
+      if (link.upstream.readyState === WebSocket.OPEN) link.upstream.send(frame);
+      else early.push(frame);
+    });
+    client.on("close", () => link.upstream.terminate());
+    client.on("error", () => {});
+    changed();
+  });
+  const port = /** @type {import("node:net").AddressInfo} */ (wss.address()).port;
+  return {
+    url: `ws://127.0.0.1:${port}${new URL(relayUrl).pathname}`,
+    sessions,
+    held,
+    /** send new sockets to another relay */
+    setTarget(/** @type {string} */ url) {
+      target = url;
+    },
+    /** refuse new sockets (HTTP 503) while true */
+    setRefusing(/** @type {boolean} */ v) {
+      refusing = v;
+    },
+    /** while true, every new socket passes its hello on and holds the rest */
+    setHoldAfterHello(/** @type {boolean} */ v) {
+      holdAfterHello = v;
+    },
+    /** from now on, what the current client sends stays here */
+    hold() {
+      if (current) current.holding = true;
+    },
+    /** resolves once `count` frames of client socket number `session` are held */
+    waitHeld(/** @type {number} */ count, session = 0, timeout = 5000) {
+      return new Promise((resolveHeld, reject) => {
+        const watch = () => {
+          if ((held[session]?.length ?? 0) < count) return;
+          watchers.delete(watch);
+          clearTimeout(timer);
+          resolveHeld(undefined);
+        };
+        const timer = setTimeout(() => {
+          watchers.delete(watch);
+          reject(new Error(`fewer than ${count} frames held on socket ${session} within ${timeout} ms`));
+        }, timeout);
+        watchers.add(watch);
+        watch();
+      });
+    },
+    /** drop the relay's socket, then close the client's with `code` (null: reset) */
+    end(/** @type {number | null} */ code, reason = "") {
+      const link = /** @type {NonNullable<typeof current>} */ (current);
+      link.ended = true;
+      link.upstream.terminate();
+      if (code === null) link.client.terminate();
+      else link.client.close(code, reason);
+    },
+    close() {
+      for (const client of wss.clients) client.terminate();
+      return new Promise((r) => wss.close(() => r(undefined)));
     },
   };
 }

@@ -8,8 +8,9 @@ The state machine::
     any state --close(), terminal close, retries exhausted--> CLOSED
 
 One socket's life is :meth:`Connection.serve`: restore the session (rejoin
-rooms when the relay did not keep them, flush the offline buffer), go
-CONNECTED, and read until the socket ends. What happens between sockets is
+rooms when the relay did not keep them, send again what a drain left
+unanswered, flush the offline buffer), go CONNECTED, and read until the
+socket ends. What happens between sockets is
 :mod:`relay_client._reconnect`'s business; what each envelope read means is
 :mod:`relay_client._dispatch`'s.
 """
@@ -21,6 +22,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection
@@ -48,6 +50,19 @@ from .errors import (
 from .types import State, Welcome
 
 log = logging.getLogger("relay_client")
+
+DRAIN_CODE = 1001
+"""The close code of a draining relay, which did not act on what it left unanswered."""
+
+
+@dataclass(frozen=True, slots=True)
+class SocketEnd:
+    """How one socket ended: the close code and reason the relay sent (1006: none)."""
+
+    code: int
+    reason: str
+    drained: bool
+    """The relay closed it with 1001: the requests it did not answer were not acted on."""
 
 
 class Connection:
@@ -221,8 +236,8 @@ class Connection:
         return frame
 
     async def _transmit(self, conn: ClientConnection, out: Outgoing) -> None:
-        """Write one frame; an unacknowledged frame lost with the socket fails
-        with ConnectionLost when the session ends."""
+        """Write one frame; one with an ``id`` waits for its answer from now on
+        (see :meth:`lose_inflight` for what happens if the socket ends first)."""
         if out.pending is not None:
             self._inflight.expect(out.pending)
         try:
@@ -235,9 +250,8 @@ class Connection:
     # One socket's session
     # ------------------------------------------------------------------ #
 
-    async def serve(self, conn: ClientConnection, *, restore: bool) -> tuple[int, str]:
-        """Restore the session on ``conn``, then read until it closes; return
-        the close code and reason."""
+    async def serve(self, conn: ClientConnection, *, restore: bool) -> SocketEnd:
+        """Restore the session on ``conn``, then read until it closes; say how it ended."""
         self.socket = conn
         reader = asyncio.create_task(self._read(conn))
         restoring = asyncio.create_task(self._restore(conn, restore=restore))
@@ -254,7 +268,7 @@ class Connection:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
-    async def _read(self, conn: ClientConnection) -> tuple[int, str]:
+    async def _read(self, conn: ClientConnection) -> SocketEnd:
         try:
             async for frame in conn:
                 if isinstance(frame, bytes):
@@ -264,12 +278,18 @@ class Connection:
                     log.warning("ignoring a text frame from the relay")
         except WsConnectionClosed:
             pass
-        return conn.close_code or 1006, conn.close_reason or ""
+        code = conn.close_code or 1006
+        # Only a close the relay began is its drain; every frame before it was read above.
+        drained = code == DRAIN_CODE and conn.protocol.close_rcvd_then_sent is True
+        return SocketEnd(code, conn.close_reason or "", drained)
 
     async def _restore(self, conn: ClientConnection, *, restore: bool) -> None:
-        """Rejoin rooms if the relay did not keep them, flush the offline buffer, go live."""
+        """Rejoin rooms if the relay did not keep them, send again what a drain left
+        unanswered, flush the offline buffer, go live."""
         if restore and self.welcome is not None and not self.welcome.resumed:
+            self._inflight.drop_rejoins()
             await self._rejoin(conn)
+        await self._send_again(conn)
         while self.outbox and conn.state is WsState.OPEN:
             first = self.outbox[0].pending
             if first is not None and first.future.done():
@@ -282,6 +302,29 @@ class Connection:
         if conn.state is WsState.OPEN and not self.closing:
             self._live = conn
             self.set_state(State.CONNECTED)
+
+    async def _send_again(self, conn: ClientConnection) -> None:
+        """Send the requests a drain left unanswered, in order, each with a new ``id``
+        (an answer meant for the old one can then never be taken for its answer)."""
+        resend = self._inflight.resend
+        while resend and conn.state is WsState.OPEN:
+            if resend[0].future.done():
+                resend.popleft()  # its caller gave up
+                continue
+            await self._bucket.take()  # before popping: a cancelled restore loses nothing
+            if not resend or conn.state is not WsState.OPEN:
+                break
+            pending = resend.popleft()
+            if pending.future.done():
+                continue
+            envelope = pending.envelope
+            envelope["id"] = self._inflight.next_id()
+            try:
+                frame = self._encode(envelope)  # this relay's max_frame_bytes may be lower
+            except TooLarge as exc:
+                pending.future.set_exception(exc)
+                continue
+            await self._transmit(conn, Outgoing(envelope, frame, pending))
 
     async def _rejoin(self, conn: ClientConnection) -> None:
         """Join the remembered rooms again and wait for the relay's answers, so
@@ -296,7 +339,7 @@ class Connection:
             futures.append(future)
             await self._bucket.take()
             await self._transmit(
-                conn, Outgoing(envelope, pack(envelope), Pending(future, "join", envelope))
+                conn, Outgoing(envelope, pack(envelope), Pending(future, "rejoin", envelope))
             )
         if futures:
             await asyncio.gather(*futures, return_exceptions=True)
@@ -324,9 +367,18 @@ class Connection:
         self.state = state
         self._handlers.call_all(self._handlers.state, state)
 
-    def lose_inflight(self) -> None:
-        """The socket dropped: what it carried unanswered fails with ConnectionLost."""
-        self._inflight.lose()
+    def lose_inflight(self, end: SocketEnd) -> None:
+        """The socket ended: what it carried unanswered is sent again after a drain,
+        and fails with ConnectionLost after any other end (it may have been acted on)."""
+        if end.drained:
+            self._inflight.keep_for_resend()
+            if self._inflight.resend:
+                log.info(
+                    "the relay drained: %d unanswered request(s) will be sent again",
+                    len(self._inflight.resend),
+                )
+        else:
+            self._inflight.lose()
 
     def finish(self, error: RelayError | None) -> None:
         """Close for good: fail everything pending with ``error`` (``None``: closed by us)."""

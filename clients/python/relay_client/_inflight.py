@@ -3,7 +3,8 @@
 Three tables, no I/O:
 
 * requests to the relay (an envelope with an ``id``), answered by ``ok``,
-  ``err`` or ``pong``;
+  ``err`` or ``pong``; and those a draining relay left unanswered, which it
+  did not act on, waiting to be sent again on the next session;
 * requests to other peers (a ``send`` with a ``rid``), answered by a ``msg``
   whose ``re`` is that ``rid`` and whose sender is the target;
 * sends the relay acknowledged as ``queued`` for a resuming target, kept
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -88,6 +89,8 @@ class InFlight:
         self._ids = itertools.count(1)
         self._rids = itertools.count(1)
         self._pending: dict[Any, Pending] = {}
+        self.resend: deque[Pending] = deque()
+        """Requests a drain left unanswered, in the order they were written."""
         self._requests: dict[Any, _PeerRequest] = {}
         self._queued: OrderedDict[Any, _Queued] = OrderedDict()
 
@@ -191,8 +194,28 @@ class InFlight:
             ev=queued.ev if queued else None,
         )
 
+    def keep_for_resend(self) -> None:
+        """The relay closed the socket with 1001 (a drain): it did not act on what it
+        left unanswered, so those requests are sent again on the next session.
+
+        They were written before any still waiting here from an earlier drain,
+        so they go first. Those whose caller gave up are dropped.
+        """
+        pending, self._pending = self._pending, {}
+        unanswered = [item for item in pending.values() if not item.future.done()]
+        self.resend.extendleft(reversed(unanswered))
+
+    def drop_rejoins(self) -> None:
+        """A fresh session rejoins every remembered room: earlier rejoins are not sent again."""
+        for item in [item for item in self.resend if item.kind == "rejoin"]:
+            self.resend.remove(item)
+            item.future.cancel()
+
     def lose(self) -> None:
-        """The socket dropped: requests it carried have an unknown fate."""
+        """The socket dropped: requests it carried have an unknown fate.
+
+        Those waiting to be sent again were not on it and keep waiting.
+        """
         pending, self._pending = self._pending, {}
         for item in pending.values():
             if not item.future.done():
@@ -205,8 +228,10 @@ class InFlight:
     def fail(self, exc: RelayError) -> None:
         """The peer closed for good: every waiter gets ``exc``."""
         waiting = [p.future for p in self._pending.values()]
+        waiting += [p.future for p in self.resend]
         waiting += [r.future for r in self._requests.values()]
         self._pending.clear()
+        self.resend.clear()
         self._requests.clear()
         for future in waiting:
             if not future.done():

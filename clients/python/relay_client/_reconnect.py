@@ -2,7 +2,9 @@
 
 A socket that dropped, or that the relay closed with a retryable code
 (:func:`~relay_client.should_reconnect`), is followed by attempts spaced
-with full-jitter exponential backoff. Each attempt's ``hello`` carries the
+with full-jitter exponential backoff. What the socket carried unanswered
+fails with ConnectionLost, unless the relay drained (1001): then it is sent
+again once the session is restored. Each attempt's ``hello`` carries the
 latest resume secret and how many envelopes arrived (see
 :meth:`Connection.dial`); the new socket then restores the session
 (:meth:`Connection.serve`). A terminal close, an attempt refused for good, or
@@ -42,15 +44,15 @@ async def supervise(link: Connection, conn: ClientConnection) -> None:
     restore = False  # the first session has nothing to restore
     try:
         while True:
-            code, reason = await link.serve(conn, restore=restore)
+            end = await link.serve(conn, restore=restore)
             restore = True
             if link.closing:
                 return
-            if not link.options.reconnect or not should_reconnect(code):
-                link.finish(closed_error(code, reason))
+            if not link.options.reconnect or not should_reconnect(end.code):
+                link.finish(closed_error(end.code, end.reason))
                 return
-            log.info("connection lost (code %s %s), reconnecting", code, reason)
-            link.lose_inflight()
+            log.info("connection lost (code %s %s), reconnecting", end.code, end.reason)
+            link.lose_inflight(end)
             redialled = await _redial(link)
             if redialled is None:
                 return

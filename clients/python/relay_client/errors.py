@@ -8,7 +8,8 @@ Every exception the client raises on purpose derives from :class:`RelayError`:
   close code such as 4503, or :meth:`Peer.close`); the client does not reconnect.
 * :class:`RelayUnavailable` means the relay could not be reached at all.
 * :class:`ConnectionLost` means the socket dropped while a request was in flight;
-  the client is reconnecting, but that request's fate is unknown.
+  the client is reconnecting, but that request's fate is unknown (after a
+  drain, 1001, such requests are sent again instead).
 * :class:`OfflineBufferFull`, :class:`RequestTimeout`, :class:`RemoteError` and
   :class:`NotConnected` are raised by the client itself.
 """
@@ -267,10 +268,13 @@ class SessionReplaced(ConnectionClosed):
 
 
 class ConnectionLost(RelayError):
-    """The socket dropped before the relay acknowledged this request.
+    """The socket dropped (or closed with a code other than 1001) before the
+    relay answered this request.
 
-    The client reconnects on its own, but whether the relay got the request is
-    unknown: retry it if it is safe to do so.
+    The client reconnects on its own, but whether the relay acted on the
+    request is unknown: retry it if it is safe to do so. After a drain (1001)
+    the relay acted on nothing it left unanswered, and the client sends such
+    requests again itself instead of raising this.
     """
 
 

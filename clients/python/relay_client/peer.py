@@ -55,9 +55,11 @@ class Peer:
     dropped socket or a retryable close (1001, 1011, 1013, 4000-4499) it
     reconnects with exponential backoff and full jitter, resumes its session
     with the latest ``resume`` secret, rejoins its rooms when the relay did not
-    restore them, and flushes the sends it buffered meanwhile, in order. A
-    terminal close (1000 from the relay, 1003, 1008, 1009, 4500-4999) ends it:
-    every pending and later operation raises :class:`ConnectionClosed`.
+    restore them, sends again the requests a draining relay (1001) left
+    unanswered (it did not act on them), and flushes the sends it buffered
+    meanwhile, in order. A terminal close (1000 from the relay, 1003, 1008,
+    1009, 4500-4999) ends it: every pending and later operation raises
+    :class:`ConnectionClosed`.
 
     Incoming messages go, in this order of preference, to a pending
     :meth:`request` (replies), a handler registered with :meth:`on_request`

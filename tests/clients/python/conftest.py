@@ -5,6 +5,9 @@
 connections (the relay looks down) and ``freeze()`` traffic while keeping the
 sockets open (a black hole, for keepalive tests).
 
+``drain_proxy_factory(relay)`` puts a WebSocket proxy in front of a relay that
+can end a socket as a draining relay does (:mod:`.drainproxy`).
+
 ``relay_process()`` runs ``python -m relay serve`` as a subprocess on a fixed
 port, so a test can kill the whole relay and start it again.
 """
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from tests.clients.python.drainproxy import DrainProxy
 from tests.redis_server import free_port
 
 if TYPE_CHECKING:
@@ -130,6 +134,24 @@ async def proxy_factory() -> AsyncIterator[ProxyFactory]:
 
     async def start(relay: RunningRelay) -> Proxy:
         proxy = Proxy(relay.port, relay.settings.path)
+        await proxy.start()
+        proxies.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in proxies:
+        await proxy.close()
+
+
+DrainProxyFactory = Callable[["RunningRelay"], Awaitable[DrainProxy]]
+
+
+@pytest.fixture
+async def drain_proxy_factory() -> AsyncIterator[DrainProxyFactory]:
+    proxies: list[DrainProxy] = []
+
+    async def start(relay: RunningRelay) -> DrainProxy:
+        proxy = DrainProxy(relay.url)
         await proxy.start()
         proxies.append(proxy)
         return proxy

@@ -110,6 +110,28 @@ async def test_a_lost_socket_fails_what_it_carried_and_closing_fails_the_rest() 
         reply.result()
 
 
+async def test_what_a_drain_left_unanswered_waits_in_the_order_it_was_written() -> None:
+    inflight = InFlight()
+    first = sent(inflight, {"type": "send", "to": "bob", "d": 1})
+    answered = sent(inflight, {"type": "send", "to": "bob", "d": 2})
+    inflight.settle_ok({"type": "ok", "id": answered.envelope["id"]})
+    abandoned = sent(inflight, {"type": "send", "to": "bob", "d": 3})
+    abandoned.future.cancel()
+    second = sent(inflight, {"type": "pub", "room": "lobby", "d": 4})
+    inflight.keep_for_resend()
+    assert list(inflight.resend) == [first, second]
+    # The first goes out again on the next socket, which a drain ends before the second went.
+    inflight.expect(inflight.resend.popleft())
+    inflight.keep_for_resend()
+    assert list(inflight.resend) == [first, second]
+    inflight.lose()  # a dropped socket: nothing waiting here was on it
+    assert list(inflight.resend) == [first, second] and not first.future.done()
+    inflight.fail(relay_client.ConnectionClosed(1000))
+    for pending in (first, second):
+        with pytest.raises(relay_client.ConnectionClosed):
+            pending.future.result()
+
+
 async def test_dispatch_order_reply_then_request_handler_then_ev_handlers_then_inbox() -> None:
     route = Routing(replies=Replies(expected=2))
     rid, reply = route.inflight.open_request("bob")
