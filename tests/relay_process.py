@@ -11,10 +11,20 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def relay_process(*flags: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+def relay_process(*flags: str, port: int = 0) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Start ``relay serve`` with ``flags``; yields the process and its WebSocket URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "relay", "serve", "--port", "0", "--log-level", "warning", *flags],
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "serve",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            *flags,
+        ],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},

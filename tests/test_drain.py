@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ import anyio
 import httpx
 import msgpack
 import pytest
+import relay_client
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from relay.hub import DRAIN_REASON
@@ -146,3 +148,65 @@ async def test_a_reader_that_never_reads_does_not_hold_the_drain() -> None:
         assert all(traffic.answers[n][0]["code"] == "peer-offline" for n in offline)
         await anyio.to_thread.run_sync(process.wait, 10)
         assert process.returncode == 0
+
+
+async def test_the_python_client_sends_again_what_a_drain_left_unanswered() -> None:
+    """Through a SIGTERM and a restart: every send answered once, ok'd ones arrive once.
+
+    The sender keeps sending through the drain; what the first relay left
+    unanswered is sent again to the second, which takes over its port.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"ws://127.0.0.1:{port}/v1/ws"
+    results: dict[int, str] = {}  # n -> "ok" or the error code
+    received: list[int] = []
+    expected: set[int] | None = None  # the oks, once every send is answered
+    everything_arrived = anyio.Event()
+    with contextlib.ExitStack() as processes:
+        first, _ = processes.enter_context(start_relay("--drain-seconds", "10", port=port))
+        async with (
+            relay_client.connect(url, id="reader") as reader,
+            relay_client.connect(url, id="sender") as sender,
+        ):
+
+            async def read_slowly() -> None:
+                while True:
+                    received.append((await reader.recv()).data)
+                    if expected is not None and expected <= set(received):
+                        everything_arrived.set()
+
+            async def send_one(n: int) -> None:
+                try:
+                    await sender.send("reader", n)
+                    results[n] = "ok"
+                except relay_client.RelayError as exc:
+                    results[n] = exc.code
+
+            async def restart() -> None:
+                """The first relay drains and exits; a new one takes its port."""
+                first.send_signal(signal.SIGTERM)
+                await anyio.to_thread.run_sync(first.wait, 30)
+                assert first.returncode == 0
+                await anyio.to_thread.run_sync(processes.enter_context, start_relay(port=port))
+
+            async with anyio.create_task_group() as reading:
+                reading.start_soon(read_slowly)
+                async with anyio.create_task_group() as sending:
+                    start = time.monotonic()
+                    for n in range(1500):  # 5 s at 300/s, the SIGTERM after 2 s
+                        # pacing, not synchronisation
+                        await anyio.sleep(max(0.0, n / 300 - (time.monotonic() - start)))
+                        sending.start_soon(send_one, n)
+                        if n == 600:
+                            sending.start_soon(restart)
+                expected = {n for n, result in results.items() if result == "ok"}
+                with anyio.fail_after(30):
+                    if not expected <= set(received):
+                        await everything_arrived.wait()
+                reading.cancel_scope.cancel()
+    assert sorted(results) == list(range(1500)), "every send was answered"
+    assert len(set(received)) == len(received), "a message arrived twice"
+    for n, result in results.items():
+        assert (n in received) == (result == "ok"), (n, result)
