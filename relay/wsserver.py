@@ -202,6 +202,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_config",
         "_connections",
         "_deadline",
+        "_dropped",
         "_handler",
         "_head",
         "_keepalive",
@@ -256,6 +257,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._unsent: int | None = None  # bytes that never left, counted when the end is seen
         self._acked_at_end = 0  # written_bytes less _unsent, at that moment
+        self._dropped = 0  # bytes of messages written once the connection was ending
         self.written_bytes = 0
 
     # --- asyncio.Protocol -----------------------------------------------------------
@@ -358,6 +360,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self._state != _OPEN:
+            self._drop(len(data))
             return
         size = len(data)
         header = BINARY_HEADERS[size] if size < 126 else frame_header(OP_BINARY, size)
@@ -365,6 +368,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
 
     def write_text(self, text: str) -> None:
         if self._state != _OPEN:
+            self._drop(len(text.encode()))
             return
         data = text.encode()
         size = len(data)
@@ -435,9 +439,17 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             self._unsent = self._count_unsent()
             self._acked_at_end = self.written_bytes - self._unsent
 
+    def _drop(self, size: int) -> None:
+        """A message written after the end began: counted written, and never sent."""
+        wire = size + (2 if size < 126 else 4 if size < 65536 else 10)
+        self.written_bytes += wire
+        self._dropped += wire
+        if self._unsent is not None:
+            self._unsent += wire
+
     def _count_unsent(self) -> int:
         """Bytes written that have not reached the peer's host: ours, and the kernel's unacked."""
-        pending = self._out_size
+        pending = self._out_size + self._dropped
         transport = self._transport
         if transport is None:
             return pending

@@ -480,3 +480,35 @@ async def test_tls_close_against_a_client_that_stops_reading_aborts(
     assert recorder.lost == [(1006, "")]
     assert time.monotonic() - started < 2.5
     writer.transport.abort()
+
+
+async def test_acked_bytes_count_what_the_client_host_acknowledged(serve: Serve) -> None:
+    app = DirectApp(echoing)
+    served = await serve(app)
+    async with connect(served.url + "/x") as ws:
+        recorder = await app.next()
+        assert recorder.conn.written_bytes == 0
+        await ws.send(b"ping")
+        assert await ws.recv() == b"ping"  # the client read it: its host acknowledged it
+        conn = recorder.conn
+        assert conn.written_bytes == 6  # 4 bytes and a 2-byte header
+        async with asyncio.timeout(5):
+            # The kernel raises no event for an ACK: it is asked, as the relay asks it.
+            while conn.acked_bytes() < 6:  # noqa: ASYNC110
+                await asyncio.sleep(0.001)
+        assert conn.acked_bytes() == 6
+
+
+async def test_a_message_written_after_the_end_began_is_never_acknowledged(serve: Serve) -> None:
+    app = DirectApp()
+    served = await serve(app)
+    sock = await _never_reading_client(served.port)
+    recorder = await app.next()
+    conn = recorder.conn
+    conn.abort()  # everything written so far (nothing) is acknowledged
+    acked = conn.acked_bytes()
+    conn.write(b"late")  # dropped: the connection is going
+    assert conn.written_bytes == acked + 6
+    assert conn.acked_bytes() == acked
+    assert conn.unsent_bytes() == 6
+    sock.close()
