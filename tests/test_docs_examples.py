@@ -261,9 +261,7 @@ class Reader:
         self.ports = dict(self.base_ports)
 
     def env(self) -> dict[str, str]:
-        return terminal_env(
-            RELAY_URL=f"ws://127.0.0.1:{self.ports[8080]}/v1/ws", **self.extra_env
-        )
+        return terminal_env(RELAY_URL=f"ws://127.0.0.1:{self.ports[8080]}/v1/ws", **self.extra_env)
 
     def rewrite(self, text: str) -> str:
         if _REDIS.search(text) and 6379 not in self.base_ports:
