@@ -309,7 +309,8 @@ def main() -> None:
     """relay: a self-hosted WebSocket relay hub.
 
     Peers connect to ws://HOST:PORT/v1/ws, register an id and exchange msgpack
-    envelopes (protocol v1, see docs/protocol.md). Start one with `relay serve`.
+    envelopes (protocol v1, see docs/protocol.md). Start one with `relay serve`;
+    `relay check` with the same options says what it would run with.
     """
 
 
@@ -434,7 +435,7 @@ def _stray_variables() -> list[str]:
 @settings_command
 @click.pass_context
 def check(ctx: click.Context, /, **values: Any) -> None:
-    """Check the settings serve would run with, and print them with their sources.
+    """Check serve's settings; print each value and its source.
 
     Takes the options of `relay serve` and reads flags, RELAY_* variables and
     the --config file exactly as it does. Every value is checked as serve
@@ -467,7 +468,7 @@ def check(ctx: click.Context, /, **values: Any) -> None:
 @main.command("config")
 @click.option("--markdown", is_flag=True, help="Print the table docs/configuration.md holds.")
 def show_config(markdown: bool) -> None:
-    """Print every setting with its default, flag and environment variable.
+    """Print every setting's default, flag and environment variable.
 
     These are the built-in defaults, whatever the environment holds: `relay
     check` prints the values serve would use, and where each came from.
