@@ -56,6 +56,7 @@ def test_the_client_wheel_holds_the_typed_package(packages: Installed) -> None:
     assert "relay_client-0.1.0.dist-info/licenses/LICENSE" in names
     outside = [n for n in names if not n.startswith(("relay_client/", "relay_client-0.1.0."))]
     assert outside == []
+    assert not [n for n in names if "__pycache__" in n]
 
 
 def test_the_installed_relay_serves_its_files_with_no_repository_around(
