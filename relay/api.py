@@ -59,7 +59,7 @@ async def metrics(request: Request) -> Response:
 
 # --- the server-side API (/v1), for backends ----------------------------------
 #
-# Bearer keys from ``api_keys``; none configured: every /v1 route answers 404
+# Bearer keys from ``api_keys``; none configured: these four routes answer 404
 # {"error": "api-disabled"}. Each key has its own request rate (a token
 # bucket, ``api_rate_per_second``/``api_rate_burst``): 429 with Retry-After
 # beyond it. Bodies are JSON or msgpack (by Content-Type), read incrementally

@@ -12,7 +12,7 @@ from starlette.staticfiles import StaticFiles
 
 from relay import api, ice
 from relay.broker import Broker, create_broker
-from relay.cors import cors_route
+from relay.cors import cors_files, cors_route
 from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.peerjs.endpoint import PeerJSEndpoint
@@ -53,7 +53,13 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         ),
         *(peerjs.routes() if peerjs is not None else ()),
         WebSocketRoute("/{path:path}", unknown_path),
-        Mount("/", StaticFiles(directory=STATIC_DIR, html=True, check_dir=False)),
+        # The demo, and /client.js for pages of the allowed Origins to import.
+        Mount(
+            "/",
+            cors_files(
+                StaticFiles(directory=STATIC_DIR, html=True, check_dir=False), settings.origins
+            ),
+        ),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.hub = hub

@@ -4,7 +4,9 @@ Every ``Settings`` field is a ``relay serve`` flag and a ``RELAY_<NAME>``
 environment variable; ``--config FILE`` reads a TOML file of the same names.
 Precedence: flag, then environment, then file, then the built-in default.
 A bad value is one line on stderr naming the setting, its source and what it
-accepts, and exit status 2.
+accepts, and exit status 2; so is a host that does not resolve or a port that
+cannot be bound. ``relay check`` reads and checks the settings as ``serve``
+does and prints them with their sources; ``relay config`` prints the defaults.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import sys
 import threading
 import tomllib
@@ -34,6 +37,7 @@ from relay import __version__
 from relay.app import create_app
 from relay.auth import load_verifier
 from relay.hub import Hub
+from relay.listen import ListenError, bind, resolve
 from relay.settings import SettingError, Settings, describe, is_secret, parse
 from relay.wsserver import RelayWebSocketProtocol
 
@@ -305,39 +309,49 @@ def main() -> None:
     """relay: a self-hosted WebSocket relay hub.
 
     Peers connect to ws://HOST:PORT/v1/ws, register an id and exchange msgpack
-    envelopes (protocol v1, see docs/protocol.md). Start one with `relay serve`.
+    envelopes (protocol v1, see docs/protocol.md). Start one with `relay serve`;
+    `relay check` with the same options says what it would run with.
     """
 
 
+def settings_command(command: Any) -> Any:
+    """Decorate ``command`` with ``--config`` and one option per setting, as ``serve`` has."""
+    command = settings_options(command)
+    return click.option(
+        "--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
+        expose_value=False,
+        help="TOML file of settings (names as below, e.g. rate_per_second = 50).",
+    )(command)  # fmt: skip
+
+
 @main.command()
-@click.option(
-    "--config", type=click.Path(dir_okay=False), callback=_load_config, is_eager=True,
-    expose_value=False, help="TOML file of settings (names as below, e.g. rate_per_second = 50).",
-)  # fmt: skip
-@settings_options
+@settings_command
 @click.pass_context
 def serve(ctx: click.Context, /, **values: Any) -> None:
     """Run a relay node (WebSocket and HTTP on one port).
 
     Every setting is a flag, a RELAY_* environment variable and a key of the
     --config file; the flag wins over the variable, the variable over the file.
-    A bad value stops the relay with one line naming it and exit status 2.
+    A bad value stops the relay with one line naming it and exit status 2, and
+    so does a host that does not resolve or a port already in use. `relay
+    check` takes the same options and prints what serve would run with.
 
     SIGTERM or Ctrl-C drains: /readyz turns 503, new sockets are refused,
     queues are flushed and open sockets closed with 1001, then the process
     exits 0. A second signal exits at once. SIGHUP re-reads the JWT key file.
     """
     settings = settings_from(ctx, values)
+    sockets = listening_sockets(ctx, settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     if settings.workers > 1:
         from relay.workers import run_workers
 
-        sys.exit(run_workers(settings))
+        sys.exit(run_workers(settings, sockets))
     app = create_app(settings)
     server = RelayServer(uvicorn_config(app, settings), app.state.hub)
-    server.run()
+    server.run(sockets=sockets)
     sys.exit(0 if server.started else 1)
 
 
@@ -357,13 +371,112 @@ def settings_from(ctx: click.Context, values: dict[str, Any]) -> Settings:
     return settings
 
 
+def _unservable(ctx: click.Context, settings: Settings, exc: ListenError) -> BadSetting:
+    return BadSetting(f"{_where(ctx, exc.name, getattr(settings, exc.name))}: {exc.problem}")
+
+
+def listening_sockets(ctx: click.Context, settings: Settings) -> list[socket.socket]:
+    """The sockets ``serve`` listens on, bound now; ``BadSetting`` when they cannot be."""
+    try:
+        return bind(settings.host, settings.port)
+    except ListenError as exc:
+        raise _unservable(ctx, settings, exc) from None
+
+
+# RELAY_* variables that are not settings but are expected in a relay's
+# terminal: relay-peer (the Python client) reads its URL and token from them.
+CLIENT_VARIABLES = frozenset({"RELAY_URL", "RELAY_TOKEN"})
+
+
+def _shown_value(name: str, value: object) -> str:
+    """``value`` as a TOML value, a secret that is set as (hidden)."""
+    if is_secret(name) and value:
+        return _HIDDEN
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return json.dumps(list(value))
+    return _number(value) or json.dumps(value)
+
+
+def _source(ctx: click.Context, name: str) -> str:
+    source = ctx.get_parameter_source(name)
+    if source is ParameterSource.COMMANDLINE:
+        return "--" + name.replace("_", "-")
+    if source is ParameterSource.ENVIRONMENT:
+        return "RELAY_" + name.upper()
+    if source is ParameterSource.DEFAULT_MAP:
+        return str(ctx.meta[_CONFIG_FILE])
+    return "default"
+
+
+def _columns(rows: list[tuple[str, ...]]) -> list[str]:
+    """``rows`` as lines of left-aligned columns, each as wide as its widest cell."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    return [
+        "  ".join([*(cell.ljust(width) for cell, width in zip(row, widths, strict=False)), row[-1]])
+        for row in rows
+    ]
+
+
+def _stray_variables() -> list[str]:
+    """Warnings for RELAY_* variables that are no setting (a typo serve would ignore)."""
+    known = ["RELAY_" + info.name.upper() for info in describe()]
+    warnings = []
+    for name in sorted(os.environ):
+        if name.startswith("RELAY_") and name not in known and name not in CLIENT_VARIABLES:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.append(f"Warning: {name} is not a setting; relay serve ignores it{hint}")
+    return warnings
+
+
+@main.command()
+@settings_command
+@click.pass_context
+def check(ctx: click.Context, /, **values: Any) -> None:
+    """Check serve's settings; print each value and its source.
+
+    Takes the options of `relay serve` and reads flags, RELAY_* variables and
+    the --config file exactly as it does. Every value is checked as serve
+    checks it (files and keys are read, the host is resolved); a bad one is one
+    line naming it and exit status 2. Otherwise every setting is printed with
+    its effective value (secrets as (hidden)) and where it came from: a flag,
+    a variable, the config file, or the default. RELAY_* variables that are no
+    setting get a warning on stderr (relay-peer's RELAY_URL and RELAY_TOKEN
+    excepted). Nothing is started, and the port is not tried.
+    """
+    settings = settings_from(ctx, values)
+    try:
+        addresses = [address for _, address in resolve(settings.host, settings.port)]
+    except ListenError as exc:
+        raise _unservable(ctx, settings, exc) from None
+    for warning in _stray_variables():
+        click.echo(warning, err=True)
+    rows: list[tuple[str, ...]] = [("setting", "value", "from")]
+    rows += [
+        (info.name, _shown_value(info.name, getattr(settings, info.name)), _source(ctx, info.name))
+        for info in describe()
+    ]
+    for line in _columns(rows):
+        click.echo(line.rstrip())
+    port = settings.port or "a free port"
+    where = ", ".join(f"[{a}]" if ":" in a else a for a in addresses)
+    click.echo(f"The settings are valid: relay serve would listen on {where}, port {port}.")
+
+
 @main.command("config")
 @click.option("--markdown", is_flag=True, help="Print the table docs/configuration.md holds.")
 def show_config(markdown: bool) -> None:
-    """Print every setting with its default, flag and environment variable."""
+    """Print every setting's default, flag and environment variable.
+
+    These are the built-in defaults, whatever the environment holds: `relay
+    check` prints the values serve would use, and where each came from.
+    """
     if markdown:
         click.echo("| setting | flag / environment | default | meaning | accepts |")
         click.echo("|---|---|---|---|---|")
+    rows: list[tuple[str, ...]] = []
     for info in describe():
         default = info.default
         shown = " ".join(default) if isinstance(default, tuple) else str(default)
@@ -376,7 +489,10 @@ def show_config(markdown: bool) -> None:
                 f"| {info.accepts or 'any text'} |"
             )
         else:
-            click.echo(f"{flag:26} {env:30} {shown!s:20} {info.help}")
+            rows.append((flag, env, shown or "(empty)", info.help))
+    if rows:
+        for line in _columns([("flag", "environment", "default", "meaning"), *rows]):
+            click.echo(line)
 
 
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -20,6 +20,7 @@ import dataclasses
 import json
 import logging
 import os
+import socket
 import sys
 from typing import Any, cast
 
@@ -87,19 +88,23 @@ class WorkerProcess(multiprocess.Process):
         return self._server
 
 
-def run_workers(settings: Settings) -> int:
-    """Run ``settings.workers`` worker processes until SIGTERM; the exit status."""
+def run_workers(settings: Settings, sockets: list[socket.socket]) -> int:
+    """Run ``settings.workers`` worker processes on ``sockets`` until SIGTERM; the exit status.
+
+    The sockets are bound already (``relay.listen.bind``), so a port in use
+    stopped ``relay serve`` before any worker started.
+    """
     os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
     config = uvicorn_config(
         cast(Starlette, APP_FACTORY), settings, factory=True, workers=settings.workers
     )
     # The supervisor builds its workers from this module-level name.
     multiprocess.Process = WorkerProcess  # type: ignore[misc]
-    sock = config.bind_socket()
     try:
-        multiprocess.Multiprocess(config, sockets=[sock]).run()
+        multiprocess.Multiprocess(config, sockets=sockets).run()
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
     return 0
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -68,11 +69,17 @@ async def test_flag_beats_env_beats_file_beats_default(configured_relay: str) ->
 # --- bad settings: one line naming the setting and its source, exit status 2 -------
 
 
-def refusal(args: list[str], env: dict[str, str] | None = None, config: str | None = None) -> str:
-    """Run ``relay serve`` with bad settings; the one line it prints on stderr."""
+def refusal(
+    args: list[str],
+    env: dict[str, str] | None = None,
+    config: str | None = None,
+    *,
+    command: str = "serve",
+) -> str:
+    """Run ``relay serve`` (or ``check``) with bad settings; the one line it prints on stderr."""
     if config is not None:
         args = ["--config", config, *args]
-    result = CliRunner().invoke(main, ["serve", *args], env=env)
+    result = CliRunner().invoke(main, [command, *args], env=env)
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit)  # no exception escaped
     assert result.stdout == ""
@@ -122,6 +129,7 @@ def test_a_bad_flag_or_variable_is_one_line(
     args: list[str], env: dict[str, str] | None, line: str
 ) -> None:
     assert refusal(args, env) == line
+    assert refusal(args, env, command="check") == line
 
 
 @pytest.mark.parametrize(
@@ -149,6 +157,7 @@ def test_a_bad_config_file_is_one_line_naming_the_file(
     config = tmp_path / "config.toml"
     config.write_text(text)
     assert refusal([], config=str(config)) == f"Error: {config}: {line}"
+    assert refusal([], config=str(config), command="check") == f"Error: {config}: {line}"
 
 
 def test_a_flag_overriding_a_bad_file_value_still_names_the_file(tmp_path: Path) -> None:
@@ -344,3 +353,144 @@ async def test_sighup_rereads_the_jwks_file(tmp_path: Path) -> None:
         assert (await join_as(url, token=token)).id == "bob"
     finally:
         node.stop()
+
+
+# --- start-up failures: one line and exit status 2, as bad values ------------------
+
+
+def serve_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """``relay serve`` run to its end as a process (uvicorn's logging included)."""
+    return subprocess.run(
+        [sys.executable, "-m", "relay", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={k: v for k, v in os.environ.items() if not k.startswith("RELAY_")},
+        check=False,
+    )
+
+
+def test_a_port_in_use_stops_serve_with_one_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = serve_process("--port", str(port))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        f"Error: --port {port}: 127.0.0.1:{port} is already in use (another relay, or another "
+        "program)\n"
+    )
+
+
+def test_a_host_that_does_not_resolve_stops_serve_with_one_line() -> None:
+    host = "a" * 64 + ".example"  # a label over 63 characters: refused without asking DNS
+    done = serve_process("--host", host, "--port", "0")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"Error: --host {host}: cannot resolve it (not a valid host name)\n"
+
+
+def test_an_address_of_another_machine_stops_serve_with_one_line() -> None:
+    done = serve_process("--host", "192.0.2.1", "--port", "0")  # TEST-NET-1: nobody's
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "Error: --host 192.0.2.1: 192.0.2.1 is not an address of this machine "
+        "(Cannot assign requested address)\n"
+    )
+
+
+def unresolvable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every name lookup fail as a name that does not exist does."""
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", fail)
+
+
+@pytest.mark.parametrize("command", ["serve", "check"])
+def test_an_unresolvable_host_is_one_line_naming_its_source(
+    monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    unresolvable(monkeypatch)
+    assert refusal(["--host", "999.1.1.1"], command=command) == (
+        "Error: --host 999.1.1.1: cannot resolve it (Name or service not known)"
+    )
+    assert refusal([], {"RELAY_HOST": "relay.invalid"}, command=command) == (
+        "Error: RELAY_HOST=relay.invalid: cannot resolve it (Name or service not known)"
+    )
+
+
+def test_workers_on_a_port_in_use_stop_before_any_worker_starts() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = refusal(["--port", str(port), "--workers", "2", "--broker", "redis://127.0.0.1:1/0"])
+    assert line == (
+        f"Error: --port {port}: 127.0.0.1:{port} is already in use (another relay, or another "
+        "program)"
+    )
+
+
+# --- relay check and relay config ---------------------------------------------------
+
+
+def check_rows(output: str) -> dict[str, tuple[str, str]]:
+    """``relay check``'s table: setting -> (value, source)."""
+    lines = output.splitlines()
+    assert lines[0].split() == ["setting", "value", "from"]
+    value_at, source_at = lines[0].index("value"), lines[0].index("from")
+    rows = {}
+    for line in lines[1:-1]:
+        assert line[value_at - 2 : value_at] == "  " and line[source_at - 2 : source_at] == "  "
+        rows[line[:value_at].strip()] = (line[value_at:source_at].strip(), line[source_at:])
+    return rows
+
+
+def test_check_prints_every_setting_with_its_value_and_source(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text('rate_per_second = 5.0\nrate_burst = 6\norigins = ["https://a.example"]\n')
+    secret = "s" * 40
+    result = CliRunner().invoke(
+        main,
+        ["check", "--config", str(config), "--max-depth", "9", "--admission-exempt", ""],
+        env={"RELAY_RATE_BURST": "77", "RELAY_JWT_SECRET": secret, "RELAY_PORT": ""},
+    )
+    assert (result.exit_code, result.stderr) == (0, ""), result.output
+    assert secret not in result.stdout
+    rows = check_rows(result.stdout)
+    assert list(rows) == [info.name for info in describe()]
+    assert rows["max_depth"] == ("9", "--max-depth")  # flag over file
+    assert rows["rate_burst"] == ("77", "RELAY_RATE_BURST")  # environment over file
+    assert rows["rate_per_second"] == ("5", str(config))  # file over default
+    assert rows["origins"] == ('["https://a.example"]', str(config))
+    assert rows["admission_exempt"] == ("[]", "--admission-exempt")
+    assert rows["jwt_secret"] == ("(hidden)", "RELAY_JWT_SECRET")
+    assert rows["api_keys"] == ("[]", "default")
+    assert rows["host"] == ('"127.0.0.1"', "default")
+    assert rows["port"] == ("8080", "default")  # an empty variable is unset
+    assert result.stdout.splitlines()[-1] == (
+        "The settings are valid: relay serve would listen on 127.0.0.1, port 8080."
+    )
+
+
+def test_check_warns_of_relay_variables_that_are_no_setting() -> None:
+    env = {"RELAY_PROT": "9000", "RELAY_URL": "ws://127.0.0.1:9/v1/ws", "RELAY_TOKEN": "t"}
+    result = CliRunner().invoke(main, ["check"], env=env)
+    assert result.exit_code == 0
+    assert result.stderr == (
+        "Warning: RELAY_PROT is not a setting; relay serve ignores it (did you mean RELAY_PORT?)\n"
+    )
+
+
+def test_config_keeps_its_columns_for_the_longest_names() -> None:
+    lines = CliRunner().invoke(main, ["config"], env={"RELAY_PORT": "abc"}).stdout.splitlines()
+    header = lines[0]
+    starts = [header.index(word) for word in ("environment", "default", "meaning")]
+    assert len(lines) == len(describe()) + 1
+    for line in lines[1:]:
+        for start in starts:
+            assert line[start - 2 : start] == "  " and line[start] != " ", line
+    port = next(line for line in lines if line.startswith("--port "))
+    assert port.split()[:3] == ["--port", "RELAY_PORT", "8080"]  # the default, as said

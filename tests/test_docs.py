@@ -1,13 +1,16 @@
-"""The docs say what the code does: the settings table and the README example."""
+"""The docs say what the code does: the settings table, the README example, metric names."""
 
 from __future__ import annotations
 
+import inspect
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+import relay_client
 from click.testing import CliRunner
 
 from relay.cli import main
@@ -42,3 +45,44 @@ async def test_the_readme_python_example_runs(relay: RunningRelay) -> None:
         [sys.executable, "-c", code], check=False, stderr=subprocess.STDOUT
     )
     assert result.stdout.decode().strip() == "alice chat {'text': 'hi'}"
+
+
+# Names in the docs that start like a metric and are something else.
+NOT_METRICS = {
+    "relay_client": "the Python client's import name",
+    "relay_factory": "a pytest fixture",
+    "relay_nodes": "the nginx upstream in deploy/",
+}
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def exposed_names(text: str) -> set[str]:
+    """Every metric name a /metrics page shows: families (# TYPE) and samples."""
+    names = set(re.findall(r"^# TYPE (\w+) ", text, re.M))
+    names |= set(re.findall(r"^(\w+)[{ ]", text, re.M))
+    return names
+
+
+@pytest.mark.anyio
+async def test_every_metric_the_docs_name_is_on_the_metrics_page(relay: RunningRelay) -> None:
+    async with httpx.AsyncClient(base_url=relay.http_url) as http:
+        exposed = exposed_names((await http.get("/metrics")).text)
+    assert "relay_errors_total" in exposed  # a labelled counter shows before its first count
+    named = {
+        (doc.name, name)
+        for doc in DOCUMENTS
+        for name in re.findall(r"\brelay_[a-z_]+\b", doc.read_text())
+        if name not in NOT_METRICS
+    }
+    assert named, "the docs name metrics"
+    missing = sorted(f"{doc}: {name}" for doc, name in named if name not in exposed)
+    assert not missing, "named in the docs, not on /metrics:\n" + "\n".join(missing)
+
+
+def test_the_connect_options_table_lists_every_option() -> None:
+    text = (ROOT / "docs" / "python-client.md").read_text()
+    section = text.partition("## `connect(url, **options)`")[2].partition("\n## ")[0]
+    documented = set(re.findall(r"^\| `(\w+)`(?:, `(\w+)`)? \|", section, re.M))
+    names = {name for pair in documented for name in pair if name}
+    options = set(inspect.signature(relay_client.connect).parameters) - {"url"}
+    assert names == options

@@ -10,9 +10,9 @@ terminal (no venv activated) from the repository root, against real relays:
 - ``python``: saved as a file and run with ``.venv/bin/python``, as the docs
   say to run them (unbuffered, so its output comes line by line as on a
   terminal).
-- ``js``: saved as an ES module and run with ``node`` in a project whose
-  node_modules holds ``relay-client`` (clients/js) and ``ws``, as
-  docs/js-client.md says to set one up.
+- ``js``: saved as an ES module and run with ``node`` in the project
+  docs/install.md sets up (``relay-client`` installed from the tarball
+  ``npm pack`` makes, and ``ws``), as docs/js-client.md says to set one up.
 - ``toml``: a settings file: every key must be a setting, every value pass
   its rule (as ``relay serve --config`` checks them).
 
@@ -43,19 +43,24 @@ pointing there, as relay-peer's default. A server block that starts a relay
 (it waits for ``relay ready on``) gets a fresh free port for each port it
 names (``--port N``, else 8080, given as ``RELAY_PORT``) while it runs, and
 ``127.0.0.1:6379`` is a redis-server the test starts.
+
+docs/install.md builds the packages and installs them with pip and npm: its
+blocks run offline, as tests/packages.py explains, once per session (the
+package tests look at what they left).
 """
 
 from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import httpx
 import pytest
 
 from relay.settings import SettingError, Settings, describe, parse
+from tests import packages
 from tests.docblocks import RELAY_READY, Block, blocks, console_commands, problem
 from tests.redis_server import free_port
 from tests.terminal import ROOT, Command, terminal_env
@@ -105,15 +110,26 @@ def relay_port() -> Iterator[int]:
 
 @pytest.mark.parametrize("doc", DOCS, ids=IDS)
 def test_the_blocks_work_as_written(
-    doc: Path, relay_port: int, tmp_path: Path, request: pytest.FixtureRequest
+    doc: Path,
+    relay_port: int,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if doc == packages.INSTALL_DOC:  # followed once for the session, offline
+        packages.installed(tmp_path_factory)
+        return
+
     def redis_port() -> int:
         url: str = request.getfixturevalue("redis_url")
         found = re.search(r":(\d+)(/|$)", url.partition("://")[2])
         assert found, url
         return int(found[1])
 
-    Reader(tmp_path, relay_port, redis_port).follow(doc)
+    def js_project() -> Path:
+        return packages.installed(tmp_path_factory).js_project
+
+    Reader(tmp_path, relay_port, redis_port, js_project=js_project).follow(doc)
 
 
 def test_make_run_says_where_the_demo_is_and_what_to_try(tmp_path: Path) -> None:
@@ -154,6 +170,12 @@ def test_the_js_quick_start_block_is_the_example_file() -> None:
     assert code in (ROOT / "clients" / "js" / "examples" / "quickstart.js").read_text()
 
 
+def test_the_python_quick_start_block_is_the_example_file() -> None:
+    guide = blocks(ROOT / "docs" / "python-client.md")
+    (code,) = [b.text for b in guide if b.lang == "python" and "sys.argv" in b.text]
+    assert code in (ROOT / "clients" / "python" / "examples" / "quickstart.py").read_text()
+
+
 def repository_view(target: Path) -> Path:
     """A directory that looks like the repository root, where a block's new files stay."""
     target.mkdir()
@@ -166,10 +188,20 @@ def repository_view(target: Path) -> Path:
 class Reader:
     """Follows one document: runs its blocks in order, from a view of the repository root."""
 
-    def __init__(self, tmp_path: Path, relay_port: int, redis_port: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        relay_port: int,
+        redis_port: Callable[[], int],
+        *,
+        env: Mapping[str, str] | None = None,
+        js_project: Callable[[], Path] | None = None,
+    ) -> None:
         self.root = repository_view(tmp_path / "repo")
         self.scratch = tmp_path
         self.redis_port = redis_port
+        self.extra_env = dict(env or {})
+        self.js_project = js_project
         self.base_ports = {8080: relay_port}
         self.ports = dict(self.base_ports)
         self.servers: list[tuple[Block, str, Command]] = []
@@ -229,7 +261,7 @@ class Reader:
         self.ports = dict(self.base_ports)
 
     def env(self) -> dict[str, str]:
-        return terminal_env(RELAY_URL=f"ws://127.0.0.1:{self.ports[8080]}/v1/ws")
+        return terminal_env(RELAY_URL=f"ws://127.0.0.1:{self.ports[8080]}/v1/ws", **self.extra_env)
 
     def rewrite(self, text: str) -> str:
         if _REDIS.search(text) and 6379 not in self.base_ports:
@@ -249,19 +281,10 @@ class Reader:
             python = str(self.root / ".venv" / "bin" / "python")
             return Command([python, "-u", str(file)], self.root, env)  # -u: as on a terminal
         assert block.runner == "js", block
+        assert self.js_project is not None, f"{block.where(ROOT)}: no JS project here"
         file = self.js_project() / f"{name}.mjs"
         file.write_text(text)
         return Command(["node", str(file)], self.root, env)
-
-    def js_project(self) -> Path:
-        """A project of one's own with the client installed: ``npm install clients/js ws``."""
-        project = self.scratch / "js-project"
-        modules = project / "node_modules"
-        if not modules.exists():
-            modules.mkdir(parents=True)
-            (modules / "relay-client").symlink_to(ROOT / "clients" / "js")
-            (modules / "ws").symlink_to(ROOT / "clients" / "js" / "node_modules" / "ws")
-        return project
 
     def compare(self, block: Block, text: str, output: str) -> None:
         commands = console_commands(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import RunningRelay
+from tests.conftest import RelayFactory, RunningRelay
 from tests.peers import join_as
 
 pytestmark = pytest.mark.anyio
@@ -54,3 +54,21 @@ async def test_a_draining_relay_refuses_new_sockets_with_503(relay: RunningRelay
     with pytest.raises(InvalidStatus) as refused:
         await open_peer(relay.url)
     assert refused.value.response.status_code == 503
+
+
+async def test_client_js_answers_cors_per_the_origin_allow_list(
+    relay_factory: RelayFactory,
+) -> None:
+    # A page of another origin imports /client.js as a module script: a CORS fetch.
+    listed = await relay_factory(origins=("https://app.example",))
+    async with httpx.AsyncClient(base_url=listed.http_url) as http:
+        allowed = await http.get("/client.js", headers={"Origin": "https://app.example"})
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+        assert "origin" in allowed.headers["vary"].lower()
+        foreign = await http.get("/client.js", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in foreign.headers
+    anyone = await relay_factory()
+    async with httpx.AsyncClient(base_url=anyone.http_url) as http:
+        page = await http.get("/client.js", headers={"Origin": "https://any.example"})
+        assert page.headers["access-control-allow-origin"] == "*"

@@ -1562,7 +1562,10 @@ var ProtocolError = class extends RelayError {
 };
 function errorFromEnvelope(env) {
   const code = typeof env.code === "string" ? env.code : "internal";
-  const Cls = Object.hasOwn(ERROR_CLASSES, code) ? ERROR_CLASSES[code] : RelayError;
+  const Cls = Object.hasOwn(ERROR_CLASSES, code) ? ERROR_CLASSES[
+    /** @type {keyof typeof ERROR_CLASSES} */
+    code
+  ] : RelayError;
   const msg = typeof env.msg === "string" && env.msg ? env.msg : code;
   return new Cls(code, msg, { id: env.id, to: env.to });
 }
@@ -1863,7 +1866,7 @@ var RelayPeer = class extends EventTarget {
     this.addEventListener("close", onClose);
     return {
       next: async () => {
-        while (queue.length === 0 && !done) await new Promise((r) => wake = r);
+        while (queue.length === 0 && !done) await new Promise((r) => wake = () => r(void 0));
         if (queue.length) return { value: (
           /** @type {RelayMessageEvent} */
           queue.shift()
@@ -1883,8 +1886,7 @@ var RelayPeer = class extends EventTarget {
   }
   // ---------------------------------------------------------- internals
   _start() {
-    this._firstConnect = {};
-    const p = new Promise((resolve, reject) => Object.assign(this._firstConnect, { resolve, reject }));
+    const p = new Promise((resolve, reject) => this._firstConnect = { resolve, reject });
     this._open();
     return p.then(() => this);
   }

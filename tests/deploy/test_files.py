@@ -120,3 +120,30 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
         if "relay.service" in line and "Documentation" not in line
     ]
     assert not problems, result.stderr
+
+
+def test_git_ignores_the_keys_make_dev_cert_writes_where_the_docs_run_it() -> None:
+    # docs/security.md runs `deploy/make-dev-cert.sh certs`; compose.yaml wants deploy/certs.
+    checked = subprocess.run(
+        ["git", "check-ignore", "certs/privkey.pem", "deploy/certs/privkey.pem"],
+        cwd=DEPLOY.parent,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert checked.stdout.split() == ["certs/privkey.pem", "deploy/certs/privkey.pem"]
+
+
+def test_make_dev_cert_warns_of_a_key_git_would_commit(tmp_path: Path) -> None:
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    made = subprocess.run(
+        [DEPLOY / "make-dev-cert.sh", "keys"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "keys" / "privkey.pem").exists()
+    assert made.stderr == "warning: git does not ignore keys/privkey.pem: do not commit it\n"
+    (tmp_path / ".gitignore").write_text("keys/\n")
+    again = subprocess.run(
+        [DEPLOY / "make-dev-cert.sh", "keys"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert (again.returncode, again.stderr) == (0, "")

@@ -1,12 +1,13 @@
 // Two peers on one relay, in Node 20. From the repository root, with a relay
-// running (`make run`):
+// running (`make run`) and the JS packages installed (`make install`):
 //
 //   node clients/js/examples/quickstart.js
 //
 // An optional argument gives another relay URL. Node 20 has no global
 // WebSocket, so the `ws` package's constructor is passed in; Node 22+ and
 // browsers need no `WebSocket` option. In a project of your own, install the
-// client with `npm install <path to>/clients/js ws`: the imports stay the same.
+// client from the tarball `npm pack` makes (docs/install.md) with
+// `npm install relay-client-0.1.0.tgz ws`: the imports stay the same.
 import WebSocket from "ws";
 import { connect } from "relay-client";
 

@@ -151,6 +151,7 @@ export class RelayPeer extends EventTarget {
     this._timers = { retry: 0, connect: 0, heartbeat: 0, pump: 0, closeFallback: 0 };
     this._bucket = null; // client-side pacing to the relay's rate limit
     this._closedError = null;
+    /** @type {Promise<void>} */
     this._closed = new Promise((resolve) => (this._resolveClosed = resolve));
   }
 
@@ -320,7 +321,7 @@ export class RelayPeer extends EventTarget {
     this.addEventListener("close", onClose);
     return {
       next: async () => {
-        while (queue.length === 0 && !done) await new Promise((r) => (wake = r));
+        while (queue.length === 0 && !done) await new Promise((r) => (wake = () => r(undefined)));
         if (queue.length) return { value: /** @type {RelayMessageEvent} */ (queue.shift()), done: false };
         cleanup();
         return { value: undefined, done: true };
@@ -339,8 +340,8 @@ export class RelayPeer extends EventTarget {
   // ---------------------------------------------------------- internals
 
   _start() {
-    this._firstConnect = {};
-    const p = new Promise((resolve, reject) => Object.assign(this._firstConnect, { resolve, reject }));
+    /** @type {Promise<void>} */
+    const p = new Promise((resolve, reject) => (this._firstConnect = { resolve, reject }));
     this._open();
     return p.then(() => this);
   }

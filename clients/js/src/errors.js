@@ -128,7 +128,9 @@ export class ProtocolError extends RelayError {
  */
 export function errorFromEnvelope(env) {
   const code = typeof env.code === "string" ? env.code : "internal";
-  const Cls = Object.hasOwn(ERROR_CLASSES, code) ? ERROR_CLASSES[code] : RelayError;
+  const Cls = Object.hasOwn(ERROR_CLASSES, code)
+    ? ERROR_CLASSES[/** @type {keyof typeof ERROR_CLASSES} */ (code)]
+    : RelayError;
   const msg = typeof env.msg === "string" && env.msg ? env.msg : code;
   return new Cls(code, msg, { id: env.id, to: env.to });
 }

@@ -11,7 +11,8 @@
 ``--url`` defaults to ``$RELAY_URL``, else ``ws://127.0.0.1:8080/v1/ws``;
 ``--token`` to ``$RELAY_TOKEN``. Options may come anywhere among the
 arguments. Exit status: 0 done, 1 a runtime failure (relay unreachable,
-refused, closed, a request failed), 2 a usage error, 130 interrupted.
+refused, closed, a request failed), 2 a usage error, 130 interrupted, 143
+terminated (SIGTERM ends the session as cleanly as Ctrl-C).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -314,15 +316,54 @@ Exit status:
   1    a runtime failure: the relay could not be reached, refused or closed
        the connection, or a request failed
   2    a usage error: unknown option, missing argument, bad JSON or hex
-  130  interrupted (Ctrl-C)"""
+  130  interrupted (Ctrl-C)
+  143  terminated (SIGTERM), the session ended as with Ctrl-C"""
+
+
+class _Terminated(Exception):
+    """SIGTERM arrived: the command was cancelled, and its peer closed."""
+
+
+async def _until_sigterm(main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main``; SIGTERM cancels it as Ctrl-C does, so its peer closes cleanly.
+
+    Left to the default action, SIGTERM would kill the process with its socket
+    open: the relay would then hold the id for its resume window (a restarted
+    ``listen`` would get ``id-taken``). Cancelled, ``async with connect()``
+    closes the peer with 1000 and the relay forgets it at once.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    handled = threading.current_thread() is threading.main_thread()
+    if handled:
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        return await main
+    except asyncio.CancelledError:
+        if terminated:
+            raise _Terminated from None
+        raise
+    finally:
+        if handled:
+            loop.remove_signal_handler(signal.SIGTERM)
 
 
 def _run(main: Coroutine[Any, Any, int]) -> int:
     """Run a command's coroutine; runtime failures are one line on stderr and exit 1."""
     try:
-        return asyncio.run(main)
+        return asyncio.run(_until_sigterm(main))
     except KeyboardInterrupt:
         return 130
+    except _Terminated:
+        return 143  # 128 + SIGTERM, as a shell reports a process it ended
     except RelayError as exc:
         _err(str(exc))
     except OSError as exc:  # BrokenPipeError on a closed stdout, among others

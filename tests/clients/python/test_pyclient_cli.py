@@ -278,3 +278,23 @@ async def test_listen_stops_quietly_on_ctrl_c(relay: RunningRelay) -> None:
             assert listen.stderr is not None
             rest = b"".join([chunk async for chunk in listen.stderr])
     assert b"Traceback" not in rest
+
+
+@pytest.mark.anyio
+async def test_listen_stopped_with_sigterm_frees_its_id_at_once(relay: RunningRelay) -> None:
+    listen: Process = await anyio.open_process(
+        [*CLI, "listen", "--url", relay.url, "--id", "bob"], env=ENV
+    )
+    async with listen:
+        err = Lines(listen.stderr)
+        with anyio.fail_after(20):
+            assert (await err.line()).startswith("relay-peer: listening as bob")
+        listen.send_signal(signal.SIGTERM)
+        with anyio.fail_after(20):
+            assert await listen.wait() == 143
+            assert listen.stderr is not None
+            rest = b"".join([chunk async for chunk in listen.stderr])
+    assert rest == b""
+    # the session ended as with Ctrl-C: no resume window holds the id
+    async with relay_client.connect(relay.url, id="bob", reconnect=False) as again:
+        assert again.id == "bob"
