@@ -33,6 +33,7 @@ from starlette.applications import Starlette
 from relay import __version__
 from relay.app import create_app
 from relay.auth import load_verifier
+from relay.httpserver import HTTPLimits, RelayHTTPProtocol
 from relay.hub import Hub
 from relay.settings import SettingError, Settings, describe, is_secret, parse
 from relay.wsserver import RelayWebSocketProtocol
@@ -139,6 +140,7 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
+        "http": RelayHTTPProtocol,
         "ws": RelayWebSocketProtocol if settings.ws_impl == "relay" else settings.ws_impl,
         "ws_max_size": settings.max_frame_bytes,
         "ws_ping_interval": settings.ping_interval_seconds,
@@ -159,6 +161,7 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
     # uvicorn's Config has no field for these; the relay's frame layer reads them.
     config.ws_close_timeout = settings.close_timeout_seconds  # type: ignore[attr-defined]
     config.ws_send_buffer_bytes = settings.send_buffer_bytes  # type: ignore[attr-defined]
+    config.http_limits = HTTPLimits.from_settings(settings)  # type: ignore[attr-defined]
     return config
 
 
