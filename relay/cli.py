@@ -33,6 +33,7 @@ from starlette.applications import Starlette
 from relay import __version__
 from relay.app import create_app
 from relay.auth import load_verifier
+from relay.fdlimit import fit_open_files
 from relay.httpserver import HTTPLimits, RelayHTTPProtocol
 from relay.hub import Hub
 from relay.settings import SettingError, Settings, describe, is_secret, parse
@@ -331,6 +332,8 @@ def serve(ctx: click.Context, /, **values: Any) -> None:
     exits 0. A second signal exits at once. SIGHUP re-reads the JWT key file.
     """
     settings = settings_from(ctx, values)
+    if (too_few_files := fit_open_files(settings)) is not None:
+        raise BadSetting(too_few_files)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -357,7 +357,11 @@ class RelayHTTPProtocol(HttpToolsProtocol):
             return
         seconds = f"{self._limits.head_timeout:g}"
         self._pending.log.refused(self._ip, f"408: no whole request in {seconds} s")
-        self._refuse(408, "request not received in time")
+        cycle = self.cycle
+        if self._in_head or (cycle is not None and not cycle.response_started):
+            self._refuse(408, "request not received in time")
+        else:
+            self.transport.close()  # its answer went out before its body came in
 
     def _refuse(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         """Answer ``status`` and close; only close if a response is being written."""

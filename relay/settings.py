@@ -385,7 +385,7 @@ class Settings:
     )
     ip_table_size: int = _setting(
         65536,
-        "Client addresses whose handshake rate is remembered (LRU).",
+        "Client addresses whose handshake rate and last refusal log line are remembered (LRU).",
         _COUNT,
         group="admission",
     )
