@@ -111,7 +111,9 @@ class RefusalLog:
                 entry[1] += 1
                 return
         unlogged = int(entry[1]) if entry is not None else 0
-        more = f" ({unlogged} more refusals of this address since its last line)" if unlogged else ""
+        more = (
+            f" ({unlogged} more refusals of this address since its last line)" if unlogged else ""
+        )
         log.warning("refused %s: %s%s", ip or "a client", why, more)
         self._seen[ip] = [now, 0]
         while len(self._seen) > self._table_size:

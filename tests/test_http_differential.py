@@ -17,7 +17,6 @@ import itertools
 import json
 from typing import Any
 
-import pytest
 import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -83,7 +82,9 @@ class MemoryTransport(asyncio.Transport):
         return self._protocol
 
 
-async def serve(app: Starlette, protocol_class: type[asyncio.Protocol], reads: list[bytes]) -> bytes:
+async def serve(
+    app: Starlette, protocol_class: type[asyncio.Protocol], reads: list[bytes]
+) -> bytes:
     """Everything ``protocol_class`` writes when a client sends ``reads`` on one connection."""
     config = uvicorn.Config(app, lifespan="off", log_config=None, log_level="warning")
     config.http_limits = HTTPLimits.from_settings(Settings())  # type: ignore[attr-defined]
@@ -146,7 +147,7 @@ def requests(draw: st.DrawFn, last: bool) -> bytes:
 @st.composite
 def conversations(draw: st.DrawFn) -> list[bytes]:
     """Requests on one connection, pipelined, cut into reads at arbitrary places."""
-    sent = draw(st.lists(requests(last=False), max_size=3)) + [draw(requests(last=True))]
+    sent = [*draw(st.lists(requests(last=False), max_size=3)), draw(requests(last=True))]
     stream = b"".join(sent)
     cuts = sorted(set(draw(st.lists(st.integers(1, len(stream) - 1), max_size=6))))
     return [stream[a:b] for a, b in itertools.pairwise([0, *cuts, len(stream)])]

@@ -15,6 +15,7 @@ import httpx
 import msgpack
 import pytest
 from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from tests.conftest import RelayFactory
 from tests.peers import RawPeer
@@ -146,9 +147,8 @@ async def test_a_thousand_slow_heads_from_one_address_leave_the_node_serving_oth
         transport = httpx.AsyncHTTPTransport(local_address=HONEST)
         async with httpx.AsyncClient(transport=transport, base_url=relay.http_url) as http:
             assert (await http.get("/healthz")).json() == {"status": "ok"}
-        async with connect(
-            relay.url, subprotocols=["relay.v1"], local_addr=(HONEST, 0)
-        ) as ws:  # type: ignore[arg-type]
+        subprotocols = [Subprotocol("relay.v1")]
+        async with connect(relay.url, subprotocols=subprotocols, local_addr=(HONEST, 0)) as ws:
             peer = RawPeer(ws)
             assert (await peer.request({"type": "hello", "id": "honest"}))["type"] == "welcome"
     assert len(statuses) == 1000
@@ -209,7 +209,9 @@ async def test_a_request_head_not_in_within_the_timeout_gets_408(
     assert (response.status, response.body) == (408, b"request not received in time")
     assert await ended(reader) == b""
     writer.close()
-    assert refusal_lines(caplog, "127.0.0.1") == ["refused 127.0.0.1: 408: no whole request in 0.5 s"]
+    assert refusal_lines(caplog, "127.0.0.1") == [
+        "refused 127.0.0.1: 408: no whole request in 0.5 s"
+    ]
 
 
 async def test_a_connection_that_sends_nothing_is_closed_without_an_answer(
@@ -294,8 +296,9 @@ async def test_header_count_is_limited_on_every_route(
     if path == "/healthz":
         base = get(path, *(f"X-{n}: {n}" for n in range(9)))  # Host and 9 more
         ok = 200
-    else:
-        base = upgrade_request(relay.port, path, headers="".join(f"X-{n}: {n}\r\n" for n in range(5)))  # 5 + 5
+    else:  # the handshake's 5 and 5 more
+        extra = "".join(f"X-{n}: {n}\r\n" for n in range(5))
+        base = upgrade_request(relay.port, path, headers=extra)
         ok = 101
     assert base.count(b"\r\n") - 2 == 10
     assert (await exchange(relay.port, base)).status == ok

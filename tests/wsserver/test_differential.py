@@ -426,7 +426,7 @@ def test_frames_sent_with_the_request_head_are_not_lost(
             assert status == 101
             frames = ServerFrames()
             frames.feed(rest)
-            replies = []
+            replies: list[str] = []
             while len(replies) < 2:
                 while (frame := frames.next()) is None:
                     frames.feed(a.recv(65536))
