@@ -202,7 +202,8 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_bytes = 0  # of the head being parsed, before the slice being fed
         self._message_done = True  # no request is partly parsed
-        self._refusal: _Refused | None = None
+        self._refusal: _Refused | None = None  # raised from a callback
+        self._answer_later: _Refused | None = None  # once the request before is answered
 
     # --- asyncio.Protocol -----------------------------------------------------------
 
@@ -217,8 +218,9 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         self._arm()
 
     def data_received(self, data: bytes) -> None:
-        self._unparsed += data
-        self._parse()
+        if self._answer_later is None:  # else the connection ends after that answer
+            self._unparsed += data
+            self._parse()
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
@@ -315,11 +317,11 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
         # A head completes at the end of a slice (see the module doc).
         if self._head_bytes + self._slice_length > self._limits.max_header_bytes:
             self._refusal = _Refused(431, "request header fields too large")
             raise self._refusal
+        self._in_head = False
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -333,6 +335,8 @@ class RelayHTTPProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._answer_later is not None and not self.transport.is_closing():
+            self._refuse(self._answer_later.status, self._answer_later.message)
         if not self.transport.is_closing():
             self._parse()
             if not self._holding():
@@ -366,14 +370,27 @@ class RelayHTTPProtocol(HttpToolsProtocol):
             self.transport.close()  # its answer went out before its body came in
 
     def _refuse(self, status: int, message: str, *, retry_after: int | None = None) -> None:
-        """Answer ``status`` and close; only close if a response is being written."""
+        """Answer ``status`` and close, after the answer to the request before, if any.
+
+        A request refused before its head is complete comes after any request
+        still being answered: its answer waits for that one. A request that
+        is being answered already is only cut.
+        """
         self._unparsed = b""
+        self._disarm()
         cycle = self.cycle
-        if cycle is None or not cycle.response_started or cycle.response_complete:
-            headers = list(self.server_state.default_headers)
-            if retry_after is not None:
-                headers.append((b"retry-after", str(retry_after).encode()))
-            self.transport.write(http_response(status, headers, message.encode()))
+        if cycle is not None and not cycle.response_complete:
+            if self._in_head:
+                self._answer_later = _Refused(status, message)
+                self.flow.pause_reading()
+                return
+            if cycle.response_started:
+                self.transport.close()
+                return
+        headers = list(self.server_state.default_headers)
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        self.transport.write(http_response(status, headers, message.encode()))
         self.transport.close()
 
     def _release(self) -> None:

@@ -17,6 +17,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
+from relay.httpserver import RefusalLog
 from tests.conftest import RelayFactory
 from tests.peers import RawPeer
 from tests.wsserver.frames import ServerFrames, client_frame, close_frame, upgrade_request
@@ -278,6 +279,26 @@ async def test_header_bytes_are_limited_on_every_route(
         writer.close()
 
 
+@pytest.mark.parametrize("size", [1024, 1025])
+async def test_a_head_behind_a_body_in_the_same_read_is_counted_exactly(
+    relay_factory: RelayFactory, size: int
+) -> None:
+    relay = await relay_factory(max_header_bytes=1024)
+    post = b"POST /healthz HTTP/1.1\r\nHost: relay\r\nContent-Length: 10\r\n\r\n0123456789"
+    second = padded(get("/healthz", "Connection: close"), size)
+    for cut in (len(post) + 1, len(post) + 600, len(post) + size - 1):
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        stream = post + second
+        writer.write(stream[:cut])
+        await writer.drain()
+        await anyio.wait_all_tasks_blocked()
+        writer.write(stream[cut:])
+        buffer = bytearray()
+        assert (await read_response(reader, buffer)).status == 405
+        assert (await read_response(reader, buffer)).status == (200 if size == 1024 else 431)
+        writer.close()
+
+
 async def test_a_head_that_never_ends_is_refused_once_over_the_limit(
     relay_factory: RelayFactory,
 ) -> None:
@@ -335,3 +356,26 @@ async def test_pipelined_requests_are_answered_before_the_101_and_frames_follow_
     assert closing is not None and (closing.opcode, closing.close_code) == (0x8, 1000)
     assert frames.next() is None and not frames.buffer
     writer.close()
+
+
+def test_the_refusal_log_says_how_many_lines_it_held_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    refusals = RefusalLog(table_size=2, clock=lambda: now[0])
+    caplog.set_level(logging.WARNING, logger="relay.http")
+    for _ in range(3):
+        refusals.refused("203.0.113.9", "429: busy")
+    refusals.refused("203.0.113.10", "408: slow")
+    now[0] = 59.9
+    refusals.refused("203.0.113.9", "429: busy")
+    now[0] = 60.0
+    refusals.refused("203.0.113.9", "429: busy")
+    assert [record.getMessage() for record in caplog.records] == [
+        "refused 203.0.113.9: 429: busy",
+        "refused 203.0.113.10: 408: slow",
+        "refused 203.0.113.9: 429: busy (3 more refusals of this address since its last line)",
+    ]
+    refusals.refused("203.0.113.11", "429: busy")  # the table holds two addresses
+    refusals.refused("203.0.113.10", "408: slow")  # forgotten: logged again
+    assert caplog.records[-1].getMessage() == "refused 203.0.113.10: 408: slow"
