@@ -7,6 +7,7 @@ distinct clients, so the per-address caps can be seen at work.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -134,7 +135,11 @@ async def test_a_thousand_slow_heads_from_one_address_leave_the_node_serving_oth
                 writer.write(bytes([byte]))
                 with anyio.move_on_after(0.2):  # the attacker's pace
                     data = await reader.read(65536)
-            data += await ended(reader)
+            assert data, "the whole head went out before any answer"
+            with contextlib.suppress(ConnectionResetError):
+                # A byte of ours the server did not read when it closed
+                # makes its kernel reset the connection after the answer.
+                await ended(reader)
         finally:
             writer.close()
         statuses.append(int(data.split(b" ", 2)[1]) if data else 0)
