@@ -61,6 +61,7 @@ LOG_INTERVAL: Final = 60.0
 
 _BLANK_LINE: Final = b"\r\n\r\n"
 _INVALID_REQUEST: Final = "Invalid HTTP request received."  # uvicorn's words, for its 400
+_HEAD_TOO_LARGE: Final = "request header fields too large"  # as relay.rfc6455 words it
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +272,8 @@ class RelayHTTPProtocol(HttpToolsProtocol):
                 self._upgrade(rest)
             else:
                 # Answered as plain HTTP, like uvicorn does; what follows is dropped.
-                self._pending.log.refused(self._ip, "an Upgrade other than websocket")
+                why = "an Upgrade other than websocket (answered as HTTP, the rest dropped)"
+                self._pending.log.refused(self._ip, why)
             return False
         except httptools.HttpParserError:
             refusal, self._refusal = self._refusal, None
@@ -283,14 +285,10 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         if self._in_head:
             self._head_bytes += len(piece)
             if self._head_bytes > self._limits.max_header_bytes:
-                self._refuse_head_size()
+                self._pending.log.refused(self._ip, f"431: {_HEAD_TOO_LARGE}")
+                self._refuse(431, _HEAD_TOO_LARGE)
                 return False
         return True
-
-    def _refuse_head_size(self) -> None:
-        message = "request header fields too large"
-        self._pending.log.refused(self._ip, f"431: {message}")
-        self._refuse(431, message)
 
     def _upgrade(self, rest: bytes) -> None:
         """Hand the connection to the WebSocket protocol, with the bytes after the head."""
@@ -319,7 +317,7 @@ class RelayHTTPProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         # A head completes at the end of a slice (see the module doc).
         if self._head_bytes + self._slice_length > self._limits.max_header_bytes:
-            self._refusal = _Refused(431, "request header fields too large")
+            self._refusal = _Refused(431, _HEAD_TOO_LARGE)
             raise self._refusal
         self._in_head = False
         super().on_headers_complete()
