@@ -63,6 +63,26 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+def canonical_ip(text: str) -> str:
+    """``text`` as the address the caps count (IPv4-mapped IPv6 as IPv4), or as it is."""
+    address = _parse_ip(text)
+    return str(address) if address is not None else text
+
+
+class AddressSet:
+    """Addresses/CIDRs from a setting (``admission_exempt``, ``trusted_proxies``)."""
+
+    def __init__(self, entries: tuple[str, ...]) -> None:
+        # Settings has checked that every entry parses.
+        self._networks = _networks(entries)
+
+    def __contains__(self, ip: object) -> bool:
+        if not self._networks or not isinstance(ip, str):
+            return False
+        address = _parse_ip(ip)
+        return address is not None and any(address in network for network in self._networks)
+
+
 def _parse_ip(text: str) -> IPAddress | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [v6]:port
@@ -90,7 +110,7 @@ class Admission:
         self._clock = clock
         # Settings has checked that every entry parses.
         self._trusted = _networks(settings.trusted_proxies)
-        self._exempt = _networks(settings.admission_exempt)
+        self._exempt = AddressSet(settings.admission_exempt)
         self.total = 0
         self.per_ip: dict[str, int] = {}
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
@@ -100,10 +120,7 @@ class Admission:
 
     def is_exempt(self, ip: str) -> bool:
         """Whether ``ip`` skips the per-address caps (``admission_exempt``)."""
-        if not self._exempt:
-            return False
-        address = _parse_ip(ip)
-        return address is not None and any(address in network for network in self._exempt)
+        return ip in self._exempt
 
     def client_ip(self, scope: Mapping[str, Any]) -> str:
         """The client's address: the socket peer, or what trusted proxies say it is."""

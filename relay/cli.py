@@ -36,6 +36,8 @@ from starlette.applications import Starlette
 from relay import __version__
 from relay.app import create_app
 from relay.auth import load_verifier
+from relay.fdlimit import fit_open_files
+from relay.httpserver import HTTPLimits, RelayHTTPProtocol
 from relay.hub import Hub
 from relay.listen import ListenError, bind, resolve
 from relay.settings import SettingError, Settings, describe, is_secret, parse
@@ -143,6 +145,7 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
+        "http": RelayHTTPProtocol,
         "ws": RelayWebSocketProtocol if settings.ws_impl == "relay" else settings.ws_impl,
         "ws_max_size": settings.max_frame_bytes,
         "ws_ping_interval": settings.ping_interval_seconds,
@@ -163,6 +166,7 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
     # uvicorn's Config has no field for these; the relay's frame layer reads them.
     config.ws_close_timeout = settings.close_timeout_seconds  # type: ignore[attr-defined]
     config.ws_send_buffer_bytes = settings.send_buffer_bytes  # type: ignore[attr-defined]
+    config.http_limits = HTTPLimits.from_settings(settings)  # type: ignore[attr-defined]
     return config
 
 
@@ -341,6 +345,8 @@ def serve(ctx: click.Context, /, **values: Any) -> None:
     exits 0. A second signal exits at once. SIGHUP re-reads the JWT key file.
     """
     settings = settings_from(ctx, values)
+    if (too_few_files := fit_open_files(settings)) is not None:
+        raise BadSetting(too_few_files)
     sockets = listening_sockets(ctx, settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from relay.protocol.codec import DEFAULT_ID_PATTERN, DEFAULT_ROOM_PATTERN, CodecLimits
+from relay.rfc6455 import MAX_REQUEST_HEAD
 
 _SERVER_ID = "@server"  # relay.hub.SERVER_ID, the sender of API messages
 
@@ -384,7 +385,7 @@ class Settings:
     )
     ip_table_size: int = _setting(
         65536,
-        "Client addresses whose handshake rate is remembered (LRU).",
+        "Client addresses whose handshake rate and last refusal log line are remembered (LRU).",
         _COUNT,
         group="admission",
     )
@@ -398,6 +399,38 @@ class Settings:
         ("127.0.0.0/8", "::1"),
         "Client addresses/CIDRs the per-address caps and rate skip (empty: none).",
         _NETWORK,
+        group="admission",
+    )
+    head_timeout_seconds: float = _setting(
+        10.0,
+        "Close a connection whose next request (head and body) is not in this soon after it "
+        "opened or got its last response (408).",
+        _POSITIVE,
+        group="admission",
+    )
+    max_pending_connections: int = _setting(
+        1024,
+        "Connections not upgraded to a WebSocket (HTTP, keep-alive, handshakes) this node "
+        "holds at most (503 beyond).",
+        _COUNT,
+        group="admission",
+    )
+    max_pending_per_ip: int = _setting(
+        64,
+        "Connections not upgraded yet that one client address may hold (429 beyond; 0: no cap).",
+        _int_at_least(0),
+        group="admission",
+    )
+    max_header_count: int = _setting(
+        100, "Header fields one request may have (431 beyond).", _COUNT, group="admission"
+    )
+    max_header_bytes: int = _setting(
+        16384,
+        "Largest request head: request line, header fields and blank line (431 beyond).",
+        Rule(
+            "an integer 1024-16384 (the WebSocket handshake's own limit)",
+            lambda value: 1024 <= value <= MAX_REQUEST_HEAD,
+        ),
         group="admission",
     )
 

@@ -1,9 +1,13 @@
 """The relay's WebSocket server protocol for uvicorn: ``ws=RelayWebSocketProtocol``.
 
-uvicorn parses the HTTP request, then hands the socket over: it creates this
-protocol, calls ``connection_made(transport)``, replays the request through
-``data_received`` and makes this object the transport's protocol. From there
-on every byte goes through ``relay.rfc6455``.
+The HTTP protocol (``relay.httpserver``, uvicorn's httptools one underneath)
+parses the request, then hands the socket over: it creates this protocol,
+calls ``connection_made(transport)``, makes this object the transport's
+protocol, replays the request through ``data_received``, then passes on the
+bytes that came after the head in the same read (uvicorn's own HTTP
+protocols drop those: serve with ``http=RelayHTTPProtocol``, as
+``relay.cli.uvicorn_config`` does). From there on every byte goes through
+``relay.rfc6455``.
 
 Two ways to use a connection:
 
@@ -283,7 +287,9 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         elif state == _HANDSHAKE:
             self._handshake(data)
         else:
-            # Frames sent before our answer (clients must wait for it) wait in the parser.
+            # Frames sent before our answer wait in the parser, those that came in
+            # the read of the request head too (RFC 6455 lets a client wait for
+            # the 101; taking what comes early is our choice).
             self._parser.feed(data)
 
     def eof_received(self) -> bool | None:

@@ -21,6 +21,10 @@ the RFC behaviour of ours (see docs/design.md, "The frame layer"):
   websockets counts it against ``max_size`` and closes 1009 when the message
   so far plus the ping exceed the limit (the property test skips the
   comparison for those scripts and still checks ours).
+
+Both agree on frames a client sends in the same write as its upgrade request
+(before the 101): they are read, in order, after the handshake (the relay's
+HTTP protocol hands them over with the socket).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
 import struct
 import threading
 from collections.abc import Iterator
@@ -45,7 +50,14 @@ from websockets.sync.client import connect as sync_connect
 from relay.app import create_app
 from relay.cli import uvicorn_config
 from relay.settings import Settings
-from tests.wsserver.frames import RawSocket, client_frame, close_frame
+from tests.wsserver.frames import (
+    RawSocket,
+    ServerFrames,
+    client_frame,
+    close_frame,
+    split_response,
+    upgrade_request,
+)
 
 MAX = 1024  # max_frame_bytes of both relays
 IMPLEMENTATIONS = ("websockets-sansio", "relay")
@@ -382,5 +394,43 @@ def test_a_ping_between_fragments_does_not_count_against_max_size(
         pong = a.frame()
         assert (pong.opcode, pong.payload) == (0xA, b"p" * 30)
         assert msgpack.unpackb(a.frame().payload) == {"type": "ok", "id": 1}
+        message = recv_envelope(b)
+        assert (message["type"], message["d"]) == ("msg", payload)
+
+
+# --- frames in the same write as the upgrade request -----------------------------------
+
+
+@pytest.mark.parametrize("ws_impl", IMPLEMENTATIONS)
+def test_frames_sent_with_the_request_head_are_not_lost(
+    relays: dict[str, int], ws_impl: str
+) -> None:
+    # RFC 6455 lets a client wait for the 101; what one sends early is accepted
+    # by both implementations, in order, behind the head.
+    port = relays[ws_impl]
+    b_id = f"b{next(_ids) % 1000000:06d}"
+    with sync_connect(f"ws://127.0.0.1:{port}/v1/ws", subprotocols=["relay.v1"]) as b:
+        b.send(msgpack.packb({"type": "hello", "id": b_id}))
+        assert recv_envelope(b)["type"] == "welcome"
+        envelope, payload = send_envelope(b_id, 1, 100)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as a:
+            a.sendall(
+                upgrade_request(port, "/v1/ws", subprotocols=("relay.v1",))
+                + client_frame(0x2, msgpack.packb({"type": "hello", "id": f"a{next(_ids)}"}))
+                + client_frame(0x2, envelope)
+            )
+            data = b""
+            while (parsed := split_response(data)) is None:
+                data += a.recv(65536)
+            status, _, rest = parsed
+            assert status == 101
+            frames = ServerFrames()
+            frames.feed(rest)
+            replies: list[str] = []
+            while len(replies) < 2:
+                while (frame := frames.next()) is None:
+                    frames.feed(a.recv(65536))
+                replies.append(msgpack.unpackb(frame.payload)["type"])
+            assert replies == ["welcome", "ok"]
         message = recv_envelope(b)
         assert (message["type"], message["d"]) == ("msg", payload)

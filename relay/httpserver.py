@@ -1,0 +1,397 @@
+"""The relay's HTTP/1.1 protocol for uvicorn: ``http=RelayHTTPProtocol``.
+
+uvicorn's httptools protocol, bounded. Every connection is *pending* from
+its accept until it is upgraded to a WebSocket or closed (an HTTP request,
+a keep-alive connection between requests, a handshake), and while pending:
+
+- it counts toward ``max_pending_connections`` (the node; 503 beyond) and,
+  unless its address is in ``admission_exempt``, ``max_pending_per_ip``
+  (429 beyond); a refused connection is answered at once and closed, before
+  anything is read from it;
+- its next request, head and body, must be in within ``head_timeout_seconds``
+  of the moment the relay started waiting for it (the connection opened, or
+  its previous response was sent): 408 if part of it came, a silent close if
+  nothing did; between requests uvicorn's ``timeout_keep_alive`` also applies;
+- a request head holds at most ``max_header_bytes`` (the request line, the
+  header fields and the blank line) and ``max_header_count`` fields: 431.
+
+Each refusal is logged at most once a minute per client address, with the
+count of those not logged (``RefusalLog``): an address opening thousands of
+slow connections makes one line a minute, not one per socket.
+
+Pipelined requests are parsed one at a time: the next request is read only
+once the previous one is answered, so the responses go out in order and an
+upgrade request behind them is answered (101) after them. Nothing but
+WebSocket frames follows a 101. Bytes that came in the same read as an
+upgrade request's head are handed to the WebSocket protocol after the head.
+
+How the head is measured: httptools keeps a header it has not finished out
+of sight, so the bytes are fed to it in slices that end just after each
+blank line (``\\r\\n\\r\\n``). A head ends at a blank line, so it completes
+only at the end of a slice, and a request can start inside a slice only
+after a ``Content-Length`` body, whose bytes ``on_body`` counts: the bytes of
+a head are then known exactly (a few blank lines before a request line count
+as head bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from relay.admission import FULL_RETRY_AFTER, AddressSet, canonical_ip
+from relay.rfc6455 import http_response
+from relay.settings import Settings
+
+log = logging.getLogger("relay.http")
+
+LOG_INTERVAL: Final = 60.0
+"""Seconds between two log lines about the refusals of one address."""
+
+_BLANK_LINE: Final = b"\r\n\r\n"
+_INVALID_REQUEST: Final = "Invalid HTTP request received."  # uvicorn's words, for its 400
+_HEAD_TOO_LARGE: Final = "request header fields too large"  # as relay.rfc6455 words it
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPLimits:
+    """The bounds of the HTTP stage (see the module doc); from ``Settings``."""
+
+    head_timeout: float
+    max_pending: int
+    max_pending_per_ip: int  # 0: no cap
+    max_header_count: int
+    max_header_bytes: int
+    exempt: AddressSet
+    table_size: int  # addresses whose last refusal line is remembered
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HTTPLimits:
+        return cls(
+            head_timeout=settings.head_timeout_seconds,
+            max_pending=settings.max_pending_connections,
+            max_pending_per_ip=settings.max_pending_per_ip,
+            max_header_count=settings.max_header_count,
+            max_header_bytes=settings.max_header_bytes,
+            exempt=AddressSet(settings.admission_exempt),
+            table_size=max(1, settings.ip_table_size),
+        )
+
+
+class RefusalLog:
+    """Logs the refusals of an address at most once per ``LOG_INTERVAL``.
+
+    The line after a quiet interval says how many refusals went unlogged
+    since the previous line. At most ``table_size`` addresses are remembered
+    (least recently refused forgotten first).
+    """
+
+    def __init__(self, table_size: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._table_size = table_size
+        self._clock = clock
+        self._seen: OrderedDict[str, list[float | int]] = OrderedDict()  # [logged at, unlogged]
+
+    def refused(self, ip: str, why: str) -> None:
+        """Count one refusal of ``ip``; log it if this address has had no line lately."""
+        now = self._clock()
+        entry = self._seen.get(ip)
+        if entry is not None:
+            self._seen.move_to_end(ip)
+            if now - entry[0] < LOG_INTERVAL:
+                entry[1] += 1
+                return
+        unlogged = int(entry[1]) if entry is not None else 0
+        more = (
+            f" ({unlogged} more refusals of this address since its last line)" if unlogged else ""
+        )
+        log.warning("refused %s: %s%s", ip or "a client", why, more)
+        self._seen[ip] = [now, 0]
+        while len(self._seen) > self._table_size:
+            self._seen.popitem(last=False)
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing: answer ``status`` and close."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Pending:
+    """The connections of one server that have not been upgraded: counts and refusals."""
+
+    def __init__(self, limits: HTTPLimits) -> None:
+        self.limits = limits
+        self.total = 0
+        self.per_ip: dict[str, int] = {}
+        self.log = RefusalLog(limits.table_size)
+
+    def admit(self, ip: str) -> _Refused | None:
+        """Count a new connection from ``ip``; None, or why it is refused."""
+        limits = self.limits
+        if self.total >= limits.max_pending:
+            self.log.refused(ip, f"503: the node holds {self.total} connections not upgraded "
+                             "(max_pending_connections)")  # fmt: skip
+            return _Refused(503, "the node is busy, try again later")
+        if limits.max_pending_per_ip and ip and ip not in limits.exempt:
+            count = self.per_ip.get(ip, 0)
+            if count >= limits.max_pending_per_ip:
+                self.log.refused(ip, f"429: it holds {count} connections not upgraded "
+                                 "(max_pending_per_ip)")  # fmt: skip
+                return _Refused(429, "too many unfinished connections from your address")
+            self.per_ip[ip] = count + 1
+        self.total += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        """Give back what ``admit`` counted for ``ip``."""
+        self.total -= 1
+        count = self.per_ip.get(ip)
+        if count is not None:
+            if count > 1:
+                self.per_ip[ip] = count - 1
+            else:
+                del self.per_ip[ip]
+
+
+# One count per uvicorn server (tests run several servers in one process).
+_pendings: weakref.WeakKeyDictionary[ServerState, _Pending] = weakref.WeakKeyDictionary()
+
+
+def _pending_of(server_state: ServerState, config: Config) -> _Pending:
+    pending = _pendings.get(server_state)
+    if pending is None:
+        limits = getattr(config, "http_limits", None) or HTTPLimits.from_settings(Settings())
+        pending = _Pending(limits)
+        _pendings[server_state] = pending
+    return pending
+
+
+class RelayHTTPProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the bounds and ordering of the module doc."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._pending = _pending_of(server_state, config)
+        self._limits = self._pending.limits
+        self._ip = ""
+        self._counted = False  # holds a place in the pending counts
+        self._deadline: asyncio.TimerHandle | None = None
+        self._unparsed = b""  # read, not yet fed to the parser (a request waits for an answer)
+        self._tail = b""  # the last bytes fed, to see a blank line split across two reads
+        self._slice_length = 0  # of the slice being fed
+        self._slice_body = 0  # body bytes the parser found in it so far
+        self._in_head = False
+        self._head_bytes = 0  # of the head being parsed, before the slice being fed
+        self._message_done = True  # no request is partly parsed
+        self._refusal: _Refused | None = None  # raised from a callback
+        self._answer_later: _Refused | None = None  # once the request before is answered
+
+    # --- asyncio.Protocol -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._ip = canonical_ip(self.client[0]) if self.client else ""
+        refused = self._pending.admit(self._ip)
+        if refused is not None:
+            self._refuse(refused.status, refused.message, retry_after=FULL_RETRY_AFTER)
+            return
+        self._counted = True
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        if self._answer_later is None:  # else the connection ends after that answer
+            self._unparsed += data
+            self._parse()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._release()
+        self._disarm()
+        self._unparsed = b""
+
+    # --- feeding the parser ---------------------------------------------------------
+
+    def _parse(self) -> None:
+        """Feed what was read to the parser, up to a request that waits for its answer."""
+        while self._unparsed and not self._holding() and not self.transport.is_closing():
+            self._unset_keepalive_if_required()
+            data = self._unparsed
+            end = self._slice_end(data)
+            self._unparsed = data[end:]
+            if not self._feed(data[:end]):
+                return
+        if self._unparsed and not self.transport.is_closing():
+            self.flow.pause_reading()  # what was read is bounded by one read
+
+    def _holding(self) -> bool:
+        """A whole request waits for its answer: read no further request for now."""
+        cycle = self.cycle
+        return cycle is not None and not cycle.response_complete and self._message_done
+
+    def _slice_end(self, data: bytes) -> int:
+        """Where the next slice of ``data`` ends: just after its first blank line, or its end."""
+        tail = self._tail
+        if tail:
+            straddling = (tail + data[:3]).find(_BLANK_LINE)
+            if straddling >= 0:
+                return straddling + len(_BLANK_LINE) - len(tail)
+        found = data.find(_BLANK_LINE)
+        return len(data) if found < 0 else found + len(_BLANK_LINE)
+
+    def _feed(self, piece: bytes) -> bool:
+        """Parse one slice; False when parsing stops (refusal, bad request, upgrade)."""
+        self._slice_length = len(piece)
+        self._slice_body = 0
+        self._tail = (self._tail + piece)[-3:]
+        try:
+            self.parser.feed_data(piece)
+        except httptools.HttpParserUpgrade as upgrade:
+            rest = piece[upgrade.args[0] :] + self._unparsed
+            self._unparsed = b""
+            if self._should_upgrade():
+                self._upgrade(rest)
+            else:
+                # Answered as plain HTTP, like uvicorn does; what follows is dropped.
+                why = "an Upgrade other than websocket (answered as HTTP, the rest dropped)"
+                self._pending.log.refused(self._ip, why)
+            return False
+        except httptools.HttpParserError:
+            refusal, self._refusal = self._refusal, None
+            if refusal is None:
+                refusal = _Refused(400, _INVALID_REQUEST)
+            self._pending.log.refused(self._ip, f"{refusal.status}: {refusal.message}")
+            self._refuse(refusal.status, refusal.message)
+            return False
+        if self._in_head:
+            self._head_bytes += len(piece)
+            if self._head_bytes > self._limits.max_header_bytes:
+                self._pending.log.refused(self._ip, f"431: {_HEAD_TOO_LARGE}")
+                self._refuse(431, _HEAD_TOO_LARGE)
+                return False
+        return True
+
+    def _upgrade(self, rest: bytes) -> None:
+        """Hand the connection to the WebSocket protocol, with the bytes after the head."""
+        self._release()
+        self._disarm()
+        self.handle_websocket_upgrade()
+        protocol = self.transport.get_protocol()
+        if rest and protocol is not self and not self.transport.is_closing():
+            protocol.data_received(rest)  # type: ignore[attr-defined]
+
+    # --- parser callbacks (uvicorn's, plus the counting) ------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._message_done = False
+        self._in_head = True
+        # Only the body of the request before can precede this one in the slice.
+        self._head_bytes = -self._slice_body
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= self._limits.max_header_count:
+            self._refusal = _Refused(431, "too many header fields")
+            raise self._refusal
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        # A head completes at the end of a slice (see the module doc).
+        if self._head_bytes + self._slice_length > self._limits.max_header_bytes:
+            self._refusal = _Refused(431, _HEAD_TOO_LARGE)
+            raise self._refusal
+        self._in_head = False
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._slice_body += len(body)
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._message_done = True
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._answer_later is not None and not self.transport.is_closing():
+            self._refuse(self._answer_later.status, self._answer_later.message)
+        if not self.transport.is_closing():
+            self._parse()
+            if not self._holding():
+                self._arm()  # waiting for the client again
+
+    # --- bounds ---------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._deadline is None:
+            self._deadline = self.loop.call_later(self._limits.head_timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _timed_out(self) -> None:
+        """The next request is not in within ``head_timeout``."""
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        if self._message_done and not self._unparsed:
+            self.transport.close()  # nothing came: an idle connection, not worth a line
+            return
+        seconds = f"{self._limits.head_timeout:g}"
+        self._pending.log.refused(self._ip, f"408: no whole request in {seconds} s")
+        cycle = self.cycle
+        if self._in_head or (cycle is not None and not cycle.response_started):
+            self._refuse(408, "request not received in time")
+        else:
+            self.transport.close()  # its answer went out before its body came in
+
+    def _refuse(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+        """Answer ``status`` and close, after the answer to the request before, if any.
+
+        A request refused before its head is complete comes after any request
+        still being answered: its answer waits for that one. A request that
+        is being answered already is only cut.
+        """
+        self._unparsed = b""
+        self._disarm()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if self._in_head:
+                self._answer_later = _Refused(status, message)
+                self.flow.pause_reading()
+                return
+            if cycle.response_started:
+                self.transport.close()
+                return
+        headers = list(self.server_state.default_headers)
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        self.transport.write(http_response(status, headers, message.encode()))
+        self.transport.close()
+
+    def _release(self) -> None:
+        if self._counted:
+            self._counted = False
+            self._pending.release(self._ip)
