@@ -159,6 +159,8 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
     # uvicorn's Config has no field for these; the relay's frame layer reads them.
     config.ws_close_timeout = settings.close_timeout_seconds  # type: ignore[attr-defined]
     config.ws_send_buffer_bytes = settings.send_buffer_bytes  # type: ignore[attr-defined]
+    config.ws_max_fragments = settings.max_fragments  # type: ignore[attr-defined]
+    config.ws_message_timeout = settings.message_timeout_seconds  # type: ignore[attr-defined]
     return config
 
 
