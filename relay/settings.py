@@ -215,15 +215,15 @@ class Settings:
     )
     max_fragments: int = _setting(
         256,
-        "Most frames one message may come in, empty ones included (1009 beyond; relay frame "
-        "layer only).",
+        "Most WebSocket frames one message may come in, empty ones included (1009 beyond; "
+        "ws_impl relay only).",
         _COUNT,
         group="limits",
     )
     message_timeout_seconds: float = _setting(
         30.0,
         "Close 1008 a peer whose message (all its frames) is not complete this long after its "
-        "first byte (relay frame layer only).",
+        "first byte (ws_impl relay only).",
         _POSITIVE,
         group="limits",
     )

@@ -125,9 +125,10 @@ class FrameHandler(Protocol):
         """The connection ended; called exactly once.
 
         ``code`` is the peer's close code (1005 if its close frame had none),
-        the code the connection was failed with (1002, 1007, 1009) when the
-        peer broke the protocol, or 1006 when it ended without a close frame
-        (dropped, aborted, keepalive or close timeout).
+        the code the connection was failed with when the peer broke the
+        protocol (1002, 1007, 1009) or did not complete a message in time
+        (1008), or 1006 when it ended without a close frame (dropped,
+        aborted, keepalive or close timeout).
         """
 
 
