@@ -141,6 +141,7 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         "port": settings.port,
         "ws": RelayWebSocketProtocol if settings.ws_impl == "relay" else settings.ws_impl,
         "ws_max_size": settings.max_frame_bytes,
+        "ws_max_queue": settings.asgi_queue_messages,
         "ws_ping_interval": settings.ping_interval_seconds,
         "ws_ping_timeout": settings.ping_timeout_seconds,
         "ws_per_message_deflate": False,

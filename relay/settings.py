@@ -227,6 +227,13 @@ class Settings:
         _POSITIVE,
         group="limits",
     )
+    asgi_queue_messages: int = _setting(
+        32,
+        "Messages read ahead for a socket served over ASGI (PeerJS sockets; every socket with "
+        "uvicorn's ws_impl) before it stops being read.",
+        _COUNT,
+        group="limits",
+    )
     max_depth: int = _setting(32, "Deepest nesting allowed in a payload.", _COUNT, group="limits")
     max_targets: int = _setting(100, "Most peers one send may address.", _COUNT, group="limits")
     hello_timeout_seconds: float = _setting(

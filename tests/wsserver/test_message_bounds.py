@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from relay.cli import uvicorn_config
 from relay.settings import Settings
 from relay.wsserver import DEFAULT_MAX_FRAGMENTS, DEFAULT_MESSAGE_TIMEOUT
 from tests.wsserver.conftest import DirectApp, Recorder, Serve
@@ -46,6 +48,12 @@ async def echo(websocket: WebSocket) -> None:
 async def test_the_frame_layer_defaults_are_the_settings_defaults() -> None:
     assert Settings().max_fragments == DEFAULT_MAX_FRAGMENTS
     assert Settings().message_timeout_seconds == DEFAULT_MESSAGE_TIMEOUT
+
+
+async def test_the_settings_reach_the_frame_layer() -> None:
+    chosen = Settings(max_fragments=7, message_timeout_seconds=3.5, asgi_queue_messages=5)
+    config: Any = uvicorn_config(Starlette(), chosen)
+    assert (config.ws_max_fragments, config.ws_message_timeout, config.ws_max_queue) == (7, 3.5, 5)
 
 
 async def test_a_message_past_max_fragments_closes_1009_even_with_empty_frames(
