@@ -94,7 +94,7 @@ class Attacker(threading.Thread):
 
 
 async def hello(url: str, peer_id: str) -> ClientConnection:
-    ws = await connect(url, subprotocols=["relay.v1"])  # type: ignore[list-item]
+    ws = await connect(url, subprotocols=["relay.v1"])
     await ws.send(msgpack.packb({"type": "hello", "id": peer_id}))
     assert msgpack.unpackb(await ws.recv())["type"] == "welcome"
     return ws
