@@ -78,6 +78,11 @@ class Ledger:
             if request.answer == "ok" and not request.undelivered and not self.arrived[key]
         ]
 
+    def undelivered_but_arrived(self) -> int:
+        """Reported undelivered by an err after the ok, and yet it arrived: told too much."""
+        return sum(1 for key, request in self.requests.items()
+                   if request.undelivered and self.arrived[key])  # fmt: skip
+
     def duplicates(self) -> int:
         return sum(count - 1 for count in self.arrived.values() if count > 1)
 
@@ -265,6 +270,7 @@ def report(args: argparse.Namespace, ledger: Ledger, rss: list[int], log_errors:
     print(f"ok but never arrived {len(lost)}" + (f": {lost[:5]}" if lost else ""))
     print(f"duplicates {duplicates}, out of order {ledger.out_of_order}")
     print(f"answers to no request or a second ok {ledger.extra_answers}")
+    print(f"reported undelivered but arrived {ledger.undelivered_but_arrived()} (not a failure)")
     print(f"relay log lines at ERROR {log_errors}")
     passed = not (unanswered or lost or duplicates or ledger.out_of_order or log_errors)
     passed = passed and not ledger.extra_answers
