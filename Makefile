@@ -13,7 +13,7 @@ BENCH_JS := tests/bench
 BENCH_STAMP := $(BENCH_JS)/node_modules/.installed
 ARGS ?=
 
-.PHONY: run test system install lint typecheck pytest js-test js-browser-test bench clean
+.PHONY: run test system install lint typecheck pytest js-test js-browser-test bench soak clean
 
 # `make run` listens on RELAY_PORT (make run RELAY_PORT=9000, or from the
 # environment); ARGS holds any other `relay serve` flags. It says where the demo
@@ -75,6 +75,13 @@ js-browser-test: $(STAMP) $(JS_STAMP)
 # Every scenario, one round: the relay beside node ws and the bare forwarder, as ratios.
 bench: $(STAMP) $(BENCH_STAMP)
 	$(BIN)/python tests/bench/bench.py $(ARGS)
+
+# Five minutes of churn (not part of `make test`): 40 clients connect, send
+# requests to each other, drop and resume or leave and come back, while the
+# relay's RSS is printed every 5 s; fails if a request went unanswered or a
+# message acknowledged ok never arrived. ARGS="--seconds 60" for a shorter one.
+soak: $(STAMP)
+	$(BIN)/python tests/bench/soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(JS)/node_modules $(BENCH_JS)/node_modules .pytest_cache .mypy_cache .ruff_cache

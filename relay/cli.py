@@ -148,6 +148,7 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
         "http": RelayHTTPProtocol,
         "ws": RelayWebSocketProtocol if settings.ws_impl == "relay" else settings.ws_impl,
         "ws_max_size": settings.max_frame_bytes,
+        "ws_max_queue": settings.asgi_queue_messages,
         "ws_ping_interval": settings.ping_interval_seconds,
         "ws_ping_timeout": settings.ping_timeout_seconds,
         "ws_per_message_deflate": False,
@@ -167,6 +168,8 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
     config.ws_close_timeout = settings.close_timeout_seconds  # type: ignore[attr-defined]
     config.ws_send_buffer_bytes = settings.send_buffer_bytes  # type: ignore[attr-defined]
     config.http_limits = HTTPLimits.from_settings(settings)  # type: ignore[attr-defined]
+    config.ws_max_fragments = settings.max_fragments  # type: ignore[attr-defined]
+    config.ws_message_timeout = settings.message_timeout_seconds  # type: ignore[attr-defined]
     return config
 
 

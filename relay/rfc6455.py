@@ -11,7 +11,8 @@ Every refusal is one of these exceptions, each carrying what to answer:
     ├── HandshakeError       an HTTP status (400, 405, 426, 505) and its headers
     └── ProtocolError        close 1002: framing, masking, opcodes, control frames
         ├── InvalidUTF8      close 1007: a text message or close reason
-        └── MessageTooBig    close 1009: declared length over ``max_size``
+        ├── MessageTooBig    close 1009: declared length over ``max_size``
+        └── TooManyFragments close 1009: a message in more than ``max_fragments`` frames
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ PROTOCOL_ERROR: Final = 1002
 NO_STATUS_RECEIVED: Final = 1005
 ABNORMAL_CLOSURE: Final = 1006
 INVALID_DATA: Final = 1007
+POLICY_VIOLATION: Final = 1008
 MESSAGE_TOO_BIG: Final = 1009
 INTERNAL_ERROR: Final = 1011
 SERVICE_RESTART: Final = 1012
@@ -99,6 +101,16 @@ class InvalidUTF8(ProtocolError):
 
 class MessageTooBig(ProtocolError):
     """A message declares more bytes than ``max_size``; refused before they arrive."""
+
+    code = MESSAGE_TOO_BIG
+
+
+class TooManyFragments(ProtocolError):
+    """A message goes on past ``max_fragments`` frames; refused from the frame's header.
+
+    Empty fragments cost no payload bytes, so ``max_size`` alone would let a
+    message grow without end; 1009 because it is too big for the server to process.
+    """
 
     code = MESSAGE_TOO_BIG
 
@@ -255,30 +267,40 @@ class FrameParser:
       and the raw ``payload`` (to echo); the parser then ignores further bytes;
     - ``NEED_DATA``: nothing complete yet.
 
-    Fragmented messages are reassembled; control frames may come between
-    fragments. Invalid input raises a ``ProtocolError`` subclass, after which
-    the parser ignores everything. Events are not objects, so that the hot path
-    (one small binary frame per read) allocates only the payload itself.
+    Fragmented messages are reassembled, bounded by ``max_size`` bytes and
+    ``max_fragments`` frames; control frames may come between fragments (and
+    count against neither). Invalid input raises a ``ProtocolError`` subclass,
+    after which the parser ignores everything. Events are not objects, so that
+    the hot path (one small binary frame per read) allocates only the payload
+    itself.
+
+    The parser keeps no clock: ``incomplete_offset`` tells the caller where the
+    message still incomplete began, and the caller times it.
     """
 
     __slots__ = (
         "_buf",
         "_decoder",
         "_done",
+        "_fed",
+        "_fragment_count",
         "_fragments",
         "_message_opcode",
+        "_message_start",
         "_pos",
         "_size",
         "_text_parts",
         "close_code",
         "close_reason",
+        "max_fragments",
         "max_size",
         "payload",
         "text",
     )
 
-    def __init__(self, max_size: int | None) -> None:
+    def __init__(self, max_size: int | None, max_fragments: int | None = None) -> None:
         self.max_size = max_size if max_size is not None else 1 << 63
+        self.max_fragments = max_fragments if max_fragments is not None else 1 << 63
         self.payload = b""
         self.text = ""
         self.close_code = NO_STATUS_RECEIVED
@@ -288,6 +310,9 @@ class FrameParser:
         self._done = False
         self._message_opcode = 0  # OP_TEXT or OP_BINARY while a fragmented message is open
         self._size = 0  # bytes of that message so far
+        self._fragment_count = 0  # frames of that message so far
+        self._message_start = 0  # stream offset of its first frame
+        self._fed = 0  # bytes fed since the start: the stream offset of the next byte
         self._fragments: list[bytes] = []
         self._text_parts: list[str] = []
         self._decoder: codecs.IncrementalDecoder | None = None
@@ -297,10 +322,28 @@ class FrameParser:
         """Bytes fed but not parsed yet."""
         return len(self._buf) - self._pos
 
+    @property
+    def incomplete_offset(self) -> int | None:
+        """Where the earliest frame or message not yet complete began; None if there is none.
+
+        A stream offset (bytes fed before it), so that a caller can tell one
+        incomplete message from the next: the open fragmented message's first
+        frame, else the partial frame in the buffer. Meaningful when
+        ``next_event`` has returned ``NEED_DATA``.
+        """
+        if self._done:
+            return None
+        if self._message_opcode:
+            return self._message_start
+        if self._pos < len(self._buf):
+            return self._fed - len(self._buf) + self._pos
+        return None
+
     def feed(self, data: bytes) -> None:
         """Add bytes read from the client."""
         if self._done:
             return
+        self._fed += len(data)
         buf = self._buf
         pos = self._pos
         if pos >= len(buf):
@@ -360,6 +403,8 @@ class FrameParser:
                 if opcode == OP_CONT:
                     if not self._message_opcode:
                         raise ProtocolError("continuation frame without a message to continue")
+                    if self._fragment_count >= self.max_fragments:
+                        raise TooManyFragments(f"message in over {self.max_fragments} frames")
                 elif self._message_opcode:
                     raise ProtocolError("new message before the fragmented one ended")
                 if length == 126:
@@ -389,12 +434,12 @@ class FrameParser:
                 if fin:
                     self.payload = payload
                     return OP_BINARY
-                self._begin(OP_BINARY, payload)
+                self._begin(OP_BINARY, payload, self._fed - len(buf) + pos)
             elif opcode == OP_TEXT:
                 if fin:
                     self.text = _decode(payload)
                     return OP_TEXT
-                self._begin(OP_TEXT, payload)
+                self._begin(OP_TEXT, payload, self._fed - len(buf) + pos)
             elif opcode == OP_CONT:
                 done = self._continue(payload, fin)
                 if done:
@@ -410,9 +455,11 @@ class FrameParser:
                 self.payload = payload
                 return opcode
 
-    def _begin(self, opcode: int, payload: bytes) -> None:
+    def _begin(self, opcode: int, payload: bytes, start: int) -> None:
         self._message_opcode = opcode
         self._size = len(payload)
+        self._fragment_count = 1
+        self._message_start = start
         if opcode == OP_TEXT:
             # Decode as fragments arrive: invalid UTF-8 fails at once (RFC 6455 8.1).
             self._decoder = codecs.getincrementaldecoder("utf-8")()
@@ -424,6 +471,7 @@ class FrameParser:
         """Add a continuation; the message's opcode once it is complete, else 0."""
         opcode = self._message_opcode
         self._size += len(payload)
+        self._fragment_count += 1
         if opcode == OP_TEXT:
             self._text_parts.append(self._decode_part(payload, final=bool(fin)))
         else:

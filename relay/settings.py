@@ -214,6 +214,27 @@ class Settings:
         Rule("an integer >= 1024 (a hello with a token must fit)", lambda value: value >= 1024),
         group="limits",
     )
+    max_fragments: int = _setting(
+        256,
+        "Most WebSocket frames one message may come in, empty ones included (1009 beyond; "
+        "ws_impl relay only).",
+        _COUNT,
+        group="limits",
+    )
+    message_timeout_seconds: float = _setting(
+        30.0,
+        "Close 1008 a peer whose message (all its frames) is not complete this long after its "
+        "first byte (ws_impl relay only).",
+        _POSITIVE,
+        group="limits",
+    )
+    asgi_queue_messages: int = _setting(
+        32,
+        "Messages read ahead for a socket served over ASGI (PeerJS sockets; every socket with "
+        "uvicorn's ws_impl) before it stops being read.",
+        _COUNT,
+        group="limits",
+    )
     max_depth: int = _setting(32, "Deepest nesting allowed in a payload.", _COUNT, group="limits")
     max_targets: int = _setting(100, "Most peers one send may address.", _COUNT, group="limits")
     hello_timeout_seconds: float = _setting(

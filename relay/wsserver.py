@@ -30,6 +30,13 @@ exists (uvicorn's ``Config`` has no such option; set it on the object), else
 Keepalive: one timer per server (``_Keepalive``) pings every open connection
 each ``ws_ping_interval`` and aborts those that sent nothing (no data, no pong)
 within ``ws_ping_timeout`` of the ping.
+
+Incoming messages are bounded in bytes (``ws_max_size``, 1009), in frames
+(``config.ws_max_fragments``, 1009) and in time: a message (or a frame) whose
+first byte arrived ``config.ws_message_timeout`` seconds ago and that is still
+incomplete closes the connection with 1008. Like ``ws_close_timeout``, these
+two are attributes one sets on uvicorn's ``Config``; ``DEFAULT_MAX_FRAGMENTS``
+and ``DEFAULT_MESSAGE_TIMEOUT`` apply without them.
 """
 
 from __future__ import annotations
@@ -81,6 +88,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("uvicorn.error")  # where uvicorn's own WebSocket protocols log
 
 DEFAULT_CLOSE_TIMEOUT: Final = 3.0
+DEFAULT_MAX_FRAGMENTS: Final = 256
+DEFAULT_MESSAGE_TIMEOUT: Final = 30.0
 WRITE_HIGH_WATER: Final = 65536
 """Transport buffer above which ``writing_paused`` turns True (low water: a quarter)."""
 DEFAULT_SEND_BUFFER: Final = 256 * 1024
@@ -120,9 +129,10 @@ class FrameHandler(Protocol):
         """The connection ended; called exactly once.
 
         ``code`` is the peer's close code (1005 if its close frame had none),
-        the code the connection was failed with (1002, 1007, 1009) when the
-        peer broke the protocol, or 1006 when it ended without a close frame
-        (dropped, aborted, keepalive or close timeout).
+        the code the connection was failed with when the peer broke the
+        protocol (1002, 1007, 1009) or did not complete a message in time
+        (1008), or 1006 when it ended without a close frame (dropped,
+        aborted, keepalive or close timeout).
         """
 
 
@@ -209,8 +219,10 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_dropped",
         "_handler",
         "_head",
+        "_incomplete",
         "_keepalive",
         "_loop",
+        "_message_timer",
         "_out",
         "_out_size",
         "_parser",
@@ -263,6 +275,9 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._acked_at_end = 0  # written_bytes less _unsent, at that moment
         self._dropped = 0  # bytes of messages written once the connection was ending
         self.written_bytes = 0
+        # The incomplete message being timed: (its stream offset, when it was first seen).
+        self._incomplete: tuple[int, float] | None = None
+        self._message_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol -----------------------------------------------------------
 
@@ -308,9 +323,10 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._out_size = 0
         self._connections.discard(self)
         self._keepalive.discard(self)
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        for timer in (self._deadline, self._message_timer):
+            if timer is not None:
+                timer.cancel()
+        self._deadline = self._message_timer = None
         self._report(rfc6455.ABNORMAL_CLOSURE, "")
         # The handler points back at us: let refcounting free both (and the
         # peer state they hold) now, not at the next full collection.
@@ -505,7 +521,10 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         except HandshakeError as exc:
             self._respond(exc.status, list(exc.headers), exc.message.encode())
             return
-        self._parser = FrameParser(self._config.ws_max_size)
+        self._parser = FrameParser(
+            self._config.ws_max_size,
+            getattr(self._config, "ws_max_fragments", DEFAULT_MAX_FRAGMENTS),
+        )
         self._parser.feed(buffered[end + 4 :])
         self._state = _CONNECTING
         self._sync_reading()
@@ -593,6 +612,9 @@ class RelayWebSocketProtocol(asyncio.Protocol):
                 if opcode == OP_BINARY:
                     handler.message_received(parser.payload)
                 elif opcode == NEED_DATA:
+                    offset = parser.incomplete_offset
+                    if offset is not None:
+                        self._time_incomplete(offset)
                     return
                 elif opcode == OP_TEXT:
                     handler.text_received(parser.text)
@@ -616,6 +638,44 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         except Exception:
             log.exception("WebSocket handler failed")
             self._fail(rfc6455.INTERNAL_ERROR, "internal error")
+
+    def _time_incomplete(self, offset: int) -> None:
+        """After a read, a message (or frame) is incomplete: time it from now if it is new.
+
+        One timer per connection, armed only while something is incomplete:
+        a read that ends on a frame boundary between messages costs nothing.
+        """
+        noted = self._incomplete
+        if noted is None or noted[0] != offset:
+            self._incomplete = (offset, self._loop.time())
+        if self._message_timer is None:
+            self._message_timer = self._loop.call_later(
+                self._message_timeout(), self._check_incomplete
+            )
+
+    def _check_incomplete(self) -> None:
+        """The message timer: fail the connection 1008 if the same message is still incomplete."""
+        self._message_timer = None
+        offset = self._parser.incomplete_offset if self._state == _OPEN else None
+        noted = self._incomplete
+        if offset is None or noted is None:
+            self._incomplete = None  # complete now: the next one arms the timer again
+            return
+        timeout = self._message_timeout()
+        now = self._loop.time()
+        if self._reading_paused or noted[0] != offset:
+            # While we do not read, the peer cannot finish: its time starts again.
+            self._incomplete = (offset, now)
+            delay = timeout
+        else:
+            delay = noted[1] + timeout - now
+            if delay <= 0:
+                self._fail(rfc6455.POLICY_VIOLATION, f"message not completed in {timeout:g} s")
+                return
+        self._message_timer = self._loop.call_later(delay, self._check_incomplete)
+
+    def _message_timeout(self) -> float:
+        return float(getattr(self._config, "ws_message_timeout", DEFAULT_MESSAGE_TIMEOUT))
 
     def _close_received(self, code: int, reason: str, payload: bytes) -> None:
         self._count_unsent_once()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import anyio
 import msgpack
 import pytest
 from websockets.exceptions import InvalidStatus
@@ -74,6 +77,43 @@ async def test_oversize_frame_closes_1009(relay_factory: RelayFactory) -> None:
     await alice.send({"type": "send", "to": "bob", "d": b"x" * 2000, "id": 2})
     assert await alice.closed() == 1009
     await bob.expect(type="msg", d=b"x" * 900)
+    assert await bob.request({"type": "ping", "id": 1}) == {"type": "pong", "id": 1}
+
+
+def pieces(envelope: dict[str, object], frames: int) -> list[bytes]:
+    """What websockets sends as ``envelope`` in ``frames`` frames, most of them empty.
+
+    websockets sends each piece of a list as a frame, then an empty final one.
+    """
+    packed: bytes = msgpack.packb(envelope)
+    return [b""] * (frames - 2) + [packed]
+
+
+async def test_a_message_in_too_many_frames_closes_1009(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(max_fragments=4)
+    alice = await join_as(relay.url, "alice")
+    bob = await join_as(relay.url, "bob")
+    await alice.ws.send(pieces({"type": "send", "to": "bob", "d": "four", "id": 1}, 4))
+    await alice.expect(type="ok", id=1)
+    await alice.ws.send(pieces({"type": "send", "to": "bob", "d": "five", "id": 2}, 5))
+    assert await alice.closed() == 1009
+    await bob.expect(type="msg", d="four")
+    assert await bob.request({"type": "ping", "id": 1}) == {"type": "pong", "id": 1}
+
+
+async def test_a_message_not_completed_in_time_closes_1008(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(message_timeout_seconds=0.3)
+    alice = await join_as(relay.url, "alice")
+    bob = await join_as(relay.url, "bob")
+
+    async def never_ends() -> AsyncIterator[bytes]:
+        yield msgpack.packb({"type": "send", "to": "bob", "d": "x", "id": 1})[:5]
+        await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(alice.ws.send, never_ends())
+        assert await alice.closed() == 1008
+        tasks.cancel_scope.cancel()
     assert await bob.request({"type": "ping", "id": 1}) == {"type": "pong", "id": 1}
 
 

@@ -90,6 +90,7 @@ class Limits:
 
     max_frame_bytes: int
     max_depth: int
+    max_id_length: int
 
 
 def valid_id(value: object, max_length: int) -> bool:
@@ -102,8 +103,11 @@ def parse(text: str, own_id: str, limits: Limits) -> Heartbeat | Relayed:
 
     A ``src`` other than the sender's own id is refused, not overwritten:
     a client that believes it can set ``src`` has a bug worth hearing about.
-    Fields other than ``type``, ``dst``, ``src`` and ``payload`` are ignored
-    and never relayed.
+    So is a ``dst`` no peer can hold (outside the id rule, ``valid_id``), and
+    a payload JSON can parse but the relay cannot pass on as JSON (a number
+    out of a double's range such as ``1e400``, a lone surrogate such as
+    ``"\\ud800"``). Fields other than ``type``, ``dst``, ``src`` and
+    ``payload`` are ignored and never relayed.
     """
     size = len(text.encode())
     if size > limits.max_frame_bytes:
@@ -128,6 +132,11 @@ def parse(text: str, own_id: str, limits: Limits) -> Heartbeat | Relayed:
     dst = message.get("dst")
     if not isinstance(dst, str) or not dst:
         raise Refusal("dst is required")
+    if not valid_id(dst, limits.max_id_length):
+        raise Refusal(
+            "dst is not an id any peer can have: letters and digits, with single spaces, "
+            f"_ or - between them, at most {limits.max_id_length} characters"
+        )
     if "payload" not in message or message["payload"] is None:
         if kind in _NEEDS_PAYLOAD:
             raise Refusal(f"{kind} needs a payload object")
@@ -137,7 +146,14 @@ def parse(text: str, own_id: str, limits: Limits) -> Heartbeat | Relayed:
         raise Refusal(f"{kind} needs a payload object")
     if _depth(payload) > limits.max_depth:
         raise Refusal(f"payload nests deeper than {limits.max_depth}")
-    return Relayed(MessageType(kind), dst, _dumps(payload))
+    try:
+        relayed = _dumps(payload)  # ValueError: a float out of range (1e400 parses as inf)
+        relayed.encode()  # UnicodeEncodeError (a ValueError): a lone surrogate
+    except ValueError:
+        raise Refusal(
+            "payload holds a value JSON cannot carry (a number out of range, a lone surrogate)"
+        ) from None
+    return Relayed(MessageType(kind), dst, relayed)
 
 
 def _no_constant(name: str) -> Any:

@@ -113,7 +113,9 @@ class PeerJSSession(Session):
         settings = hub.settings
         self.peerjs_id = peerjs_id
         self._now = clock
-        self._text_limits = protocol.Limits(settings.max_frame_bytes, settings.max_depth)
+        self._text_limits = protocol.Limits(
+            settings.max_frame_bytes, settings.max_depth, settings.max_id_length
+        )
         # PeerJS clients treat any ERROR as fatal, so the first message past
         # the rate closes the socket: no strikes, as a native session has.
         self._bucket = TokenBucket(settings.rate_per_second, settings.rate_burst, clock)
@@ -206,9 +208,7 @@ class PeerJSSession(Session):
             received["ping"].add(len(text))
             return
         received["send"].add(len(text))
-        if not protocol.valid_id(message.dst, self.hub.settings.max_id_length):
-            self._expire(message.dst)  # no peer can ever hold it
-        elif self._pending.holds(message.dst):
+        if self._pending.holds(message.dst):
             self._hold(message)  # behind earlier messages to the same peer
         else:
             self._relay(message, held=False)

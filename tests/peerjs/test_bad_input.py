@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -34,7 +36,41 @@ BAD_FRAMES: list[tuple[str | bytes, str, int]] = [
     (json.dumps({"type": "OFFER", "dst": "bob", "payload": "sdp"}), "payload object", 1008),
     (json.dumps({"type": "OFFER", "dst": "bob", "payload": {"a": DEEP}}), "deeper", 1008),
     (b'{"type": "HEARTBEAT"}', "binary frames", 1003),
+    # valid JSON holding what JSON cannot pass on: a double out of range, a lone surrogate
+    ('{"type": "OFFER", "dst": "bob", "payload": {"a": 1e400}}', "cannot carry", 1008),
+    ('{"type": "OFFER", "dst": "bob", "payload": {"a": -1e400}}', "cannot carry", 1008),
+    ('{"type": "ANSWER", "dst": "bob", "payload": {"s": "\\ud800"}}', "cannot carry", 1008),
+    ('{"type": "LEAVE", "dst": "bob", "payload": ["\\udfff"]}', "cannot carry", 1008),
+    ('{"type": "CANDIDATE", "dst": "bob", "payload": {"\\ud83d": 1}}', "cannot carry", 1008),
+    # a dst no peer can ever hold: too long, outside the id charset
+    (
+        json.dumps({"type": "OFFER", "dst": "x" * 50_000, "payload": OFFER}),
+        "dst is not an id",
+        1008,
+    ),
+    (json.dumps({"type": "OFFER", "dst": "x" * 65, "payload": OFFER}), "dst is not an id", 1008),
+    (json.dumps({"type": "OFFER", "dst": "bad id!", "payload": OFFER}), "dst is not an id", 1008),
+    (json.dumps({"type": "LEAVE", "dst": "@peerjs/bob"}), "dst is not an id", 1008),
+    ('{"type": "OFFER", "dst": "b\\ud800", "payload": {}}', "dst is not an id", 1008),
 ]
+
+
+@pytest.fixture
+def errors_logged() -> Iterator[list[logging.LogRecord]]:
+    """Records at ERROR or above from the relay's loggers and uvicorn's (which do not propagate)."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.ERROR)
+    loggers = [logging.getLogger(), logging.getLogger("uvicorn")]
+    for logger in loggers:
+        logger.addHandler(handler)
+    yield records
+    for logger in loggers:
+        logger.removeHandler(handler)
 
 
 async def bystanders(relay: RunningRelay) -> tuple[PeerJSClient, PeerJSClient, RawPeer]:
@@ -54,7 +90,9 @@ async def nobody_noticed(relay: RunningRelay, alice: PeerJSClient, bob: PeerJSCl
     await alice.expect(type="ANSWER", src="bob", payload={"check": 2})
 
 
-async def test_each_bad_frame_gets_error_then_a_close(relay: RunningRelay) -> None:
+async def test_each_bad_frame_gets_error_then_a_close(
+    relay: RunningRelay, errors_logged: list[logging.LogRecord]
+) -> None:
     alice, bob, carol = await bystanders(relay)
     for n, (frame, words, code) in enumerate(BAD_FRAMES):
         mallory = await join_peerjs(relay, f"mallory{n}")
@@ -66,6 +104,7 @@ async def test_each_bad_frame_gets_error_then_a_close(relay: RunningRelay) -> No
     await nobody_noticed(relay, alice, bob)
     await carol.send({"type": "ping", "id": 1})
     await carol.expect(type="pong", id=1)  # the native bystander got nothing else either
+    assert [record.getMessage() for record in errors_logged] == []
 
 
 async def test_a_spoofed_src_reaches_no_one(relay: RunningRelay) -> None:

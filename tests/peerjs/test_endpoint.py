@@ -127,12 +127,14 @@ async def test_a_full_pre_connect_queue_expires_that_peer_at_once(
     await absent.expect(type="CANDIDATE", payload={"n": 4})
 
 
-async def test_a_destination_outside_the_charset_is_unavailable_at_once(
-    relay: RunningRelay,
-) -> None:
+async def test_a_destination_no_peer_can_hold_is_refused_not_held(relay: RunningRelay) -> None:
     alice = await join_peerjs(relay, "alice")
     await alice.send({"type": "OFFER", "dst": "no such id!", "payload": OFFER})
-    assert await alice.recv() == {"type": "EXPIRE", "src": "no such id!", "dst": "alice"}
+    received, code = await alice.drain()
+    assert received == [{"type": "ERROR", "payload": {"msg": "dst is not an id any peer can "
+                         "have: letters and digits, with single spaces, _ or - between them, "
+                         "at most 64 characters"}}]  # fmt: skip
+    assert code == 1008
 
 
 async def test_a_silent_socket_is_closed_after_the_heartbeat_timeout(

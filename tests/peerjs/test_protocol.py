@@ -15,7 +15,7 @@ from relay.peerjs.protocol import Heartbeat, MessageType, Refusal, Relayed
 from relay.protocol import codec
 from relay.protocol.codes import CloseCode
 
-LIMITS = protocol.Limits(max_frame_bytes=1024, max_depth=4)
+LIMITS = protocol.Limits(max_frame_bytes=1024, max_depth=4, max_id_length=64)
 
 
 def parse(message: object, own_id: str = "alice") -> Heartbeat | Relayed:
@@ -53,14 +53,30 @@ def test_heartbeat_and_relayed_messages() -> None:
         ('{"type": "LEAVE", "dst": "bob", "payload": [[[[[1]]]]]}', "deeper than 4"),
         ("[" * 100_000, "malformed JSON"),  # Python's own recursion limit
         ('{"type": "OFFER", "dst": "bob", "payload": {"n": 1' + "0" * 5000 + "}}", "malformed"),
+        # JSON that parses, but that JSON cannot carry on
+        ('{"type": "OFFER", "dst": "bob", "payload": {"x": 1e400}}', "cannot carry"),
+        ('{"type": "OFFER", "dst": "bob", "payload": {"x": [-1E+999]}}', "cannot carry"),
+        ('{"type": "LEAVE", "dst": "bob", "payload": "\\ud800"}', "cannot carry"),
+        ('{"type": "OFFER", "dst": "bob", "payload": {"\\udc00x": 1}}', "cannot carry"),
+        # a dst no peer can hold
+        ('{"type": "LEAVE", "dst": "' + "x" * 65 + '"}', "dst is not an id"),
+        ('{"type": "LEAVE", "dst": "a__b"}', "dst is not an id"),
+        ('{"type": "LEAVE", "dst": "@peerjs/bob"}', "dst is not an id"),
+        ('{"type": "LEAVE", "dst": "\\ud800"}', "dst is not an id"),
     ],
 )
 def test_bad_messages_are_refused_with_a_reason(text: str, words: str) -> None:
-    limits = protocol.Limits(max_frame_bytes=1_000_000, max_depth=4)
+    limits = protocol.Limits(max_frame_bytes=1_000_000, max_depth=4, max_id_length=64)
     with pytest.raises(Refusal) as refused:
         protocol.parse(text, "alice", limits)
     assert words in refused.value.message
     assert refused.value.close_code == CloseCode.POLICY_VIOLATION
+
+
+def test_a_refusal_never_echoes_what_it_refuses() -> None:
+    with pytest.raises(Refusal) as refused:
+        parse({"type": "OFFER", "dst": "y" * 50_000, "payload": {}})
+    assert len(refused.value.message) < 200
 
 
 def test_an_oversize_message_is_refused_1009_by_its_utf8_size() -> None:
@@ -71,23 +87,56 @@ def test_an_oversize_message_is_refused_1009_by_its_utf8_size() -> None:
     assert refused.value.close_code == CloseCode.MESSAGE_TOO_BIG
 
 
+# Text as JSON escapes can spell it: lone surrogates included (st.text would
+# merge the two alphabets and leave the surrogates out).
+TEXT = st.lists(st.characters() | st.characters(categories=["Cs"]), max_size=8).map("".join)
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
-    lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
+    lambda inner: st.lists(inner) | st.dictionaries(TEXT, inner),
     max_leaves=20,
 )
-FIELDS = st.sampled_from(["type", "dst", "src", "payload"]) | st.text(max_size=5)
+FIELDS = st.sampled_from(["type", "dst", "src", "payload"]) | TEXT
 TYPES = st.sampled_from([t.value for t in MessageType]) | JSON
+DSTS = st.sampled_from(["bob", "b-o b", "x" * 64, "x" * 65, "", "@peerjs/bob"]) | JSON
 
 
-@given(st.dictionaries(FIELDS, JSON) | JSON, TYPES)
-def test_any_json_is_parsed_or_refused_never_an_exception(value: object, kind: object) -> None:
+def json_text(value: object) -> str:
+    """``value`` as a client may send it: lone surrogates escaped, ``"__huge__"`` as 1e400."""
+    return json.dumps(value).replace('"__huge__"', "1e400")
+
+
+@given(st.dictionaries(FIELDS, JSON) | JSON, TYPES, DSTS, st.booleans())
+def test_any_json_is_parsed_or_refused_never_an_exception(
+    value: object, kind: object, dst: object, huge: bool
+) -> None:
     if isinstance(value, dict):
         value["type"] = kind
+        value["dst"] = dst
+        if huge:
+            value["payload"] = {"n": "__huge__"}
     with contextlib.suppress(Refusal):
-        message = protocol.parse(json.dumps(value), "alice", LIMITS)
+        message = protocol.parse(json_text(value), "alice", LIMITS)
         if isinstance(message, Relayed):
-            assert message.type in protocol.RELAYED and isinstance(message.dst, str)
+            assert message.type in protocol.RELAYED
+            assert protocol.valid_id(message.dst, LIMITS.max_id_length)
+            # what goes on: msgpack (UTF-8) through the hub, JSON to the other client
+            frame = codec.encode_msg(protocol.NAMESPACE + "alice", protocol.to_relay(message))
+            assert protocol.unpack(frame) is not None
+
+
+@pytest.mark.parametrize(
+    ("number", "carried"),
+    [("1e400", None), ("-1e400", None), ("1E+999", None), ("1e-400", 0.0), ("1e308", 1e308)],
+)
+def test_numbers_past_a_double_are_refused(number: str, carried: float | None) -> None:
+    text = '{"type": "OFFER", "dst": "bob", "payload": {"n": ' + number + "}}"
+    if carried is None:
+        with pytest.raises(Refusal, match="cannot carry"):
+            protocol.parse(text, "alice", LIMITS)
+    else:  # a double after all (0.0 for one too small): JSON carries it
+        message = protocol.parse(text, "alice", LIMITS)
+        assert isinstance(message, Relayed)
+        assert json.loads(message.payload or "") == {"n": carried}
 
 
 @pytest.mark.parametrize(

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.broker import MemoryBroker
 from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.peerjs.session import PeerJSSession
 from relay.settings import Settings
+from tests.peerjs.test_protocol import FIELDS, JSON, TEXT, json_text
 
 pytestmark = pytest.mark.anyio
 
@@ -114,3 +119,58 @@ async def test_an_internal_error_at_registration_is_error_and_1011_not_a_traceba
         assert "secret detail" in caplog.text  # in the log, never on the wire
         session.connection_lost(1006)
         assert not hub.sessions and not hub.peers
+
+
+PEERJS_TEXTS = st.lists(
+    st.builds(json_text, st.dictionaries(FIELDS, JSON) | JSON)
+    | st.builds(
+        lambda kind, dst, payload: json_text({"type": kind, "dst": dst, "payload": payload}),
+        st.sampled_from(["OFFER", "ANSWER", "CANDIDATE", "LEAVE", "HEARTBEAT"]),
+        st.sampled_from(["bob", "nobody", "x" * 65]) | JSON,
+        st.dictionaries(TEXT, JSON, min_size=1) | st.just({"n": "__huge__"}) | JSON,
+    )
+    | st.text(max_size=30),
+    min_size=1,
+    max_size=6,
+)
+
+
+async def deliver(texts: list[str]) -> tuple[Socket, list[str], list[logging.LogRecord]]:
+    """Mallory's texts to a PeerJS session beside bob's: what each socket got, what was logged."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.ERROR)
+    logging.getLogger().addHandler(handler)
+    try:
+        hub = Hub(Settings(), MemoryBroker(), Metrics())
+        async with hub.running():
+            sockets = {name: Socket() for name in ("mallory", "bob")}
+            sessions = {}
+            for name, socket in sockets.items():
+                sessions[name] = PeerJSSession(hub, socket, name, clock=Clock())
+                hub.opened(sessions[name])
+                assert await sessions[name].register(None, None)
+            for text in texts:
+                sessions["mallory"].text_received(text)
+            await asyncio.sleep(0)  # what the hub answers at once, it has answered
+            to_bob = [t for f in sockets["bob"].written for t in sessions["bob"].translate(f)]
+            for session in sessions.values():
+                session.connection_lost(1000)
+    finally:
+        logging.getLogger().removeHandler(handler)
+    return sockets["mallory"], to_bob, records
+
+
+@settings(max_examples=150, deadline=None)
+@given(PEERJS_TEXTS)
+def test_any_text_is_relayed_or_refused_with_no_error_logged(texts: list[str]) -> None:
+    mallory, to_bob, records = asyncio.run(deliver(texts))
+    assert [record.getMessage() for record in records] == []
+    if mallory.closed is not None:  # refused: ERROR and a close that says "do not retry"
+        assert mallory.closed[0] in (1003, 1008, 1009, 4029)
+    for text in to_bob:
+        assert json.loads(text)["type"] in ("OPEN", "OFFER", "ANSWER", "CANDIDATE", "LEAVE")

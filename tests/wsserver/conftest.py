@@ -1,8 +1,9 @@
 """Serve any ASGI app with ``RelayWebSocketProtocol`` in the test's event loop.
 
 ``serve(app, **uvicorn_options)`` starts uvicorn on a free port and returns a
-``Served``. ``ws_close_timeout=`` and ``ws_send_buffer_bytes=`` are set the way
-``relay.cli.uvicorn_config`` sets them (attributes of the ``Config``), and
+``Served``. The frame layer's own options (``ws_close_timeout=``,
+``ws_send_buffer_bytes=``, ``ws_max_fragments=``, ``ws_message_timeout=``) are
+set the way ``relay.cli.uvicorn_config`` sets them (attributes of the ``Config``), and
 ``rcvbuf=`` is the server sockets' kernel receive buffer (so a test can fill it).
 Direct-mode tests use ``Recorder``, a ``FrameHandler`` that records every call.
 """
@@ -23,6 +24,10 @@ from relay.wsserver import RelayWebSocketProtocol
 from tests.inloop import InLoopServer
 
 TIMEOUT = 5.0
+# Options uvicorn's Config does not take; the frame layer reads them as its attributes.
+FRAME_LAYER_OPTIONS = (
+    "ws_close_timeout", "ws_send_buffer_bytes", "ws_max_fragments", "ws_message_timeout",
+)  # fmt: skip
 
 
 @dataclass
@@ -45,8 +50,7 @@ async def serve() -> AsyncIterator[Serve]:
     async with anyio.create_task_group() as tasks:
 
         async def start(app: Any, *, rcvbuf: int | None = None, **options: Any) -> Served:
-            close_timeout = options.pop("ws_close_timeout", None)
-            send_buffer = options.pop("ws_send_buffer_bytes", None)
+            own = {name: options.pop(name) for name in FRAME_LAYER_OPTIONS if name in options}
             options = {
                 "ws": RelayWebSocketProtocol,
                 "lifespan": "off",
@@ -56,10 +60,8 @@ async def serve() -> AsyncIterator[Serve]:
                 **options,
             }
             config = uvicorn.Config(app, **options)
-            if close_timeout is not None:
-                config.ws_close_timeout = close_timeout  # type: ignore[attr-defined]
-            if send_buffer is not None:
-                config.ws_send_buffer_bytes = send_buffer  # type: ignore[attr-defined]
+            for name, value in own.items():
+                setattr(config, name, value)
             listener = socket.socket()
             if rcvbuf is not None:  # accepted sockets inherit it, and then do not autotune it
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)

@@ -20,7 +20,12 @@ the RFC behaviour of ours (see docs/design.md, "The frame layer"):
 - a ping between the fragments of a message is not part of the message:
   websockets counts it against ``max_size`` and closes 1009 when the message
   so far plus the ping exceed the limit (the property test skips the
-  comparison for those scripts and still checks ours).
+  comparison for those scripts and still checks ours);
+- a message in more than ``max_fragments`` frames closes 1009, and one not
+  complete ``message_timeout_seconds`` after its first byte closes 1008:
+  websockets bounds a message in bytes only. Both relays run with these
+  bounds, which the scripts' messages (at most 5 frames, sent at once) stay
+  within.
 
 Both agree on frames a client sends in the same write as its upgrade request
 (before the 101): they are read, in order, after the handshake (the relay's
@@ -60,6 +65,8 @@ from tests.wsserver.frames import (
 )
 
 MAX = 1024  # max_frame_bytes of both relays
+MAX_FRAGMENTS = 8  # max_fragments of both relays: more than a script's 5 frames
+MESSAGE_TIMEOUT = 1.0  # message_timeout_seconds of both relays
 IMPLEMENTATIONS = ("websockets-sansio", "relay")
 _ids = itertools.count(100000)
 
@@ -85,6 +92,8 @@ def relays() -> Iterator[dict[str, int]]:
             log_level="warning",
             ws_impl=ws_impl,
             max_frame_bytes=MAX,
+            max_fragments=MAX_FRAGMENTS,
+            message_timeout_seconds=MESSAGE_TIMEOUT,
             handshake_rate_per_second=0,
             max_connections_per_ip=0,
         )
@@ -434,3 +443,25 @@ def test_frames_sent_with_the_request_head_are_not_lost(
             assert replies == ["welcome", "ok"]
         message = recv_envelope(b)
         assert (message["type"], message["d"]) == ("msg", payload)
+
+
+def test_a_message_past_max_fragments_closes_1009(relays: dict[str, int]) -> None:
+    with opened(relays) as (a, b, b_id):
+        for request_id, count in ((1, MAX_FRAGMENTS), (2, MAX_FRAGMENTS + 1)):
+            envelope, _ = send_envelope(b_id, request_id, 100)
+            empty = client_frame(0x0, b"", fin=False)
+            a.send(
+                client_frame(0x2, envelope[:50], fin=False)
+                + empty * (count - 2)
+                + client_frame(0x0, envelope[50:])
+            )
+        assert msgpack.unpackb(a.frame().payload) == {"type": "ok", "id": 1}
+        assert closed_with(a) == 1009
+        message = recv_envelope(b)
+        assert (message["type"], message["d"]) == ("msg", payload_of(100))
+
+
+def test_a_message_not_completed_in_time_closes_1008(relays: dict[str, int]) -> None:
+    with opened(relays) as (a, _, _):
+        a.send(client_frame(0x2, b"x", fin=False))
+        assert closed_with(a) == 1008

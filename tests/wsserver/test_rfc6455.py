@@ -23,6 +23,7 @@ from relay.rfc6455 import (
     InvalidUTF8,
     MessageTooBig,
     ProtocolError,
+    TooManyFragments,
 )
 from tests.wsserver.frames import client_frame, close_frame
 
@@ -233,8 +234,10 @@ def test_a_partial_frame_waits_for_more() -> None:
     assert parser.buffered == 1
 
 
-def refusal(data: bytes, max_size: int | None = 1000) -> ProtocolError:
-    parser = FrameParser(max_size)
+def refusal(
+    data: bytes, max_size: int | None = 1000, max_fragments: int | None = None
+) -> ProtocolError:
+    parser = FrameParser(max_size, max_fragments)
     parser.feed(data)
     with pytest.raises(ProtocolError) as caught:
         events(parser)
@@ -314,9 +317,67 @@ def test_max_size_counts_the_whole_fragmented_message() -> None:
     assert isinstance(refusal(over, max_size=1000), MessageTooBig)
 
 
+def fragments(count: int, opcode: int = OP_BINARY, piece: bytes = b"") -> bytes:
+    """A message in ``count`` frames (``piece`` in each), the last one final."""
+    frames = [client_frame(opcode, piece, fin=count == 1)]
+    frames += [client_frame(0, piece, fin=n == count - 1) for n in range(1, count)]
+    return b"".join(frames)
+
+
+@pytest.mark.parametrize("opcode", [OP_BINARY, OP_TEXT])
+def test_max_fragments_counts_every_frame_of_a_message_empty_ones_too(opcode: int) -> None:
+    parser = FrameParser(1000, max_fragments=4)
+    parser.feed(fragments(4, opcode) + fragments(4, opcode, b"a"))
+    assert events(parser) == [(opcode, "" if opcode == OP_TEXT else b""),
+                              (opcode, "aaaa" if opcode == OP_TEXT else b"aaaa")]  # fmt: skip
+    # a fifth frame is refused from its header: its payload never needs to arrive
+    error = refusal(fragments(5, opcode)[: 6 * 4 + 2], max_size=1000, max_fragments=4)
+    assert isinstance(error, TooManyFragments)
+    assert error.code == 1009
+
+
+def test_control_frames_between_fragments_are_not_fragments() -> None:
+    parser = FrameParser(1000, max_fragments=2)
+    ping = client_frame(OP_PING, b"p")
+    parser.feed(client_frame(OP_BINARY, b"a", fin=False) + ping * 5 + client_frame(0, b"b"))
+    assert events(parser) == [(OP_PING, b"p")] * 5 + [(OP_BINARY, b"ab")]
+
+
+def test_incomplete_offset_names_where_the_unfinished_message_began() -> None:
+    parser = FrameParser(1000)
+    whole = client_frame(OP_BINARY, b"done")
+    parser.feed(whole)
+    assert events(parser) == [(OP_BINARY, b"done")]
+    assert parser.incomplete_offset is None  # everything fed is complete
+    first = client_frame(OP_BINARY, b"x", fin=False)
+    parser.feed(first + client_frame(OP_PING, b"p") + client_frame(0, b"y", fin=False))
+    assert events(parser) == [(OP_PING, b"p")]
+    assert parser.incomplete_offset == len(whole)  # its first frame, pings or not
+    parser.feed(client_frame(0, b"z")[:3])  # the last fragment, partly
+    assert events(parser) == []
+    assert parser.incomplete_offset == len(whole)
+    parser.feed(client_frame(0, b"z")[3:])
+    assert events(parser) == [(OP_BINARY, b"xyz")]
+    assert parser.incomplete_offset is None
+    # a partial frame outside any fragmented message: where that frame began
+    fed = len(whole) + len(first) + 7 + 7 + 7
+    text = client_frame(OP_TEXT, b"partial")
+    parser.feed(text[:4])
+    assert events(parser) == []
+    assert parser.incomplete_offset == fed
+    parser.feed(text[4:-1])
+    assert events(parser) == []
+    assert parser.incomplete_offset == fed  # the same frame, still incomplete
+    parser.feed(text[-1:] + client_frame(OP_BINARY, b"x", mask=None))
+    with pytest.raises(ProtocolError):
+        events(parser)
+    assert parser.incomplete_offset is None  # a failed parser holds nothing
+
+
 def test_exception_tree() -> None:
     assert issubclass(InvalidUTF8, ProtocolError)
     assert issubclass(MessageTooBig, ProtocolError)
+    assert issubclass(TooManyFragments, ProtocolError)
     assert issubclass(ProtocolError, rfc6455.WebSocketError)
     assert issubclass(HandshakeError, rfc6455.WebSocketError)
 
