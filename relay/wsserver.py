@@ -217,6 +217,8 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_connections",
         "_deadline",
         "_dropped",
+        "_end_mark",
+        "_fin_sent",
         "_handler",
         "_head",
         "_incomplete",
@@ -227,6 +229,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_out_size",
         "_parser",
         "_peer",
+        "_peer_close",
         "_reading_paused",
         "_reported",
         "_send_buffer",
@@ -274,6 +277,9 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._unsent: int | None = None  # bytes that never left, counted when the end is seen
         self._acked_at_end = 0  # written_bytes less _unsent, at that moment
         self._dropped = 0  # bytes of messages written once the connection was ending
+        self._end_mark: int | None = None  # written_bytes when the peer's close arrived
+        self._peer_close: tuple[int, str] | None = None  # told to the owner when TCP ends
+        self._fin_sent = False
         self.written_bytes = 0
         # The incomplete message being timed: (its stream offset, when it was first seen).
         self._incomplete: tuple[int, float] | None = None
@@ -314,6 +320,9 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             self._state = _CLOSED
             self._keepalive.discard(self)
             self._arm_deadline()
+        if self._peer_close is not None:
+            self._count_unsent_once()  # the socket is still open: the kernel can tell
+            self._report(*self._peer_close)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -327,7 +336,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._deadline = self._message_timer = None
-        self._report(rfc6455.ABNORMAL_CLOSURE, "")
+        self._report(*(self._peer_close or (rfc6455.ABNORMAL_CLOSURE, "")))
         # The handler points back at us: let refcounting free both (and the
         # peer state they hold) now, not at the next full collection.
         self._handler = None
@@ -451,15 +460,24 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         return waiting
 
     def _count_unsent_once(self) -> None:
-        """Count the unsent bytes when the end is first seen.
+        """Count the unsent bytes once, when the end is seen.
 
-        That is before a close frame or FIN of ours joins the queue. What is
-        not acknowledged then is taken as lost: a sender hears of it rather
-        than never.
+        Usually before a close frame or FIN of ours joins the queue. When the
+        peer closed first, at the end of TCP instead: a peer may read what was
+        sent before its close arrived, so it is counted lost only if the peer's
+        host never acknowledged it; what we sent after (our close frame, the
+        FIN) is not the peer's to read. What is not acknowledged then is taken
+        as lost: a sender hears of it rather than never.
         """
-        if self._unsent is None:
-            self._unsent = self._count_unsent()
-            self._acked_at_end = self.written_bytes - self._unsent
+        if self._unsent is not None:
+            return
+        unacked = self._count_unsent()
+        if unacked and self._fin_sent:
+            unacked -= 1  # the FIN takes a sequence number, and comes last
+        acked = self.written_bytes - unacked
+        self._acked_at_end = acked
+        mark = self._end_mark
+        self._unsent = unacked if mark is None else max(0, mark - acked) + self._dropped
 
     def _drop(self, size: int) -> None:
         """A message written after the end began: counted written, and never sent."""
@@ -678,6 +696,16 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         return float(getattr(self._config, "ws_message_timeout", DEFAULT_MESSAGE_TIMEOUT))
 
     def _close_received(self, code: int, reason: str, payload: bytes) -> None:
+        if self._state == _OPEN and self._transport.can_write_eof():
+            # The peer closed first, and may still read what we wrote before:
+            # its owner hears of the end, and of what never arrived, when TCP
+            # ends (the FIN, or the close timeout). Without half-close (TLS)
+            # the socket is gone by then, and the count is taken now.
+            self._end_mark = self.written_bytes
+            self._peer_close = (code, reason)
+            self._send_frame(OP_CLOSE, payload)  # echo it (RFC 6455 5.5.1)
+            self._finish()
+            return
         self._count_unsent_once()
         if self._state == _OPEN:
             self._send_frame(OP_CLOSE, payload)  # echo it (RFC 6455 5.5.1)
@@ -701,6 +729,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._sync_reading()
         if self._transport.can_write_eof():
             self._transport.write_eof()
+            self._fin_sent = True
         else:
             self._transport.close()
         self._arm_deadline()

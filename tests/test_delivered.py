@@ -12,6 +12,7 @@ import asyncio
 import signal
 import socket
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
@@ -24,6 +25,7 @@ from tests.conftest import RunningRelay
 from tests.peers import RawPeer, join_as
 from tests.relay_process import relay_process
 from tests.test_slow_consumers import ended_event
+from tests.wsserver.frames import RawStream, client_frame, close_frame
 
 pytestmark = pytest.mark.anyio
 
@@ -139,3 +141,33 @@ async def test_sigkill_loses_no_message_answered_ok() -> None:
     assert len(oks) > 100, "the run should have answered many sends"
     missing = oks - set(received)
     assert not missing, f"{len(missing)} messages answered ok never arrived: {sorted(missing)[:20]}"
+
+
+async def test_a_peer_that_closes_first_gets_what_was_sent_before_and_its_senders_hear_ok(
+    relay: RunningRelay,
+) -> None:
+    """What the relay wrote before a peer's close arrived is the peer's to read: not lost."""
+    closer = await RawStream.open(relay.port, "/v1/ws", subprotocols=("relay.v1",), rcvbuf=8192)
+    closer.send(client_frame(0x2, msgpack.packb({"type": "hello", "id": "closer"})))
+    assert msgpack.unpackb((await closer.frame()).payload)["type"] == "welcome"
+    sender = await join_as(relay.url, "sender")
+    blob = b"x" * 8000
+    for n in range(40):  # 320 KB: more than the closer's host takes before it reads
+        await sender.send({"type": "send", "to": "closer", "d": [n, blob], "id": n})
+    await sender.send({"type": "ping", "id": "barrier"})
+    answers: dict[Any, dict[str, Any]] = {}
+    while "barrier" not in answers:
+        reply = await sender.recv()
+        answers[reply["id"]] = reply
+    assert relay.hub.peers["closer"].acks, "frames for closer should wait for acknowledgement"
+    closer.send(close_frame(1000))  # it closes first, then reads what was already on its way
+    received = []
+    while (frame := await closer.frame()).opcode != 0x8:
+        received.append(msgpack.unpackb(frame.payload)["d"][0])
+    closer.close()
+    with anyio.fail_after(5):
+        while len(answers) < 41:
+            reply = await sender.recv()
+            answers[reply["id"]] = reply
+    assert received == list(range(40))
+    assert all(answers[n] == {"type": "ok", "id": n} for n in range(40)), answers

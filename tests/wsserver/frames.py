@@ -166,10 +166,13 @@ class RawStream:
         headers: str = "",
         request: bytes | None = None,
         sndbuf: int | None = None,
+        rcvbuf: int | None = None,
     ) -> RawStream:
         sock = socket.socket()
         if sndbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
         reader, writer = await asyncio.open_connection(sock=sock)
