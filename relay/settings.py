@@ -643,6 +643,8 @@ class Settings:
         """The limits a client is told in ``welcome.limits``."""
         return {
             "max_frame_bytes": self.max_frame_bytes,
+            "max_fragments": self.max_fragments,
+            "message_timeout_seconds": self.message_timeout_seconds,
             "max_depth": self.max_depth,
             "max_targets": self.max_targets,
             "rate_per_second": self.rate_per_second,

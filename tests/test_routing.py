@@ -22,6 +22,9 @@ async def test_welcome_tells_id_node_limits_and_a_resume_secret(relay: RunningRe
     assert len(alice.welcome["resume"]) >= 32
     assert alice.welcome["limits"]["max_frame_bytes"] == relay.settings.max_frame_bytes
     assert alice.welcome["limits"]["resume_seconds"] == relay.settings.resume_seconds
+    assert alice.welcome["limits"]["max_fragments"] == relay.settings.max_fragments
+    limits = alice.welcome["limits"]
+    assert limits["message_timeout_seconds"] == relay.settings.message_timeout_seconds
 
 
 async def test_hello_without_id_gets_a_random_one(relay: RunningRelay) -> None:

@@ -55,6 +55,10 @@ export interface SendResult {
 
 export interface Limits {
   max_frame_bytes?: number;
+  /** frames one message may take */
+  max_fragments?: number;
+  /** seconds a fragmented message may take to complete */
+  message_timeout_seconds?: number;
   rate_per_second?: number;
   rate_burst?: number;
   rooms_per_peer?: number;
