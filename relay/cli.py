@@ -168,6 +168,9 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
     config.ws_close_timeout = settings.close_timeout_seconds  # type: ignore[attr-defined]
     config.ws_send_buffer_bytes = settings.send_buffer_bytes  # type: ignore[attr-defined]
     config.http_limits = HTTPLimits.from_settings(settings)  # type: ignore[attr-defined]
+    hub = getattr(getattr(app, "state", None), "hub", None)
+    if hub is not None:  # the HTTP stage's refusals are counted in the node's metrics
+        config.http_refused = hub.metrics.http_refused  # type: ignore[attr-defined]
     config.ws_max_fragments = settings.max_fragments  # type: ignore[attr-defined]
     config.ws_message_timeout = settings.message_timeout_seconds  # type: ignore[attr-defined]
     return config

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import httptools
+from prometheus_client import Counter
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
@@ -133,24 +134,31 @@ class _Refused(Exception):
 class _Pending:
     """The connections of one server that have not been upgraded: counts and refusals."""
 
-    def __init__(self, limits: HTTPLimits) -> None:
+    def __init__(self, limits: HTTPLimits, counter: Counter | None = None) -> None:
         self.limits = limits
         self.total = 0
         self.per_ip: dict[str, int] = {}
-        self.log = RefusalLog(limits.table_size)
+        self._log = RefusalLog(limits.table_size)
+        self._counter = counter
+
+    def refused(self, ip: str, status: int | str, why: str) -> None:
+        """Count a refusal in the metrics (by status), and log it as ``RefusalLog`` does."""
+        if self._counter is not None:
+            self._counter.labels(str(status)).inc()
+        self._log.refused(ip, f"{status}: {why}")
 
     def admit(self, ip: str) -> _Refused | None:
         """Count a new connection from ``ip``; None, or why it is refused."""
         limits = self.limits
         if self.total >= limits.max_pending:
-            self.log.refused(ip, f"503: the node holds {self.total} connections not upgraded "
-                             "(max_pending_connections)")  # fmt: skip
+            self.refused(ip, 503, f"the node holds {self.total} connections not upgraded "
+                         "(max_pending_connections)")  # fmt: skip
             return _Refused(503, "the node is busy, try again later")
         if limits.max_pending_per_ip and ip and ip not in limits.exempt:
             count = self.per_ip.get(ip, 0)
             if count >= limits.max_pending_per_ip:
-                self.log.refused(ip, f"429: it holds {count} connections not upgraded "
-                                 "(max_pending_per_ip)")  # fmt: skip
+                self.refused(ip, 429, f"it holds {count} connections not upgraded "
+                             "(max_pending_per_ip)")  # fmt: skip
                 return _Refused(429, "too many unfinished connections from your address")
             self.per_ip[ip] = count + 1
         self.total += 1
@@ -175,7 +183,7 @@ def _pending_of(server_state: ServerState, config: Config) -> _Pending:
     pending = _pendings.get(server_state)
     if pending is None:
         limits = getattr(config, "http_limits", None) or HTTPLimits.from_settings(Settings())
-        pending = _Pending(limits)
+        pending = _Pending(limits, getattr(config, "http_refused", None))
         _pendings[server_state] = pending
     return pending
 
@@ -273,19 +281,19 @@ class RelayHTTPProtocol(HttpToolsProtocol):
             else:
                 # Answered as plain HTTP, like uvicorn does; what follows is dropped.
                 why = "an Upgrade other than websocket (answered as HTTP, the rest dropped)"
-                self._pending.log.refused(self._ip, why)
+                self._pending.refused(self._ip, "upgrade", why)
             return False
         except httptools.HttpParserError:
             refusal, self._refusal = self._refusal, None
             if refusal is None:
                 refusal = _Refused(400, _INVALID_REQUEST)
-            self._pending.log.refused(self._ip, f"{refusal.status}: {refusal.message}")
+            self._pending.refused(self._ip, refusal.status, refusal.message)
             self._refuse(refusal.status, refusal.message)
             return False
         if self._in_head:
             self._head_bytes += len(piece)
             if self._head_bytes > self._limits.max_header_bytes:
-                self._pending.log.refused(self._ip, f"431: {_HEAD_TOO_LARGE}")
+                self._pending.refused(self._ip, 431, _HEAD_TOO_LARGE)
                 self._refuse(431, _HEAD_TOO_LARGE)
                 return False
         return True
@@ -360,7 +368,7 @@ class RelayHTTPProtocol(HttpToolsProtocol):
             self.transport.close()  # nothing came: an idle connection, not worth a line
             return
         seconds = f"{self._limits.head_timeout:g}"
-        self._pending.log.refused(self._ip, f"408: no whole request in {seconds} s")
+        self._pending.refused(self._ip, 408, f"no whole request in {seconds} s")
         cycle = self.cycle
         if self._in_head or (cycle is not None and not cycle.response_started):
             self._refuse(408, "request not received in time")

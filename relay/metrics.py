@@ -74,6 +74,12 @@ class Metrics(Collector):
             ["reason"],
             registry=r,
         )
+        self.http_refused = Counter(
+            "relay_http_refused",
+            "Connections and requests refused by the HTTP stage before any upgrade, by status.",
+            ["status"],
+            registry=r,
+        )
         self.received = {kind: Tally() for kind in ENVELOPE_TYPES}
         self.sent = {kind: Tally() for kind in OUT_KINDS}
         self.routing = LatencyHistogram()

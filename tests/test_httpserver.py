@@ -282,6 +282,10 @@ async def test_header_bytes_are_limited_on_every_route(
         writer.write(over[cut:])
         assert (await read_response(reader, bytearray())).status == 431
         writer.close()
+    # Each refusal is counted, though an address's lines are logged once a minute.
+    async with httpx.AsyncClient(base_url=relay.http_url) as http:
+        metrics = (await http.get("/metrics")).text
+    assert 'relay_http_refused_total{status="431"} 7.0' in metrics
 
 
 @pytest.mark.parametrize("size", [1024, 1025])
