@@ -5,23 +5,13 @@
 // whatever else it receives, ends neutrally when left, and keeps a long error
 // readable on a phone.
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
-import { chromium } from "playwright-core";
+import { launchChromium } from "../chromium.js";
 import { REPO, nextEvent, peer, startRelay, uid } from "../helpers.js";
 
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const RESULTS = join(REPO, "clients", "js", "test-results");
-const ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--no-first-run",
-  "--disable-sync",
-  "--disable-quic",
-];
 
 describe("demo page in chromium", () => {
   /** @type {Awaited<ReturnType<typeof startRelay>>} */
@@ -32,13 +22,9 @@ describe("demo page in chromium", () => {
   let pages = [];
 
   before(async () => {
-    assert.ok(
-      existsSync(CHROMIUM),
-      `no browser at ${CHROMIUM}: install Debian's "chromium" package (apt-get install chromium) or set CHROMIUM_PATH`,
-    );
     mkdirSync(RESULTS, { recursive: true });
     relay = await startRelay();
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true });
+    browser = await launchChromium();
   });
   afterEach(async (t) => {
     // Keep a picture of every page when something went wrong.

@@ -4,23 +4,12 @@
 // Origins of its `origins` setting. A page from an Origin it does not list
 // cannot load the bundle.
 import assert from "node:assert/strict";
-import { existsSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { join } from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
-import { chromium } from "playwright-core";
+import { launchChromium } from "../chromium.js";
 import { REPO, nextEvent, peer, startRelay } from "../helpers.js";
-
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
-const ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--no-first-run",
-  "--disable-sync",
-  "--disable-quic",
-];
 
 /** The docs' snippet for a page of one's own: the one importing /client.js by its absolute URL. */
 function ownPageSnippet() {
@@ -62,7 +51,6 @@ describe("a page of one's own, on another origin, using the relay", () => {
   let contexts = [];
 
   before(async () => {
-    assert.ok(existsSync(CHROMIUM), `no browser at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM_PATH`);
     // Two sites, the relay allowing only the first; the page's URLs name the
     // relay, whose port is known once it runs.
     allowed = await startPageServer();
@@ -70,7 +58,7 @@ describe("a page of one's own, on another origin, using the relay", () => {
     relay = await startRelay(["--origins", allowed.origin]);
     const snippet = ownPageSnippet().replaceAll("127.0.0.1:8080", new URL(relay.httpUrl).host);
     allowed.html = other.html = `<!doctype html><meta charset="utf-8"><title>my page</title>\n${snippet}`;
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true });
+    browser = await launchChromium();
   });
   afterEach(async () => {
     for (const context of contexts) await context.close();

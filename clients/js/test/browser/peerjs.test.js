@@ -6,20 +6,10 @@ import { existsSync, readFileSync } from "node:fs";
 import { createServer } from "node:http";
 import { join } from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
-import { chromium } from "playwright-core";
+import { launchChromium } from "../chromium.js";
 import { REPO, startRelay, uid } from "../helpers.js";
 
-const CHROMIUM = process.env.CHROMIUM_PATH || "/usr/bin/chromium";
 const PEERJS = join(REPO, "clients", "js", "node_modules", "peerjs", "dist", "peerjs.min.js");
-const ARGS = [
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--no-first-run",
-  "--disable-sync",
-  "--disable-quic",
-];
 const PAGE = `<!doctype html><meta charset="utf-8"><title>PeerJS app</title><script src="/peerjs.min.js"></script>`;
 
 /** A page server on 127.0.0.1: the PeerJS app, on an origin of its own. */
@@ -53,11 +43,10 @@ describe("an unmodified PeerJS app in chromium, with the relay as its PeerServer
   let options = {};
 
   before(async () => {
-    assert.ok(existsSync(CHROMIUM), `no browser at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM_PATH`);
     assert.ok(existsSync(PEERJS), `no ${PEERJS}: run npm ci in clients/js`);
     relay = await startRelay(); // no extra flag: the PeerJS endpoint is on by default
     site = /** @type {any} */ (await startPageServer());
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true });
+    browser = await launchChromium();
     // What the app passes: host, port and path (the key is PeerJS's default, "peerjs").
     options = { host: "127.0.0.1", port: Number(new URL(relay.url).port), path: "/peerjs" };
   });
