@@ -167,14 +167,16 @@ describe("reconnect and resume", () => {
   test("4503: a newer session with our resume secret takes over; no reconnect, pending work rejected", async () => {
     const a = await open(relay.url, uid("a"));
     const b = await open(relay.url, uid("b"));
-    const pending = a.request(b.id ?? "", "never answered", { ev: "nobody", timeout: 10_000 });
+    // Its outcome is taken at once: the 4503 may reach `a` before `a2` is open.
+    const pending = a.request(b.id ?? "", "never answered", { ev: "nobody", timeout: 10_000 })
+      .then(() => null, (e) => e);
     const closed = nextEvent(a, "close");
     const a2 = await open(relay.url, a.id ?? "", { resume: a.resumeSecret });
     const c = await closed;
     assert.equal(c.code, 4503);
     assert.ok(c.error instanceof ConnectionClosed);
     assert.equal(c.error.closeCode, 4503);
-    const err = await pending.then(() => null, (e) => e);
+    const err = await pending;
     assert.ok(err instanceof ConnectionClosed, String(err));
     assert.equal(err.closeCode, 4503);
     await assert.rejects(a.send(b.id ?? "", "x"), ConnectionClosed);
