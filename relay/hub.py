@@ -151,7 +151,10 @@ class Hub:
         await self._poll_until(stopped, start + 0.4 * seconds)
         for session in list(self.sessions):
             session.stop_reading(now=True)
-        answered = lambda: not any(session.owes_answers for session in self.sessions)  # noqa: E731
+
+        def answered() -> bool:
+            return not any(session.owes_answers for session in self.sessions)
+
         if not await self._poll_until(answered, start + 0.7 * seconds):
             for session in [session for session in self.sessions if session.holds_answers]:
                 session.abort()

@@ -544,6 +544,11 @@ TEXT_HEADERS: Final = tuple(bytes((0x80 | OP_TEXT, n)) for n in range(126))
 """Header of an unmasked final text frame, by payload length below 126."""
 
 
+def wire_size(length: int) -> int:
+    """Bytes a server frame with a ``length``-byte payload takes on the wire."""
+    return length + (2 if length < 126 else 4 if length < 65536 else 10)
+
+
 def frame_header(opcode: int, length: int) -> bytes:
     """Header of a final, unmasked (server) frame carrying ``length`` payload bytes."""
     first = 0x80 | opcode

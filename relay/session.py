@@ -52,6 +52,7 @@ from relay.limits import Strikes, TokenBucket
 from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Leave, Ping, Publish, Refresh, Send
+from relay.rfc6455 import wire_size
 
 if TYPE_CHECKING:
     from relay.auth import Claims
@@ -260,11 +261,10 @@ class Peer:
         acks, self.acks = self.acks, None
         for _end, answer, _entry in acks or ():
             answer(Delivery.QUEUED)
-        queue = self.queue
-        if queue and any(entry[3] is not None for entry in queue):
-            answers = [entry[3] for entry in queue if entry[3] is not None]
+        answers = [entry[3] for entry in self.queue or () if entry[3] is not None]
+        if answers:
             self.queue = deque((frame, kind, undelivered, None)
-                               for frame, kind, undelivered, _ in queue)  # fmt: skip
+                               for frame, kind, undelivered, _ in self.queue or ())  # fmt: skip
             for answer in answers:
                 answer(Delivery.QUEUED)
 
@@ -797,11 +797,6 @@ class Session:
             codec.encode_err(exc.code.value, exc.message, request_id=exc.request_id, to=exc.to),
             "err",
         )
-
-
-def wire_size(length: int) -> int:
-    """Bytes a server frame with a ``length``-byte payload takes on the wire (RFC 6455)."""
-    return length + (2 if length < 126 else 4 if length < 65536 else 10)
 
 
 # What one kept frame costs beyond its bytes (the deque slot, the tuple, the

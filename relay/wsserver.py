@@ -451,13 +451,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     def received_bytes(self) -> int:
         if self._state >= _CLOSED or self._parser is None:
             return 0
-        waiting = self._parser.buffered
-        sock = self._transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError, ValueError):
-                raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-                waiting += struct.unpack("i", raw)[0]
-        return waiting
+        return self._parser.buffered + _socket_count(self._transport, termios.FIONREAD)
 
     def _count_unsent_once(self) -> None:
         """Count the unsent bytes once, when the end is seen.
@@ -481,7 +475,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
 
     def _drop(self, size: int) -> None:
         """A message written after the end began: counted written, and never sent."""
-        wire = size + (2 if size < 126 else 4 if size < 65536 else 10)
+        wire = rfc6455.wire_size(size)
         self.written_bytes += wire
         self._dropped += wire
         if self._unsent is not None:
@@ -495,12 +489,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             return pending
         with contextlib.suppress(Exception):
             pending += transport.get_write_buffer_size()
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError, ValueError):
-                raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-                pending += struct.unpack("i", raw)[0]
-        return pending
+        return pending + _socket_count(transport, termios.TIOCOUTQ)
 
     def abort(self) -> None:
         if self._state == _LOST:
@@ -788,6 +777,22 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._alive = False
         if self._state == _OPEN:
             self._queue(_PING_FRAME, b"", len(_PING_FRAME))
+
+
+def _socket_count(transport: asyncio.Transport, request: int) -> int:
+    """A byte count the kernel keeps for the socket (FIONREAD: unread; TIOCOUTQ: unacked).
+
+    0 once the socket is closed, or where there is none.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), request, b"\0\0\0\0")
+    except (OSError, ValueError):
+        return 0
+    count: int = struct.unpack("i", raw)[0]
+    return count
 
 
 class _Keepalive:
