@@ -263,8 +263,8 @@ async def test_listen_exits_1_with_one_line_on_a_terminal_close(relay: RunningRe
     assert rest == b""
 
 
-@pytest.mark.anyio
-async def test_listen_stops_quietly_on_ctrl_c(relay: RunningRelay) -> None:
+async def listen_then_stop(relay: RunningRelay, signum: signal.Signals) -> tuple[int, bytes]:
+    """Run ``relay-peer listen --id bob`` until it listens, then ``signum``: status and stderr."""
     listen: Process = await anyio.open_process(
         [*CLI, "listen", "--url", relay.url, "--id", "bob"], env=ENV
     )
@@ -272,28 +272,25 @@ async def test_listen_stops_quietly_on_ctrl_c(relay: RunningRelay) -> None:
         err = Lines(listen.stderr)
         with anyio.fail_after(20):
             assert (await err.line()).startswith("relay-peer: listening as bob")
-        listen.send_signal(signal.SIGINT)
+        listen.send_signal(signum)
         with anyio.fail_after(20):
-            assert await listen.wait() == 130
+            status = await listen.wait()
             assert listen.stderr is not None
             rest = b"".join([chunk async for chunk in listen.stderr])
+    return status, rest
+
+
+@pytest.mark.anyio
+async def test_listen_stops_quietly_on_ctrl_c(relay: RunningRelay) -> None:
+    status, rest = await listen_then_stop(relay, signal.SIGINT)
+    assert status == 130
     assert b"Traceback" not in rest
 
 
 @pytest.mark.anyio
 async def test_listen_stopped_with_sigterm_frees_its_id_at_once(relay: RunningRelay) -> None:
-    listen: Process = await anyio.open_process(
-        [*CLI, "listen", "--url", relay.url, "--id", "bob"], env=ENV
-    )
-    async with listen:
-        err = Lines(listen.stderr)
-        with anyio.fail_after(20):
-            assert (await err.line()).startswith("relay-peer: listening as bob")
-        listen.send_signal(signal.SIGTERM)
-        with anyio.fail_after(20):
-            assert await listen.wait() == 143
-            assert listen.stderr is not None
-            rest = b"".join([chunk async for chunk in listen.stderr])
+    status, rest = await listen_then_stop(relay, signal.SIGTERM)
+    assert status == 143
     assert rest == b""
     # the session ended as with Ctrl-C: no resume window holds the id
     async with relay_client.connect(relay.url, id="bob", reconnect=False) as again:
