@@ -22,8 +22,7 @@ never carry internal details.
 from __future__ import annotations
 
 from relay.protocol.codes import ErrorCode
-
-RequestId = int | str
+from relay.values import RequestId
 
 
 class RelayError(Exception):

@@ -26,17 +26,9 @@ import anyio
 from anyio.abc import TaskGroup
 
 from relay.auth import Claims, load_verifier
-from relay.broker.base import (
-    Answer,
-    Broker,
-    BrokerUnavailable,
-    Delivery,
-    Handover,
-    Proof,
-    Undelivered,
-)
+from relay.broker.base import Broker, BrokerUnavailable
 from relay.delivery import AckWatch
-from relay.exceptions import Forbidden, IdTaken, RequestId, RoomFull
+from relay.exceptions import Forbidden, IdTaken, RoomFull
 from relay.metrics import Metrics
 from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
@@ -44,6 +36,7 @@ from relay.protocol.envelopes import Hello, Join, Leave, Publish, Refresh, Send
 from relay.rooms import Rooms
 from relay.session import Peer, Session
 from relay.settings import Settings
+from relay.values import Answer, Delivery, Handover, Proof, RequestId, Undelivered
 
 log = logging.getLogger("relay.hub")
 

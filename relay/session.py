@@ -29,21 +29,13 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
-from relay.broker.base import (
-    Answer,
-    BrokerUnavailable,
-    Delivery,
-    Handover,
-    QueueEntry,
-    Undelivered,
-)
+from relay.broker.base import BrokerUnavailable
 from relay.exceptions import (
     BadEnvelope,
     NotRegistered,
     Overloaded,
     RateLimited,
     RelayError,
-    RequestId,
     TooLarge,
     Unauthorized,
     UnknownType,
@@ -53,6 +45,7 @@ from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Leave, Ping, Publish, Refresh, Send
 from relay.rfc6455 import wire_size
+from relay.values import Answer, Delivery, Handover, Queued, QueueEntry, RequestId, Undelivered
 
 if TYPE_CHECKING:
     from relay.auth import Claims
@@ -122,7 +115,6 @@ class Transport(Protocol):
 
 # A frame waiting in a peer's queue: frame, kind for metrics, who to tell if
 # it is never delivered, and who waits for its acknowledgement (or None).
-Queued = tuple[bytes, str, Undelivered | None, Answer | None]
 
 
 class Peer:

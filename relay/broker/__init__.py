@@ -6,27 +6,15 @@ it never asks which broker it has. ``MemoryBroker`` connects the hubs of one
 process (a cluster of one node in production, several in tests).
 """
 
-from relay.broker.base import (
-    Broker,
-    BrokerUnavailable,
-    Delivery,
-    Handover,
-    NodeHandler,
-    Proof,
-    Undelivered,
-)
+from relay.broker.base import Broker, BrokerUnavailable, NodeHandler
 from relay.broker.memory import MemoryBroker
 from relay.settings import Settings
 
 __all__ = [
     "Broker",
     "BrokerUnavailable",
-    "Delivery",
-    "Handover",
     "MemoryBroker",
     "NodeHandler",
-    "Proof",
-    "Undelivered",
     "create_broker",
 ]
 

@@ -45,8 +45,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from relay.broker import wire
-from relay.broker.base import Answer, Delivery, NodeHandler, Undelivered
+from relay.broker.base import NodeHandler
 from relay.broker.resp import UNKNOWN, Done
+from relay.values import Answer, Delivery, Undelivered
 
 log = logging.getLogger("relay.broker.links")
 

@@ -7,7 +7,8 @@ cannot find locally is simply offline.
 
 from __future__ import annotations
 
-from relay.broker.base import Answer, Delivery, Handover, NodeHandler, Proof, Undelivered
+from relay.broker.base import NodeHandler
+from relay.values import Answer, Delivery, Handover, Proof, Undelivered
 
 
 class MemoryCluster:

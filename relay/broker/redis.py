@@ -62,18 +62,11 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from relay.broker import wire
-from relay.broker.base import (
-    Answer,
-    BrokerUnavailable,
-    Delivery,
-    Handover,
-    NodeHandler,
-    Proof,
-    Undelivered,
-)
+from relay.broker.base import BrokerUnavailable, NodeHandler
 from relay.broker.links import Links
 from relay.broker.resp import NOT_SENT, Connection, Done, Fate
 from relay.protocol import codec
+from relay.values import Answer, Delivery, Handover, Proof, Undelivered
 
 log = logging.getLogger("relay.broker.redis")
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import msgpack
 
-from relay.broker.base import Handover, Proof, QueueEntry, Undelivered
 from relay.metrics import OUT_KINDS
+from relay.values import Handover, Proof, QueueEntry, Undelivered
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a handover carries a whole queue and replay window
 _MAX_NAME = 1024  # peer ids, rooms, node ids, correlation ids, kinds

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgpack
 
-from relay.exceptions import BadEnvelope, RequestId, TooLarge, UnknownType
+from relay.exceptions import BadEnvelope, TooLarge, UnknownType
 from relay.protocol.envelopes import (
     ClientEnvelope,
     Hello,
@@ -32,6 +32,7 @@ from relay.protocol.envelopes import (
     Refresh,
     Send,
 )
+from relay.values import RequestId
 
 DEFAULT_ID_PATTERN = r"[A-Za-z0-9_.:~-]+"
 DEFAULT_ROOM_PATTERN = r"[A-Za-z0-9_.:~/#-]+"

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from relay.broker import wire
-from relay.broker.base import Answer, Delivery, Handover, Proof, Undelivered
 from relay.broker.links import Links
 from relay.broker.resp import NOT_SENT, UNKNOWN, Done
+from relay.values import Answer, Delivery, Handover, Proof, Undelivered
 
 pytestmark = pytest.mark.anyio
 

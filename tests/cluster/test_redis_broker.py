@@ -11,8 +11,9 @@ import secrets
 import anyio
 import pytest
 
-from relay.broker import BrokerUnavailable, Delivery, Handover, Proof, Undelivered
+from relay.broker import BrokerUnavailable
 from relay.broker.redis import RedisBroker
+from relay.values import Delivery, Handover, Proof, Undelivered
 from tests.redis_server import free_port
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.broker import wire
-from relay.broker.base import Handover, Proof, Undelivered
+from relay.values import Handover, Proof, Undelivered
 
 
 def test_round_trips() -> None:
