@@ -18,8 +18,9 @@ reads again, or until its socket is given up).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Final, Protocol
+
+from relay.clock import Scheduler, Timer
 
 FIRST_RETRY_SECONDS: Final = 0.001
 LAST_RETRY_SECONDS: Final = 0.1
@@ -29,7 +30,7 @@ class Watched(Protocol):
     """A session whose peer's senders wait for acknowledgements (``relay.session.Session``)."""
 
     ack_due: bool  # in this pass's list already
-    ack_timer: asyncio.TimerHandle | None
+    ack_timer: Timer | None
     ack_delay: float
 
     def check_acks(self) -> int | None:
@@ -40,11 +41,11 @@ class Watched(Protocol):
 class AckWatch:
     """Asks each watched session about its acknowledgements until nothing waits."""
 
-    __slots__ = ("_due", "_loop")
+    __slots__ = ("_due", "_scheduler")
 
-    def __init__(self) -> None:
+    def __init__(self, scheduler: Scheduler) -> None:
         self._due: list[Watched] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._scheduler = scheduler
 
     def watch(self, session: Watched) -> None:
         """``session`` wrote a frame whose sender waits: ask at the end of this pass."""
@@ -52,11 +53,9 @@ class AckWatch:
             return
         session.ack_due = True
         if not self._due:
-            if self._loop is None:
-                self._loop = asyncio.get_running_loop()
             # After the frame layer's own end-of-pass flush, which was
             # scheduled when the frame was written.
-            self._loop.call_soon(self._check_due)
+            self._scheduler.call_soon(self._check_due)
         self._due.append(session)
 
     def _check_due(self) -> None:
@@ -69,8 +68,9 @@ class AckWatch:
                 self._arm(session, waiting)
 
     def _arm(self, session: Watched, waiting: int) -> None:
-        assert self._loop is not None
-        session.ack_timer = self._loop.call_later(session.ack_delay, self._retry, session, waiting)
+        session.ack_timer = self._scheduler.call_later(
+            session.ack_delay, self._retry, session, waiting
+        )
 
     def _retry(self, session: Watched, waiting_before: int) -> None:
         session.ack_timer = None

@@ -12,12 +12,10 @@ sweep, so one stalled reader holds nobody up for long.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hmac
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,14 +25,18 @@ from anyio.abc import TaskGroup
 
 from relay.auth import Claims, load_verifier
 from relay.broker.base import Broker, BrokerUnavailable
+from relay.clock import LoopScheduler, Scheduler, Timer
+from relay.decisions import Decider, HelloAsked
 from relay.delivery import AckWatch
+from relay.events import SessionObserver
 from relay.exceptions import Forbidden, IdTaken, RoomFull
 from relay.metrics import Metrics
+from relay.peer import Peer
 from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Leave, Publish, Refresh, Send
 from relay.rooms import Rooms
-from relay.session import Peer, Session
+from relay.session import Session
 from relay.settings import Settings
 from relay.values import Answer, Delivery, Handover, Proof, RequestId, Undelivered
 
@@ -71,8 +73,10 @@ class Hub:
         *,
         make_peer_id: Callable[[], str] = _new_peer_id,
         make_secret: Callable[[], str] = _new_secret,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.settings = settings
+        self.scheduler: Scheduler = scheduler or LoopScheduler()
         self.broker = broker
         self.metrics = metrics
         self.auth = load_verifier(settings)  # None: open mode
@@ -85,7 +89,11 @@ class Hub:
         self._make_peer_id = make_peer_id
         self._make_secret = make_secret
         self.backlogged: set[Peer] = set()  # live peers whose queue is not empty
-        self.acks = AckWatch()  # sessions whose peers' senders wait for acknowledgements
+        self.acks = AckWatch(self.scheduler)  # sessions whose senders wait for acknowledgements
+        self.observers: list[SessionObserver] = []
+        self.decider: Decider | None = None  # asked before each fresh hello and each join
+        self._sweep_timer: Timer | None = None
+        self._deciding: set[str] = set()  # ids whose registration waits for the decider
         self.draining = False
         self._drain_keeps = True  # a drained peer can resume on another node
         self._tasks: TaskGroup | None = None
@@ -99,12 +107,14 @@ class Hub:
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
             await self.broker.start(self)
-            tasks.start_soon(self._sweep_slow_consumers)
+            self.sweep_slow_consumers()
             self.accepting = True
             try:
                 yield self
             finally:
                 self.accepting = False
+                if self._sweep_timer is not None:
+                    self._sweep_timer.cancel()
                 tasks.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     await self.broker.close()
@@ -160,7 +170,7 @@ class Hub:
             if self._drain_keeps:
                 await self._until(lambda: not self.peers)
         for peer in list(self.peers.values()):
-            await self._remove(peer)
+            await self._remove(peer, "drained")
 
     @staticmethod
     async def _poll_until(done: Callable[[], bool], deadline: float) -> bool:
@@ -176,19 +186,22 @@ class Hub:
         assert self._tasks is not None, "the hub is not running"
         self._tasks.start_soon(lambda: work)
 
-    async def _sweep_slow_consumers(self) -> None:
-        """Close 4008 every live peer whose queue has not moved for ``slow_consumer_seconds``."""
+    def sweep_slow_consumers(self) -> None:
+        """Close 4008 every live peer whose queue has not moved for ``slow_consumer_seconds``.
+
+        Runs again every quarter of that limit (at most every second).
+        """
         limit = self.settings.slow_consumer_seconds
-        while True:
-            await anyio.sleep(min(1.0, limit / 4))
-            now = time.monotonic()
-            for peer in [p for p in self.backlogged if now - p.backlog_since > limit]:
-                self.backlogged.discard(peer)
-                if peer.session is not None:
-                    peer.session.close(
-                        CloseCode.SLOW_CONSUMER, "not reading: outbound queue stalled",
-                        reason="slow",
-                    )  # fmt: skip
+        now = self.scheduler.time()
+        for peer in [p for p in self.backlogged if now - p.backlog_since > limit]:
+            self.backlogged.discard(peer)
+            if peer.session is not None:
+                peer.session.close(
+                    CloseCode.SLOW_CONSUMER, "not reading: outbound queue stalled", reason="slow"
+                )
+        self._sweep_timer = self.scheduler.call_later(
+            min(1.0, limit / 4), self.sweep_slow_consumers
+        )
 
     async def _until(self, done: Callable[[], bool]) -> None:
         while not done():
@@ -201,6 +214,17 @@ class Hub:
         """A socket was accepted."""
         self.sessions.add(session)
         self.metrics.connections.inc()
+
+    def session_closing(self, session: Session, code: int, message: str, reason: str) -> None:
+        """The relay decided to close ``session``: observers hear it."""
+        peer_id = session.peer.id if session.peer is not None else None
+        for observer in self.observers:
+            observer.closed(peer_id, code, message, reason)
+
+    def refused(self, peer_id: str | None, code: ErrorCode, message: str) -> None:
+        """A request of ``peer_id`` was refused: observers hear it."""
+        for observer in self.observers:
+            observer.refused(peer_id, code.value, message)
 
     async def register(self, session: Session, hello: Hello) -> bytes:
         """Attach ``session`` to the peer ``hello`` asks for; returns the ``welcome``.
@@ -217,8 +241,11 @@ class Hub:
         else:
             peer_id = hello.peer_id or self._unused_peer_id()
         verified = claims is not None  # a valid token for this very id
+        if peer_id in self._deciding:
+            raise IdTaken(f"{peer_id} is held by another session")
         peer = self.peers.get(peer_id)
         resumed = False
+        meta: object = None
         if peer is not None:
             if not verified and (
                 hello.resume is None or not hmac.compare_digest(hello.resume, peer.secret)
@@ -241,6 +268,8 @@ class Hub:
                 )
             if (holder is not None and handover is None) or peer_id in self.peers:
                 raise IdTaken(f"{peer_id} is held by another session")
+            if handover is None and self.decider is not None:
+                meta = await self._decide_hello(session, hello, peer_id, claims)
             peer = self._new_peer(peer_id, handover)
             resumed = handover is not None
         if peer.expiry is not None:
@@ -256,9 +285,12 @@ class Hub:
         peer.session = session
         peer.secret = self._make_secret()
         session.peer = peer
+        session.meta = meta
         session.set_claims(claims)
         if peer.queue:
-            self.backlogged.add(peer)
+            session.queue_started(peer)
+        for observer in self.observers:
+            observer.online(peer_id, resumed=resumed)
         return codec.encode(
             {
                 "type": "welcome",
@@ -269,6 +301,21 @@ class Hub:
                 "resumed": resumed,
             }
         )
+
+    async def _decide_hello(
+        self, session: Session, hello: Hello, peer_id: str, claims: Claims | None
+    ) -> object:
+        """Ask the decider about a fresh registration; the id stays reserved meanwhile."""
+        assert self.decider is not None
+        asked = HelloAsked(peer_id, hello.token, claims, session.connect_info, self.node_id)
+        self._deciding.add(peer_id)
+        try:
+            return await self.decider.decide_hello(asked)
+        except BaseException:
+            await self.broker.release(peer_id)
+            raise
+        finally:
+            self._deciding.discard(peer_id)
 
     def _new_peer(self, peer_id: str, handover: Handover | None) -> Peer:
         peer = Peer(
@@ -306,6 +353,8 @@ class Hub:
         for room in peer.rooms:
             self.rooms.discard(room, peer)
         self.metrics.rooms.set(len(self.rooms))
+        for observer in self.observers:
+            observer.offline(peer_id, "moved")
         return peer.hand_over()
 
     def _unused_peer_id(self) -> str:
@@ -337,23 +386,26 @@ class Hub:
             resumable = False  # nobody would be left to resume with
         if resumable and session.resumable and self.settings.resume_seconds > 0:
             peer.answer_queued()
-            loop = asyncio.get_running_loop()
-            peer.expiry = loop.call_later(self.settings.resume_seconds, self._expire, peer)
+            peer.expiry = self.scheduler.call_later(
+                self.settings.resume_seconds, self._expire, peer
+            )
         else:
-            self.spawn(self._remove(peer))
+            self.spawn(self._remove(peer, "closed"))
 
     def _expire(self, peer: Peer) -> None:
         peer.expiry = None
         if peer.session is None and self.peers.get(peer.id) is peer:
-            self.spawn(self._remove(peer))
+            self.spawn(self._remove(peer, "expired"))
 
-    async def _remove(self, peer: Peer) -> None:
+    async def _remove(self, peer: Peer, reason: str) -> None:
         """Forget ``peer``: leave its rooms, free its id, report what it never got."""
         if self.peers.get(peer.id) is not peer:
             return
         del self.peers[peer.id]
         self.metrics.peers.dec()
         self._changed.set()
+        for observer in self.observers:
+            observer.offline(peer.id, reason)
         for undelivered, answer in peer.take_undelivered():
             if answer is not None:
                 answer(Delivery.OFFLINE)
@@ -361,7 +413,7 @@ class Hub:
                 self.report(undelivered, peer.id, ErrorCode.PEER_OFFLINE)
         try:
             for room in list(peer.rooms):
-                await self._leave_room(peer, room)
+                await self.leave_room(peer, room)
             await self.broker.release(peer.id)
         except BrokerUnavailable:
             # The broker forgets this node's registrations when it recovers.
@@ -369,11 +421,17 @@ class Hub:
 
     async def disconnect(
         self, peer_id: str, code: int = CloseCode.GOING_AWAY, reason: str = ""
-    ) -> None:
-        """Close a peer's live socket; its session stays resumable for reconnect codes."""
+    ) -> bool:
+        """Close a peer's live socket; False when this node holds no socket for it.
+
+        What happens to the peer then follows the code, as for any close the
+        relay makes: a reconnect code keeps it for a resume.
+        """
         peer = self.peers.get(peer_id)
-        if peer is not None and peer.session is not None:
-            peer.session.close(code, reason, reason="kicked")
+        if peer is None or peer.session is None:
+            return False
+        peer.session.close(code, reason, reason="kicked")
+        return True
 
     async def refresh(self, session: Session, refresh: Refresh) -> None:
         """Replace the session's token with a fresh one for the same id.
@@ -402,7 +460,7 @@ class Hub:
     async def _leave_forbidden_rooms(self, peer: Peer, claims: Claims) -> None:
         """Drop rooms (kept from a resumed session) the current token no longer lists."""
         for room in [r for r in peer.rooms if not claims.allows_room(r)]:
-            await self._leave_room(peer, room)
+            await self.leave_room(peer, room)
 
     # --- routing -------------------------------------------------------------
 
@@ -555,6 +613,8 @@ class Hub:
         assert peer is not None
         room = request.room
         self._check_room(peer, room)
+        if room not in peer.rooms and self.decider is not None:
+            await self.decider.decide_join(peer.id, room, session.meta)
         if room not in peer.rooms:
             if len(peer.rooms) >= self.settings.rooms_per_peer:
                 raise RoomFull(f"already in {self.settings.rooms_per_peer} rooms")
@@ -563,6 +623,8 @@ class Hub:
             self.rooms.add(room, peer)
             self.metrics.rooms.set(len(self.rooms))
             self._announce(room, peer.id, "join")
+            for observer in self.observers:
+                observer.joined(room, peer.id)
         peer.rooms[room] = request.presence
         if request.presence:
             members = await self.broker.members(room)
@@ -576,16 +638,19 @@ class Hub:
         peer = session.peer
         assert peer is not None
         if request.room in peer.rooms:
-            await self._leave_room(peer, request.room)
+            await self.leave_room(peer, request.room)
         if request.id is not None:
             peer.enqueue(codec.encode_ok(request.id), "ok", None)
 
-    async def _leave_room(self, peer: Peer, room: str) -> None:
+    async def leave_room(self, peer: Peer, room: str) -> None:
+        """Take ``peer`` out of ``room`` on every node, announcing it to presence watchers."""
         del peer.rooms[room]
         self.rooms.discard(room, peer)
         self.metrics.rooms.set(len(self.rooms))
         await self.broker.leave(room, peer.id)
         self._announce(room, peer.id, "leave")
+        for observer in self.observers:
+            observer.left(room, peer.id)
 
     def _announce(self, room: str, peer_id: str, event: str) -> None:
         frame = codec.encode({"type": "presence", "room": room, "peer": peer_id, "event": event})

@@ -38,6 +38,10 @@ class TokenBucket:
         self._tokens = tokens - 1.0
         return True
 
+    def tokens(self) -> float:
+        """How many requests the bucket would take now."""
+        return self._refill(self._clock())
+
     def seconds_until_token(self) -> float:
         """How long until ``take`` can succeed (0 when it can now)."""
         tokens = self._refill(self._clock())

@@ -7,10 +7,8 @@ this index only answers "whom on this node does a room frame go to".
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from relay.session import Peer
+from relay.peer import Peer
 
 
 class Rooms:

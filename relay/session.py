@@ -1,15 +1,15 @@
-"""Peers and their sessions.
+"""Sessions: one connection attached (after ``hello``) to a peer, and its rules.
 
-A ``Peer`` is a registered id: its rooms, its resume secret and its outbound
-queue. It outlives any one WebSocket for the resume window, so a peer that
-reconnects finds its rooms and everything sent to it meanwhile.
+The connection drives a ``Session`` with plain calls (``message_received``,
+``writable``, ``connection_lost``) and the session answers through its
+``Transport`` with plain calls too (``write``, ``pause_reading``, ``close``):
+no task per connection, no queue between the socket and the rules. Refusals
+become an ``err`` or a close code in ``_refuse``, the one place that maps them.
 
-A ``Session`` is one WebSocket attached (after ``hello``) to a peer. The
-connection drives it with plain calls (``message_received``, ``writable``,
-``connection_lost``) and it answers through a ``Transport`` with plain calls
-too (``write``, ``pause_reading``, ``close``): no task per connection, no
-queue between the socket and the rules. Refusals become an ``err`` or a close
-code in ``_refuse``, the one place that maps them.
+The session asks everything else of ``Routing`` (the hub), a narrow interface
+this module defines, and keeps time with the injected ``relay.clock``
+scheduler: it imports no hub, no asyncio, and can be created and driven in a
+plain unit test with a fake transport and a fake clock.
 
 Frames for a peer are written straight to its socket while the socket takes
 them; only while its transport is paused (the kernel buffer is full) do they
@@ -22,14 +22,17 @@ its queue waits for a resume.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
+from relay.auth import Claims, TokenVerifier
 from relay.broker.base import BrokerUnavailable
+from relay.clock import Scheduler, Timer
+from relay.decisions import ConnectInfo
+from relay.delivery import AckWatch
 from relay.exceptions import (
     BadEnvelope,
     NotRegistered,
@@ -41,289 +44,74 @@ from relay.exceptions import (
     UnknownType,
 )
 from relay.limits import Strikes, TokenBucket
+from relay.metrics import Metrics
+from relay.peer import REPLAY_OVERHEAD, Peer
 from relay.protocol import codec
+from relay.protocol.codec import CodecLimits
 from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Leave, Ping, Publish, Refresh, Send
-from relay.rfc6455 import wire_size
-from relay.values import Answer, Delivery, Handover, Queued, QueueEntry, RequestId, Undelivered
-
-if TYPE_CHECKING:
-    from relay.auth import Claims
-    from relay.hub import Hub
+from relay.settings import Settings
+from relay.transport import Transport
+from relay.values import Answer, RequestId, Undelivered
 
 log = logging.getLogger("relay.session")
 
 
-class Transport(Protocol):
-    """What a session drives: one WebSocket connection.
+class Routing(Protocol):
+    """What a session asks of the node it runs on (``relay.hub.Hub``).
 
-    Every call returns at once. ``close`` bounds the closing handshake: the
-    connection is gone (``Session.connection_lost`` called) within the close
-    timeout even if the peer never reads again.
+    The asynchronous steps (``register``, ``join``, ``leave``, ``refresh``)
+    are run through ``spawn``; the session reads nothing while one runs, so
+    a peer's requests are handled in the order it sent them.
     """
 
-    @property
-    def writing_paused(self) -> bool:
-        """True while the socket takes no more (its buffers are full)."""
+    settings: Settings
+    metrics: Metrics
+    codec_limits: CodecLimits
+    scheduler: Scheduler
+    acks: AckWatch
+    auth: TokenVerifier | None
+    backlogged: set[Peer]  # live peers whose queue is not empty
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run an asynchronous step."""
         ...
 
-    def write(self, data: bytes) -> None:
-        """Send one binary message."""
+    async def register(self, session: Session, hello: Hello) -> bytes:
+        """Attach ``session`` to the peer ``hello`` asks for; the ``welcome`` frame."""
         ...
 
-    def pause_reading(self) -> None:
-        """Deliver no more messages until ``resume_reading``."""
+    def send(self, session: Session, request: Send) -> None:
+        """Route a ``send``; its answer comes back through the peer's queue."""
         ...
 
-    def resume_reading(self) -> None:
-        """Deliver messages again, the held ones first."""
+    def publish(self, session: Session, request: Publish) -> None:
+        """Route a ``pub``."""
         ...
 
-    def close(self, code: int, reason: str = "") -> None:
-        """Close the connection with ``code`` (aborting it if the close cannot complete)."""
+    async def join(self, session: Session, request: Join) -> None:
+        """Add the session's peer to a room."""
         ...
 
-    def abort(self) -> None:
-        """Reset the connection now; the session hears ``connection_lost`` soon after."""
+    async def leave(self, session: Session, request: Leave) -> None:
+        """Remove the session's peer from a room."""
         ...
 
-    def unsent_bytes(self) -> int:
-        """Once the connection is lost: how many written bytes never reached the peer's host.
-
-        Bytes its TCP stack acknowledged count as delivered (a living peer
-        reads them even after a reset); 0 when the transport cannot tell.
-        """
+    async def refresh(self, session: Session, request: Refresh) -> None:
+        """Adopt a fresh token."""
         ...
 
-    @property
-    def written_bytes(self) -> int:
-        """Bytes written to the connection so far, counted as they go on the wire."""
+    def session_closing(self, session: Session, code: int, message: str, reason: str) -> None:
+        """The relay decided to close ``session`` (``reason``: the metrics label)."""
         ...
 
-    def acked_bytes(self) -> int:
-        """How many of ``written_bytes`` the peer's host has acknowledged.
-
-        A transport that cannot tell answers ``written_bytes``: written
-        counts as delivered there.
-        """
+    def refused(self, peer_id: str | None, code: ErrorCode, message: str) -> None:
+        """A request of ``peer_id`` (None: an unnamed hello) was refused with ``code``."""
         ...
 
-    def received_bytes(self) -> int:
-        """Bytes the peer sent that wait to be read: in the kernel, or read but not yet handled."""
+    def session_ended(self, session: Session, client_code: int) -> None:
+        """The connection is gone; the peer waits for a resume or is removed."""
         ...
-
-
-# A frame waiting in a peer's queue: frame, kind for metrics, who to tell if
-# it is never delivered, and who waits for its acknowledgement (or None).
-
-
-class Peer:
-    """A registered peer id and the state that survives its reconnects."""
-
-    __slots__ = (
-        "acks",
-        "backlog_since",
-        "expiry",
-        "id",
-        "max_queue_bytes",
-        "max_queue_messages",
-        "owed",
-        "queue",
-        "queued_bytes",
-        "replay_bytes",
-        "rooms",
-        "secret",
-        "session",
-        "unsent",
-        "waiters",
-        "written",
-        "written_bytes",
-        "written_count",
-    )
-
-    def __init__(
-        self,
-        peer_id: str,
-        *,
-        max_queue_messages: int,
-        max_queue_bytes: int,
-        replay_bytes: int,
-    ) -> None:
-        self.id = peer_id
-        self.secret = ""
-        self.rooms: dict[str, bool] = {}  # room -> receives presence
-        # Both deques are made on first use: an empty deque holds a 700-byte
-        # block, which is most of what an idle peer would cost.
-        self.queue: deque[Queued] | None = None
-        self.queued_bytes = 0
-        self.max_queue_messages = max_queue_messages
-        self.max_queue_bytes = max_queue_bytes
-        self.session: Session | None = None
-        self.expiry: asyncio.TimerHandle | None = None
-        # Senders not read until this peer's queue drains (backpressure).
-        self.waiters: list[Session] = []
-        self.backlog_since = 0.0  # when the queue last moved while it was not empty
-        # The last frames written to the current socket. A socket that dies
-        # takes what sat in its buffers with it; a resume that says how many
-        # frames it received gets the rest again from here. It holds up to
-        # ``replay_bytes`` (each frame counted with REPLAY_OVERHEAD more), and
-        # the frame layer keeps the kernel's send buffer well below that, so
-        # it covers everything a socket can have swallowed.
-        self.written: deque[QueueEntry] | None = None
-        self.written_bytes = 0
-        self.written_count = 0
-        self.replay_bytes = replay_bytes
-        # How many of the newest frames in ``written`` never left this host
-        # when the last socket was lost: reported if the peer never resumes.
-        self.unsent = 0
-        # Frames written to the current socket whose senders wait for the
-        # acknowledgement: (end of the frame in the socket's byte count, who
-        # waits, the frame's entry in ``written``).
-        self.acks: deque[tuple[int, Answer, QueueEntry]] | None = None
-        # Requests of this peer answered later (an acknowledgement, another
-        # node): a drain closes the peer's socket only once they are answered.
-        self.owed = 0
-
-    def take_over(self, handover: Handover) -> None:
-        """Start from the rooms, queue and replay window another node handed over."""
-        self.rooms.update(handover.rooms)
-        if handover.queue:
-            self.queue = deque((frame, kind, undelivered, None)
-                               for frame, kind, undelivered in handover.queue)  # fmt: skip
-            self.queued_bytes = sum(len(entry[0]) for entry in handover.queue)
-        if handover.written:
-            self.written = deque(handover.written)
-            self.written_bytes = sum(len(entry[0]) + REPLAY_OVERHEAD for entry in handover.written)
-        self.written_count = handover.written_count
-
-    def hand_over(self) -> Handover:
-        """The state another node takes over (``take_over``); the queue moves with it.
-
-        Senders still waiting for this peer are answered ``ok queued`` first.
-        """
-        self.answer_queued()
-        queue = [(frame, kind, undelivered) for frame, kind, undelivered, _ in self.queue or ()]
-        handover = Handover(dict(self.rooms), queue, list(self.written or ()), self.written_count)
-        self.queue = None
-        self.queued_bytes = 0
-        return handover
-
-    def replay(self, received: int | None) -> int:
-        """Start a new session's count; requeue frames the last socket never delivered.
-
-        ``received`` is the client's count of envelopes since its last
-        welcome; None means the client does not count, and nothing is
-        replayed. Returns how many frames were lost beyond the replay window.
-        """
-        lost = 0
-        written = self.written or ()
-        if received is not None and received < self.written_count:
-            oldest = self.written_count - len(written)
-            lost = max(0, oldest - received)
-            missed = list(written)[max(0, received - oldest) :]
-            if missed:
-                self._open_queue().extendleft(
-                    (frame, kind, sender, None) for frame, kind, sender in reversed(missed)
-                )
-                self.queued_bytes += sum(len(entry[0]) for entry in missed)
-        self.written = None
-        self.written_bytes = 0
-        self.written_count = 0
-        self.unsent = 0
-        return lost
-
-    def count_unsent(self, unsent_bytes: int) -> None:
-        """Mark the newest frames covering ``unsent_bytes`` on the wire as never sent."""
-        count = 0
-        for frame, _kind, _undelivered in reversed(self.written or ()):
-            if unsent_bytes <= 0:
-                break
-            unsent_bytes -= wire_size(len(frame))
-            count += 1
-        self.unsent = count
-
-    def acknowledged(self, acked_bytes: int) -> None:
-        """The socket's first ``acked_bytes`` reached the peer's host: answer their senders."""
-        acks = self.acks
-        while acks and acks[0][0] <= acked_bytes:
-            acks.popleft()[1](Delivery.DELIVERED)
-
-    def answer_queued(self) -> None:
-        """The peer is kept for a resume: senders still waiting are answered ``ok queued``."""
-        acks, self.acks = self.acks, None
-        for _end, answer, _entry in acks or ():
-            answer(Delivery.QUEUED)
-        answers = [entry[3] for entry in self.queue or () if entry[3] is not None]
-        if answers:
-            self.queue = deque((frame, kind, undelivered, None)
-                               for frame, kind, undelivered, _ in self.queue or ())  # fmt: skip
-            for answer in answers:
-                answer(Delivery.QUEUED)
-
-    def take_undelivered(self) -> list[tuple[Undelivered | None, Answer | None]]:
-        """Everything the peer provably never got: its unsent frames and its queue.
-
-        For each, who to tell: the sender still waiting for its answer, or
-        (already answered) the sender to report it to.
-        """
-        waiting = {id(entry): answer for _end, answer, entry in self.acks or ()}
-        self.acks = None
-        written = self.written or ()
-        unsent = list(written)[len(written) - self.unsent :] if self.unsent else []
-        pending = [(entry[2], waiting.pop(id(entry), None)) for entry in unsent]
-        # Waiting but not counted unsent: never acknowledged all the same.
-        pending += [(None, answer) for answer in waiting.values()]
-        pending += [(undelivered, answer) for _, _, undelivered, answer in self.queue or ()]
-        self.queue = None
-        self.queued_bytes = 0
-        self.unsent = 0
-        return pending
-
-    def enqueue(
-        self, frame: bytes, kind: str, undelivered: Undelivered | None, answer: Answer | None = None
-    ) -> Delivery:
-        """Write ``frame`` to the live socket, or queue it.
-
-        Written at once while the session is open, its socket takes more and
-        nothing is queued ahead; queued otherwise, up to the queue's bounds
-        (``OVERLOADED`` beyond). ``QUEUED`` means kept for a peer without a
-        live session (resuming, or being closed). With ``answer``, a frame
-        for a live session is ``PENDING``: ``answer`` is told later, once,
-        when the peer's host has acknowledged it (or what became of it).
-        """
-        session = self.session
-        if session is not None and session.close_code is None:
-            if not self.queue and not session.transport.writing_paused:
-                session.write(frame, kind, undelivered, answer)
-                return Delivery.DELIVERED if answer is None else Delivery.PENDING
-            delivered = Delivery.DELIVERED if answer is None else Delivery.PENDING
-        else:
-            delivered = Delivery.QUEUED
-            answer = None
-        size = len(frame)
-        queue = self._open_queue()
-        if len(queue) >= self.max_queue_messages or self.queued_bytes + size > self.max_queue_bytes:
-            return Delivery.OVERLOADED
-        if not queue:
-            self.backlog_since = time.monotonic()
-            if session is not None:
-                session.hub.backlogged.add(self)
-        queue.append((frame, kind, undelivered, answer))
-        self.queued_bytes += size
-        if session is not None and session.flushing:
-            session.writable()  # a closing session flushes what comes meanwhile, answers too
-        return delivered
-
-    def _open_queue(self) -> deque[Queued]:
-        if self.queue is None:
-            self.queue = deque()
-        return self.queue
-
-    def release_waiters(self) -> None:
-        """Read again from every sender that waited for this peer's queue."""
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            waiter.resume()
 
 
 class Session:
@@ -346,12 +134,14 @@ class Session:
         "claims",
         "close_code",
         "close_reason",
+        "connect_info",
         "draining",
         "ended",
-        "hub",
         "inflight",
+        "meta",
         "peer",
         "read_stopped",
+        "routing",
         "transport",
         "transport_closed",
     )
@@ -359,17 +149,20 @@ class Session:
 
     def __init__(
         self,
-        hub: Hub,
+        routing: Routing,
         transport: Transport,
-        clock: Callable[[], float],
         *,
         on_end: Callable[[], None] | None = None,
     ) -> None:
-        settings = hub.settings
-        self.hub = hub
+        settings = routing.settings
+        self.routing = routing
+        clock = routing.scheduler.time
         self.transport = transport
         self.peer: Peer | None = None
         self.claims: Claims | None = None  # the current token's, when auth is on
+        self.meta: object = None  # what the decider (relay.decisions) said of this session
+        # Set by the endpoint only when a decider is configured (it costs memory).
+        self.connect_info: ConnectInfo | None = None
         self.close_code: int | None = None  # set once the relay decided to close
         self.close_reason = ""
         self.transport_closed = False
@@ -378,21 +171,20 @@ class Session:
         self.draining = False  # the node drains: read on, whatever the targets' queues
         self.read_stopped = False  # the drain read what the peer had sent: nothing more is read
         self.ack_due = False  # relay.delivery.AckWatch's bookkeeping
-        self.ack_timer: asyncio.TimerHandle | None = None
+        self.ack_timer: Timer | None = None
         self.ack_delay = 0.0
         self._holds = 0  # reasons not to read now (a pending step, a full target)
         self._held_since = 0.0
         self._rate = TokenBucket(settings.rate_per_second, settings.rate_burst, clock)
         self._rate_strikes = Strikes(settings.rate_strikes, consecutive=True)
         self._bad_envelopes = Strikes(settings.bad_envelope_budget, consecutive=False)
-        self._limits = hub.codec_limits
-        self._metrics = hub.metrics
+        self._limits = routing.codec_limits
+        self._metrics = routing.metrics
         self._on_end = on_end
-        loop = asyncio.get_running_loop()
-        self._close_timer: asyncio.TimerHandle | None = loop.call_later(
+        self._close_timer: Timer | None = routing.scheduler.call_later(
             settings.hello_timeout_seconds, self._hello_timed_out
         )
-        self._expiry_timer: asyncio.TimerHandle | None = None
+        self._expiry_timer: Timer | None = None
 
     # --- what the connection calls --------------------------------------------
 
@@ -423,11 +215,11 @@ class Session:
             self.write(frame, kind, undelivered, answer)
             moved = True
         if moved:
-            peer.backlog_since = time.monotonic()
+            peer.backlog_since = self.routing.scheduler.time()
         if peer.acks:
-            self.hub.acks.watch(self)  # the kernel took bytes: some may be acknowledged
+            self.routing.acks.watch(self)  # the kernel took bytes: some may be acknowledged
         if not queue:
-            self.hub.backlogged.discard(peer)
+            self.routing.backlogged.discard(peer)
             peer.release_waiters()
             if self.close_code is not None and not peer.owed:
                 self._close_transport()
@@ -443,11 +235,11 @@ class Session:
         self._close_timer = self._expiry_timer = self.ack_timer = None
         peer = self.peer
         if peer is not None and peer.session is self:
-            self.hub.backlogged.discard(peer)
+            self.routing.backlogged.discard(peer)
             peer.release_waiters()
             peer.count_unsent(self.transport.unsent_bytes())
             peer.acknowledged(self.transport.acked_bytes())
-        self.hub.session_ended(self, code)
+        self.routing.session_ended(self, code)
         if self._on_end is not None:
             self._on_end()
 
@@ -483,7 +275,12 @@ class Session:
             if acks is None:
                 acks = peer.acks = deque()
             acks.append((transport.written_bytes, answer, entry))
-            self.hub.acks.watch(self)
+            self.routing.acks.watch(self)
+
+    def queue_started(self, peer: Peer) -> None:
+        """``peer``'s queue holds a frame now: the slow-consumer sweep watches it."""
+        peer.backlog_since = self.routing.scheduler.time()
+        self.routing.backlogged.add(peer)
 
     def check_acks(self) -> int | None:
         """Answer the senders of what the peer's host acknowledged; how many still wait.
@@ -504,13 +301,17 @@ class Session:
         if self.peer is not None:
             self.peer.enqueue(frame, kind, None)
 
+    def rate_tokens(self) -> float:
+        """How many requests the rate limit would take now (for operators)."""
+        return self._rate.tokens()
+
     # --- backpressure --------------------------------------------------------
 
     def hold(self) -> None:
         """Stop reading this socket until a matching ``resume``."""
         self._holds += 1
         if self._holds == 1:
-            self._held_since = time.monotonic()
+            self._held_since = self.routing.scheduler.time()
             self.transport.pause_reading()
 
     def resume(self) -> None:
@@ -519,7 +320,7 @@ class Session:
         if self._holds == 0 and not self.ended:
             # What the client sent while it was not read arrives in a burst:
             # the rate limit judges it by when it was sent.
-            self._rate.credit(time.monotonic() - self._held_since)
+            self._rate.credit(self.routing.scheduler.time() - self._held_since)
             self.transport.resume_reading()
 
     def wait_for(self, target: Peer) -> None:
@@ -584,14 +385,16 @@ class Session:
             code,
             message,
         )
+        self.routing.session_closing(self, code, message, reason)
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
         peer = self.peer
         if flush_seconds > 0 and peer is not None and (peer.queue or peer.owed):
             # The peer's queue and the answers it is owed go out first.
-            loop = asyncio.get_running_loop()
-            self._close_timer = loop.call_later(flush_seconds, self._close_transport)
+            self._close_timer = self.routing.scheduler.call_later(
+                flush_seconds, self._close_transport
+            )
             self.writable()
         else:
             self._close_transport()
@@ -627,7 +430,7 @@ class Session:
             self._watch_expiry()
 
     def _watch_expiry(self) -> None:
-        auth = self.hub.auth
+        auth = self.routing.auth
         if auth is None or self.claims is None or self.close_code is not None:
             return
         left = auth.seconds_left(self.claims)
@@ -637,8 +440,9 @@ class Session:
             self.close(CloseCode.UNAUTHORIZED, "token expired", reason="expired", flush_seconds=1.0)
             return
         # At least daily: a timer far in the future gains nothing.
-        loop = asyncio.get_running_loop()
-        self._expiry_timer = loop.call_later(min(left, 86400.0) + 0.001, self._watch_expiry)
+        self._expiry_timer = self.routing.scheduler.call_later(
+            min(left, 86400.0) + 0.001, self._watch_expiry
+        )
 
     # --- reading -------------------------------------------------------------
 
@@ -662,24 +466,29 @@ class Session:
 
     async def _register(self, hello: Hello) -> None:
         try:
-            welcome = await self.hub.register(self, hello)
+            welcome = await self.routing.register(self, hello)
         except BrokerUnavailable:
-            self._refuse_hello(Overloaded("the cluster backplane is unavailable"))
+            self._refuse_hello(Overloaded("the cluster backplane is unavailable"), hello.peer_id)
             return
         except RelayError as exc:
-            self._refuse_hello(exc)
+            self._refuse_hello(exc, hello.peer_id)
+            return
+        except Exception:
+            log.exception("internal error registering %s", hello.peer_id or "a peer")
+            self._refuse_hello(_Internal("internal error"), hello.peer_id)
             return
         peer = self.peer
         assert peer is not None
         if self.ended:  # the socket died while the hello was being checked
-            self.hub.session_ended(self, 1006)
+            self.routing.session_ended(self, 1006)
             return
         self.transport.write(welcome)
         self._metrics.sent["welcome"].add(len(welcome))
         self.writable()  # what waited for a resume
 
-    def _refuse_hello(self, exc: RelayError) -> None:
+    def _refuse_hello(self, exc: RelayError, peer_id: str | None = None) -> None:
         self._metrics.errors.labels(exc.code.value).inc()
+        self.routing.refused(peer_id, exc.code, exc.message)
         err = codec.encode_err(exc.code.value, exc.message)
         self.transport.write(err)
         self._metrics.sent["err"].add(len(err))
@@ -714,13 +523,13 @@ class Session:
                 )
             return
         self._rate_strikes.forgive()
-        hub = self.hub
+        routing = self.routing
         try:
             if isinstance(envelope, Send):
-                hub.send(self, envelope)
+                routing.send(self, envelope)
                 self._metrics.routing.observe(time.perf_counter() - started)
             elif isinstance(envelope, Publish):
-                hub.publish(self, envelope)
+                routing.publish(self, envelope)
                 self._metrics.routing.observe(time.perf_counter() - started)
             elif isinstance(envelope, Ping):
                 pong: dict[str, object] = {"type": "pong"}
@@ -728,11 +537,11 @@ class Session:
                     pong["id"] = envelope.id
                 self.reply(codec.encode(pong), "pong")
             elif isinstance(envelope, Join):
-                self.run(hub.join(self, envelope), envelope)
+                self.run(routing.join(self, envelope), envelope)
             elif isinstance(envelope, Leave):
-                self.run(hub.leave(self, envelope), envelope)
+                self.run(routing.leave(self, envelope), envelope)
             elif isinstance(envelope, Refresh):
-                self.run(hub.refresh(self, envelope), envelope)
+                self.run(routing.refresh(self, envelope), envelope)
             else:
                 raise BadEnvelope("hello was already accepted")
         except Exception as exc:
@@ -754,7 +563,7 @@ class Session:
             finally:
                 self.resume()
 
-        self.hub.spawn(run_step())
+        self.routing.spawn(run_step())
 
     def _fail(self, exc: Exception, envelope: object) -> None:
         request_id = envelope_id(envelope)
@@ -785,15 +594,12 @@ class Session:
 
     def _refuse(self, exc: RelayError) -> None:
         self._metrics.errors.labels(exc.code.value).inc()
+        self.routing.refused(self.peer.id if self.peer is not None else None, exc.code, exc.message)
         self.reply(
             codec.encode_err(exc.code.value, exc.message, request_id=exc.request_id, to=exc.to),
             "err",
         )
 
-
-# What one kept frame costs beyond its bytes (the deque slot, the tuple, the
-# bytes object's header): tiny frames cannot make the replay ring unbounded.
-REPLAY_OVERHEAD = 64
 
 _EXPLAIN_SECONDS = 1.0  # how long a policy close waits to deliver the errs that explain it
 
@@ -814,6 +620,7 @@ _HELLO_CLOSE_CODES = {
     ErrorCode.UNAUTHORIZED: CloseCode.UNAUTHORIZED,
     ErrorCode.TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
     ErrorCode.OVERLOADED: CloseCode.TRY_AGAIN_LATER,
+    ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
 }
 
 # The err a request gets when it arrives on a session the relay is closing.

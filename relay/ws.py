@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import time
 from collections import deque
 from typing import Any
 
@@ -80,7 +79,7 @@ class RelayEndpoint:
         direct = scope.get("extensions", {}).get("relay.direct")
         if direct is not None:
             connection = direct["connection"]
-            session = Session(self.hub, connection, time.monotonic, on_end=release)
+            session = Session(self.hub, connection, on_end=release)
             self.hub.opened(session)
             connection.accept_direct(session, subprotocol)
             return
@@ -89,7 +88,7 @@ class RelayEndpoint:
             accept["subprotocol"] = subprotocol
         await send(accept)
         transport = ASGITransport(send, self.settings.close_timeout_seconds)
-        session = Session(self.hub, transport, time.monotonic, on_end=release)
+        session = Session(self.hub, transport, on_end=release)
         self.hub.opened(session)
         await transport.run(session, receive)
 

@@ -31,13 +31,13 @@ every node.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.broker.base import BrokerUnavailable
+from relay.clock import Timer
 from relay.exceptions import RelayError
 from relay.hub import Hub
 from relay.limits import TokenBucket
@@ -47,7 +47,8 @@ from relay.peerjs.protocol import DISCOVERY_ROOM, HELD, NAMESPACE, Heartbeat, Re
 from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Send
-from relay.session import Session, Transport
+from relay.session import Session
+from relay.transport import Transport
 
 log = logging.getLogger("relay.peerjs")
 
@@ -109,7 +110,7 @@ class PeerJSSession(Session):
         clock: Callable[[], float] = time.monotonic,
         on_end: Callable[[], None] | None = None,
     ) -> None:
-        super().__init__(hub, transport, clock, on_end=on_end)
+        super().__init__(hub, transport, on_end=on_end)
         settings = hub.settings
         self.peerjs_id = peerjs_id
         self._now = clock
@@ -133,8 +134,8 @@ class PeerJSSession(Session):
         self._last_heard = clock()
         self._holding = 0  # hold() calls not yet resumed, as Session counts them
         self._held_at = 0.0
-        self._heartbeat_timer: asyncio.TimerHandle | None = None
-        self._retry_timer: asyncio.TimerHandle | None = None
+        self._heartbeat_timer: Timer | None = None
+        self._retry_timer: Timer | None = None
 
     # --- registration ----------------------------------------------------------
 
@@ -147,7 +148,7 @@ class PeerJSSession(Session):
         """
         hello = Hello(peer_id=NAMESPACE + self.peerjs_id, token=token, resume=resume)
         try:
-            welcome = await self.hub.register(self, hello)
+            welcome = await self.routing.register(self, hello)
         except BrokerUnavailable:
             self._refuse_registration(ErrorCode.OVERLOADED, "the cluster is unavailable")
             return False
@@ -161,12 +162,12 @@ class PeerJSSession(Session):
         # Nothing awaited since register returned: the welcome (OPEN) goes
         # out before any frame for the peer.
         self.transport.write(welcome)
-        self.hub.metrics.sent["welcome"].add(len(welcome))
+        self.routing.metrics.sent["welcome"].add(len(welcome))
         self.writable()  # what waited for a taken-over socket
-        self._heartbeat_timer = asyncio.get_running_loop().call_later(
-            self.hub.settings.peerjs_heartbeat_timeout_seconds, self._check_heartbeat
+        self._heartbeat_timer = self.routing.scheduler.call_later(
+            self.routing.settings.peerjs_heartbeat_timeout_seconds, self._check_heartbeat
         )
-        if self.hub.settings.peerjs_discovery:
+        if self.routing.settings.peerjs_discovery:
             # Not read meanwhile: the peer's first messages follow its listing.
             self.run(self._join_discovery())
         return True
@@ -174,15 +175,15 @@ class PeerJSSession(Session):
     async def _join_discovery(self) -> None:
         """Be listed by ``GET {path}/{key}/peers`` (a hub room: the whole cluster sees it)."""
         try:
-            await self.hub.join(self, Join(room=DISCOVERY_ROOM))
+            await self.routing.join(self, Join(room=DISCOVERY_ROOM))
         except (RelayError, BrokerUnavailable) as exc:  # room-full, forbidden by the token
             log.info("PeerJS peer %s not listed for discovery: %s", self.peerjs_id, exc)
 
     def _refuse_registration(self, code: ErrorCode, message: str) -> None:
-        self.hub.metrics.errors.labels(code.value).inc()
+        self.routing.metrics.errors.labels(code.value).inc()
         err = codec.encode_err(code.value, message)
         self.transport.write(err)
-        self.hub.metrics.sent["err"].add(len(err))
+        self.routing.metrics.sent["err"].add(len(err))
         close_code = _REGISTER_CLOSE_CODES.get(code, CloseCode.POLICY_VIOLATION)
         self.close(close_code, message, reason="hello")
 
@@ -193,7 +194,7 @@ class PeerJSSession(Session):
         if self.peer is None or self.close_code is not None:
             return
         self._last_heard = self._now()
-        received = self.hub.metrics.received
+        received = self.routing.metrics.received
         if not self._bucket.take():
             received["invalid"].add(len(text))
             self._close_with_error(Refusal("rate limit exceeded", CloseCode.RATE_LIMITED), "flood")
@@ -217,7 +218,7 @@ class PeerJSSession(Session):
         """PeerJS speaks text only: a binary frame gets ``ERROR`` and 1003."""
         if self.peer is None or self.close_code is not None:
             return
-        self.hub.metrics.received["invalid"].add(len(frame))
+        self.routing.metrics.received["invalid"].add(len(frame))
         self._close_with_error(
             Refusal("binary frames are not accepted", CloseCode.UNSUPPORTED_DATA)
         )
@@ -278,7 +279,7 @@ class PeerJSSession(Session):
         sent = _Sent(message, held, len(d_raw))
         self._unanswered[request_id] = sent
         self._unanswered_bytes += sent.size
-        settings = self.hub.settings
+        settings = self.routing.settings
         if not self._waiting_answers and (
             len(self._unanswered) >= settings.inflight_per_session
             or self._unanswered_bytes >= settings.queue_bytes
@@ -289,16 +290,16 @@ class PeerJSSession(Session):
                        id=request_id)  # fmt: skip
         started = time.perf_counter()
         try:
-            self.hub.send(self, request)
+            self.routing.send(self, request)
         except Exception:
             log.exception("internal error relaying a PeerJS %s", message.type)
             self._close_with_error(Refusal("internal error", CloseCode.INTERNAL_ERROR), "error")
             return
-        self.hub.metrics.routing.observe(time.perf_counter() - started)
+        self.routing.metrics.routing.observe(time.perf_counter() - started)
 
     def _answered(self, sent: _Sent, *, taken: bool) -> None:
         self._unanswered_bytes -= sent.size
-        settings = self.hub.settings
+        settings = self.routing.settings
         if self._waiting_answers and (
             len(self._unanswered) < settings.inflight_per_session
             and self._unanswered_bytes < settings.queue_bytes
@@ -323,9 +324,7 @@ class PeerJSSession(Session):
             return  # a LEAVE for an absent peer means nothing
         if self._pending.add(message):
             if self._retry_timer is None and not self.ended:
-                self._retry_timer = asyncio.get_running_loop().call_later(
-                    _RETRY_SECONDS, self._retry
-                )
+                self._retry_timer = self.routing.scheduler.call_later(_RETRY_SECONDS, self._retry)
         else:
             self._pending.drop(message.dst)
             self._trying.discard(message.dst)
@@ -342,7 +341,7 @@ class PeerJSSession(Session):
         for dst in self._pending.destinations():
             self._try(dst)
         if self._pending:
-            self._retry_timer = asyncio.get_running_loop().call_later(_RETRY_SECONDS, self._retry)
+            self._retry_timer = self.routing.scheduler.call_later(_RETRY_SECONDS, self._retry)
 
     def _try(self, dst: str) -> None:
         message = self._pending.first(dst)
@@ -355,24 +354,24 @@ class PeerJSSession(Session):
     def _expire(self, dst: str) -> None:
         """Tell the client ``dst`` is unavailable (PeerJS's ``peer-unavailable``)."""
         code = ErrorCode.PEER_OFFLINE.value
-        self.hub.metrics.errors.labels(code).inc()
+        self.routing.metrics.errors.labels(code).inc()
         self.reply(codec.encode_err(code, f"{dst} is not connected", to=NAMESPACE + dst), "err")
 
     def _close_with_error(self, refusal: Refusal, reason: str = "bad") -> None:
         """``ERROR`` that explains it, then close: PeerJS clients treat any ERROR as fatal."""
         code = _ERROR_FOR_CLOSE.get(CloseCode(refusal.close_code), ErrorCode.BAD_ENVELOPE).value
-        self.hub.metrics.errors.labels(code).inc()
+        self.routing.metrics.errors.labels(code).inc()
         self.reply(codec.encode_err(code, refusal.message), "err")
         self.close(refusal.close_code, refusal.message[:120], reason=reason,
                    flush_seconds=_EXPLAIN_SECONDS)  # fmt: skip
 
     def _check_heartbeat(self) -> None:
-        timeout = self.hub.settings.peerjs_heartbeat_timeout_seconds
+        timeout = self.routing.settings.peerjs_heartbeat_timeout_seconds
         silent = self._now() - self._last_heard
         if silent >= timeout:
             self._heartbeat_timer = None
             self.close(CloseCode.POLICY_VIOLATION, "no heartbeat in time", reason="silent")
         else:
-            self._heartbeat_timer = asyncio.get_running_loop().call_later(
+            self._heartbeat_timer = self.routing.scheduler.call_later(
                 timeout - silent, self._check_heartbeat
             )

@@ -1,0 +1,49 @@
+"""Outside decisions: something other than the relay admits a ``hello`` or a ``join``.
+
+A ``Decider`` is asked, asynchronously, before a fresh registration (after
+the token, if any, was verified; a resume of a session this node holds is
+not asked again) and before a ``join``. While it decides, the session reads
+nothing more, so the peer's later frames are handled after the decision and
+in the order sent. Refusing is raising a ``relay.exceptions.RelayError``
+(``Unauthorized`` closes the socket as a bad token does, ``Overloaded`` with
+1013, which clients retry); whatever the decider returns for a hello is kept
+with the session as its ``meta``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from relay.auth import Claims
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectInfo:
+    """What the connection said about itself before the upgrade."""
+
+    address: str | None  # the client's address, as admission saw it
+    headers: tuple[tuple[str, str], ...]  # the request headers, lower-case names
+
+
+@dataclass(frozen=True, slots=True)
+class HelloAsked:
+    """A registration waiting for a decision."""
+
+    peer_id: str  # the id it will hold (the token's ``sub`` when auth is on)
+    token: str | None
+    claims: Claims | None
+    connection: ConnectInfo | None
+    node: str
+
+
+class Decider(Protocol):
+    """Admits or refuses registrations and joins."""
+
+    async def decide_hello(self, asked: HelloAsked) -> object:
+        """Admit (return the session's ``meta``, or None) or refuse (raise ``RelayError``)."""
+        ...
+
+    async def decide_join(self, peer_id: str, room: str, meta: object) -> None:
+        """Admit the join (return) or refuse it (raise ``RelayError``)."""
+        ...
