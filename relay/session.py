@@ -462,29 +462,39 @@ class Session:
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
-        self.run(self._register(envelope))
+        self.run(self.register(envelope))
 
-    async def _register(self, hello: Hello) -> None:
+    async def register(self, hello: Hello) -> bool:
+        """Attach to the peer ``hello`` asks for; True once the ``welcome`` is written.
+
+        The one registration path of every dialect. A refusal writes the
+        ``err`` that explains it and closes: 4502 id taken, 4501 bad token,
+        1013 cluster unavailable, 1011 an internal error (logged), 1008
+        otherwise.
+        """
         try:
             welcome = await self.routing.register(self, hello)
         except BrokerUnavailable:
             self._refuse_hello(Overloaded("the cluster backplane is unavailable"), hello.peer_id)
-            return
+            return False
         except RelayError as exc:
             self._refuse_hello(exc, hello.peer_id)
-            return
+            return False
         except Exception:
             log.exception("internal error registering %s", hello.peer_id or "a peer")
             self._refuse_hello(_Internal("internal error"), hello.peer_id)
-            return
+            return False
         peer = self.peer
         assert peer is not None
         if self.ended:  # the socket died while the hello was being checked
             self.routing.session_ended(self, 1006)
-            return
+            return False
+        # Nothing awaited since the hub attached the peer: the welcome goes
+        # out before any frame for it.
         self.transport.write(welcome)
         self._metrics.sent["welcome"].add(len(welcome))
         self.writable()  # what waited for a resume
+        return True
 
     def _refuse_hello(self, exc: RelayError, peer_id: str | None = None) -> None:
         self._metrics.errors.labels(exc.code.value).inc()
@@ -507,7 +517,7 @@ class Session:
                     CloseCode.TOO_MANY_BAD_ENVELOPES,
                     "too many bad envelopes",
                     reason="bad",
-                    flush_seconds=_EXPLAIN_SECONDS,
+                    flush_seconds=EXPLAIN_SECONDS,
                 )
             return
         kind = _KINDS[type(envelope)]
@@ -519,7 +529,7 @@ class Session:
                     CloseCode.RATE_LIMITED,
                     "rate limit exceeded",
                     reason="flood",
-                    flush_seconds=_EXPLAIN_SECONDS,
+                    flush_seconds=EXPLAIN_SECONDS,
                 )
             return
         self._rate_strikes.forgive()
@@ -547,7 +557,7 @@ class Session:
         except Exception as exc:
             self._fail(exc, envelope)
 
-    def run(self, step: Coroutine[Any, Any, None], envelope: object = None) -> None:
+    def run(self, step: Coroutine[Any, Any, object], envelope: object = None) -> None:
         """Run a step that waits (the backplane, a registration), reading nothing meanwhile.
 
         Frames that arrive in the meantime stay with the transport, so the
@@ -601,7 +611,7 @@ class Session:
         )
 
 
-_EXPLAIN_SECONDS = 1.0  # how long a policy close waits to deliver the errs that explain it
+EXPLAIN_SECONDS = 1.0  # how long a policy close waits to deliver the errs that explain it
 
 
 def envelope_id(envelope: object) -> RequestId | None:

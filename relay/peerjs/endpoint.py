@@ -178,7 +178,7 @@ class PeerJSEndpoint:
         held = self._held.get(session.peerjs_id)
         if not auth and held is not None and hmac.compare_digest(held.token_digest, digest):
             resume = held.secret  # the same PeerJS client again: take over its socket
-        if await session.register(token if auth else None, resume) and not auth:
+        if await session.open(token if auth else None, resume) and not auth:
             assert session.peer is not None
             self._held[session.peerjs_id] = _Held(digest, session.peer.secret, session)
 

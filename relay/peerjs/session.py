@@ -40,28 +40,18 @@ from relay.broker.base import BrokerUnavailable
 from relay.clock import Timer
 from relay.exceptions import RelayError
 from relay.hub import Hub
-from relay.limits import TokenBucket
 from relay.peerjs import protocol
 from relay.peerjs.pending import PreConnectQueue
 from relay.peerjs.protocol import DISCOVERY_ROOM, HELD, NAMESPACE, Heartbeat, Refusal, Relayed
 from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Send
-from relay.session import Session
+from relay.session import EXPLAIN_SECONDS, Session
 from relay.transport import Transport
 
 log = logging.getLogger("relay.peerjs")
 
 _RETRY_SECONDS = 0.25  # how often held messages are tried again
-_EXPLAIN_SECONDS = 1.0  # longest wait to deliver the ERROR that explains a close
-
-# How a refused registration closes the socket (any other refusal: 1008).
-_REGISTER_CLOSE_CODES = {
-    ErrorCode.ID_TAKEN: CloseCode.ID_TAKEN,
-    ErrorCode.UNAUTHORIZED: CloseCode.UNAUTHORIZED,
-    ErrorCode.OVERLOADED: CloseCode.TRY_AGAIN_LATER,
-    ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
-}
 # The error code counted in relay_errors_total for each close of a bad client.
 _ERROR_FOR_CLOSE = {
     CloseCode.MESSAGE_TOO_BIG: ErrorCode.TOO_LARGE,
@@ -83,10 +73,7 @@ class PeerJSSession(Session):
     """One PeerJS socket, attached (once ``register`` succeeds) to the peer ``@peerjs/<id>``."""
 
     __slots__ = (
-        "_bucket",
         "_heartbeat_timer",
-        "_held_at",
-        "_holding",
         "_last_heard",
         "_next_id",
         "_now",
@@ -107,19 +94,16 @@ class PeerJSSession(Session):
         transport: Transport,
         peerjs_id: str,
         *,
-        clock: Callable[[], float] = time.monotonic,
         on_end: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(hub, transport, on_end=on_end)
         settings = hub.settings
         self.peerjs_id = peerjs_id
+        clock = hub.scheduler.time
         self._now = clock
         self._text_limits = protocol.Limits(
             settings.max_frame_bytes, settings.max_depth, settings.max_id_length
         )
-        # PeerJS clients treat any ERROR as fatal, so the first message past
-        # the rate closes the socket: no strikes, as a native session has.
-        self._bucket = TokenBucket(settings.rate_per_second, settings.rate_burst, clock)
         self._pending = PreConnectQueue(
             max_messages=settings.peerjs_queue_messages,
             max_bytes=settings.peerjs_queue_bytes,
@@ -132,38 +116,20 @@ class PeerJSSession(Session):
         self._waiting_answers = False  # reading paused until answers come back
         self._next_id = 1
         self._last_heard = clock()
-        self._holding = 0  # hold() calls not yet resumed, as Session counts them
-        self._held_at = 0.0
         self._heartbeat_timer: Timer | None = None
         self._retry_timer: Timer | None = None
 
     # --- registration ----------------------------------------------------------
 
-    async def register(self, token: str | None, resume: str | None) -> bool:
-        """Claim the PeerJS id; True once ``OPEN`` is written.
+    async def open(self, token: str | None, resume: str | None) -> bool:
+        """Claim the PeerJS id through the shared registration; True once ``OPEN`` is written.
 
-        A refusal writes ``ID-TAKEN`` or ``ERROR`` and closes the socket:
-        4502 id taken, 4501 bad token, 1013 backplane down, 1011 an internal
-        error (logged), 1008 otherwise.
+        A refusal writes ``ID-TAKEN`` or ``ERROR`` and closes the socket, with
+        the close codes of any refused hello (``Session.register``).
         """
         hello = Hello(peer_id=NAMESPACE + self.peerjs_id, token=token, resume=resume)
-        try:
-            welcome = await self.routing.register(self, hello)
-        except BrokerUnavailable:
-            self._refuse_registration(ErrorCode.OVERLOADED, "the cluster is unavailable")
+        if not await self.register(hello):
             return False
-        except RelayError as exc:
-            self._refuse_registration(exc.code, exc.message)
-            return False
-        except Exception:
-            log.exception("internal error registering PeerJS peer %s", self.peerjs_id)
-            self._refuse_registration(ErrorCode.INTERNAL, "internal error")
-            return False
-        # Nothing awaited since register returned: the welcome (OPEN) goes
-        # out before any frame for the peer.
-        self.transport.write(welcome)
-        self.routing.metrics.sent["welcome"].add(len(welcome))
-        self.writable()  # what waited for a taken-over socket
         self._heartbeat_timer = self.routing.scheduler.call_later(
             self.routing.settings.peerjs_heartbeat_timeout_seconds, self._check_heartbeat
         )
@@ -179,14 +145,6 @@ class PeerJSSession(Session):
         except (RelayError, BrokerUnavailable) as exc:  # room-full, forbidden by the token
             log.info("PeerJS peer %s not listed for discovery: %s", self.peerjs_id, exc)
 
-    def _refuse_registration(self, code: ErrorCode, message: str) -> None:
-        self.routing.metrics.errors.labels(code.value).inc()
-        err = codec.encode_err(code.value, message)
-        self.transport.write(err)
-        self.routing.metrics.sent["err"].add(len(err))
-        close_code = _REGISTER_CLOSE_CODES.get(code, CloseCode.POLICY_VIOLATION)
-        self.close(close_code, message, reason="hello")
-
     # --- what the connection calls ---------------------------------------------
 
     def text_received(self, text: str) -> None:
@@ -195,7 +153,7 @@ class PeerJSSession(Session):
             return
         self._last_heard = self._now()
         received = self.routing.metrics.received
-        if not self._bucket.take():
+        if not self._rate.take():
             received["invalid"].add(len(text))
             self._close_with_error(Refusal("rate limit exceeded", CloseCode.RATE_LIMITED), "flood")
             return
@@ -222,22 +180,6 @@ class PeerJSSession(Session):
         self._close_with_error(
             Refusal("binary frames are not accepted", CloseCode.UNSUPPORTED_DATA)
         )
-
-    def hold(self) -> None:
-        """Stop reading the socket until a matching ``resume`` (``Session.hold``)."""
-        self._holding += 1
-        if self._holding == 1:
-            self._held_at = self._now()
-        super().hold()
-
-    def resume(self) -> None:
-        """Drop one reason not to read; the PeerJS rate is credited for the pause."""
-        super().resume()
-        self._holding -= 1
-        if self._holding == 0:
-            # What the client sent while it was not read arrives in a burst:
-            # the rate limit judges it by when it was sent, as Session does.
-            self._bucket.credit(self._now() - self._held_at)
 
     def connection_lost(self, code: int, reason: str = "") -> None:
         """The socket is gone: held messages are dropped with it."""
@@ -363,7 +305,7 @@ class PeerJSSession(Session):
         self.routing.metrics.errors.labels(code).inc()
         self.reply(codec.encode_err(code, refusal.message), "err")
         self.close(refusal.close_code, refusal.message[:120], reason=reason,
-                   flush_seconds=_EXPLAIN_SECONDS)  # fmt: skip
+                   flush_seconds=EXPLAIN_SECONDS)  # fmt: skip
 
     def _check_heartbeat(self) -> None:
         timeout = self.routing.settings.peerjs_heartbeat_timeout_seconds

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.broker import MemoryBroker
+from relay.clock import LoopScheduler
 from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.peerjs.session import PeerJSSession
@@ -22,11 +23,13 @@ pytestmark = pytest.mark.anyio
 HEARTBEAT = json.dumps({"type": "HEARTBEAT"})
 
 
-class Clock:
+class Clock(LoopScheduler):
+    """The loop's timers, with a clock the test moves."""
+
     def __init__(self) -> None:
         self.now = 100.0
 
-    def __call__(self) -> float:
+    def time(self) -> float:  # type: ignore[override]
         return self.now
 
 
@@ -73,12 +76,12 @@ class Socket:
 
 async def test_time_the_socket_was_not_read_is_credited_to_its_rate() -> None:
     settings = Settings(rate_per_second=10, rate_burst=10)
-    hub = Hub(settings, MemoryBroker(), Metrics())
+    clock, socket = Clock(), Socket()
+    hub = Hub(settings, MemoryBroker(), Metrics(), scheduler=clock)
     async with hub.running():
-        clock, socket = Clock(), Socket()
-        session = PeerJSSession(hub, socket, "alice", clock=clock)
+        session = PeerJSSession(hub, socket, "alice")
         hub.opened(session)
-        assert await session.register(None, None)
+        assert await session.open(None, None)
         session.hold()
         session.hold()  # two reasons not to read (a full target, unanswered sends)
         clock.now += 2
@@ -108,9 +111,9 @@ async def test_an_internal_error_at_registration_is_error_and_1011_not_a_traceba
 
         monkeypatch.setattr(hub, "register", broken)
         socket = Socket()
-        session = PeerJSSession(hub, socket, "alice", clock=Clock())
+        session = PeerJSSession(hub, socket, "alice")
         hub.opened(session)
-        assert not await session.register(None, None)
+        assert not await session.open(None, None)
         texts = [text for frame in socket.written for text in session.translate(frame)]
         assert [json.loads(text) for text in texts] == [
             {"type": "ERROR", "payload": {"msg": "internal error"}}
@@ -151,9 +154,9 @@ async def deliver(texts: list[str]) -> tuple[Socket, list[str], list[logging.Log
             sockets = {name: Socket() for name in ("mallory", "bob")}
             sessions = {}
             for name, socket in sockets.items():
-                sessions[name] = PeerJSSession(hub, socket, name, clock=Clock())
+                sessions[name] = PeerJSSession(hub, socket, name)
                 hub.opened(sessions[name])
-                assert await sessions[name].register(None, None)
+                assert await sessions[name].open(None, None)
             for text in texts:
                 sessions["mallory"].text_received(text)
             await asyncio.sleep(0)  # what the hub answers at once, it has answered
