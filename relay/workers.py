@@ -29,8 +29,8 @@ from starlette.applications import Starlette
 from uvicorn.supervisors import multiprocess
 
 from relay.app import create_app
-from relay.cli import RelayServer, uvicorn_config
 from relay.hub import Hub
+from relay.server import RelayServer, uvicorn_config
 from relay.settings import Settings
 
 SETTINGS_ENV = "RELAY_WORKER_SETTINGS"

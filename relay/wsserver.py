@@ -6,7 +6,7 @@ calls ``connection_made(transport)``, makes this object the transport's
 protocol, replays the request through ``data_received``, then passes on the
 bytes that came after the head in the same read (uvicorn's own HTTP
 protocols drop those: serve with ``http=RelayHTTPProtocol``, as
-``relay.cli.uvicorn_config`` does). From there on every byte goes through
+``relay.server.uvicorn_config`` does). From there on every byte goes through
 ``relay.rfc6455``.
 
 Two ways to use a connection:

@@ -18,8 +18,8 @@ from starlette.applications import Starlette
 
 from relay.app import create_app
 from relay.broker import Broker
-from relay.cli import uvicorn_config
 from relay.hub import Hub
+from relay.server import uvicorn_config
 from relay.settings import Settings
 from tests.inloop import InLoopServer
 from tests.redis_server import RedisServer, redis_url_from_env

@@ -19,7 +19,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from relay.cli import main, serve, settings_from, without_password
+from relay.cli import main, serve, settings_from
+from relay.server import without_password
 from relay.settings import Settings, describe
 from tests import jwtkit
 from tests.cluster.processes import RelayProcess

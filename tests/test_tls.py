@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 
-from relay.cli import main, uvicorn_config
+from relay.cli import main
+from relay.server import uvicorn_config
 from relay.settings import Settings
 from tests.conftest import RelayFactory
 from tests.jwtkit import SECRET, hs256

@@ -3,7 +3,7 @@
 ``serve(app, **uvicorn_options)`` starts uvicorn on a free port and returns a
 ``Served``. The frame layer's own options (``ws_close_timeout=``,
 ``ws_send_buffer_bytes=``, ``ws_max_fragments=``, ``ws_message_timeout=``) are
-set the way ``relay.cli.uvicorn_config`` sets them (attributes of the ``Config``), and
+set the way ``relay.server.uvicorn_config`` sets them (attributes of the ``Config``), and
 ``rcvbuf=`` is the server sockets' kernel receive buffer (so a test can fill it).
 Direct-mode tests use ``Recorder``, a ``FrameHandler`` that records every call.
 """

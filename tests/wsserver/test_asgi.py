@@ -15,7 +15,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from relay.cli import uvicorn_config
+from relay.server import uvicorn_config
 from relay.settings import Settings
 from relay.wsserver import RelayWebSocketProtocol
 from tests.wsserver.conftest import Serve

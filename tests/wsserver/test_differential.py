@@ -53,7 +53,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
 from relay.app import create_app
-from relay.cli import uvicorn_config
+from relay.server import uvicorn_config
 from relay.settings import Settings
 from tests.wsserver.frames import (
     RawSocket,

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from relay.cli import uvicorn_config
+from relay.server import uvicorn_config
 from relay.settings import Settings
 from relay.wsserver import DEFAULT_MAX_FRAGMENTS, DEFAULT_MESSAGE_TIMEOUT
 from tests.wsserver.conftest import DirectApp, Recorder, Serve
