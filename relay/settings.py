@@ -27,9 +27,8 @@ from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from relay.protocol.codec import DEFAULT_ID_PATTERN, DEFAULT_ROOM_PATTERN, CodecLimits
+from relay.protocol.envelopes import SERVER_ID
 from relay.rfc6455 import MAX_REQUEST_HEAD
-
-_SERVER_ID = "@server"  # relay.hub.SERVER_ID, the sender of API messages
 
 
 class SettingError(ValueError):
@@ -124,7 +123,7 @@ def _ice_url(kind: str) -> Rule:
 
 
 def _is_id_pattern(pattern: str) -> bool:
-    return _compiles(pattern) and re.fullmatch(pattern, _SERVER_ID) is None
+    return _compiles(pattern) and re.fullmatch(pattern, SERVER_ID) is None
 
 
 _ANY = Rule("", lambda value: True)  # any string

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SERVER_ID = "@server"  # ``from`` of server-originated messages; no peer id can start with @
+
 RequestId = int | str
 PassThrough = int | str  # the types accepted for ``rid`` and ``re``
 
