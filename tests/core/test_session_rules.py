@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
+
 from relay.protocol.codes import CloseCode
 from tests.core.fakes import Node, send
 
@@ -193,3 +195,22 @@ def test_a_clean_close_removes_the_peer_and_leaves_its_rooms() -> None:
     assert "alice" not in node.hub.peers
     [presence] = bob_socket.take()
     assert presence == {"type": "presence", "room": "r", "peer": "alice", "event": "leave"}
+
+
+def test_a_policy_close_flushes_for_at_most_its_explain_time() -> None:
+    node = Node(bad_envelope_budget=0)
+    alice, socket, _ = node.peer("alice")
+    bob, _, _ = node.peer("bob")
+    socket.paused = True  # alice reads nothing: what she is owed cannot go out
+    send(bob, {"type": "send", "to": "alice", "d": 1})
+    alice.message_received(b"\xc1")  # over the budget: closed 4500 after explaining
+    node.run(0.9)
+    assert socket.closed is None  # still trying to deliver the explanation
+    node.run(0.2)
+    assert socket.closed is not None and socket.closed[0] == CloseCode.TOO_MANY_BAD_ENVELOPES
+    # Frames for her meanwhile wait for a resume; her own requests get an err.
+    send(alice, {"type": "ping", "id": 9})
+    queue = node.hub.peers["alice"].queue
+    assert queue is not None
+    last = msgpack.unpackb(queue[-1][0])
+    assert (last["type"], last["code"], last["id"]) == ("err", "bad-envelope", 9)
