@@ -455,7 +455,7 @@ class Session:
             self._metrics.received["invalid"].add(len(frame))
             self._refuse_hello(exc)
             return
-        self._metrics.received[_KINDS[type(envelope)]].add(len(frame))
+        self._metrics.received[envelope.kind].add(len(frame))
         if not isinstance(envelope, Hello):
             self._refuse_hello(NotRegistered("the first envelope must be hello"))
             return
@@ -520,7 +520,7 @@ class Session:
                     flush_seconds=EXPLAIN_SECONDS,
                 )
             return
-        kind = _KINDS[type(envelope)]
+        kind = envelope.kind
         self._metrics.received[kind].add(len(frame))
         if not self._rate.take():
             self._refuse(RateLimited("slow down", request_id=envelope_id(envelope)))
@@ -639,14 +639,4 @@ _CLOSING_ERRORS: dict[int, type[RelayError]] = {
     CloseCode.TOO_MANY_BAD_ENVELOPES: BadEnvelope,
     CloseCode.UNAUTHORIZED: Unauthorized,
     CloseCode.MESSAGE_TOO_BIG: TooLarge,
-}
-
-_KINDS = {
-    Hello: "hello",
-    Refresh: "refresh",
-    Send: "send",
-    Publish: "pub",
-    Join: "join",
-    Leave: "leave",
-    Ping: "ping",
 }

@@ -8,10 +8,12 @@ float32, a str with odd bytes stays as it was) and spends no time on them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
+
+from relay.values import RequestId
 
 SERVER_ID = "@server"  # ``from`` of server-originated messages; no peer id can start with @
 
-RequestId = int | str
 PassThrough = int | str  # the types accepted for ``rid`` and ``re``
 
 
@@ -19,6 +21,7 @@ PassThrough = int | str  # the types accepted for ``rid`` and ``re``
 class Hello:
     """Register as ``peer_id`` (or a server-chosen id), optionally resuming."""
 
+    kind: ClassVar[str] = "hello"  # its name in the metrics
     peer_id: str | None = None
     token: str | None = None
     resume: str | None = None
@@ -29,6 +32,7 @@ class Hello:
 class Refresh:
     """Replace the session's token with a fresh one before it expires."""
 
+    kind: ClassVar[str] = "refresh"  # its name in the metrics
     token: str
     id: RequestId | None = None
 
@@ -37,6 +41,7 @@ class Refresh:
 class Send:
     """Deliver ``d_raw`` to one peer (``to`` a str) or several (a tuple)."""
 
+    kind: ClassVar[str] = "send"  # its name in the metrics
     to: str | tuple[str, ...]
     d_raw: bytes
     ev: str | None = None
@@ -49,6 +54,7 @@ class Send:
 class Publish:
     """Deliver ``d_raw`` to every member of ``room``."""
 
+    kind: ClassVar[str] = "pub"  # its name in the metrics
     room: str
     d_raw: bytes
     ev: str | None = None
@@ -60,6 +66,7 @@ class Publish:
 class Join:
     """Become a member of ``room``."""
 
+    kind: ClassVar[str] = "join"  # its name in the metrics
     room: str
     id: RequestId | None = None
     presence: bool = False
@@ -69,6 +76,7 @@ class Join:
 class Leave:
     """Stop being a member of ``room``."""
 
+    kind: ClassVar[str] = "leave"  # its name in the metrics
     room: str
     id: RequestId | None = None
 
@@ -77,6 +85,7 @@ class Leave:
 class Ping:
     """Ask for a ``pong``; browsers cannot send WebSocket pings."""
 
+    kind: ClassVar[str] = "ping"  # its name in the metrics
     id: RequestId | None = None
 
 
