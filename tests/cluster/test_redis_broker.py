@@ -122,16 +122,18 @@ async def test_a_registry_call_always_gives_way_to_a_cancel(redis_url: str) -> N
 async def test_close_ends_a_heartbeat_that_swallowed_its_cancel(redis_url: str) -> None:
     broker = _broker(redis_url)
     await broker.start(FakeNode("n1"))
-    renew = broker._renew
+    registry = broker._registry
+    assert registry is not None
+    renew = registry.renew
     inside = asyncio.Event()
 
     async def deaf_once(state: bytes) -> None:
-        broker._renew = renew  # type: ignore[method-assign]
+        registry.renew = renew  # type: ignore[method-assign]
         inside.set()
         with contextlib.suppress(asyncio.CancelledError):  # as a library call may
             await asyncio.Event().wait()
 
-    broker._renew = deaf_once  # type: ignore[method-assign]
+    registry.renew = deaf_once  # type: ignore[method-assign]
     with anyio.fail_after(5):
         await inside.wait()
     with anyio.fail_after(5):
