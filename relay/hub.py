@@ -19,7 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -629,6 +629,11 @@ class Hub:
     ) -> None:
         """Hand ``frame`` (published on another node) to this node's members of ``room``."""
         self._deliver_room(room, frame, exclude, presence_only)
+
+    def member_lost(self, room: str, peer_id: str) -> None:
+        """Announce a member the registry lost without its hub leaving (see ``NodeHandler``)."""
+        with suppress(BrokerUnavailable):  # not keeping up: dropped, as any frame is then
+            self._announce(room, peer_id, "leave")
 
     def _deliver_room(
         self,

@@ -46,6 +46,21 @@ class NodeHandler(Protocol):
         """Give up ``peer_id`` (closing its socket 4503) if ``proof`` is good."""
         ...
 
+    def member_lost(self, room: str, peer_id: str) -> None:
+        """This node removed ``peer_id`` from ``room`` in the registry: announce it.
+
+        A broker never builds frames, so it leaves the announcement (presence
+        ``leave`` to the room's members here and, with ``Broker.publish``, on
+        the other nodes) to the node. It calls this once in the cluster for
+        each membership it removes on its own: the members of a node that
+        died (on the node that reaped it), this node's own members when it
+        closes, and members this node let go while the backplane was down
+        (their leave could not reach the other nodes then). It is where a
+        node learns that a peer it never saw leave has left a room. It never
+        raises.
+        """
+        ...
+
 
 class Broker(Protocol):
     """Everything a hub needs from the rest of the cluster.

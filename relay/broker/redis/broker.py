@@ -23,7 +23,6 @@ from relay.broker.redis.handover import Handovers
 from relay.broker.redis.registry import Registry
 from relay.broker.redis.scripts import Keys
 from relay.broker.redis.supervisor import Supervisor, stop
-from relay.protocol import codec
 from relay.values import Answer, Delivery, Handover, Proof, Undelivered
 
 log = logging.getLogger("relay.broker.redis")
@@ -61,6 +60,7 @@ class RedisBroker:
         self._supervisor: Supervisor | None = None
         self._tasks: list[asyncio.Task[None]] = []  # the supervisor's and the ticks
         self._background: set[asyncio.Task[Any]] = set()
+        self._farewells: list[tuple[str, bytes]] | None = None  # room frames while closing
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -91,7 +91,7 @@ class RedisBroker:
         self._handovers = Handovers(node, self._keys, commands, registry, links)
         supervisor = self._supervisor = Supervisor(
             self._url, self._node_id, self._keys, commands, registry, links,
-            received=self._received, member_lost=self._announce_leave, down=self._down,
+            received=self._received, member_lost=node.member_lost, down=self._down,
             spawn=self._spawn, lease_ms=self._lease_ms,
             heartbeat_seconds=self._heartbeat, probe_seconds=self._probe_interval,
         )  # fmt: skip
@@ -124,15 +124,11 @@ class RedisBroker:
         if was_up and self._registry is not None and commands.pool is not None:
             try:
                 async with asyncio.timeout(self._timeout * 2):
-                    for room, peer in await self._registry.unregister():
-                        frame = _presence_leave(room, peer)
-                        payload = wire.encode_room(room, frame, peer, True)
-                        await commands.pool.eval(
-                            scripts.PUBLISH, 1, self._keys.key("roomnodes", room),
-                            self._keys.channel(""), payload, self._node_id,
-                        )  # fmt: skip
+                    await self._unregister()
             except ERRORS as exc:
                 log.warning("could not unregister node %s: %s", self._node_id, exc)
+            finally:
+                self._farewells = None
         commands.up = False
         self._down()
         if links is not None:
@@ -140,6 +136,23 @@ class RedisBroker:
         if commands.pool is not None:
             with contextlib.suppress(Exception):
                 await commands.pool.aclose()
+
+    async def _unregister(self) -> None:
+        """Remove this node from the registry, its members announced as lost.
+
+        The writer went with the supervisor, so what the node publishes for
+        them (from ``member_lost``) is gathered and sent through the pool.
+        """
+        pool = self._commands.pool
+        assert self._node is not None and self._registry is not None and pool is not None
+        self._farewells = []
+        for room, peer in await self._registry.unregister():
+            self._node.member_lost(room, peer)
+        for room, payload in self._farewells:
+            await pool.eval(
+                scripts.PUBLISH, 1, self._keys.key("roomnodes", room),
+                self._keys.channel(""), payload, self._node_id,
+            )  # fmt: skip
 
     def _down(self) -> None:
         """The backplane went down: what waits for a reply from another node fails."""
@@ -186,6 +199,11 @@ class RedisBroker:
     def publish(self, room: str, frame: bytes, exclude: str | None, presence_only: bool) -> None:
         commands = self._commands
         if not commands.up:
+            if self._farewells is not None:  # from inside close(): see _unregister
+                self._farewells.append(
+                    (room, wire.encode_room(room, frame, exclude, presence_only))
+                )
+                return
             if presence_only:
                 # A presence event that cannot go out now: the other nodes learn
                 # of a leave from reconcile, and the node that is cut off is
@@ -247,16 +265,6 @@ class RedisBroker:
 
     # --- callbacks of the parts ----------------------------------------------------
 
-    def _announce_leave(self, room: str, peer_id: str) -> None:
-        """Presence ``leave`` for a member this node removed from the registry."""
-        assert self._node is not None
-        frame = _presence_leave(room, peer_id)
-        self._node.deliver_room(room, frame, peer_id, True)
-        self._commands.post(
-            "EVAL", scripts.PUBLISH, 1, self._keys.key("roomnodes", room),
-            self._keys.channel(""), wire.encode_room(room, frame, peer_id, True), self._node_id,
-        )  # fmt: skip
-
     def _lost(self, peer_id: str) -> None:
         """Another node took ``peer_id`` while this one was cut off: the hub lets it go."""
         self._spawn(self._give_up(peer_id))
@@ -275,7 +283,3 @@ class RedisBroker:
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _presence_leave(room: str, peer: str) -> bytes:
-    return codec.encode({"type": "presence", "room": room, "peer": peer, "event": "leave"})
