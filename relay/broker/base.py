@@ -7,13 +7,28 @@ encoded for the receiving peer; a broker never decodes payloads.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from relay.values import Answer, Delivery, Handover, Proof, Undelivered
 
+RequestHandler = Callable[[bytes], Awaitable[bytes]]  # a request's body -> the reply's
+
+# Requests one node may wait on replies for at once (``Broker.request``);
+# past it a request is refused at once rather than pile up.
+MAX_PENDING_REQUESTS = 1024
+
 
 class BrokerUnavailable(Exception):
     """The backplane cannot be reached now; the caller answers without waiting."""
+
+
+class NodeUnreachable(BrokerUnavailable):
+    """The node a request went to gave no reply: not alive, too busy, or not in time."""
+
+
+class RequestFailed(Exception):
+    """The node a request went to refused it: it serves no such kind, or its handler raised."""
 
 
 class NodeHandler(Protocol):
@@ -142,4 +157,32 @@ class Broker(Protocol):
 
     async def members(self, room: str) -> list[str]:
         """The members of ``room`` on every node."""
+        ...
+
+    def serve(self, kind: str, handler: RequestHandler) -> None:
+        """Answer requests of ``kind`` (a short name) from any node, this one too, with ``handler``.
+
+        ``handler`` takes the request's body and returns the reply's, both
+        opaque bytes the caller encodes. It is cancelled once the requester
+        stops waiting; if it raises, the requester gets ``RequestFailed`` and
+        this node logs the error. Serving a kind again replaces its handler.
+        """
+        ...
+
+    async def request(
+        self,
+        node_id: str,
+        kind: str,
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109 - it travels: the node asked bounds its handler by it
+    ) -> bytes:
+        """Ask node ``node_id``'s handler of ``kind``: its reply, within ``timeout`` seconds.
+
+        Raises ``BrokerUnavailable`` at once when the backplane is down or
+        ``MAX_PENDING_REQUESTS`` requests wait already (and when it goes down
+        meanwhile); ``NodeUnreachable`` when the node is not alive, is
+        running as many handlers as it may, or gave no reply within
+        ``timeout``; ``RequestFailed`` when it serves no ``kind`` or its
+        handler raised.
+        """
         ...

@@ -13,11 +13,11 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from relay.broker import BrokerUnavailable
+from relay.broker import BrokerUnavailable, NodeUnreachable
 from relay.broker.redis import RedisBroker
 from relay.values import Delivery
 from tests.cluster.fakes import FakeNode
-from tests.redis_server import free_port
+from tests.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -188,3 +188,32 @@ async def test_a_closing_node_announces_its_members_through_its_hub(redis_url: s
         assert await staying.members("r") == ["bob"]
     finally:
         await staying.close()
+
+
+async def test_a_request_while_redis_is_down_is_refused_promptly(own_redis: RedisServer) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+    asking, asked = (RedisBroker(own_redis.url, prefix=prefix, timeout_seconds=0.5) for _ in "ab")
+    await asking.start(FakeNode("n1"))
+    await asked.start(FakeNode("n2"))
+
+    async def silent(body: bytes) -> bytes:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    asked.serve("silent", silent)
+    try:
+        waiting = asyncio.create_task(asking.request("n2", "silent", b"", 30))
+        await anyio.sleep(0.2)  # on its way, its reply awaited
+        own_redis.stop()
+        with anyio.fail_after(3), pytest.raises(BrokerUnavailable) as failed:
+            await waiting
+        assert not isinstance(failed.value, NodeUnreachable)
+        with anyio.fail_after(3):
+            await _until(asking, False)
+        with anyio.fail_after(0.1), pytest.raises(BrokerUnavailable) as refused:
+            await asking.request("n2", "silent", b"", 30)
+        assert not isinstance(refused.value, NodeUnreachable)
+    finally:
+        with anyio.fail_after(5):
+            await asking.close()
+            await asked.close()

@@ -16,11 +16,12 @@ from typing import Any
 
 import relay.broker.redis.scripts as scripts
 from relay.broker import wire
-from relay.broker.base import BrokerUnavailable, NodeHandler
+from relay.broker.base import BrokerUnavailable, NodeHandler, RequestHandler
 from relay.broker.links import Links
 from relay.broker.redis.commands import ERRORS, Commands
 from relay.broker.redis.handover import Handovers
 from relay.broker.redis.registry import Registry
+from relay.broker.redis.requests import Requests
 from relay.broker.redis.scripts import Keys
 from relay.broker.redis.supervisor import Supervisor, stop
 from relay.values import Answer, Delivery, Handover, Proof, Undelivered
@@ -51,12 +52,14 @@ class RedisBroker:
         self._queue_size = queue_size
         self._commands = Commands(url, self._keys, timeout_seconds)
         self._incarnation = secrets.token_hex(6)
+        self._handlers: dict[str, RequestHandler] = {}  # served before or after start()
         # Built by start(), for the node it serves:
         self._node: NodeHandler | None = None
         self._node_id = ""
         self._links: Links | None = None
         self._registry: Registry | None = None
         self._handovers: Handovers | None = None
+        self._requests: Requests | None = None
         self._supervisor: Supervisor | None = None
         self._tasks: list[asyncio.Task[None]] = []  # the supervisor's and the ticks
         self._background: set[asyncio.Task[Any]] = set()
@@ -89,6 +92,7 @@ class RedisBroker:
             lease_ms=self._lease_ms, lost=self._lost,
         )  # fmt: skip
         self._handovers = Handovers(node, self._keys, commands, registry, links)
+        self._requests = Requests(self._node_id, self._keys, commands, self._handlers, self._spawn)
         supervisor = self._supervisor = Supervisor(
             self._url, self._node_id, self._keys, commands, registry, links,
             received=self._received, member_lost=node.member_lost, down=self._down,
@@ -158,6 +162,8 @@ class RedisBroker:
         """The backplane went down: what waits for a reply from another node fails."""
         if self._handovers is not None:
             self._handovers.fail()
+        if self._requests is not None:
+            self._requests.fail()
 
     # --- the Broker interface ---------------------------------------------------
 
@@ -228,6 +234,19 @@ class RedisBroker:
     async def members(self, room: str) -> list[str]:
         return await self._the_registry().members(room)
 
+    def serve(self, kind: str, handler: RequestHandler) -> None:
+        self._handlers[kind] = handler
+
+    async def request(
+        self,
+        node_id: str,
+        kind: str,
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109 - it travels: the node asked bounds its handler by it
+    ) -> bytes:
+        assert self._requests is not None, "broker used before start()"
+        return await self._requests.request(node_id, kind, body, timeout)
+
     # --- incoming --------------------------------------------------------------
 
     def _received(self, data: bytes) -> None:
@@ -245,9 +264,10 @@ class RedisBroker:
     def _handle(self, message: wire.Message) -> None:
         links = self._links
         handovers = self._handovers
+        requests = self._requests
         supervisor = self._supervisor
-        assert self._node is not None and links is not None
-        assert handovers is not None and supervisor is not None
+        assert self._node is not None and links is not None and supervisor is not None
+        assert handovers is not None and requests is not None
         if isinstance(message, wire.Batch):
             links.received(message)
         elif isinstance(message, wire.RoomFrame):
@@ -260,6 +280,10 @@ class RedisBroker:
             self._spawn(handovers.answer(message))
         elif isinstance(message, wire.HandoverReply):
             handovers.replied(message)
+        elif isinstance(message, wire.Request):
+            requests.received(message)
+        elif isinstance(message, wire.Reply):
+            requests.replied(message)
         elif isinstance(message, wire.Probe):
             supervisor.probe_heard(message.nonce)
 

@@ -14,24 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 
 from relay.broker import wire
 from relay.broker.base import BrokerUnavailable, NodeHandler
 from relay.broker.links import Links
 from relay.broker.redis.commands import Commands
 from relay.broker.redis.registry import Registry
+from relay.broker.redis.requests import Failed, Pending
 from relay.broker.redis.scripts import Keys
 from relay.values import Handover, Proof
 
 log = logging.getLogger("relay.broker.redis")
-
-
-class _Failed:
-    """A handover that could not be answered (the backplane went down)."""
-
-
-_FAILED = _Failed()
 
 
 class Handovers:
@@ -51,15 +44,10 @@ class Handovers:
         self._registry = registry
         self._links = links
         self._timeout = commands.timeout
-        self._waiting: dict[str, asyncio.Future[Handover | _Failed | None]] = {}
+        self._pending: Pending[Handover | None] = Pending()
 
     async def take_over(self, peer_id: str, holder: str, proof: Proof) -> Handover | None:
-        cid = secrets.token_hex(8)
-        future: asyncio.Future[Handover | _Failed | None] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._waiting[cid] = future
-        try:
+        with self._pending.expect() as (cid, future):
             request = wire.encode_handover_request(cid, peer_id, proof, self._node.node_id)
             heard = await self._commands.write("PUBLISH", self._keys.channel(holder), request)
             if not heard:
@@ -69,24 +57,18 @@ class Handovers:
                     handover = await future
             except TimeoutError:
                 raise BrokerUnavailable(f"node {holder} did not answer in time") from None
-        finally:
-            self._waiting.pop(cid, None)
-        if isinstance(handover, _Failed):
+        if isinstance(handover, Failed):
             raise BrokerUnavailable("the backplane went down during a handover")
         if handover is not None:
             await self._registry.took(peer_id, holder, handover)
         return handover
 
     def replied(self, reply: wire.HandoverReply) -> None:
-        future = self._waiting.get(reply.cid)
-        if future is not None and not future.done():
-            future.set_result(reply.handover)
+        self._pending.settle(reply.cid, reply.handover)
 
     def fail(self) -> None:
         """The backplane went down: no reply will come to what waits for one."""
-        for future in self._waiting.values():
-            if not future.done():
-                future.set_result(_FAILED)
+        self._pending.fail()
 
     async def answer(self, request: wire.HandoverRequest) -> None:
         """Hand the peer over to the node asking, if the hub agrees."""
