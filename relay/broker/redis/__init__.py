@@ -4,7 +4,7 @@ Keys and channels (``P`` is ``--redis-prefix``, default ``relay``):
 
     P:node:{node}          channel: everything for one node (batches of frames
                            and acks, status queries, room frames, handover
-                           request/reply, its own probe)
+                           request/reply, requests and replies, its own probe)
     P:alive:{node}         string with a TTL (the node lease), renewed by
                            heartbeat: "0" while the node registers, "1" once it serves
     P:nodes                set of nodes that registered (live or not yet reaped)
@@ -35,6 +35,7 @@ One concern per module:
     registry    claim, release, locate, join, leave, members; epochs; re-registering
     supervisor  connect and reconnect, heartbeats (lease, reaping), probes, ticks
     handover    moving a peer between nodes
+    requests    requests to a named node and their replies (``Broker.request``)
     broker      ``RedisBroker``: the ``Broker`` interface, and what arrives on the channel
 """
 
