@@ -16,7 +16,7 @@ import hmac
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -491,3 +491,14 @@ class Hub(Router):
         self._announce(room, peer.id, "leave")
         for observer in self.observers:
             observer.left(room, peer.id)
+
+    def member_lost(self, room: str, peer_id: str) -> None:
+        """A member the registry lost without its hub leaving (``NodeHandler.member_lost``).
+
+        Presence watchers get the ``leave`` here and on other nodes; observers
+        hear ``left``.
+        """
+        with suppress(BrokerUnavailable):  # not keeping up: dropped, as any frame is then
+            self._announce(room, peer_id, "leave")
+        for observer in self.observers:
+            observer.left(room, peer_id)

@@ -6,7 +6,14 @@ it never asks which broker it has. ``MemoryBroker`` connects the hubs of one
 process (a cluster of one node in production, several in tests).
 """
 
-from relay.broker.base import Broker, BrokerUnavailable, NodeHandler
+from relay.broker.base import (
+    Broker,
+    BrokerUnavailable,
+    NodeHandler,
+    NodeUnreachable,
+    RequestFailed,
+    RequestHandler,
+)
 from relay.broker.memory import MemoryBroker
 from relay.settings import Settings
 
@@ -15,6 +22,9 @@ __all__ = [
     "BrokerUnavailable",
     "MemoryBroker",
     "NodeHandler",
+    "NodeUnreachable",
+    "RequestFailed",
+    "RequestHandler",
     "create_broker",
 ]
 

@@ -7,13 +7,28 @@ encoded for the receiving peer; a broker never decodes payloads.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from relay.values import Answer, Delivery, Handover, Proof, Undelivered
 
+RequestHandler = Callable[[bytes], Awaitable[bytes]]  # a request's body -> the reply's
+
+# Requests one node may wait on replies for at once (``Broker.request``);
+# past it a request is refused at once rather than pile up.
+MAX_PENDING_REQUESTS = 1024
+
 
 class BrokerUnavailable(Exception):
     """The backplane cannot be reached now; the caller answers without waiting."""
+
+
+class NodeUnreachable(BrokerUnavailable):
+    """The node a request went to gave no reply: not alive, too busy, or not in time."""
+
+
+class RequestFailed(Exception):
+    """The node a request went to refused it: it serves no such kind, or its handler raised."""
 
 
 class NodeHandler(Protocol):
@@ -44,6 +59,21 @@ class NodeHandler(Protocol):
 
     async def hand_over(self, peer_id: str, proof: Proof) -> Handover | None:
         """Give up ``peer_id`` (closing its socket 4503) if ``proof`` is good."""
+        ...
+
+    def member_lost(self, room: str, peer_id: str) -> None:
+        """This node removed ``peer_id`` from ``room`` in the registry: announce it.
+
+        A broker never builds frames, so it leaves the announcement (presence
+        ``leave`` to the room's members here and, with ``Broker.publish``, on
+        the other nodes) to the node. It calls this once in the cluster for
+        each membership it removes on its own: the members of a node that
+        died (on the node that reaped it), this node's own members when it
+        closes, and members this node let go while the backplane was down
+        (their leave could not reach the other nodes then). It is where a
+        node learns that a peer it never saw leave has left a room. It never
+        raises.
+        """
         ...
 
 
@@ -127,4 +157,32 @@ class Broker(Protocol):
 
     async def members(self, room: str) -> list[str]:
         """The members of ``room`` on every node."""
+        ...
+
+    def serve(self, kind: str, handler: RequestHandler) -> None:
+        """Answer requests of ``kind`` (a short name) from any node, this one too, with ``handler``.
+
+        ``handler`` takes the request's body and returns the reply's, both
+        opaque bytes the caller encodes. It is cancelled once the requester
+        stops waiting; if it raises, the requester gets ``RequestFailed`` and
+        this node logs the error. Serving a kind again replaces its handler.
+        """
+        ...
+
+    async def request(
+        self,
+        node_id: str,
+        kind: str,
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109 - it travels: the node asked bounds its handler by it
+    ) -> bytes:
+        """Ask node ``node_id``'s handler of ``kind``: its reply, within ``timeout`` seconds.
+
+        Raises ``BrokerUnavailable`` at once when the backplane is down or
+        ``MAX_PENDING_REQUESTS`` requests wait already (and when it goes down
+        meanwhile); ``NodeUnreachable`` when the node is not alive, is
+        running as many handlers as it may, or gave no reply within
+        ``timeout``; ``RequestFailed`` when it serves no ``kind`` or its
+        handler raised.
+        """
         ...

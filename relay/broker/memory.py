@@ -7,8 +7,20 @@ cannot find locally is simply offline.
 
 from __future__ import annotations
 
-from relay.broker.base import NodeHandler
+import asyncio
+import logging
+
+from relay.broker.base import (
+    MAX_PENDING_REQUESTS,
+    BrokerUnavailable,
+    NodeHandler,
+    NodeUnreachable,
+    RequestFailed,
+    RequestHandler,
+)
 from relay.values import Answer, Delivery, Handover, Proof, Undelivered
+
+log = logging.getLogger("relay.broker.memory")
 
 
 class MemoryCluster:
@@ -16,6 +28,7 @@ class MemoryCluster:
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeHandler] = {}
+        self.handlers: dict[str, dict[str, RequestHandler]] = {}  # node id -> kind -> handler
         self.holders: dict[str, str] = {}  # peer id -> node id
         self.rooms: dict[str, set[str]] = {}  # room -> member peer ids
 
@@ -26,6 +39,8 @@ class MemoryBroker:
     def __init__(self, cluster: MemoryCluster | None = None) -> None:
         self._cluster = cluster if cluster is not None else MemoryCluster()
         self._node: NodeHandler | None = None
+        self._handlers: dict[str, RequestHandler] = {}
+        self._requests = 0  # waiting for a reply
 
     @property
     def ready(self) -> bool:
@@ -40,10 +55,12 @@ class MemoryBroker:
     async def start(self, node: NodeHandler) -> None:
         self._node = node
         self._cluster.nodes[node.node_id] = node
+        self._cluster.handlers[node.node_id] = self._handlers
 
     async def close(self) -> None:
         node_id = self._node_id
         self._cluster.nodes.pop(node_id, None)
+        self._cluster.handlers.pop(node_id, None)
         mine = [peer for peer, holder in self._cluster.holders.items() if holder == node_id]
         for peer in mine:
             del self._cluster.holders[peer]
@@ -109,3 +126,35 @@ class MemoryBroker:
 
     async def members(self, room: str) -> list[str]:
         return sorted(self._cluster.rooms.get(room, ()))
+
+    def serve(self, kind: str, handler: RequestHandler) -> None:
+        self._handlers[kind] = handler
+
+    async def request(
+        self,
+        node_id: str,
+        kind: str,
+        body: bytes,
+        timeout: float,  # noqa: ASYNC109 - it travels: the node asked bounds its handler by it
+    ) -> bytes:
+        if self._requests >= MAX_PENDING_REQUESTS:
+            raise BrokerUnavailable("too many requests wait for a reply")
+        handlers = self._cluster.handlers.get(node_id)
+        if handlers is None:
+            raise NodeUnreachable(f"node {node_id} is not alive")
+        handler = handlers.get(kind)
+        if handler is None:
+            raise RequestFailed(f"node {node_id} serves no {kind!r} requests")
+        # The other node's handler runs in this task, as its task would there.
+        self._requests += 1
+        deadline = asyncio.timeout(timeout)
+        try:
+            async with deadline:
+                return await handler(body)
+        except Exception as exc:
+            if deadline.expired():
+                raise NodeUnreachable(f"node {node_id} did not answer in {timeout} s") from None
+            log.exception("a %r request failed on node %s", kind, node_id)
+            raise RequestFailed(f"node {node_id} failed to answer a {kind!r} request") from exc
+        finally:
+            self._requests -= 1

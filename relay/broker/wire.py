@@ -19,6 +19,10 @@ the outcome codes of acks.
     hq  handover request   c: correlation id, p: peer, s: secret or nil,
                            v: verified, n: node to reply to
     hr  handover reply     c: correlation id, h: handover or nil
+    rq  request            c: correlation id, k: kind, b: body, n: node to reply to,
+                           w: how long the requester waits, in ms (the handler's bound)
+    rp  reply              c: correlation id, b: body, or nil with e: why not
+                           (``NO_HANDLER``, ``FAILED`` or ``BUSY``)
     pr  probe              c: nonce
 """
 
@@ -39,6 +43,11 @@ _MAX_REQUEST_ID = 256
 
 
 _MAX_CODE = 7  # the highest outcome code (links.GONE)
+
+# Why a request got no reply body: the node serves no such kind, its handler
+# raised, or it runs as many handlers as it may.
+NO_HANDLER, FAILED, BUSY = "unknown", "failed", "busy"
+_REFUSALS = frozenset({NO_HANDLER, FAILED, BUSY})
 
 
 class WireError(ValueError):
@@ -90,11 +99,27 @@ class HandoverReply:
 
 
 @dataclass(frozen=True, slots=True)
+class Request:
+    cid: str
+    kind: str
+    body: bytes
+    reply_to: str
+    wait_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    cid: str
+    body: bytes | None
+    refusal: str | None  # NO_HANDLER, FAILED or BUSY when body is None
+
+
+@dataclass(frozen=True, slots=True)
 class Probe:
     nonce: str
 
 
-Message = Batch | Status | RoomFrame | HandoverRequest | HandoverReply | Probe
+Message = Batch | Status | RoomFrame | HandoverRequest | HandoverReply | Request | Reply | Probe
 
 _packb: Callable[[object], bytes] = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
@@ -149,6 +174,14 @@ def encode_handover_reply(cid: str, handover: Handover | None) -> bytes:
     return _packb({"t": "hr", "c": cid, "h": h})
 
 
+def encode_request(cid: str, kind: str, body: bytes, reply_to: str, wait_ms: int) -> bytes:
+    return _packb({"t": "rq", "c": cid, "k": kind, "b": body, "n": reply_to, "w": wait_ms})
+
+
+def encode_reply(cid: str, body: bytes | None, refusal: str | None = None) -> bytes:
+    return _packb({"t": "rp", "c": cid, "b": body, "e": refusal})
+
+
 def encode_probe(nonce: str) -> bytes:
     return _packb({"t": "pr", "c": nonce})
 
@@ -199,6 +232,13 @@ def decode(data: bytes) -> Message:
         return HandoverRequest(_name(value, "c"), _name(value, "p"), proof, _name(value, "n"))
     if kind == "hr":
         return HandoverReply(_name(value, "c"), _handover(value.get("h")))
+    if kind == "rq":
+        return Request(
+            _name(value, "c"), _name(value, "k"), _bytes(value, "b"), _name(value, "n"),
+            _number(value, "w"),
+        )  # fmt: skip
+    if kind == "rp":
+        return _reply(value)
     if kind == "pr":
         return Probe(_name(value, "c"))
     raise WireError("unknown kind")
@@ -272,6 +312,17 @@ def _acks(item: object) -> tuple[str, AckRuns] | None:
             raise WireError("a")
         out.append((first, codes))
     return (incarnation, out)
+
+
+def _reply(value: dict[str, Any]) -> Reply:
+    body, refusal = value.get("b"), value.get("e")
+    if body is None:
+        if refusal not in _REFUSALS:
+            raise WireError("e")
+        return Reply(_name(value, "c"), None, refusal)
+    if refusal is not None:
+        raise WireError("e")
+    return Reply(_name(value, "c"), _bytes(value, "b"), None)
 
 
 def _opt_name(value: dict[str, Any], key: str) -> str | None:

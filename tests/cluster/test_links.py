@@ -61,6 +61,9 @@ class Node:
     async def hand_over(self, peer_id: str, proof: Proof) -> Handover | None:
         raise AssertionError("no handovers here")
 
+    def member_lost(self, room: str, peer_id: str) -> None:
+        raise AssertionError("no rooms here")
+
 
 class LossyNet:
     """The backplane: per-pair FIFO, with losses, late arrivals and a registry."""

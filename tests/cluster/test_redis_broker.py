@@ -7,34 +7,19 @@ import contextlib
 import itertools
 import random
 import secrets
+from collections.abc import Callable
 
 import anyio
 import pytest
+import redis.asyncio as aioredis
 
-from relay.broker import BrokerUnavailable
+from relay.broker import BrokerUnavailable, NodeUnreachable
 from relay.broker.redis import RedisBroker
-from relay.values import Delivery, Handover, Proof, Undelivered
-from tests.redis_server import free_port
+from relay.values import Delivery
+from tests.cluster.fakes import FakeNode
+from tests.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.anyio
-
-
-class FakeNode:
-    def __init__(self, node_id: str) -> None:
-        self.node_id = node_id
-        self.frames: list[bytes] = []
-
-    def deliver(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
-        self.frames.append(frame)
-        return Delivery.DELIVERED
-
-    def deliver_room(
-        self, room: str, frame: bytes, exclude: str | None, presence_only: bool
-    ) -> None:
-        self.frames.append(frame)
-
-    async def hand_over(self, peer_id: str, proof: Proof) -> Handover | None:
-        return None
 
 
 def _broker(url: str) -> RedisBroker:
@@ -48,6 +33,14 @@ async def _until(broker: RedisBroker, ready: bool) -> None:
     # Polling: readiness is a flag with no event to wait on.
     for _attempt in itertools.count():
         if broker.ready is ready:
+            return
+        await anyio.sleep(0.05)
+
+
+async def _polled(condition: Callable[[], bool]) -> None:
+    # Polling: what the broker does at a heartbeat or on a message sets no event.
+    for _attempt in itertools.count():
+        if condition():
             return
         await anyio.sleep(0.05)
 
@@ -122,17 +115,105 @@ async def test_a_registry_call_always_gives_way_to_a_cancel(redis_url: str) -> N
 async def test_close_ends_a_heartbeat_that_swallowed_its_cancel(redis_url: str) -> None:
     broker = _broker(redis_url)
     await broker.start(FakeNode("n1"))
-    renew = broker._renew
+    registry = broker._registry
+    assert registry is not None
+    renew = registry.renew
     inside = asyncio.Event()
 
     async def deaf_once(state: bytes) -> None:
-        broker._renew = renew  # type: ignore[method-assign]
+        registry.renew = renew  # type: ignore[method-assign]
         inside.set()
         with contextlib.suppress(asyncio.CancelledError):  # as a library call may
             await asyncio.Event().wait()
 
-    broker._renew = deaf_once  # type: ignore[method-assign]
+    registry.renew = deaf_once  # type: ignore[method-assign]
     with anyio.fail_after(5):
         await inside.wait()
     with anyio.fail_after(5):
         await broker.close()
+
+
+async def test_the_members_of_a_dead_node_are_reported_lost_once(redis_url: str) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+    brokers = [
+        RedisBroker(redis_url, prefix=prefix, lease_seconds=2, heartbeat_seconds=0.2)
+        for _ in range(2)
+    ]
+    nodes = [FakeNode("n1"), FakeNode("n2")]
+    for broker, node in zip(brokers, nodes, strict=True):
+        await broker.start(node)
+    # A node that registered a member and died without a word: no lease.
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        await client.sadd(f"{prefix}:nodes", "ghost")
+        await client.hset(f"{prefix}:room:r", "casper", "ghost")
+        await client.hset(f"{prefix}:roomnodes:r", "ghost", 1)
+        await client.sadd(f"{prefix}:rooms:ghost", "r")
+        with anyio.fail_after(3):
+            await _polled(lambda: bool(nodes[0].lost or nodes[1].lost))
+        await anyio.sleep(0.5)  # a few more heartbeats of both nodes
+        assert nodes[0].lost + nodes[1].lost == [("r", "casper")]
+        assert await client.hgetall(f"{prefix}:room:r") == {}
+    finally:
+        await client.aclose()
+        for broker in brokers:
+            await broker.close()
+
+
+class Announcing(FakeNode):
+    """Announces a lost member as a hub does: with ``publish``, to the other nodes."""
+
+    broker: RedisBroker
+
+    def member_lost(self, room: str, peer_id: str) -> None:
+        super().member_lost(room, peer_id)
+        self.broker.publish(room, f"{peer_id} left".encode(), peer_id, True)
+
+
+async def test_a_closing_node_announces_its_members_through_its_hub(redis_url: str) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+    closing, staying = (RedisBroker(redis_url, prefix=prefix) for _ in range(2))
+    node = Announcing("n1")
+    node.broker = closing
+    other = FakeNode("n2")
+    await closing.start(node)
+    await staying.start(other)
+    try:
+        assert await closing.join("r", "alice", 10)
+        assert await staying.join("r", "bob", 10)
+        await closing.close()
+        assert node.lost == [("r", "alice")]
+        with anyio.fail_after(3):
+            await _polled(lambda: b"alice left" in other.frames)
+        assert await staying.members("r") == ["bob"]
+    finally:
+        await staying.close()
+
+
+async def test_a_request_while_redis_is_down_is_refused_promptly(own_redis: RedisServer) -> None:
+    prefix = f"t{secrets.token_hex(4)}"
+    asking, asked = (RedisBroker(own_redis.url, prefix=prefix, timeout_seconds=0.5) for _ in "ab")
+    await asking.start(FakeNode("n1"))
+    await asked.start(FakeNode("n2"))
+
+    async def silent(body: bytes) -> bytes:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    asked.serve("silent", silent)
+    try:
+        waiting = asyncio.create_task(asking.request("n2", "silent", b"", 30))
+        await anyio.sleep(0.2)  # on its way, its reply awaited
+        own_redis.stop()
+        with anyio.fail_after(3), pytest.raises(BrokerUnavailable) as failed:
+            await waiting
+        assert not isinstance(failed.value, NodeUnreachable)
+        with anyio.fail_after(3):
+            await _until(asking, False)
+        with anyio.fail_after(0.1), pytest.raises(BrokerUnavailable) as refused:
+            await asking.request("n2", "silent", b"", 30)
+        assert not isinstance(refused.value, NodeUnreachable)
+    finally:
+        with anyio.fail_after(5):
+            await asking.close()
+            await asked.close()

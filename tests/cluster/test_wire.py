@@ -38,6 +38,12 @@ def test_round_trips() -> None:
         "c1", handover
     )
     assert wire.decode(wire.encode_handover_reply("c1", None)).handover is None
+    assert wire.decode(wire.encode_request("c2", "peer", b"\x00", "n1", 500)) == wire.Request(
+        "c2", "peer", b"\x00", "n1", 500
+    )
+    assert wire.decode(wire.encode_reply("c2", b"")) == wire.Reply("c2", b"", None)
+    refused = wire.encode_reply("c2", None, wire.BUSY)
+    assert wire.decode(refused) == wire.Reply("c2", None, wire.BUSY)
     assert wire.decode(wire.encode_probe("n")) == wire.Probe("n")
 
 
@@ -62,6 +68,14 @@ def test_round_trips() -> None:
         {"t": "hr", "c": "c", "h": {"rooms": {}, "queue": [[b"x", "?", None]], "count": 0}},
         {"t": "hr", "c": "c", "h": {"rooms": {}, "queue": [], "written": [], "count": -1}},
         {"t": "q", "n": "a", "i": "i", "u": 3},
+        {"t": "rq", "c": "c", "k": "peer", "b": "text", "n": "n", "w": 5},
+        {"t": "rq", "c": "c", "k": "", "b": b"", "n": "n", "w": 5},
+        {"t": "rq", "c": "c", "k": "peer", "b": b"", "n": "n", "w": -1},
+        {"t": "rq", "c": "c", "k": "peer", "b": b"", "w": 5},
+        {"t": "rp", "c": "c", "b": b"x", "e": "busy"},
+        {"t": "rp", "c": "c", "b": None, "e": None},
+        {"t": "rp", "c": "c", "b": None, "e": "why"},
+        {"t": "rp", "c": "c", "b": 1, "e": None},
         {"t": "nope"},
         [1, 2],
     ],

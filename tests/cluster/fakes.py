@@ -1,0 +1,29 @@
+"""A node for brokers tested on their own: records what its broker hands it."""
+
+from __future__ import annotations
+
+from relay.values import Delivery, Handover, Proof, Undelivered
+
+
+class FakeNode:
+    """A ``NodeHandler`` that takes every frame and gives up no peer."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.frames: list[bytes] = []
+        self.lost: list[tuple[str, str]] = []  # (room, peer) from member_lost
+
+    def deliver(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
+        self.frames.append(frame)
+        return Delivery.DELIVERED
+
+    def deliver_room(
+        self, room: str, frame: bytes, exclude: str | None, presence_only: bool
+    ) -> None:
+        self.frames.append(frame)
+
+    async def hand_over(self, peer_id: str, proof: Proof) -> Handover | None:
+        return None
+
+    def member_lost(self, room: str, peer_id: str) -> None:
+        self.lost.append((room, peer_id))
