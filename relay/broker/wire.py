@@ -5,7 +5,7 @@ with a short ``t`` naming its kind. ``decode`` bounds every declared length by
 the message's own size (and the whole message by ``MAX_MESSAGE_BYTES``) before
 msgpack allocates anything, then checks each field's type; anything else is
 ``WireError``, which the receiving node logs and drops. Nothing is ever
-unpickled or evaluated. ``relay.broker.links`` explains numbers, epochs and
+unpickled or evaluated. ``relay.broker.redis.links`` explains numbers, epochs and
 the outcome codes of acks.
 
     b   batch     n: sending node, i: its incarnation, l: lowest number it still
@@ -42,7 +42,7 @@ _MAX_NAME = 1024  # peer ids, rooms, node ids, correlation ids, kinds
 _MAX_REQUEST_ID = 256
 
 
-_MAX_CODE = 7  # the highest outcome code (links.GONE)
+_MAX_CODE = 7  # the highest outcome code (relay.broker.redis.link_state.GONE)
 
 # Why a request got no reply body: the node serves no such kind, its handler
 # raised, or it runs as many handlers as it may.

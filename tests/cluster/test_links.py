@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from relay.broker import wire
-from relay.broker.links import Links
-from relay.broker.resp import NOT_SENT, UNKNOWN, Done
+from relay.broker.redis.links import Links
+from relay.broker.redis.resp import NOT_SENT, UNKNOWN, Done
 from relay.values import Answer, Delivery, Handover, Proof, Undelivered
 
 pytestmark = pytest.mark.anyio

@@ -18,7 +18,7 @@ A node is alive while its lease is and somebody listens on its channel: a
 node killed with -9 stops listening at once, so its ids are free for its
 peers to register elsewhere without waiting for the lease.
 
-Frames for peers on other nodes go through ``relay.broker.links`` (numbered
+Frames for peers on other nodes go through ``relay.broker.redis.links`` (numbered
 per pair of nodes, acknowledged in batches, every one answered exactly once,
 the holder of each peer cached). What gathers for one node during one
 event-loop pass leaves as one ``PUBLISH``. Room frames go only to the node

@@ -17,9 +17,9 @@ from typing import Any
 import relay.broker.redis.scripts as scripts
 from relay.broker import wire
 from relay.broker.base import BrokerUnavailable, NodeHandler, RequestHandler
-from relay.broker.links import Links
 from relay.broker.redis.commands import ERRORS, Commands
 from relay.broker.redis.handover import Handovers
+from relay.broker.redis.links import Links
 from relay.broker.redis.registry import Registry
 from relay.broker.redis.requests import Requests
 from relay.broker.redis.scripts import Keys

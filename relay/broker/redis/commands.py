@@ -22,9 +22,9 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from relay.broker.base import BrokerUnavailable
-from relay.broker.links import Links
+from relay.broker.redis.links import Links
+from relay.broker.redis.resp import NOT_SENT, Connection, Done, Fate
 from relay.broker.redis.scripts import Keys
-from relay.broker.resp import NOT_SENT, Connection, Done, Fate
 
 log = logging.getLogger("relay.broker.redis")
 

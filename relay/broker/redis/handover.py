@@ -17,8 +17,8 @@ import logging
 
 from relay.broker import wire
 from relay.broker.base import BrokerUnavailable, NodeHandler
-from relay.broker.links import Links
 from relay.broker.redis.commands import Commands
+from relay.broker.redis.links import Links
 from relay.broker.redis.registry import Registry
 from relay.broker.redis.requests import Failed, Pending
 from relay.broker.redis.scripts import Keys

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import relay.broker.redis.scripts as scripts
 from relay.broker.base import BrokerUnavailable
-from relay.broker.links import Links
 from relay.broker.redis.commands import Commands, pairs, text
+from relay.broker.redis.links import Links
 from relay.broker.redis.scripts import Keys
 from relay.values import Handover
 

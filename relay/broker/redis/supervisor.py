@@ -20,11 +20,11 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from relay.broker import wire
-from relay.broker.links import Links
 from relay.broker.redis.commands import ERRORS, Commands, pairs_raw, text
+from relay.broker.redis.links import Links
 from relay.broker.redis.registry import Registry
+from relay.broker.redis.resp import Connection
 from relay.broker.redis.scripts import Keys
-from relay.broker.resp import Connection
 
 log = logging.getLogger("relay.broker.redis")
 
