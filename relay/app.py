@@ -15,6 +15,7 @@ from relay.broker import Broker, create_broker
 from relay.cors import cors_files, cors_route
 from relay.hub import Hub
 from relay.metrics import Metrics
+from relay.operator import Operator
 from relay.peerjs.endpoint import PeerJSEndpoint
 from relay.settings import Settings
 from relay.ws import RelayEndpoint, unknown_path
@@ -26,10 +27,13 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     """Build the ASGI app of one relay node.
 
     ``broker`` overrides the one named by ``settings.broker`` (tests use it to
-    put several nodes on one in-memory cluster). The hub is ``app.state.hub``.
+    put several nodes on one in-memory cluster). The hub is ``app.state.hub``, its
+    operator commands ``app.state.operator``.
     """
     settings = settings or Settings()
     hub = Hub(settings, broker or create_broker(settings.broker, settings), Metrics())
+    operator = Operator(hub)
+    operator.serve()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -63,5 +67,6 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.hub = hub
+    app.state.operator = operator
     app.state.api_access = api.APIAccess(settings)
     return app

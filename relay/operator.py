@@ -1,16 +1,24 @@
 """Operator commands: look at one peer, disconnect it, take it out of a room.
 
-What an admin view or an operator's tool needs from a node, in one place,
-acting on this node's peers. ``inspect`` is cheap (it reads what the peer
-keeps anyway) and allocates nothing ahead of being asked.
+What an admin view or an operator's tool needs from a node, in one place.
+``inspect`` is cheap (it reads what the peer keeps anyway) and allocates
+nothing ahead of being asked; ``inspect_anywhere`` finds the peer's node and,
+when it is another, asks that node over the broker (``Broker.request``; each
+node answers once ``serve`` was called, as the app factory does).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+import msgpack
+
+from relay.broker.base import RequestFailed
 from relay.hub import Hub
 from relay.session import Session
+
+INSPECT = "peer-state"  # the kind of request one node's operator asks another
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,33 @@ class Operator:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+
+    def serve(self) -> None:
+        """Answer other nodes' ``inspect_anywhere`` about this node's peers."""
+        self.hub.broker.serve(INSPECT, self._answer_inspect)
+
+    async def _answer_inspect(self, body: bytes) -> bytes:
+        state = self.inspect(body.decode())
+        reply: bytes = msgpack.packb(None if state is None else dataclasses.asdict(state))
+        return reply
+
+    async def inspect_anywhere(self, peer_id: str, timeout: float = 1.0) -> PeerState | None:  # noqa: ASYNC109
+        """The state of ``peer_id`` on whichever node holds it, or None when none does.
+
+        Raises ``relay.broker.BrokerUnavailable`` (``NodeUnreachable`` when
+        that node does not answer within ``timeout``) or ``RequestFailed``.
+        """
+        node = await self.hub.broker.locate(peer_id)
+        if node is None:
+            return None
+        if node == self.hub.node_id:
+            return self.inspect(peer_id)
+        reply = await self.hub.broker.request(node, INSPECT, peer_id.encode(), timeout)
+        try:
+            fields = msgpack.unpackb(reply)
+            return None if fields is None else PeerState(**fields)
+        except (ValueError, TypeError) as exc:
+            raise RequestFailed(f"node {node} answered {INSPECT} with garbage") from exc
 
     def inspect(self, peer_id: str) -> PeerState | None:
         """The state of ``peer_id`` on this node, or None when this node does not hold it."""
