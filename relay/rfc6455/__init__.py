@@ -6,6 +6,9 @@ Nothing here imports asyncio; ``relay.wsserver`` drives it from a socket.
 - ``frames``: the incremental parser of client frames (pulled one event at a
   time, so that the caller can stop between two messages), the frame writer,
   close payloads;
+- ``closing``: the closing handshake as a state machine (``ClosingHandshake``):
+  events in, the close frame to send, when to stop sending and the code the
+  connection's owner hears out;
 - ``errors``: the close codes, and every refusal as an exception carrying what
   to answer:
 
@@ -19,6 +22,15 @@ Nothing here imports asyncio; ``relay.wsserver`` drives it from a socket.
 Everything public is importable from ``relay.rfc6455`` itself.
 """
 
+from relay.rfc6455.closing import (
+    CLOSED,
+    CLOSING,
+    CONNECTING,
+    NO_ACTIONS,
+    OPEN,
+    CloseActions,
+    ClosingHandshake,
+)
 from relay.rfc6455.errors import (
     ABNORMAL_CLOSURE,
     INTERNAL_ERROR,
@@ -70,6 +82,9 @@ from relay.rfc6455.handshake import (
 __all__ = [
     "ABNORMAL_CLOSURE",
     "BINARY_HEADERS",
+    "CLOSED",
+    "CLOSING",
+    "CONNECTING",
     "INTERNAL_ERROR",
     "INVALID_DATA",
     "MAX_CLOSE_REASON",
@@ -78,7 +93,9 @@ __all__ = [
     "MESSAGE_TOO_BIG",
     "NEED_DATA",
     "NORMAL_CLOSURE",
+    "NO_ACTIONS",
     "NO_STATUS_RECEIVED",
+    "OPEN",
     "OP_BINARY",
     "OP_CLOSE",
     "OP_CONT",
@@ -89,6 +106,8 @@ __all__ = [
     "PROTOCOL_ERROR",
     "SERVICE_RESTART",
     "TEXT_HEADERS",
+    "CloseActions",
+    "ClosingHandshake",
     "FrameParser",
     "Handshake",
     "HandshakeError",
