@@ -1,42 +1,9 @@
-"""The relay's WebSocket server protocol for uvicorn: ``ws=RelayWebSocketProtocol``.
+"""One WebSocket connection, from the upgrade request to the end of TCP: ``RelayWebSocketProtocol``.
 
-The HTTP protocol (``relay.httpserver``, uvicorn's httptools one underneath)
-parses the request, then hands the socket over: it creates this protocol,
-calls ``connection_made(transport)``, makes this object the transport's
-protocol, replays the request through ``data_received``, then passes on the
-bytes that came after the head in the same read (uvicorn's own HTTP
-protocols drop those: serve with ``http=RelayHTTPProtocol``, as
-``relay.cli.uvicorn_config`` does). From there on every byte goes through
-``relay.rfc6455``.
-
-Two ways to use a connection:
-
-- **ASGI**: any app sees a standard ``websocket`` scope and messages
-  (``_ASGIBridge``), including the denial-response extension.
-- **Direct**: the app looks up ``scope["extensions"]["relay.direct"]["connection"]``
-  and calls ``accept_direct(handler)``. Messages then reach ``handler``
-  synchronously from ``data_received`` (``FrameHandler``), and the owner
-  writes with ``write`` (``DirectConnection``): no ASGI dicts, no queue, no
-  task per connection, and every frame written during one event-loop pass
-  leaves in one ``transport.writelines``.
-
-Closing: the close frame goes out after anything already written; then the
-server half-closes TCP first (RFC 6455 7.1.1) and reads until the client's FIN;
-``close_timeout`` after the close started, a peer that has not finished is
-aborted. ``close_timeout`` is ``config.ws_close_timeout`` when that attribute
-exists (uvicorn's ``Config`` has no such option; set it on the object), else
-``DEFAULT_CLOSE_TIMEOUT``.
-
-Keepalive: one timer per server (``_Keepalive``) pings every open connection
-each ``ws_ping_interval`` and aborts those that sent nothing (no data, no pong)
-within ``ws_ping_timeout`` of the ping.
-
-Incoming messages are bounded in bytes (``ws_max_size``, 1009), in frames
-(``config.ws_max_fragments``, 1009) and in time: a message (or a frame) whose
-first byte arrived ``config.ws_message_timeout`` seconds ago and that is still
-incomplete closes the connection with 1008. Like ``ws_close_timeout``, these
-two are attributes one sets on uvicorn's ``Config``; ``DEFAULT_MAX_FRAGMENTS``
-and ``DEFAULT_MESSAGE_TIMEOUT`` apply without them.
+The asyncio side of the frame layer: it reads the socket into ``relay.rfc6455``
+(the handshake, the frame parser, the closing handshake) and writes what they
+decide. The app answers the upgrade through the ASGI bridge (``asgi``) or
+takes the connection in direct mode (``direct``); ``keepalive`` pings it.
 """
 
 from __future__ import annotations
@@ -48,22 +15,12 @@ import logging
 import socket
 import struct
 import termios
-import weakref
-from collections import deque
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol, cast
+from typing import Any, Final, cast
 from urllib.parse import unquote
 
-from starlette.types import Message, Scope
+from starlette.types import Scope
 from uvicorn.config import Config
-from uvicorn.protocols.utils import (
-    ClientDisconnected,
-    get_client_addr,
-    get_local_addr,
-    get_path_with_query_string,
-    get_remote_addr,
-    is_ssl,
-)
+from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 from uvicorn.server import ServerState
 
 from relay import rfc6455
@@ -81,9 +38,10 @@ from relay.rfc6455 import (
     ProtocolError,
     frame_header,
 )
-
-if TYPE_CHECKING:
-    from uvicorn._types import WebSocketScope
+from relay.wsserver.asgi import ASGIBridge, request_line
+from relay.wsserver.direct import FrameHandler
+from relay.wsserver.keepalive import keepalive_of
+from relay.wsserver.states import CLOSED, CLOSING, CONNECTING, HANDSHAKE, LOST, OPEN, RESPONDING
 
 log = logging.getLogger("uvicorn.error")  # where uvicorn's own WebSocket protocols log
 
@@ -100,116 +58,18 @@ what a socket can hold."""
 
 _PING_FRAME: Final = rfc6455.encode_frame(OP_PING, b"")
 
-# Connection states, in the order a connection goes through them.
-_HANDSHAKE: Final = 0  # reading the HTTP request
-_CONNECTING: Final = 1  # the app decides: accept, deny or fail
-_RESPONDING: Final = 2  # the app is sending a denial response
-_OPEN: Final = 3
-_CLOSING: Final = 4  # our close frame is out; waiting for the peer's
-_CLOSED: Final = 5  # nothing more to send; waiting for TCP to end
-_LOST: Final = 6
-
-
-class FrameHandler(Protocol):
-    """What a direct-mode connection calls; implemented by the connection's owner.
-
-    Every method is called synchronously from the event loop; none may block.
-    """
-
-    def message_received(self, data: bytes) -> None:
-        """One complete binary message."""
-
-    def text_received(self, text: str) -> None:
-        """One complete text message."""
-
-    def writable(self) -> None:
-        """The transport's buffer went under its low-water mark (``writing_paused`` is False)."""
-
-    def connection_lost(self, code: int, reason: str) -> None:
-        """The connection ended; called exactly once.
-
-        ``code`` is the peer's close code (1005 if its close frame had none),
-        the code the connection was failed with when the peer broke the
-        protocol (1002, 1007, 1009) or did not complete a message in time
-        (1008), or 1006 when it ended without a close frame (dropped,
-        aborted, keepalive or close timeout).
-        """
-
-
-class DirectConnection(Protocol):
-    """What a direct-mode owner may do with its connection (``RelayWebSocketProtocol``)."""
-
-    def write(self, data: bytes) -> None:
-        """Send one binary message.
-
-        Never blocks and never raises on a dead connection (the message is
-        dropped). Frames written during one event-loop pass leave together.
-        """
-
-    def write_text(self, text: str) -> None:
-        """Send one text message, like ``write``."""
-
-    @property
-    def writing_paused(self) -> bool:
-        """True while the transport's buffer is over its high-water mark (64 KiB)."""
-
-    def write_buffer_size(self) -> int:
-        """Bytes written but not yet handed to the kernel, pending frames included."""
-
-    def pause_reading(self) -> None:
-        """Deliver no more messages until ``resume_reading``; TCP then pushes back.
-
-        Takes effect at once, even from inside ``message_received``: messages
-        already read stay held and are delivered, in order, after ``resume_reading``.
-        """
-
-    def resume_reading(self) -> None:
-        """Deliver messages again (held ones first, from the next loop pass)."""
-
-    def close(self, code: int, reason: str = "") -> None:
-        """Start the closing handshake: the close frame follows what is already written.
-
-        No message is delivered after this. The connection is gone within
-        ``close_timeout`` seconds whatever the peer does. ``ValueError`` for a
-        code one cannot send or a reason over 123 bytes.
-        """
-
-    def abort(self) -> None:
-        """Reset the connection now (the handler gets ``connection_lost(1006, ...)``)."""
-
-    def unsent_bytes(self) -> int:
-        """From ``connection_lost`` on: bytes written that never reached the peer's host.
-
-        Frames not yet handed to the kernel, and what the kernel had not seen
-        acknowledged (``SIOCOUTQ``) when the end was seen; 0 before that. Over
-        TLS the kernel's share counts ciphertext, a little more than was written.
-        """
-
-    @property
-    def written_bytes(self) -> int:
-        """Every frame written so far (ours too: pongs, pings, close), in wire bytes."""
-
-    def acked_bytes(self) -> int:
-        """How many of ``written_bytes`` the peer's host has acknowledged.
-
-        One ``SIOCOUTQ`` system call; after the end was seen, the count taken
-        then. Over TLS the kernel counts ciphertext, so this errs low.
-        """
-
-    def received_bytes(self) -> int:
-        """Bytes received and not yet delivered as messages: the parser's and the kernel's."""
-
-    @property
-    def peer_address(self) -> tuple[str, int] | None:
-        """The TCP peer's (host, port); a proxy's address behind one."""
-
 
 class RelayWebSocketProtocol(asyncio.Protocol):
-    """One WebSocket connection, from the upgrade request to the end of TCP."""
+    """One WebSocket connection, from the upgrade request to the end of TCP.
+
+    Besides asyncio's protocol and ``DirectConnection``, two attributes are read
+    from outside: ``state`` (one of ``relay.wsserver.states``, by the ASGI
+    bridge) and ``alive`` (True once any byte arrived since the last keepalive
+    ping, by the keepalive).
+    """
 
     __slots__ = (
         "_acked_at_end",
-        "_alive",
         "_app_state",
         "_bridge",
         "_close_timeout",
@@ -234,11 +94,12 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_reported",
         "_send_buffer",
         "_server_state",
-        "_state",
         "_transport",
         "_transport_paused",
         "_unsent",
         "_writing_paused",
+        "alive",
+        "state",
         "written_bytes",
     )
 
@@ -258,20 +119,20 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._connections: set[Any] = server_state.connections
         self._close_timeout: float = getattr(config, "ws_close_timeout", DEFAULT_CLOSE_TIMEOUT)
         self._send_buffer: int = getattr(config, "ws_send_buffer_bytes", DEFAULT_SEND_BUFFER)
-        self._keepalive = _keepalive_of(server_state, config, self._loop)
-        self._state = _HANDSHAKE
+        self._keepalive = keepalive_of(server_state, config, self._loop)
+        self.state = HANDSHAKE
         self._head = b""
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
         self._peer: tuple[str, int] | None = None
         self._parser: FrameParser = None  # type: ignore[assignment]
         self._handler: FrameHandler | None = None
-        self._bridge: _ASGIBridge | None = None
+        self._bridge: ASGIBridge | None = None
         self._out: list[bytes] | None = None  # frames of this loop pass, not yet written
         self._out_size = 0
         self._reading_paused = False  # the owner's wish
         self._transport_paused = False  # what we told the transport
         self._writing_paused = False
-        self._alive = True  # data arrived since the last keepalive ping
+        self.alive = True  # data arrived since the last keepalive ping
         self._reported = False  # handler.connection_lost was called
         self._deadline: asyncio.TimerHandle | None = None
         self._unsent: int | None = None  # bytes that never left, counted when the end is seen
@@ -298,14 +159,14 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._connections.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self._alive = True
-        state = self._state
-        if state >= _OPEN:
-            if state < _CLOSED:
+        self.alive = True
+        state = self.state
+        if state >= OPEN:
+            if state < CLOSED:
                 self._parser.feed(data)
-                if not self._reading_paused or state == _CLOSING:
+                if not self._reading_paused or state == CLOSING:
                     self._process()
-        elif state == _HANDSHAKE:
+        elif state == HANDSHAKE:
             self._handshake(data)
         else:
             # Frames sent before our answer wait in the parser, those that came in
@@ -316,8 +177,8 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # The client will send nothing more: flush, then the transport closes.
         self._flush()
-        if self._state < _CLOSED:
-            self._state = _CLOSED
+        if self.state < CLOSED:
+            self.state = CLOSED
             self._keepalive.discard(self)
             self._arm_deadline()
         if self._peer_close is not None:
@@ -327,7 +188,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._count_unsent_once()
-        self._state = _LOST
+        self.state = LOST
         self._out = None
         self._out_size = 0
         self._connections.discard(self)
@@ -348,7 +209,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         handler = self._handler
-        if handler is not None and self._state < _LOST:
+        if handler is not None and self.state < LOST:
             try:
                 handler.writable()
             except Exception:
@@ -357,15 +218,15 @@ class RelayWebSocketProtocol(asyncio.Protocol):
 
     def shutdown(self) -> None:
         """uvicorn is exiting: close with 1012 (service restart), or refuse with 500."""
-        state = self._state
-        if state == _OPEN:
+        state = self.state
+        if state == OPEN:
             if self._bridge is not None and self._handler is self._bridge:
                 self._bridge.disconnected(rfc6455.SERVICE_RESTART, "")
             self.close(rfc6455.SERVICE_RESTART)
-        elif state == _CONNECTING:
-            self._respond(500, [], b"the server is shutting down")
-        elif state < _OPEN:
-            self._drop_response()
+        elif state == CONNECTING:
+            self.respond(500, [], b"the server is shutting down")
+        elif state < OPEN:
+            self.drop_response()
 
     # --- DirectConnection -----------------------------------------------------------
 
@@ -375,22 +236,22 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         Sends the 101 response now. From then on the connection produces no ASGI
         message, and the ASGI app may return without closing anything.
         """
-        if self._bridge is None or self._state not in (_CONNECTING, _CLOSED, _LOST):
+        if self._bridge is None or self.state not in (CONNECTING, CLOSED, LOST):
             raise RuntimeError("accept_direct() needs a connection the app has not answered")
         self._bridge.direct = True
-        if self._state != _CONNECTING:
+        if self.state != CONNECTING:
             # The client left (or the server shut down) while the app decided:
             # the handler still hears of the end, once.
             self._handler = handler
-            if self._state == _LOST:
+            if self.state == LOST:
                 self._reported = False
                 self._loop.call_soon(self._report, rfc6455.ABNORMAL_CLOSURE, "")
             return
-        self._accept(handler, subprotocol, [])
+        self.accept(handler, subprotocol, [])
         self._bridge = None  # the app holds the scope as long as it wants; we don't
 
     def write(self, data: bytes) -> None:
-        if self._state != _OPEN:
+        if self.state != OPEN:
             self._drop(len(data))
             return
         size = len(data)
@@ -398,7 +259,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._queue(header, data, size + len(header))
 
     def write_text(self, text: str) -> None:
-        if self._state != _OPEN:
+        if self.state != OPEN:
             self._drop(len(text.encode()))
             return
         data = text.encode()
@@ -411,7 +272,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         return self._writing_paused
 
     def write_buffer_size(self) -> int:
-        if self._state == _LOST:
+        if self.state == LOST:
             return 0
         return self._transport.get_write_buffer_size() + self._out_size
 
@@ -424,16 +285,16 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             return
         self._reading_paused = False
         self._sync_reading()
-        if self._state == _OPEN and self._parser.buffered:
+        if self.state == OPEN and self._parser.buffered:
             self._loop.call_soon(self._process)
 
     def close(self, code: int, reason: str = "") -> None:
         payload = rfc6455.close_payload(code, reason)
-        if self._state != _OPEN:
+        if self.state != OPEN:
             return
         self._send_frame(OP_CLOSE, payload)
         self._flush()
-        self._state = _CLOSING
+        self.state = CLOSING
         self._keepalive.discard(self)
         self._sync_reading()
         self._arm_deadline()
@@ -449,7 +310,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         return self.written_bytes - self._count_unsent()
 
     def received_bytes(self) -> int:
-        if self._state >= _CLOSED or self._parser is None:
+        if self.state >= CLOSED or self._parser is None:
             return 0
         return self._parser.buffered + _socket_count(self._transport, termios.FIONREAD)
 
@@ -492,7 +353,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         return pending + _socket_count(transport, termios.TIOCOUTQ)
 
     def abort(self) -> None:
-        if self._state == _LOST:
+        if self.state == LOST:
             return
         self._count_unsent_once()
         sock = self._transport.get_extra_info("socket")
@@ -501,7 +362,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             # what it holds after we have given up (and counted it unsent).
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self._state = _CLOSED
+        self.state = CLOSED
         self._out = None
         self._out_size = 0
         self._keepalive.discard(self)
@@ -519,23 +380,30 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         if end < 0:
             self._head = buffered
             if len(buffered) > rfc6455.MAX_REQUEST_HEAD:
-                self._respond(431, [], b"request header fields too large")
+                self.respond(431, [], b"request header fields too large")
             return
         self._head = b""
         try:
             request = rfc6455.parse_request(buffered[:end])
             handshake = rfc6455.validate_handshake(request)
         except HandshakeError as exc:
-            self._respond(exc.status, list(exc.headers), exc.message.encode())
+            self.respond(exc.status, list(exc.headers), exc.message.encode())
             return
         self._parser = FrameParser(
             self._config.ws_max_size,
             getattr(self._config, "ws_max_fragments", DEFAULT_MAX_FRAGMENTS),
         )
         self._parser.feed(buffered[end + 4 :])
-        self._state = _CONNECTING
+        self.state = CONNECTING
         self._sync_reading()
-        self._bridge = _ASGIBridge(self, self._scope(request, handshake), handshake.accept)
+        self._bridge = ASGIBridge(
+            self,
+            self._scope(request, handshake),
+            handshake.accept,
+            app=self._config.loaded_app,
+            max_queue=self._config.ws_max_queue,
+            loop=self._loop,
+        )
         task = self._loop.create_task(self._bridge.run())
         self._server_state.tasks.add(task)
         task.add_done_callback(self._server_state.tasks.discard)
@@ -561,47 +429,51 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             "extensions": {"websocket.http.response": {}, "relay.direct": {"connection": self}},
         }
 
-    def _accept(
+    # --- answering the upgrade: for the ASGI bridge (asgi.BridgedConnection) ---------
+
+    def accept(
         self, handler: FrameHandler, subprotocol: str | None, headers: list[tuple[bytes, bytes]]
     ) -> None:
+        """Answer the upgrade with 101 (and ``headers``); messages then go to ``handler``."""
         assert self._bridge is not None
         extra = list(self._server_state.default_headers) + headers
         if subprotocol:
             extra.append((b"sec-websocket-protocol", subprotocol.encode()))
         response = rfc6455.accept_response(self._bridge.accept_key, extra)
         scope = self._bridge.scope
-        log.info("%s [accepted]", _request_line(scope))
+        log.info("%s [accepted]", request_line(scope))
         self._handler = handler
-        self._state = _OPEN
+        self.state = OPEN
         self._transport.write(response)
         self._keepalive.add(self)
         self._sync_reading()
         if self._parser.buffered:
             self._loop.call_soon(self._process)
 
-    def _begin_response(self) -> None:
-        self._state = _RESPONDING
+    def begin_response(self) -> None:
+        """The app started a denial response: no accept can follow."""
+        self.state = RESPONDING
 
-    def _respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """Answer the upgrade with a plain HTTP response and end the connection."""
         headers = list(self._server_state.default_headers) + headers
         self._transport.write(rfc6455.http_response(status, headers, body))
-        self._state = _CLOSED
+        self.state = CLOSED
         self._transport.close()
         self._arm_deadline()
 
-    def _drop_response(self) -> None:
+    def drop_response(self) -> None:
         """End the connection before a response is complete (or even begun)."""
-        self._state = _CLOSED
+        self.state = CLOSED
         self._transport.close()
         self._arm_deadline()
 
     # --- reading --------------------------------------------------------------------
 
     def _sync_reading(self) -> None:
-        state = self._state
-        paused = state == _CONNECTING or (state == _OPEN and self._reading_paused)
-        if paused != self._transport_paused and state < _LOST:
+        state = self.state
+        paused = state == CONNECTING or (state == OPEN and self._reading_paused)
+        if paused != self._transport_paused and state < LOST:
             self._transport_paused = paused
             if paused:
                 self._transport.pause_reading()
@@ -614,7 +486,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         handler = self._handler
         assert handler is not None
         try:
-            while self._state == _OPEN and not self._reading_paused:
+            while self.state == OPEN and not self._reading_paused:
                 opcode = parser.next_event()
                 if opcode == OP_BINARY:
                     handler.message_received(parser.payload)
@@ -633,7 +505,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
                     self._close_received(parser.close_code, parser.close_reason, parser.payload)
                     return
                 # A pong needs nothing: any data marks the connection alive.
-            while self._state == _CLOSING:
+            while self.state == CLOSING:
                 # Our close frame is out: messages are dropped until the peer's close.
                 opcode = parser.next_event()
                 if opcode == NEED_DATA:
@@ -663,7 +535,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     def _check_incomplete(self) -> None:
         """The message timer: fail the connection 1008 if the same message is still incomplete."""
         self._message_timer = None
-        offset = self._parser.incomplete_offset if self._state == _OPEN else None
+        offset = self._parser.incomplete_offset if self.state == OPEN else None
         noted = self._incomplete
         if offset is None or noted is None:
             self._incomplete = None  # complete now: the next one arms the timer again
@@ -685,7 +557,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         return float(getattr(self._config, "ws_message_timeout", DEFAULT_MESSAGE_TIMEOUT))
 
     def _close_received(self, code: int, reason: str, payload: bytes) -> None:
-        if self._state == _OPEN and self._transport.can_write_eof():
+        if self.state == OPEN and self._transport.can_write_eof():
             # The peer closed first, and may still read what we wrote before:
             # its owner hears of the end, and of what never arrived, when TCP
             # ends (the FIN, or the close timeout). Without half-close (TLS)
@@ -696,7 +568,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             self._finish()
             return
         self._count_unsent_once()
-        if self._state == _OPEN:
+        if self.state == OPEN:
             self._send_frame(OP_CLOSE, payload)  # echo it (RFC 6455 5.5.1)
         self._finish()
         self._report(code, reason)
@@ -704,16 +576,16 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): close frame, then end TCP."""
         self._count_unsent_once()
-        if self._state == _OPEN:
+        if self.state == OPEN:
             self._send_frame(OP_CLOSE, rfc6455.close_payload(code, reason))
-        if self._state < _CLOSED:
+        if self.state < CLOSED:
             self._finish()
         self._report(code, reason)
 
     def _finish(self) -> None:
         """Nothing more to send: flush, half-close, and read until the client's FIN."""
         self._flush()
-        self._state = _CLOSED
+        self.state = CLOSED
         self._keepalive.discard(self)
         self._sync_reading()
         if self._transport.can_write_eof():
@@ -736,7 +608,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             log.exception("WebSocket handler failed in connection_lost()")
 
     def _arm_deadline(self) -> None:
-        if self._deadline is None and self._state != _LOST:
+        if self._deadline is None and self.state != LOST:
             self._deadline = self._loop.call_later(self._close_timeout, self._expire)
 
     def _expire(self) -> None:
@@ -770,12 +642,13 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             return
         self._out = None
         self._out_size = 0
-        if self._state != _LOST:
+        if self.state != LOST:
             self._transport.writelines(out)
 
-    def _keepalive_ping(self) -> None:
-        self._alive = False
-        if self._state == _OPEN:
+    def keepalive_ping(self) -> None:
+        """For the keepalive: clear ``alive`` and ping the peer (if open)."""
+        self.alive = False
+        if self.state == OPEN:
             self._queue(_PING_FRAME, b"", len(_PING_FRAME))
 
 
@@ -793,257 +666,3 @@ def _socket_count(transport: asyncio.Transport, request: int) -> int:
         return 0
     count: int = struct.unpack("i", raw)[0]
     return count
-
-
-class _Keepalive:
-    """One timer for every open connection of a server: ping them, abort the silent ones.
-
-    A ping goes to every member; ``timeout`` later, a member that sent no byte
-    since is aborted. The next round starts ``interval`` after the previous
-    one (or right after the check, when ``timeout >= interval``): one ping in
-    flight per connection, as with uvicorn's own protocols.
-    """
-
-    __slots__ = ("_interval", "_loop", "_members", "_timeout", "_timer")
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, interval: float | None, timeout: float | None
-    ) -> None:
-        self._loop = loop
-        self._interval = interval if interval and interval > 0 else None
-        self._timeout = timeout if timeout and timeout > 0 else None
-        self._members: set[RelayWebSocketProtocol] = set()
-        self._timer: asyncio.TimerHandle | None = None
-
-    def add(self, connection: RelayWebSocketProtocol) -> None:
-        if self._interval is None:
-            return
-        self._members.add(connection)
-        if self._timer is None:
-            self._timer = self._loop.call_later(self._interval, self._ping)
-
-    def discard(self, connection: RelayWebSocketProtocol) -> None:
-        self._members.discard(connection)
-
-    def _ping(self) -> None:
-        self._timer = None
-        if not self._members:
-            return  # restarted by the next add()
-        for connection in self._members:
-            connection._keepalive_ping()
-        assert self._interval is not None
-        if self._timeout is None:
-            self._timer = self._loop.call_later(self._interval, self._ping)
-        else:
-            self._timer = self._loop.call_later(self._timeout, self._reap)
-
-    def _reap(self) -> None:
-        silent = [connection for connection in self._members if not connection._alive]
-        for connection in silent:
-            connection.abort()
-        assert self._interval is not None and self._timeout is not None
-        self._timer = self._loop.call_later(max(0.0, self._interval - self._timeout), self._ping)
-
-
-# One keepalive per uvicorn server (tests run several servers in one process).
-_keepalives: weakref.WeakKeyDictionary[ServerState, _Keepalive] = weakref.WeakKeyDictionary()
-
-
-def _keepalive_of(
-    server_state: ServerState, config: Config, loop: asyncio.AbstractEventLoop
-) -> _Keepalive:
-    keepalive = _keepalives.get(server_state)
-    if keepalive is None:
-        keepalive = _Keepalive(loop, config.ws_ping_interval, config.ws_ping_timeout)
-        _keepalives[server_state] = keepalive
-    return keepalive
-
-
-class _ASGIBridge:
-    """Runs the ASGI app of one connection; in ASGI mode, its ``FrameHandler`` too."""
-
-    __slots__ = (
-        "_app",
-        "_app_closed",
-        "_conn",
-        "_disconnect",
-        "_drain",
-        "_max_queue",
-        "_queue",
-        "_response",
-        "_waiter",
-        "accept_key",
-        "direct",
-        "scope",
-    )
-
-    def __init__(self, conn: RelayWebSocketProtocol, scope: Scope, accept_key: str) -> None:
-        config = conn._config
-        self._conn = conn
-        self._app = cast(Callable[..., Awaitable[Any]], config.loaded_app)
-        self._max_queue = max(1, config.ws_max_queue)
-        self.scope = scope
-        self.accept_key = accept_key
-        self.direct = False
-        self._app_closed = False
-        self._queue: deque[Message] = deque([{"type": "websocket.connect"}])
-        self._waiter: asyncio.Future[None] | None = None
-        self._drain: asyncio.Future[None] | None = None
-        self._disconnect: Message | None = None
-        self._response: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
-
-    async def run(self) -> None:
-        conn = self._conn
-        try:
-            result = await self._app(self.scope, self.receive, self.send)
-        except ClientDisconnected:
-            return
-        except Exception:
-            log.exception("Exception in ASGI application\n")
-            self._fail()
-            return
-        if result is not None:
-            log.error("ASGI callable should return None, but returned '%s'.", result)
-        state = conn._state
-        if state == _CONNECTING:
-            # Not an error worth ERROR: the client gets a 500, as from uvicorn.
-            log.warning("%s 500: the app returned without accepting", _request_line(self.scope))
-            conn._respond(500, [], b"Internal Server Error")
-        elif state == _RESPONDING:
-            conn._drop_response()
-        elif state == _OPEN and not self.direct:
-            conn.close(rfc6455.NORMAL_CLOSURE)
-
-    def _fail(self) -> None:
-        conn = self._conn
-        if conn._state == _CONNECTING:
-            conn._respond(500, [], b"Internal Server Error")
-        elif conn._state == _RESPONDING:
-            conn._drop_response()
-        elif conn._state == _OPEN:
-            if not self.direct:
-                self.disconnected(rfc6455.INTERNAL_ERROR, "")
-            conn.close(rfc6455.INTERNAL_ERROR)
-
-    # FrameHandler, in ASGI mode
-
-    def message_received(self, data: bytes) -> None:
-        self._put({"type": "websocket.receive", "bytes": data})
-
-    def text_received(self, text: str) -> None:
-        self._put({"type": "websocket.receive", "text": text})
-
-    def writable(self) -> None:
-        drain = self._drain
-        if drain is not None and not drain.done():
-            drain.set_result(None)
-
-    def connection_lost(self, code: int, reason: str) -> None:
-        self.disconnected(code, reason)
-        self.writable()
-
-    def disconnected(self, code: int, reason: str) -> None:
-        """Tell the app the connection ended; only the first call counts."""
-        if self._disconnect is None:
-            self._disconnect = {"type": "websocket.disconnect", "code": code, "reason": reason}
-            self._put(self._disconnect)
-
-    def _put(self, message: Message) -> None:
-        self._queue.append(message)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-        if len(self._queue) >= self._max_queue:
-            self._conn.pause_reading()
-
-    # ASGI receive and send
-
-    async def receive(self) -> Message:
-        if self.direct:
-            raise RuntimeError("the connection was accepted in direct mode: no ASGI messages")
-        queue = self._queue
-        while not queue:
-            if self._disconnect is not None:
-                return self._disconnect  # asked again after the end: the same answer
-            self._waiter = self._conn._loop.create_future()
-            await self._waiter
-            self._waiter = None
-        message = queue.popleft()
-        if not queue:
-            self._conn.resume_reading()
-        return message
-
-    async def send(self, message: Message) -> None:
-        conn = self._conn
-        kind = message["type"]
-        if self.direct:
-            raise RuntimeError("the connection was accepted in direct mode: no ASGI messages")
-        state = conn._state
-        if state == _OPEN:
-            if kind == "websocket.send":
-                if conn._writing_paused:
-                    await self._wait_writable()
-                    if conn._state != _OPEN:
-                        raise ClientDisconnected
-                data = message.get("bytes")
-                if data is not None:
-                    conn.write(data)
-                elif (text := message.get("text")) is not None:
-                    conn.write_text(text)
-            elif kind == "websocket.close":
-                code = message.get("code") or rfc6455.NORMAL_CLOSURE
-                reason = message.get("reason") or ""
-                conn.close(code, reason)
-                self._app_closed = True
-                self.disconnected(code, reason)  # as uvicorn does, without waiting for the echo
-            else:
-                raise RuntimeError(
-                    "Expected ASGI message 'websocket.send' or 'websocket.close', "
-                    f"but got {kind!r}."
-                )
-        elif state == _CONNECTING:
-            if kind == "websocket.accept":
-                conn._accept(self, message.get("subprotocol"), list(message.get("headers", [])))
-            elif kind == "websocket.close":
-                self._log_status(403)
-                self.disconnected(rfc6455.ABNORMAL_CLOSURE, "")
-                conn._respond(403, [], b"")
-            elif kind == "websocket.http.response.start":
-                status = message["status"]
-                if not 100 <= status < 600:
-                    raise RuntimeError(f"Invalid HTTP status code '{status}' in response.")
-                self._log_status(status)
-                self._response = (status, list(message.get("headers", [])), [])
-                conn._begin_response()
-            else:
-                raise RuntimeError(
-                    "Expected ASGI message 'websocket.accept', 'websocket.close' or "
-                    f"'websocket.http.response.start' but got {kind!r}."
-                )
-        elif state == _RESPONDING:
-            if kind != "websocket.http.response.body":
-                raise RuntimeError(f"Expected 'websocket.http.response.body' but got {kind!r}.")
-            assert self._response is not None
-            status, headers, body = self._response
-            body.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                self.disconnected(rfc6455.ABNORMAL_CLOSURE, "")
-                conn._respond(status, headers, b"".join(body))
-        elif self._app_closed and state != _LOST:
-            raise RuntimeError(f"Unexpected ASGI message {kind!r} after sending 'websocket.close'.")
-        else:
-            raise ClientDisconnected
-
-    async def _wait_writable(self) -> None:
-        if self._drain is None or self._drain.done():
-            self._drain = self._conn._loop.create_future()
-        await self._drain
-
-    def _log_status(self, status: int) -> None:
-        log.info("%s %d", _request_line(self.scope), status)
-
-
-def _request_line(scope: Scope) -> str:
-    """How uvicorn names a WebSocket request in its log: ``client - "WebSocket /path"``."""
-    ws_scope = cast("WebSocketScope", scope)
-    return f'{get_client_addr(ws_scope)} - "WebSocket {get_path_with_query_string(ws_scope)}"'
