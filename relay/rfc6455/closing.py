@@ -7,8 +7,8 @@ send, whether nothing more will be sent, and what its owner is told.
 Events in: the opening handshake completed (``opened``), the server closes
 (``close``), the peer's close frame arrives (``close_received``, or
 ``read_until_close`` while ours is out), the connection fails (``fail``), the
-peer's FIN (``eof_received``), an abort (``abort``), the end of TCP
-(``connection_lost``).
+peer's FIN (``eof_received``), an end without closing handshake (``abort``),
+the end of TCP (``connection_lost``).
 
 Decisions out (``CloseActions``): a close frame to write after what is already
 written; ``finish``, nothing more to send (the I/O layer then half-closes TCP
@@ -161,7 +161,10 @@ class ClosingHandshake:
         return self._report(*self._peer_close)
 
     def abort(self) -> None:
-        """The connection is reset: nothing more is sent; the owner hears at ``connection_lost``."""
+        """The connection ends without a closing handshake: reset, or refused before it opened.
+
+        Nothing more is sent; the owner hears at ``connection_lost``.
+        """
         self.state = CLOSED
 
     def connection_lost(self) -> tuple[int, str] | None:

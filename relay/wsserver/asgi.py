@@ -15,12 +15,16 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
+from urllib.parse import unquote
 
 from starlette.types import Message, Scope
+from uvicorn.config import Config
 from uvicorn.protocols.utils import (
     ClientDisconnected,
     get_client_addr,
+    get_local_addr,
     get_path_with_query_string,
+    is_ssl,
 )
 
 from relay import rfc6455
@@ -272,6 +276,40 @@ class ASGIBridge:
 
     def _log_status(self, status: int) -> None:
         log.info("%s %d", request_line(self.scope), status)
+
+
+def websocket_scope(
+    config: Config,
+    transport: asyncio.Transport,
+    request: rfc6455.Request,
+    handshake: rfc6455.Handshake,
+    *,
+    client: tuple[str, int] | None,
+    app_state: dict[str, Any],
+    connection: object,
+) -> Scope:
+    """The ASGI ``websocket`` scope (spec 2.4) of a valid upgrade request.
+
+    With the denial-response extension, and ``relay.direct`` offering ``connection``.
+    """
+    root_path = config.root_path
+    raw_path, _, query_string = request.target.partition(b"?")
+    return {
+        "type": "websocket",
+        "asgi": {"version": config.asgi_version, "spec_version": "2.4"},
+        "http_version": "1.1",
+        "scheme": "wss" if is_ssl(transport) else "ws",
+        "server": get_local_addr(transport),
+        "client": client,
+        "root_path": root_path,
+        "path": root_path + unquote(raw_path.decode("latin-1")),
+        "raw_path": root_path.encode("ascii") + raw_path,
+        "query_string": query_string,
+        "headers": request.headers,
+        "subprotocols": handshake.subprotocols,
+        "state": app_state.copy(),
+        "extensions": {"websocket.http.response": {}, "relay.direct": {"connection": connection}},
+    }
 
 
 def request_line(scope: Scope) -> str:

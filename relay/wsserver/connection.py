@@ -16,11 +16,9 @@ import socket
 import struct
 import termios
 from typing import Any, Final, cast
-from urllib.parse import unquote
 
-from starlette.types import Scope
 from uvicorn.config import Config
-from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
+from uvicorn.protocols.utils import get_remote_addr
 from uvicorn.server import ServerState
 
 from relay import rfc6455
@@ -33,12 +31,14 @@ from relay.rfc6455 import (
     OP_PONG,
     OP_TEXT,
     TEXT_HEADERS,
+    CloseActions,
+    ClosingHandshake,
     FrameParser,
     HandshakeError,
     ProtocolError,
     frame_header,
 )
-from relay.wsserver.asgi import ASGIBridge, request_line
+from relay.wsserver.asgi import ASGIBridge, request_line, websocket_scope
 from relay.wsserver.direct import FrameHandler
 from relay.wsserver.keepalive import keepalive_of
 from relay.wsserver.states import CLOSED, CLOSING, CONNECTING, HANDSHAKE, LOST, OPEN, RESPONDING
@@ -73,6 +73,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_app_state",
         "_bridge",
         "_close_timeout",
+        "_closing",
         "_config",
         "_connections",
         "_deadline",
@@ -89,9 +90,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_out_size",
         "_parser",
         "_peer",
-        "_peer_close",
         "_reading_paused",
-        "_reported",
         "_send_buffer",
         "_server_state",
         "_transport",
@@ -133,13 +132,12 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._transport_paused = False  # what we told the transport
         self._writing_paused = False
         self.alive = True  # data arrived since the last keepalive ping
-        self._reported = False  # handler.connection_lost was called
         self._deadline: asyncio.TimerHandle | None = None
         self._unsent: int | None = None  # bytes that never left, counted when the end is seen
         self._acked_at_end = 0  # written_bytes less _unsent, at that moment
         self._dropped = 0  # bytes of messages written once the connection was ending
         self._end_mark: int | None = None  # written_bytes when the peer's close arrived
-        self._peer_close: tuple[int, str] | None = None  # told to the owner when TCP ends
+        self._closing: ClosingHandshake | None = None  # made when the end begins
         self._fin_sent = False
         self.written_bytes = 0
         # The incomplete message being timed: (its stream offset, when it was first seen).
@@ -181,9 +179,10 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             self.state = CLOSED
             self._keepalive.discard(self)
             self._arm_deadline()
-        if self._peer_close is not None:
+        ended = self._closing_handshake().eof_received()
+        if ended is not None:  # the peer's close, told now that TCP ends
             self._count_unsent_once()  # the socket is still open: the kernel can tell
-            self._report(*self._peer_close)
+            self._report(*ended)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -197,7 +196,9 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
         self._deadline = self._message_timer = None
-        self._report(*(self._peer_close or (rfc6455.ABNORMAL_CLOSURE, "")))
+        ended = self._closing_handshake().connection_lost()
+        if ended is not None:
+            self._report(*ended)
         # The handler points back at us: let refcounting free both (and the
         # peer state they hold) now, not at the next full collection.
         self._handler = None
@@ -236,16 +237,14 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         Sends the 101 response now. From then on the connection produces no ASGI
         message, and the ASGI app may return without closing anything.
         """
-        if self._bridge is None or self.state not in (CONNECTING, CLOSED, LOST):
+        # Once the socket is gone the bridge is too: a lost connection raises here.
+        if self._bridge is None or self.state not in (CONNECTING, CLOSED):
             raise RuntimeError("accept_direct() needs a connection the app has not answered")
         self._bridge.direct = True
-        if self.state != CONNECTING:
+        if self.state == CLOSED:
             # The client left (or the server shut down) while the app decided:
-            # the handler still hears of the end, once.
+            # the handler hears of the end, once, when TCP ends.
             self._handler = handler
-            if self.state == LOST:
-                self._reported = False
-                self._loop.call_soon(self._report, rfc6455.ABNORMAL_CLOSURE, "")
             return
         self.accept(handler, subprotocol, [])
         self._bridge = None  # the app holds the scope as long as it wants; we don't
@@ -289,10 +288,10 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             self._loop.call_soon(self._process)
 
     def close(self, code: int, reason: str = "") -> None:
-        payload = rfc6455.close_payload(code, reason)
-        if self.state != OPEN:
-            return
-        self._send_frame(OP_CLOSE, payload)
+        frame = self._closing_handshake().close(code, reason)
+        if not frame:
+            return  # not open: not yet, closing already, or closed
+        self._queue(frame, b"", len(frame))
         self._flush()
         self.state = CLOSING
         self._keepalive.discard(self)
@@ -363,6 +362,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.state = CLOSED
+        self._closing_handshake().abort()
         self._out = None
         self._out_size = 0
         self._keepalive.discard(self)
@@ -398,7 +398,15 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._sync_reading()
         self._bridge = ASGIBridge(
             self,
-            self._scope(request, handshake),
+            websocket_scope(
+                self._config,
+                self._transport,
+                request,
+                handshake,
+                client=self._peer,
+                app_state=self._app_state,
+                connection=self,
+            ),
             handshake.accept,
             app=self._config.loaded_app,
             max_queue=self._config.ws_max_queue,
@@ -407,27 +415,6 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         task = self._loop.create_task(self._bridge.run())
         self._server_state.tasks.add(task)
         task.add_done_callback(self._server_state.tasks.discard)
-
-    def _scope(self, request: rfc6455.Request, handshake: rfc6455.Handshake) -> Scope:
-        config = self._config
-        root_path = config.root_path
-        raw_path, _, query_string = request.target.partition(b"?")
-        return {
-            "type": "websocket",
-            "asgi": {"version": config.asgi_version, "spec_version": "2.4"},
-            "http_version": "1.1",
-            "scheme": "wss" if is_ssl(self._transport) else "ws",
-            "server": get_local_addr(self._transport),
-            "client": self._peer,
-            "root_path": root_path,
-            "path": root_path + unquote(raw_path.decode("latin-1")),
-            "raw_path": root_path.encode("ascii") + raw_path,
-            "query_string": query_string,
-            "headers": request.headers,
-            "subprotocols": handshake.subprotocols,
-            "state": self._app_state.copy(),
-            "extensions": {"websocket.http.response": {}, "relay.direct": {"connection": self}},
-        }
 
     # --- answering the upgrade: for the ASGI bridge (asgi.BridgedConnection) ---------
 
@@ -502,16 +489,15 @@ class RelayWebSocketProtocol(asyncio.Protocol):
                     # answering only some pings is allowed (RFC 6455 5.5.3).
                     self._send_frame(OP_PONG, parser.payload)
                 elif opcode == OP_CLOSE:
-                    self._close_received(parser.close_code, parser.close_reason, parser.payload)
+                    code, reason = parser.close_code, parser.close_reason
+                    self._carry_out(self._closing_handshake().close_received(code, reason))
                     return
                 # A pong needs nothing: any data marks the connection alive.
-            while self.state == CLOSING:
+            if self.state == CLOSING:
                 # Our close frame is out: messages are dropped until the peer's close.
-                opcode = parser.next_event()
-                if opcode == NEED_DATA:
-                    return
-                if opcode == OP_CLOSE:
-                    self._close_received(parser.close_code, parser.close_reason, parser.payload)
+                ending = self._closing_handshake().read_until_close(parser)
+                if ending is not None:
+                    self._carry_out(ending)
         except ProtocolError as exc:
             self._fail(exc.code, exc.reason)
         except Exception:
@@ -556,31 +542,42 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     def _message_timeout(self) -> float:
         return float(getattr(self._config, "ws_message_timeout", DEFAULT_MESSAGE_TIMEOUT))
 
-    def _close_received(self, code: int, reason: str, payload: bytes) -> None:
-        if self.state == OPEN and self._transport.can_write_eof():
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 7.1.7): close frame, then end TCP."""
+        self._carry_out(self._closing_handshake().fail(code, reason))
+
+    def _closing_handshake(self) -> ClosingHandshake:
+        """The closing handshake, made when the end begins: an open connection holds none.
+
+        Until then every closing event went through it, so ``state`` tells
+        where it starts: open, or ended before it opened (a refused upgrade).
+        """
+        closing = self._closing
+        if closing is None:
+            closing = self._closing = ClosingHandshake()
+            if self.state == OPEN:
+                closing.opened(half_close=self._transport.can_write_eof())
+            elif self.state >= CLOSED:
+                closing.abort()
+        return closing
+
+    def _carry_out(self, closing: CloseActions) -> None:
+        """Do what the closing handshake decided: count what never left, send, finish, report."""
+        if self._closing_handshake().reports_at_end:
             # The peer closed first, and may still read what we wrote before:
             # its owner hears of the end, and of what never arrived, when TCP
             # ends (the FIN, or the close timeout). Without half-close (TLS)
             # the socket is gone by then, and the count is taken now.
-            self._end_mark = self.written_bytes
-            self._peer_close = (code, reason)
-            self._send_frame(OP_CLOSE, payload)  # echo it (RFC 6455 5.5.1)
+            if self._end_mark is None:
+                self._end_mark = self.written_bytes
+        else:
+            self._count_unsent_once()  # before a close frame or FIN of ours is queued
+        if closing.send:
+            self._queue(closing.send, b"", len(closing.send))
+        if closing.finish:
             self._finish()
-            return
-        self._count_unsent_once()
-        if self.state == OPEN:
-            self._send_frame(OP_CLOSE, payload)  # echo it (RFC 6455 5.5.1)
-        self._finish()
-        self._report(code, reason)
-
-    def _fail(self, code: int, reason: str) -> None:
-        """Fail the connection (RFC 6455 7.1.7): close frame, then end TCP."""
-        self._count_unsent_once()
-        if self.state == OPEN:
-            self._send_frame(OP_CLOSE, rfc6455.close_payload(code, reason))
-        if self.state < CLOSED:
-            self._finish()
-        self._report(code, reason)
+        if closing.report is not None:
+            self._report(*closing.report)
 
     def _finish(self) -> None:
         """Nothing more to send: flush, half-close, and read until the client's FIN."""
@@ -598,9 +595,8 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     def _report(self, code: int, reason: str) -> None:
         """Tell the handler (or, before any accept, the ASGI app) that the connection ended."""
         handler = self._handler if self._handler is not None else self._bridge
-        if self._reported or handler is None:
+        if handler is None:
             return
-        self._reported = True
         self._count_unsent_once()
         try:
             handler.connection_lost(code, reason)
