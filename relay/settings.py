@@ -184,7 +184,7 @@ class Settings:
     )
     ws_impl: str = _setting(
         "relay",
-        "WebSocket implementation: relay is the relay's own frame layer (relay/wsserver.py), "
+        "WebSocket implementation: relay is the relay's own frame layer (relay/wsserver/), "
         "the others are uvicorn's.",
         _one_of("relay", "websockets-sansio", "websockets", "wsproto"),
     )

@@ -1,0 +1,152 @@
+"""The opening handshake, server side, without I/O: parse and validate the request, answer it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Final
+
+from relay.rfc6455.errors import HandshakeError
+
+MAX_REQUEST_HEAD: Final = 16384
+"""Largest handshake request (request line and headers) accepted, in bytes."""
+
+_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """An HTTP request head: what the upgrade request says, not yet validated."""
+
+    method: str
+    target: bytes
+    version: str
+    headers: list[tuple[bytes, bytes]]  # names lower-cased, values stripped
+
+    def values(self, name: bytes) -> list[bytes]:
+        """Every value of header ``name`` (lower-case), in order."""
+        return [value for key, value in self.headers if key == name]
+
+    def tokens(self, name: bytes) -> list[str]:
+        """The comma-separated tokens of every ``name`` header, lower-cased."""
+        return [
+            token.strip().decode("latin-1").lower()
+            for value in self.values(name)
+            for token in value.split(b",")
+            if token.strip()
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """A valid upgrade request: the accept key to answer and the offered subprotocols."""
+
+    accept: str
+    subprotocols: list[str]
+
+
+def parse_request(head: bytes) -> Request:
+    """Parse a request line and headers (``head`` without the blank line that ends it)."""
+    if len(head) > MAX_REQUEST_HEAD:
+        raise HandshakeError(431, "request header fields too large")
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[0] or not parts[1]:
+        raise HandshakeError(400, "malformed request line")
+    method, target, version = parts
+    headers: list[tuple[bytes, bytes]] = []
+    for line in lines[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon or not name or name != name.strip() or b" " in name or b"\t" in name:
+            raise HandshakeError(400, "malformed header line")
+        headers.append((name.lower(), value.strip(b" \t")))
+    try:
+        return Request(method.decode("ascii"), target, version.decode("ascii"), headers)
+    except UnicodeDecodeError:
+        raise HandshakeError(400, "malformed request line") from None
+
+
+def validate_handshake(request: Request) -> Handshake:
+    """Check ``request`` against RFC 6455 section 4.2.1; raise ``HandshakeError`` if not."""
+    if request.method != "GET":
+        raise HandshakeError(405, "a WebSocket handshake uses GET", ((b"allow", b"GET"),))
+    if request.version != "HTTP/1.1":
+        raise HandshakeError(505, "a WebSocket handshake needs HTTP/1.1")
+    upgrading = "upgrade" in request.tokens(b"connection")
+    if not upgrading or "websocket" not in request.tokens(b"upgrade"):
+        message = "this is a WebSocket endpoint: use a WebSocket client"
+        raise HandshakeError(426, message, ((b"upgrade", b"websocket"),))
+    versions = request.values(b"sec-websocket-version")
+    if versions != [b"13"]:
+        raise HandshakeError(
+            426, "Sec-WebSocket-Version must be 13", ((b"sec-websocket-version", b"13"),)
+        )
+    keys = request.values(b"sec-websocket-key")
+    if len(keys) != 1:
+        raise HandshakeError(400, "exactly one Sec-WebSocket-Key is required")
+    try:
+        raw_key = base64.b64decode(keys[0], validate=True)
+    except binascii.Error:
+        raw_key = b""
+    if len(raw_key) != 16:
+        raise HandshakeError(400, "Sec-WebSocket-Key must be 16 bytes in base64")
+    subprotocols = [
+        token.strip().decode("latin-1")
+        for value in request.values(b"sec-websocket-protocol")
+        for token in value.split(b",")
+        if token.strip()
+    ]
+    return Handshake(accept_key(keys[0]), subprotocols)
+
+
+def accept_key(key: bytes) -> str:
+    """The ``Sec-WebSocket-Accept`` value answering ``Sec-WebSocket-Key: key``."""
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode("ascii")
+
+
+def _head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    try:
+        phrase = HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        phrase = b""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
+    for name, value in headers:
+        if not name or any(c in name for c in b"\r\n\0: \t") or any(c in value for c in b"\r\n\0"):
+            raise ValueError(f"invalid HTTP header {name!r}: {value!r}")
+        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.append(b"\r\n")
+    return lines
+
+
+def accept_response(accept: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
+    """The ``101 Switching Protocols`` response; ``headers`` are added after the required ones.
+
+    Raises ``ValueError`` for a header that would break the response (CR, LF, NUL).
+    """
+    required = [
+        (b"upgrade", b"websocket"),
+        (b"connection", b"Upgrade"),
+        (b"sec-websocket-accept", accept.encode("ascii")),
+    ]
+    return b"".join(_head(101, [*required, *headers]))
+
+
+def http_response(status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """A complete response that ends the connection (a refused upgrade).
+
+    ``content-length``, ``content-type`` (plain text) and ``connection: close``
+    are added unless ``headers`` has them.
+    """
+    given = list(headers)
+    names = {name.lower() for name, _ in given}
+    defaults = [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"connection", b"close"),
+    ]
+    given += [(name, value) for name, value in defaults if name not in names]
+    return b"".join(_head(status, given)) + body
