@@ -41,6 +41,7 @@ from relay.rfc6455 import (
 from relay.wsserver.asgi import ASGIBridge, request_line, websocket_scope
 from relay.wsserver.direct import FrameHandler
 from relay.wsserver.keepalive import keepalive_of
+from relay.wsserver.message_timer import MessageTimer
 from relay.wsserver.states import CLOSED, CLOSING, CONNECTING, HANDSHAKE, LOST, OPEN, RESPONDING
 
 log = logging.getLogger("uvicorn.error")  # where uvicorn's own WebSocket protocols log
@@ -82,7 +83,6 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_fin_sent",
         "_handler",
         "_head",
-        "_incomplete",
         "_keepalive",
         "_loop",
         "_message_timer",
@@ -141,8 +141,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._fin_sent = False
         self.written_bytes = 0
         # The incomplete message being timed: (its stream offset, when it was first seen).
-        self._incomplete: tuple[int, float] | None = None
-        self._message_timer: asyncio.TimerHandle | None = None
+        self._message_timer: MessageTimer | None = None  # made on the first incomplete read
 
     # --- asyncio.Protocol -----------------------------------------------------------
 
@@ -192,10 +191,11 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._out_size = 0
         self._connections.discard(self)
         self._keepalive.discard(self)
-        for timer in (self._deadline, self._message_timer):
-            if timer is not None:
-                timer.cancel()
-        self._deadline = self._message_timer = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._message_timer is not None:
+            self._message_timer.cancel()
         ended = self._closing_handshake().connection_lost()
         if ended is not None:
             self._report(*ended)
@@ -505,42 +505,20 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             self._fail(rfc6455.INTERNAL_ERROR, "internal error")
 
     def _time_incomplete(self, offset: int) -> None:
-        """After a read, a message (or frame) is incomplete: time it from now if it is new.
-
-        One timer per connection, armed only while something is incomplete:
-        a read that ends on a frame boundary between messages costs nothing.
-        """
-        noted = self._incomplete
-        if noted is None or noted[0] != offset:
-            self._incomplete = (offset, self._loop.time())
-        if self._message_timer is None:
-            self._message_timer = self._loop.call_later(
-                self._message_timeout(), self._check_incomplete
+        timer = self._message_timer
+        if timer is None:
+            timeout = getattr(self._config, "ws_message_timeout", DEFAULT_MESSAGE_TIMEOUT)
+            timer = self._message_timer = MessageTimer(
+                self._loop,
+                float(timeout),
+                self._incomplete_offset,
+                lambda: self._reading_paused,
+                lambda reason: self._fail(rfc6455.POLICY_VIOLATION, reason),
             )
+        timer.incomplete(offset)
 
-    def _check_incomplete(self) -> None:
-        """The message timer: fail the connection 1008 if the same message is still incomplete."""
-        self._message_timer = None
-        offset = self._parser.incomplete_offset if self.state == OPEN else None
-        noted = self._incomplete
-        if offset is None or noted is None:
-            self._incomplete = None  # complete now: the next one arms the timer again
-            return
-        timeout = self._message_timeout()
-        now = self._loop.time()
-        if self._reading_paused or noted[0] != offset:
-            # While we do not read, the peer cannot finish: its time starts again.
-            self._incomplete = (offset, now)
-            delay = timeout
-        else:
-            delay = noted[1] + timeout - now
-            if delay <= 0:
-                self._fail(rfc6455.POLICY_VIOLATION, f"message not completed in {timeout:g} s")
-                return
-        self._message_timer = self._loop.call_later(delay, self._check_incomplete)
-
-    def _message_timeout(self) -> float:
-        return float(getattr(self._config, "ws_message_timeout", DEFAULT_MESSAGE_TIMEOUT))
+    def _incomplete_offset(self) -> int | None:
+        return self._parser.incomplete_offset if self.state == OPEN else None
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 7.1.7): close frame, then end TCP."""
