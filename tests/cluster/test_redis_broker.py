@@ -217,3 +217,26 @@ async def test_a_request_while_redis_is_down_is_refused_promptly(own_redis: Redi
         with anyio.fail_after(5):
             await asking.close()
             await asked.close()
+
+
+async def test_losing_redis_is_logged_and_retried_soon(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = _broker(own_redis.url)
+    await broker.start(FakeNode("n1"))
+    try:
+        with anyio.fail_after(5):
+            await _until(broker, True)
+        own_redis.kill()
+        with anyio.fail_after(5):
+            await _until(broker, False)
+        down = [r for r in caplog.records if r.getMessage() == "backplane down"]
+        assert [r.levelname for r in down] == ["WARNING"]
+        own_redis.start()
+        # Retried within a second of Redis being back: the backoff started
+        # again from 0.1 s when the connection that had worked was lost.
+        with anyio.fail_after(3):
+            await _until(broker, True)
+    finally:
+        with anyio.fail_after(5):
+            await broker.close()

@@ -80,23 +80,26 @@ class Supervisor:
         self._awaited: set[str] = set()  # nodes not serving again yet after an outage
         self._recovery_ends = 0.0
         self._stale_leaves: list[tuple[str, str]] = []
+        self._came_up = False  # the current connection attempt reached "up"
 
     async def supervise(self) -> None:
         delay = 0.1
         commands = self._commands
         while not self.closing:
+            # Whether this run came up: _run's own cleanup clears ``up``.
+            self._came_up = False
             try:
                 await self._run()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                level = logging.WARNING if commands.up else logging.DEBUG
+                level = logging.WARNING if self._came_up else logging.DEBUG
                 log.log(level, "backplane lost (%s: %s); reconnecting", type(exc).__name__, exc)
             finally:
-                if commands.up:
+                if self._came_up:
                     delay = 0.1  # it worked until now: retry soon
-                if commands.up and not self.closing:
-                    log.warning("backplane down")
+                    if not self.closing:
+                        log.warning("backplane down")
                 commands.up = False
                 self.connected.clear()
                 self._down()
@@ -119,6 +122,7 @@ class Supervisor:
             self._stale_leaves = await self._registry.register()
             await self._probe_once()  # the subscription really works
             commands.up = True
+            self._came_up = True
             self.connected.set()
             if self._served:
                 # After an outage: until the nodes this one knew serve again,
