@@ -8,7 +8,9 @@ PeerJS messages and the hub's frames: a relayed message crosses the hub (and
 the cluster) as a ``send`` to the namespaced id ``@peerjs/<dst>`` whose
 ``ev`` is the PeerJS type and whose ``d`` is the payload as JSON text; what
 the hub writes to a PeerJS socket (``welcome``, ``msg``, ``err``) becomes
-PeerJS JSON in ``from_relay``.
+PeerJS JSON in ``from_relay``. A payload is converted once: ``parse`` reads
+it (to check it) and writes it as compact JSON, and ``from_relay`` splices
+that text into the destination's message without reading it again.
 
 No I/O here: ``relay.peerjs.session`` drives it.
 """
