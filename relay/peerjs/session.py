@@ -195,9 +195,10 @@ class PeerJSSession(Session):
 
         The hub's answers to this socket's own sends give none: an ``ok``
         settles the message, an ``err`` holds it for a retry. Both take effect
-        once the current callback is over (``_settle``): the transport calls
-        this from inside whatever wrote the frame, maybe the hub itself, which
-        must not be entered again from here.
+        once the current callback is over (``_settle``): in direct mode the
+        transport calls this from inside whatever wrote the answer (the hub
+        routing, an acknowledgement check), and relaying the next held
+        message from there would re-enter the hub mid-call.
         """
         envelope = protocol.unpack(frame)
         if envelope is None:
