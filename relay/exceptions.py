@@ -16,7 +16,12 @@ never carry internal details.
     ├── TooLarge           too-large
     ├── RateLimited        rate-limited
     ├── Overloaded         overloaded
-    └── RoomFull           room-full
+    ├── RoomFull           room-full
+    └── Internal           internal
+
+A dialect whose clients learn of a refusal by a close code (PeerJS) maps the
+error code to one (``relay.peerjs.protocol.close_code``), so the tree stays
+one tree whatever the socket speaks.
 """
 
 from __future__ import annotations
@@ -107,3 +112,9 @@ class RoomFull(RelayError):
     """The room has reached its member limit, or the peer its room limit."""
 
     code = ErrorCode.ROOM_FULL
+
+
+class Internal(RelayError):
+    """The relay failed to handle a valid request; the details go to the log, never to the peer."""
+
+    code = ErrorCode.INTERNAL

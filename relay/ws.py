@@ -1,9 +1,9 @@
 """The WebSocket endpoint: handshake checks, then one session per socket.
 
-A raw ASGI app. The upgrade is checked here (Origin allow-list, subprotocol,
-admission caps) and refused with a plain HTTP response where the server
-supports it (403 foreign Origin, 400 unknown subprotocol, 503 draining or node
-full, 429 per-address cap or handshake rate), a close otherwise.
+A raw ASGI app. The upgrade goes through ``relay.upgrade.Gate``, as the
+PeerJS socket's does (503 draining, 403 foreign Origin, admission's 503 and
+429), with one check of this endpoint's own: 400 for a client that offers
+subprotocols but not ``relay.v1``.
 
 On the relay's own frame layer (``relay.wsserver``, the default) the socket
 is then handed over in *direct mode*: the connection calls the session for
@@ -30,6 +30,7 @@ from relay.admission import Admission
 from relay.hub import Hub
 from relay.protocol.codes import CloseCode
 from relay.session import Session
+from relay.upgrade import Gate, direct_connection
 
 log = logging.getLogger("relay.ws")
 
@@ -47,38 +48,17 @@ class RelayEndpoint:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.settings = hub.settings
-        self._origins = frozenset(origin.lower().rstrip("/") for origin in hub.settings.origins)
-        self.admission = Admission(hub.settings)
+        self.gate = Gate(hub, Admission(hub.settings), _check_subprotocol)
+        self.admission = self.gate.admission  # shared with the PeerJS endpoint
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        refusal = self._check_handshake(scope)
-        if refusal is not None:
-            status, body = refusal
-            # A draining node: the client should come back (elsewhere) soon.
-            await _refuse(scope, send, status, body, retry_after=1 if status == 503 else None)
-            return
-        ip = self.admission.client_ip(scope)
-        denied = self.admission.admit(ip)
-        if denied is not None:
-            self.hub.metrics.refused.labels(denied.reason).inc()
-            await _refuse(
-                scope,
-                send,
-                denied.status,
-                denied.message,
-                close_code=CloseCode.TRY_AGAIN_LATER,
-                retry_after=denied.retry_after,
-            )
+        ip = await self.gate.admit(scope, receive, send)
+        if ip is None:
             return
         subprotocol = SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
-
-        release = functools.partial(self.admission.release, ip)
-        direct = scope.get("extensions", {}).get("relay.direct")
-        if direct is not None:
-            connection = direct["connection"]
+        release = functools.partial(self.gate.release, ip)
+        connection = direct_connection(scope)
+        if connection is not None:
             session = Session(self.hub, connection, on_end=release)
             self.hub.opened(session)
             connection.accept_direct(session, subprotocol)
@@ -92,17 +72,12 @@ class RelayEndpoint:
         self.hub.opened(session)
         await transport.run(session, receive)
 
-    def _check_handshake(self, scope: Scope) -> tuple[int, str] | None:
-        if not self.hub.accepting:
-            return 503, "the relay is shutting down"
-        if self._origins:
-            origin = _header(scope, b"origin")
-            if origin is not None and origin.lower().rstrip("/") not in self._origins:
-                return 403, "origin not allowed"
-        offered = scope.get("subprotocols") or []
-        if offered and SUBPROTOCOL not in offered:
-            return 400, f"unsupported subprotocol: offer {SUBPROTOCOL}"
-        return None
+
+def _check_subprotocol(scope: Scope) -> tuple[int, str] | None:
+    offered = scope.get("subprotocols") or []
+    if offered and SUBPROTOCOL not in offered:
+        return 400, f"unsupported subprotocol: offer {SUBPROTOCOL}"
+    return None
 
 
 class ASGITransport:
@@ -230,29 +205,3 @@ async def unknown_path(websocket: WebSocket) -> None:
     await websocket.send_denial_response(
         PlainTextResponse("no WebSocket endpoint at this path", status_code=404)
     )
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
-async def _refuse(
-    scope: Scope,
-    send: Send,
-    status: int,
-    body: str,
-    *,
-    close_code: int = CloseCode.POLICY_VIOLATION,
-    retry_after: int | None = None,
-) -> None:
-    if "websocket.http.response" in scope.get("extensions", {}):
-        headers = [(b"content-type", b"text/plain; charset=utf-8")]
-        if retry_after is not None:
-            headers.append((b"retry-after", str(retry_after).encode()))
-        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body.encode()})
-    else:
-        await send({"type": "websocket.close", "code": close_code})

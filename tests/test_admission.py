@@ -12,7 +12,7 @@ from websockets.exceptions import InvalidStatus
 from relay.admission import Admission
 from relay.session import Session
 from relay.settings import Settings
-from relay.ws import _refuse
+from relay.upgrade import refuse
 from tests.conftest import RelayFactory, RunningRelay
 from tests.peers import RawPeer, join_as, open_peer
 
@@ -174,7 +174,7 @@ async def test_refusals_are_1013_where_no_http_response_is_possible() -> None:
     async def send(message: Any) -> None:
         sent.append(message)
 
-    await _refuse({"type": "websocket", "extensions": {}}, send, 503, "full", close_code=1013)
+    await refuse({"type": "websocket", "extensions": {}}, send, 503, "full", close_code=1013)
     assert sent == [{"type": "websocket.close", "code": 1013}]
 
 

@@ -8,12 +8,14 @@ configured with ``{host, port, path: "/peerjs", key}`` calls them:
   (401 otherwise, as peerjs-server answers);
 - WebSocket ``{path}/peerjs?key=&id=&token=``: JSON text frames.
 
-The socket gets the relay's handshake checks first (draining 503, foreign
-Origin 403, then admission's caps), then the PeerJS ones: the query's key,
-id and token, with ``ERROR`` and a close for anything wrong. From there a
-``PeerJSSession`` (``relay.peerjs.session``) runs it on ``ws.ASGITransport``,
-the transport native sessions use on uvicorn's implementations, whose
-binary frames ``_TextSender`` turns into the session's PeerJS texts.
+The socket goes through the gate native sockets go through
+(``relay.upgrade``: draining 503, foreign Origin 403, then admission's caps,
+with the same answers), then the PeerJS checks: the query's key, id and
+token, with ``ERROR`` and a close for anything wrong. From there a
+``PeerJSSession`` (``relay.peerjs.session``) runs it as a native session
+runs: in direct mode on the relay's frame layer, on ``ws.ASGITransport`` on
+uvicorn's implementations, the hub's frames turned into PeerJS text on the
+way out (``relay.peerjs.transport``).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, WebSocketRoute
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from relay.admission import Admission
 from relay.broker import BrokerUnavailable
@@ -38,7 +40,9 @@ from relay.hub import Hub
 from relay.peerjs import protocol
 from relay.peerjs.protocol import DISCOVERY_ROOM, NAMESPACE, MessageType
 from relay.peerjs.session import PeerJSSession
+from relay.peerjs.transport import DirectTextTransport, TextSender
 from relay.protocol.codes import CloseCode, ErrorCode
+from relay.upgrade import Gate, direct_connection
 from relay.ws import ASGITransport
 
 log = logging.getLogger("relay.peerjs")
@@ -60,8 +64,7 @@ class PeerJSEndpoint:
         settings = hub.settings
         self.hub = hub
         self.settings = settings
-        self.admission = admission
-        self._origins = frozenset(o.lower().rstrip("/") for o in settings.origins)
+        self.gate = Gate(hub, admission)
         self._held: dict[str, _Held] = {}
 
     def routes(self) -> list[BaseRoute]:
@@ -107,51 +110,55 @@ class PeerJSEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One PeerJS socket, from the handshake to its end."""
-        message = await receive()
-        if message["type"] != "websocket.connect":
-            return
-        refusal = self._check_handshake(scope)
-        if refusal is not None:
-            await _deny(scope, send, *refusal)
-            return
-        ip = self.admission.client_ip(scope)
-        denied = self.admission.admit(ip)
-        if denied is not None:
-            self.hub.metrics.refused.labels(denied.reason).inc()
-            await _deny(scope, send, denied.status, denied.message, CloseCode.TRY_AGAIN_LATER)
+        ip = await self.gate.admit(scope, receive, send)
+        if ip is None:
             return
         checked = self._check_query(scope)
-        try:
-            await send({"type": "websocket.accept"})
-            if isinstance(checked, str):
-                self.hub.metrics.errors.labels(ErrorCode.BAD_ENVELOPE.value).inc()
-                error = protocol.server_message(MessageType.ERROR, msg=checked)
-                await send({"type": "websocket.send", "text": error})
-                await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION,
-                            "reason": "bad PeerJS parameters"})  # fmt: skip
-        except OSError:  # the client left during the handshake
-            checked = "gone"
         if isinstance(checked, str):
-            self.admission.release(ip)
+            await self._refuse_query(send, checked)
+            self.gate.release(ip)
             return
         peer_id, token = checked
-        sender = _TextSender(send)
+        on_end = partial(self._ended, ip, peer_id)
+        connection = direct_connection(scope)
+        if connection is not None:
+            direct = DirectTextTransport(connection)
+            session = PeerJSSession(self.hub, direct, peer_id, on_end=on_end)
+            direct.translate = session.translate
+            self.hub.opened(session)
+            connection.accept_direct(session)
+            # Nothing is read before OPEN: what the client sends meanwhile
+            # waits in the connection, as it waits in ASGI's queue below.
+            session.hold()
+            try:
+                await self._register(session, token)
+            finally:
+                session.resume()
+            return
+        try:
+            await send({"type": "websocket.accept"})
+        except OSError:  # the client left during the handshake
+            self.gate.release(ip)
+            return
+        sender = TextSender(send)
         transport = ASGITransport(sender, self.settings.close_timeout_seconds)
-        session = PeerJSSession(
-            self.hub, transport, peer_id, on_end=partial(self._ended, ip, peer_id)
-        )
-        sender.session = session
+        session = PeerJSSession(self.hub, transport, peer_id, on_end=on_end)
+        sender.translate = session.translate
         self.hub.opened(session)
         await self._register(session, token)
         await transport.run(session, receive)
 
-    def _check_handshake(self, scope: Scope) -> tuple[int, str] | None:
-        if not self.hub.accepting:
-            return 503, "the relay is shutting down"
-        origin = _header(scope, b"origin")
-        if self._origins and origin is not None and origin.lower().rstrip("/") not in self._origins:
-            return 403, "origin not allowed"
-        return None
+    async def _refuse_query(self, send: Send, error: str) -> None:
+        """Accept, then ``ERROR`` and 1008: PeerJS clients read only what follows the upgrade."""
+        try:
+            await send({"type": "websocket.accept"})
+            self.hub.metrics.errors.labels(ErrorCode.BAD_ENVELOPE.value).inc()
+            error_text = protocol.server_message(MessageType.ERROR, msg=error)
+            await send({"type": "websocket.send", "text": error_text})
+            await send({"type": "websocket.close", "code": CloseCode.POLICY_VIOLATION,
+                        "reason": "bad PeerJS parameters"})  # fmt: skip
+        except OSError:  # the client left during the handshake
+            pass
 
     def _check_query(self, scope: Scope) -> tuple[str, str] | str:
         """The id and token the query gives, or what is wrong with it."""
@@ -184,56 +191,11 @@ class PeerJSEndpoint:
 
     def _ended(self, ip: str, peer_id: str) -> None:
         """A PeerJS session ended: its admission slot and its takeover entry go."""
-        self.admission.release(ip)
+        self.gate.release(ip)
         held = self._held.get(peer_id)
         if held is not None and held.session.ended:
             del self._held[peer_id]
 
 
-class _TextSender:
-    """The ASGI ``send`` of a PeerJS socket's ``ASGITransport``.
-
-    The transport hands it the hub's binary frames; the session's
-    ``translate`` turns each into the PeerJS texts that go out instead.
-    """
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self.session: PeerJSSession | None = None
-
-    async def __call__(self, message: Message) -> None:
-        data = message.get("bytes")
-        if message["type"] != "websocket.send" or data is None:
-            await self._send(message)
-            return
-        assert self.session is not None, "set before the transport runs"
-        for text in self.session.translate(data):
-            await self._send({"type": "websocket.send", "text": text})
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 def _invalid_key() -> Response:
     return JSONResponse({"error": "invalid-key", "message": protocol.INVALID_KEY}, status_code=404)
-
-
-async def _deny(
-    scope: Scope, send: Send, status: int, body: str, close_code: int = CloseCode.POLICY_VIOLATION
-) -> None:
-    """Refuse before the upgrade: an HTTP answer where the server can give one, else a close."""
-    if "websocket.http.response" in scope.get("extensions", {}):
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": body.encode()})
-    else:
-        await send({"type": "websocket.close", "code": close_code})

@@ -8,7 +8,9 @@ PeerJS messages and the hub's frames: a relayed message crosses the hub (and
 the cluster) as a ``send`` to the namespaced id ``@peerjs/<dst>`` whose
 ``ev`` is the PeerJS type and whose ``d`` is the payload as JSON text; what
 the hub writes to a PeerJS socket (``welcome``, ``msg``, ``err``) becomes
-PeerJS JSON in ``from_relay``.
+PeerJS JSON in ``from_relay``. A payload is converted once: ``parse`` reads
+it (to check it) and writes it as compact JSON, and ``from_relay`` splices
+that text into the destination's message without reading it again.
 
 No I/O here: ``relay.peerjs.session`` drives it.
 """
@@ -17,14 +19,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import msgpack
 
+from relay.exceptions import BadEnvelope, TooLarge
 from relay.protocol import codec
-from relay.protocol.codes import CloseCode
+from relay.protocol.codes import CloseCode, ErrorCode
 
 NAMESPACE = "@peerjs/"  # hub ids of PeerJS peers; no native hello may start with "@"
 DISCOVERY_ROOM = "@peerjs"  # the room PeerJS peers join when discovery is on
@@ -61,13 +65,20 @@ MISSING_PARAMETERS = "No id, token, or key supplied to websocket server"
 INVALID_KEY = "Invalid key provided"
 
 
-class Refusal(Exception):
-    """A client message the relay refuses: ``ERROR`` with ``message``, then ``close_code``."""
+# The close that follows the ``ERROR`` for a refused message, by the error
+# code; any other: 1008. (A refused registration closes as a refused native
+# hello does, ``Session.register``.) PeerJS clients do not read close codes,
+# but a code tells logs, metrics and proxies what went wrong.
+_CLOSE_CODES = {
+    ErrorCode.TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
+    ErrorCode.RATE_LIMITED: CloseCode.RATE_LIMITED,
+    ErrorCode.INTERNAL: CloseCode.INTERNAL_ERROR,
+}
 
-    def __init__(self, message: str, close_code: int = CloseCode.POLICY_VIOLATION) -> None:
-        super().__init__(message)
-        self.message = message
-        self.close_code = close_code
+
+def close_code(code: ErrorCode) -> CloseCode:
+    """The close code a PeerJS socket gets after a message refused with ``code``."""
+    return _CLOSE_CODES.get(code, CloseCode.POLICY_VIOLATION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +110,10 @@ def valid_id(value: object, max_length: int) -> bool:
 
 
 def parse(text: str, own_id: str, limits: Limits) -> Heartbeat | Relayed:
-    """Check one text frame from the PeerJS peer ``own_id``; ``Refusal`` when it is bad.
+    """Check one text frame from the PeerJS peer ``own_id``.
+
+    A bad frame raises ``TooLarge`` (over ``max_frame_bytes``) or
+    ``BadEnvelope`` (anything else), whose message is the ``ERROR`` text.
 
     A ``src`` other than the sender's own id is refused, not overwritten:
     a client that believes it can set ``src`` has a bug worth hearing about.
@@ -111,46 +125,43 @@ def parse(text: str, own_id: str, limits: Limits) -> Heartbeat | Relayed:
     """
     size = len(text.encode())
     if size > limits.max_frame_bytes:
-        raise Refusal(
-            f"message of {size} bytes exceeds {limits.max_frame_bytes}",
-            CloseCode.MESSAGE_TOO_BIG,
-        )
+        raise TooLarge(f"message of {size} bytes exceeds {limits.max_frame_bytes}")
     try:
         message = json.loads(text, parse_constant=_no_constant)
     except (ValueError, RecursionError):
-        raise Refusal("malformed JSON") from None
+        raise BadEnvelope("malformed JSON") from None
     if not isinstance(message, dict):
-        raise Refusal("a message must be a JSON object")
+        raise BadEnvelope("a message must be a JSON object")
     kind = message.get("type")
     if kind == MessageType.HEARTBEAT:
         return Heartbeat()
     if not isinstance(kind, str) or kind not in RELAYED:
-        raise Refusal("unknown message type")
+        raise BadEnvelope("unknown message type")
     src = message.get("src")
     if src is not None and src != own_id:
-        raise Refusal("src is stamped by the server and may not be set")
+        raise BadEnvelope("src is stamped by the server and may not be set")
     dst = message.get("dst")
     if not isinstance(dst, str) or not dst:
-        raise Refusal("dst is required")
+        raise BadEnvelope("dst is required")
     if not valid_id(dst, limits.max_id_length):
-        raise Refusal(
+        raise BadEnvelope(
             "dst is not an id any peer can have: letters and digits, with single spaces, "
             f"_ or - between them, at most {limits.max_id_length} characters"
         )
     if "payload" not in message or message["payload"] is None:
         if kind in _NEEDS_PAYLOAD:
-            raise Refusal(f"{kind} needs a payload object")
+            raise BadEnvelope(f"{kind} needs a payload object")
         return Relayed(MessageType(kind), dst, None)
     payload = message["payload"]
     if kind in _NEEDS_PAYLOAD and not isinstance(payload, dict):
-        raise Refusal(f"{kind} needs a payload object")
+        raise BadEnvelope(f"{kind} needs a payload object")
     if _depth(payload) > limits.max_depth:
-        raise Refusal(f"payload nests deeper than {limits.max_depth}")
+        raise BadEnvelope(f"payload nests deeper than {limits.max_depth}")
     try:
         relayed = _dumps(payload)  # ValueError: a float out of range (1e400 parses as inf)
         relayed.encode()  # UnicodeEncodeError (a ValueError): a lone surrogate
     except ValueError:
-        raise Refusal(
+        raise BadEnvelope(
             "payload holds a value JSON cannot carry (a number out of range, a lone surrogate)"
         ) from None
     return Relayed(MessageType(kind), dst, relayed)
@@ -181,6 +192,10 @@ def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+# A str as ``_dumps`` writes it, without building an encoder per call.
+_string: Callable[[str], str] = json.encoder.encode_basestring
+
+
 # --- what the server sends -----------------------------------------------------
 
 
@@ -201,12 +216,15 @@ def server_message(
     return _dumps(message)
 
 
-def relayed_text(kind: str, src: str, dst: str, payload: object) -> str:
-    """A relayed message as the destination's client reads it."""
-    message: dict[str, object] = {"type": kind, "src": src, "dst": dst}
-    if payload is not None:
-        message["payload"] = payload
-    return _dumps(message)
+def relayed_text(kind: str, src: str, dst: str, payload: str | None) -> str:
+    """A relayed message as the destination's client reads it.
+
+    ``payload`` is JSON text as ``parse`` wrote it (``Relayed.payload``):
+    spliced in as it is, never parsed again. The text is the one ``json.dumps``
+    would write for the same message (compact, keys in this order).
+    """
+    head = f'{{"type":{_string(kind)},"src":{_string(src)},"dst":{_string(dst)}'
+    return head + "}" if payload is None else f'{head},"payload":{payload}}}'
 
 
 # --- through the hub -------------------------------------------------------------
@@ -249,11 +267,10 @@ def from_relay(envelope: dict[str, Any], own_id: str) -> list[str]:
             or not (data is None or isinstance(data, str))
         ):
             return []
-        try:
-            payload = None if data is None else json.loads(data)
-        except (ValueError, RecursionError):
-            return []
-        return [relayed_text(ev, sender.removeprefix(NAMESPACE), own_id, payload)]
+        # Only a PeerJS session sends from the namespace (no client envelope
+        # can name it), and ``d`` is the payload its ``parse`` checked and
+        # wrote: it goes on as it is.
+        return [relayed_text(ev, sender.removeprefix(NAMESPACE), own_id, data)]
     if kind == "err":
         unreached = envelope.get("to")
         targets = [unreached] if isinstance(unreached, str) else unreached

@@ -2,7 +2,8 @@
 
 ``PeerJSSession`` is the hub's own ``relay.session.Session`` with PeerJS
 frames: text in (``text_received``), and everything the hub writes to the
-socket turned into PeerJS JSON (``translate``) by the endpoint's ASGI sender.
+socket turned into PeerJS JSON (``translate``) by its transport
+(``relay.peerjs.transport``: direct mode, or ASGI on uvicorn's servers).
 So a PeerJS peer has the queue, backpressure, slow-consumer close, drain,
 token expiry and cluster routing of a native peer, through the same code.
 
@@ -38,11 +39,11 @@ from dataclasses import dataclass
 
 from relay.broker.base import BrokerUnavailable
 from relay.clock import Timer
-from relay.exceptions import RelayError
+from relay.exceptions import BadEnvelope, Internal, RateLimited, RelayError
 from relay.hub import Hub
 from relay.peerjs import protocol
 from relay.peerjs.pending import PreConnectQueue
-from relay.peerjs.protocol import DISCOVERY_ROOM, HELD, NAMESPACE, Heartbeat, Refusal, Relayed
+from relay.peerjs.protocol import DISCOVERY_ROOM, HELD, NAMESPACE, Heartbeat, Relayed
 from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Send
@@ -52,12 +53,6 @@ from relay.transport import Transport
 log = logging.getLogger("relay.peerjs")
 
 _RETRY_SECONDS = 0.25  # how often held messages are tried again
-# The error code counted in relay_errors_total for each close of a bad client.
-_ERROR_FOR_CLOSE = {
-    CloseCode.MESSAGE_TOO_BIG: ErrorCode.TOO_LARGE,
-    CloseCode.RATE_LIMITED: ErrorCode.RATE_LIMITED,
-    CloseCode.INTERNAL_ERROR: ErrorCode.INTERNAL,
-}
 
 
 @dataclass(slots=True)
@@ -79,6 +74,7 @@ class PeerJSSession(Session):
         "_now",
         "_pending",
         "_retry_timer",
+        "_settling",
         "_text_limits",
         "_trying",
         "_unanswered",
@@ -113,6 +109,7 @@ class PeerJSSession(Session):
         self._trying: set[str] = set()  # destinations whose first held message is out
         self._unanswered: dict[int, _Sent] = {}
         self._unanswered_bytes = 0
+        self._settling: list[tuple[_Sent, bool]] = []  # answers translate took: (sent, taken)
         self._waiting_answers = False  # reading paused until answers come back
         self._next_id = 1
         self._last_heard = clock()
@@ -155,13 +152,13 @@ class PeerJSSession(Session):
         received = self.routing.metrics.received
         if not self._rate.take():
             received["invalid"].add(len(text))
-            self._close_with_error(Refusal("rate limit exceeded", CloseCode.RATE_LIMITED), "flood")
+            self._close_with_error(RateLimited("rate limit exceeded"), "flood")
             return
         try:
             message = protocol.parse(text, self.peerjs_id, self._text_limits)
-        except Refusal as refusal:
+        except RelayError as exc:  # BadEnvelope, TooLarge
             received["invalid"].add(len(text))
-            self._close_with_error(refusal)
+            self._close_with_error(exc)
             return
         if isinstance(message, Heartbeat):
             received["ping"].add(len(text))
@@ -177,8 +174,10 @@ class PeerJSSession(Session):
         if self.peer is None or self.close_code is not None:
             return
         self.routing.metrics.received["invalid"].add(len(frame))
+        # A bad message, but the close says which kind of frame, as a native
+        # session's 1003 for a text frame does.
         self._close_with_error(
-            Refusal("binary frames are not accepted", CloseCode.UNSUPPORTED_DATA)
+            BadEnvelope("binary frames are not accepted"), close_code=CloseCode.UNSUPPORTED_DATA
         )
 
     def connection_lost(self, code: int, reason: str = "") -> None:
@@ -195,7 +194,11 @@ class PeerJSSession(Session):
         """The PeerJS texts for one frame the hub wrote to this socket.
 
         The hub's answers to this socket's own sends give none: an ``ok``
-        settles the message, an ``err`` holds it for a retry.
+        settles the message, an ``err`` holds it for a retry. Both take effect
+        once the current callback is over (``_settle``): in direct mode the
+        transport calls this from inside whatever wrote the answer (the hub
+        routing, an acknowledgement check), and relaying the next held
+        message from there would re-enter the hub mid-call.
         """
         envelope = protocol.unpack(frame)
         if envelope is None:
@@ -207,9 +210,18 @@ class PeerJSSession(Session):
             request_id = envelope.get("id")
             sent = self._unanswered.pop(request_id, None) if isinstance(request_id, int) else None
             if sent is not None:
-                self._answered(sent, taken=kind == "ok")
+                if not self._settling:
+                    self.routing.scheduler.call_soon(self._settle)
+                self._settling.append((sent, kind == "ok"))
                 return []
         return protocol.from_relay(envelope, self.peerjs_id)
+
+    def _settle(self) -> None:
+        """Act on the answers ``translate`` took since the last call."""
+        settling, self._settling = self._settling, []
+        if not self.ended:
+            for sent, taken in settling:
+                self._answered(sent, taken=taken)
 
     # --- relaying and the pre-connect queue -------------------------------------
 
@@ -235,7 +247,7 @@ class PeerJSSession(Session):
             self.routing.send(self, request)
         except Exception:
             log.exception("internal error relaying a PeerJS %s", message.type)
-            self._close_with_error(Refusal("internal error", CloseCode.INTERNAL_ERROR), "error")
+            self._close_with_error(Internal("internal error"), "error")
             return
         self.routing.metrics.routing.observe(time.perf_counter() - started)
 
@@ -299,13 +311,20 @@ class PeerJSSession(Session):
         self.routing.metrics.errors.labels(code).inc()
         self.reply(codec.encode_err(code, f"{dst} is not connected", to=NAMESPACE + dst), "err")
 
-    def _close_with_error(self, refusal: Refusal, reason: str = "bad") -> None:
-        """``ERROR`` that explains it, then close: PeerJS clients treat any ERROR as fatal."""
-        code = _ERROR_FOR_CLOSE.get(CloseCode(refusal.close_code), ErrorCode.BAD_ENVELOPE).value
-        self.routing.metrics.errors.labels(code).inc()
-        self.reply(codec.encode_err(code, refusal.message), "err")
-        self.close(refusal.close_code, refusal.message[:120], reason=reason,
-                   flush_seconds=EXPLAIN_SECONDS)  # fmt: skip
+    def _close_with_error(
+        self, exc: RelayError, reason: str = "bad", *, close_code: int | None = None
+    ) -> None:
+        """``ERROR`` that explains it, then close: PeerJS clients treat any ERROR as fatal.
+
+        The error is counted by its code, and the close code follows from it
+        (``protocol.close_code``) unless ``close_code`` says otherwise.
+        """
+        code = exc.code
+        self.routing.metrics.errors.labels(code.value).inc()
+        self.reply(codec.encode_err(code.value, exc.message), "err")
+        if close_code is None:
+            close_code = protocol.close_code(code)
+        self.close(close_code, exc.message[:120], reason=reason, flush_seconds=EXPLAIN_SECONDS)
 
     def _check_heartbeat(self) -> None:
         timeout = self.routing.settings.peerjs_heartbeat_timeout_seconds
