@@ -34,5 +34,5 @@ class SessionObserver:
     def refused(self, peer_id: str | None, code: str, message: str) -> None:
         """A request of ``peer_id`` (None: an unnamed ``hello``) was refused with ``code``."""
 
-    def closed(self, peer_id: str | None, code: int, message: str, reason: str) -> None:
-        """The relay is closing a connection with ``code`` (``reason``: the metrics label)."""
+    def closed(self, peer_id: str | None, code: int, message: str, label: str) -> None:
+        """The relay is closing a connection with ``code`` and ``message`` (``label``: metrics)."""

@@ -156,7 +156,7 @@ class Hub(Router):
             await self._poll_until(answered, start + 0.8 * seconds)
         left = max(0.0, start + seconds - anyio.current_time())
         for session in list(self.sessions):
-            session.close(CloseCode.GOING_AWAY, DRAIN_REASON, reason="drain", flush_seconds=left)
+            session.close(CloseCode.GOING_AWAY, DRAIN_REASON, label="drain", flush_seconds=left)
         with anyio.move_on_after(left):
             await self._until(lambda: not self.sessions)
             if self._drain_keeps:
@@ -189,7 +189,7 @@ class Hub(Router):
             self.backlogged.discard(peer)
             if peer.session is not None:
                 peer.session.close(
-                    CloseCode.SLOW_CONSUMER, "not reading: outbound queue stalled", reason="slow"
+                    CloseCode.SLOW_CONSUMER, "not reading: outbound queue stalled", label="slow"
                 )
         self._sweep_timer = self.scheduler.call_later(
             min(1.0, limit / 4), self.sweep_slow_consumers
@@ -207,11 +207,11 @@ class Hub(Router):
         self.sessions.add(session)
         self.metrics.connections.inc()
 
-    def session_closing(self, session: Session, code: int, message: str, reason: str) -> None:
+    def session_closing(self, session: Session, code: int, message: str, label: str) -> None:
         """The relay decided to close ``session``: observers hear it."""
         peer_id = session.peer.id if session.peer is not None else None
         for observer in self.observers:
-            observer.closed(peer_id, code, message, reason)
+            observer.closed(peer_id, code, message, label)
 
     def refused(self, peer_id: str | None, code: ErrorCode, message: str) -> None:
         """A request of ``peer_id`` was refused: observers hear it."""
@@ -245,7 +245,7 @@ class Hub(Router):
                 raise IdTaken(f"{peer_id} is held by another session")
             old = peer.session
             if old is not None:
-                old.close(CloseCode.REPLACED, "replaced by a newer session", reason="replaced")
+                old.close(CloseCode.REPLACED, "replaced by a newer session", label="replaced")
                 # Its socket lives on a little: what it has not acknowledged
                 # by now is replayed on the new one.
                 peer.acknowledged(old.transport.acked_bytes())
@@ -335,7 +335,7 @@ class Hub(Router):
             return None
         session, peer.session = peer.session, None
         if session is not None:
-            session.close(CloseCode.REPLACED, "replaced by a newer session", reason="replaced")
+            session.close(CloseCode.REPLACED, "replaced by a newer session", label="replaced")
             peer.acknowledged(session.transport.acked_bytes())
         if peer.expiry is not None:
             peer.expiry.cancel()
@@ -422,7 +422,7 @@ class Hub(Router):
         peer = self.peers.get(peer_id)
         if peer is None or peer.session is None:
             return False
-        peer.session.close(code, reason, reason="kicked")
+        peer.session.close(code, reason, label="kicked")
         return True
 
     async def refresh(self, session: Session, refresh: Refresh) -> None:

@@ -31,8 +31,8 @@ class Attached(Protocol):
     transport: Transport
     claims: Claims | None  # the current token's, when auth is on
 
-    def close(self, code: int, message: str, *, reason: str, flush_seconds: float = 0.0) -> None:
-        """Close the connection with ``code`` (``reason``: the metrics label)."""
+    def close(self, code: int, message: str, *, label: str, flush_seconds: float = 0.0) -> None:
+        """Close the connection with ``code`` and ``message`` (``label``: for the metrics)."""
         ...
 
     @property

@@ -35,6 +35,7 @@ from relay.decisions import ConnectInfo
 from relay.delivery import AckWatch
 from relay.exceptions import (
     BadEnvelope,
+    Internal,
     NotRegistered,
     Overloaded,
     RateLimited,
@@ -101,8 +102,8 @@ class Routing(Protocol):
         """Adopt a fresh token."""
         ...
 
-    def session_closing(self, session: Session, code: int, message: str, reason: str) -> None:
-        """The relay decided to close ``session`` (``reason``: the metrics label)."""
+    def session_closing(self, session: Session, code: int, message: str, label: str) -> None:
+        """The relay decided to close ``session`` (``label``: for the metrics)."""
         ...
 
     def refused(self, peer_id: str | None, code: ErrorCode, message: str) -> None:
@@ -199,7 +200,7 @@ class Session:
 
     def text_received(self, text: str) -> None:
         """Text frames are not part of the protocol: close 1003."""
-        self.close(CloseCode.UNSUPPORTED_DATA, "text frames are not accepted", reason="text")
+        self.close(CloseCode.UNSUPPORTED_DATA, "text frames are not accepted", label="text")
 
     def writable(self) -> None:
         """The socket takes frames again: send what waited in the queue."""
@@ -367,7 +368,7 @@ class Session:
 
     # --- closing -------------------------------------------------------------
 
-    def close(self, code: int, message: str, *, reason: str, flush_seconds: float = 0.0) -> None:
+    def close(self, code: int, message: str, *, label: str, flush_seconds: float = 0.0) -> None:
         """Close the socket with ``code``, after up to ``flush_seconds`` of flushing.
 
         From now on frames for the peer are queued for a resume, not written.
@@ -378,14 +379,14 @@ class Session:
             return
         self.close_code = code
         self.close_reason = message
-        self._metrics.disconnects.labels(reason).inc()
+        self._metrics.disconnects.labels(label).inc()
         log.info(
             "closing %s: %d %s",
             self.peer.id if self.peer is not None else "an unregistered socket",
             code,
             message,
         )
-        self.routing.session_closing(self, code, message, reason)
+        self.routing.session_closing(self, code, message, label)
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
@@ -416,7 +417,7 @@ class Session:
     def _hello_timed_out(self) -> None:
         self._close_timer = None
         if self.peer is None:
-            self.close(CloseCode.POLICY_VIOLATION, "no hello in time", reason="hello")
+            self.close(CloseCode.POLICY_VIOLATION, "no hello in time", label="hello")
 
     # --- the token's expiry ----------------------------------------------------
 
@@ -437,7 +438,7 @@ class Session:
         if left <= 0:
             self._expiry_timer = None
             self.reply(codec.encode_err("unauthorized", "token expired"), "err")
-            self.close(CloseCode.UNAUTHORIZED, "token expired", reason="expired", flush_seconds=1.0)
+            self.close(CloseCode.UNAUTHORIZED, "token expired", label="expired", flush_seconds=1.0)
             return
         # At least daily: a timer far in the future gains nothing.
         self._expiry_timer = self.routing.scheduler.call_later(
@@ -482,7 +483,7 @@ class Session:
             return False
         except Exception:
             log.exception("internal error registering %s", hello.peer_id or "a peer")
-            self._refuse_hello(_Internal("internal error"), hello.peer_id)
+            self._refuse_hello(Internal("internal error"), hello.peer_id)
             return False
         peer = self.peer
         assert peer is not None
@@ -503,7 +504,7 @@ class Session:
         self.transport.write(err)
         self._metrics.sent["err"].add(len(err))
         code = _HELLO_CLOSE_CODES.get(exc.code, CloseCode.POLICY_VIOLATION)
-        self.close(code, exc.message, reason="hello")
+        self.close(code, exc.message, label="hello")
 
     def _receive(self, frame: bytes) -> None:
         started = time.perf_counter()
@@ -516,7 +517,7 @@ class Session:
                 self.close(
                     CloseCode.TOO_MANY_BAD_ENVELOPES,
                     "too many bad envelopes",
-                    reason="bad",
+                    label="bad",
                     flush_seconds=EXPLAIN_SECONDS,
                 )
             return
@@ -528,7 +529,7 @@ class Session:
                 self.close(
                     CloseCode.RATE_LIMITED,
                     "rate limit exceeded",
-                    reason="flood",
+                    label="flood",
                     flush_seconds=EXPLAIN_SECONDS,
                 )
             return
@@ -587,7 +588,7 @@ class Session:
             peer_id = self.peer.id if self.peer is not None else "?"
             log.error("internal error handling %s from %s", type(envelope).__name__, peer_id,
                       exc_info=exc)  # fmt: skip
-            self._refuse(_Internal("internal error", request_id=request_id))
+            self._refuse(Internal("internal error", request_id=request_id))
 
     def _answer_closing(self, frame: bytes) -> None:
         """A frame that arrived after the relay decided to close: say it was not handled."""
@@ -618,10 +619,6 @@ def envelope_id(envelope: object) -> RequestId | None:
     """The request id of an envelope (None for those that carry none)."""
     request_id: RequestId | None = getattr(envelope, "id", None)
     return request_id
-
-
-class _Internal(RelayError):
-    code = ErrorCode.INTERNAL
 
 
 # How a refused hello closes the socket; any other refusal is a policy violation.

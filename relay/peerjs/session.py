@@ -312,7 +312,7 @@ class PeerJSSession(Session):
         self.reply(codec.encode_err(code, f"{dst} is not connected", to=NAMESPACE + dst), "err")
 
     def _close_with_error(
-        self, exc: RelayError, reason: str = "bad", *, close_code: int | None = None
+        self, exc: RelayError, label: str = "bad", *, close_code: int | None = None
     ) -> None:
         """``ERROR`` that explains it, then close: PeerJS clients treat any ERROR as fatal.
 
@@ -324,14 +324,14 @@ class PeerJSSession(Session):
         self.reply(codec.encode_err(code.value, exc.message), "err")
         if close_code is None:
             close_code = protocol.close_code(code)
-        self.close(close_code, exc.message[:120], reason=reason, flush_seconds=EXPLAIN_SECONDS)
+        self.close(close_code, exc.message[:120], label=label, flush_seconds=EXPLAIN_SECONDS)
 
     def _check_heartbeat(self) -> None:
         timeout = self.routing.settings.peerjs_heartbeat_timeout_seconds
         silent = self._now() - self._last_heard
         if silent >= timeout:
             self._heartbeat_timer = None
-            self.close(CloseCode.POLICY_VIOLATION, "no heartbeat in time", reason="silent")
+            self.close(CloseCode.POLICY_VIOLATION, "no heartbeat in time", label="silent")
         else:
             self._heartbeat_timer = self.routing.scheduler.call_later(
                 timeout - silent, self._check_heartbeat

@@ -33,8 +33,8 @@ class Recorder(SessionObserver):
     def refused(self, peer_id: str | None, code: str, message: str) -> None:
         self.events.append(("refused", peer_id, code))
 
-    def closed(self, peer_id: str | None, code: int, message: str, reason: str) -> None:
-        self.events.append(("closed", peer_id, code, reason))
+    def closed(self, peer_id: str | None, code: int, message: str, label: str) -> None:
+        self.events.append(("closed", peer_id, code, label))
 
 
 def test_observers_hear_each_session_event_once() -> None:
@@ -49,7 +49,7 @@ def test_observers_hear_each_session_event_once() -> None:
     intruder, _ = node.connect()
     send(intruder, {"type": "hello", "id": "alice"})
     node.run()
-    node.hub.peers["alice"].session.close(4008, "slow", reason="slow")  # type: ignore[union-attr]
+    node.hub.peers["alice"].session.close(4008, "slow", label="slow")  # type: ignore[union-attr]
     node.run(11)  # its window passes
     assert recorder.events == [
         ("online", "alice", False),
