@@ -85,3 +85,22 @@ def test_the_graph_sees_type_checking_and_function_imports() -> None:
     assert "relay.peer" in edges["relay.rooms"]
     assert "relay.broker.redis" in edges["relay.broker"]  # imported inside create_broker
     assert "relay.hub" not in edges["relay.session"]  # the session talks to Routing
+
+
+def test_design_md_names_every_module() -> None:
+    text = (ROOT / "docs" / "design.md").read_text()
+    table = text[text.index("### Every module") :]
+    table = table[: table.index("\n## ")]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    named: set[str] = set()
+    for row in rows:
+        cells = row.split("|")[1].split("`")[1::2]
+        folder = cells[0] if cells[0].endswith("/") else ""
+        named.update(f"{folder}{name}" for name in cells if not name.endswith("/"))
+    present = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    assert sorted(present - named) == [], "modules docs/design.md does not name"
+    assert sorted(named - present) == [], "names in docs/design.md that are no module"

@@ -39,13 +39,12 @@ from dataclasses import dataclass
 
 from relay.broker.base import BrokerUnavailable
 from relay.clock import Timer
-from relay.exceptions import BadEnvelope, Internal, RateLimited, RelayError
+from relay.exceptions import BadEnvelope, Internal, PeerOffline, RateLimited, RelayError
 from relay.hub import Hub
 from relay.peerjs import protocol
 from relay.peerjs.pending import PreConnectQueue
 from relay.peerjs.protocol import DISCOVERY_ROOM, HELD, NAMESPACE, Heartbeat, Relayed
-from relay.protocol import codec
-from relay.protocol.codes import CloseCode, ErrorCode
+from relay.protocol.codes import CloseCode
 from relay.protocol.envelopes import Hello, Join, Send
 from relay.session import EXPLAIN_SECONDS, Session
 from relay.transport import Transport
@@ -307,9 +306,7 @@ class PeerJSSession(Session):
 
     def _expire(self, dst: str) -> None:
         """Tell the client ``dst`` is unavailable (PeerJS's ``peer-unavailable``)."""
-        code = ErrorCode.PEER_OFFLINE.value
-        self.routing.metrics.errors.labels(code).inc()
-        self.reply(codec.encode_err(code, f"{dst} is not connected", to=NAMESPACE + dst), "err")
+        self._refuse(PeerOffline(f"{dst} is not connected", to=NAMESPACE + dst))
 
     def _close_with_error(
         self, exc: RelayError, label: str = "bad", *, close_code: int | None = None
@@ -319,11 +316,9 @@ class PeerJSSession(Session):
         The error is counted by its code, and the close code follows from it
         (``protocol.close_code``) unless ``close_code`` says otherwise.
         """
-        code = exc.code
-        self.routing.metrics.errors.labels(code.value).inc()
-        self.reply(codec.encode_err(code.value, exc.message), "err")
+        self._refuse(exc)
         if close_code is None:
-            close_code = protocol.close_code(code)
+            close_code = protocol.close_code(exc.code)
         self.close(close_code, exc.message[:120], label=label, flush_seconds=EXPLAIN_SECONDS)
 
     def _check_heartbeat(self) -> None:
