@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import Receive, Scope, Send
 
 from relay.admission import Admission
+from relay.decisions import ConnectInfo
 from relay.protocol.codes import CloseCode
 
 if TYPE_CHECKING:
@@ -89,6 +90,20 @@ class Gate:
             if origin is not None and origin.lower().rstrip("/") not in self._origins:
                 return 403, "origin not allowed"
         return self._check(scope) if self._check is not None else None
+
+    def connect_info(self, scope: Scope, ip: str) -> ConnectInfo | None:
+        """What an outside decision is told of the connection; None when nobody decides.
+
+        Kept only while a decider is configured (``Hub.decider``): the headers
+        would otherwise cost every idle connection their memory for nothing.
+        """
+        if self.hub.decider is None:
+            return None
+        headers = tuple(
+            (bytes(name).decode("latin-1").lower(), bytes(value).decode("latin-1"))
+            for name, value in scope.get("headers", [])
+        )
+        return ConnectInfo(ip, headers)
 
     def release(self, ip: str) -> None:
         """Give back the socket ``admit`` reserved for ``ip`` (when the socket has ended)."""

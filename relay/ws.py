@@ -60,6 +60,7 @@ class RelayEndpoint:
         connection = direct_connection(scope)
         if connection is not None:
             session = Session(self.hub, connection, on_end=release)
+            session.connect_info = self.gate.connect_info(scope, ip)
             self.hub.opened(session)
             connection.accept_direct(session, subprotocol)
             return
@@ -69,6 +70,7 @@ class RelayEndpoint:
         await send(accept)
         transport = ASGITransport(send, self.settings.close_timeout_seconds)
         session = Session(self.hub, transport, on_end=release)
+        session.connect_info = self.gate.connect_info(scope, ip)
         self.hub.opened(session)
         await transport.run(session, receive)
 

@@ -125,6 +125,7 @@ class PeerJSEndpoint:
             direct = DirectTextTransport(connection)
             session = PeerJSSession(self.hub, direct, peer_id, on_end=on_end)
             direct.translate = session.translate
+            session.connect_info = self.gate.connect_info(scope, ip)
             self.hub.opened(session)
             connection.accept_direct(session)
             # Nothing is read before OPEN: what the client sends meanwhile
@@ -144,6 +145,7 @@ class PeerJSEndpoint:
         transport = ASGITransport(sender, self.settings.close_timeout_seconds)
         session = PeerJSSession(self.hub, transport, peer_id, on_end=on_end)
         sender.translate = session.translate
+        session.connect_info = self.gate.connect_info(scope, ip)
         self.hub.opened(session)
         await self._register(session, token)
         await transport.run(session, receive)
