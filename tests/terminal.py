@@ -40,13 +40,28 @@ def terminal_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+# Runs argv[1:] with SIGINT and SIGQUIT at their defaults, as in a terminal's
+# foreground job. A test run started in the background by a non-interactive
+# shell has them ignored, its children inherit that, and a shell cannot undo
+# it ("trap -" leaves a signal ignored on entry ignored): Ctrl-C would do nothing.
+_TERMINAL_SIGNALS = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "signal.signal(signal.SIGQUIT, signal.SIG_DFL); os.execvp(sys.argv[1], sys.argv[1:])"
+)
+
+
+def with_terminal_signals(argv: list[str]) -> list[str]:
+    """``argv`` run with a terminal's signal dispositions, whatever this process inherited."""
+    return [sys.executable, "-c", _TERMINAL_SIGNALS, *argv]
+
+
 class Command:
     """One command in a process group of its own; its stdout and stderr, merged, as they come."""
 
     def __init__(self, argv: list[str], cwd: Path, env: Mapping[str, str]) -> None:
         self.argv = argv
         self.process = subprocess.Popen(
-            argv,
+            with_terminal_signals(argv),
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.DEVNULL,

@@ -16,6 +16,8 @@ import relay_client
 from anyio.abc import ByteReceiveStream, Process
 from relay_client.cli import format_message, format_payload, main
 
+from tests.terminal import with_terminal_signals
+
 if TYPE_CHECKING:
     from tests.conftest import RunningRelay
 
@@ -266,7 +268,7 @@ async def test_listen_exits_1_with_one_line_on_a_terminal_close(relay: RunningRe
 async def listen_then_stop(relay: RunningRelay, signum: signal.Signals) -> tuple[int, bytes]:
     """Run ``relay-peer listen --id bob`` until it listens, then ``signum``: status and stderr."""
     listen: Process = await anyio.open_process(
-        [*CLI, "listen", "--url", relay.url, "--id", "bob"], env=ENV
+        with_terminal_signals([*CLI, "listen", "--url", relay.url, "--id", "bob"]), env=ENV
     )
     async with listen:
         err = Lines(listen.stderr)
