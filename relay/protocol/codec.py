@@ -125,23 +125,42 @@ def decode(frame: bytes, limits: CodecLimits) -> ClientEnvelope:
         raise
 
 
+# One streaming unpacker per size class (frames of 2^(k-1) to 2^k - 1 bytes),
+# kept between frames: making one costs as much as the rest of the split.
+# Every declared length is still bounded by twice the frame's own size, so a
+# tiny frame cannot make msgpack allocate for a large one. An unpacker whose
+# frame failed, or held trailing bytes, is dropped: its buffer is not known clean.
+_UNPACKERS: dict[int, msgpack.Unpacker] = {}
+
+
+def _unpacker(size_class: int) -> msgpack.Unpacker:
+    unpacker = _UNPACKERS.get(size_class)
+    if unpacker is None:
+        bound = 1 << size_class
+        unpacker = _UNPACKERS[size_class] = msgpack.Unpacker(
+            raw=False,
+            strict_map_key=True,
+            max_buffer_size=bound,
+            max_str_len=bound,
+            max_bin_len=bound,
+            max_array_len=bound,
+            max_map_len=bound,
+            max_ext_len=bound,
+        )
+    return unpacker
+
+
 def _split(frame: bytes, limits: CodecLimits) -> tuple[dict[str, Any], bytes | None]:
     size = len(frame)
-    unpacker = msgpack.Unpacker(
-        raw=False,
-        strict_map_key=True,
-        max_buffer_size=max(size, 1),
-        max_str_len=size,
-        max_bin_len=size,
-        max_array_len=size,
-        max_map_len=size,
-        max_ext_len=size,
-    )
-    unpacker.feed(frame)
     if not frame or not (0x80 <= frame[0] <= 0x8F or frame[0] in (0xDE, 0xDF)):
         raise BadEnvelope("an envelope must be a msgpack map")
+    size_class = size.bit_length()
+    unpacker = _unpacker(size_class)
+    base = unpacker.tell()
+    unpacker.feed(frame)
     fields: dict[str, Any] = {}
     d_raw: bytes | None = None
+    clean = False
     try:
         count = unpacker.read_map_header()
         for _ in range(count):
@@ -149,19 +168,21 @@ def _split(frame: bytes, limits: CodecLimits) -> tuple[dict[str, Any], bytes | N
             if not isinstance(key, str):
                 raise BadEnvelope("envelope keys must be strings")
             if key == "d":
-                start = unpacker.tell()
+                start = unpacker.tell() - base
                 unpacker.skip()
-                d_raw = frame[start : unpacker.tell()]
+                d_raw = frame[start : unpacker.tell() - base]
             else:
                 fields[key] = unpacker.unpack()
-    except BadEnvelope:
-        raise
+        if unpacker.tell() - base != size:
+            raise BadEnvelope("trailing bytes after the envelope")
+        clean = True
     except msgpack.StackError:
         raise BadEnvelope(f"nesting deeper than {limits.max_depth}") from None
     except (msgpack.UnpackException, ValueError, TypeError) as exc:
         raise BadEnvelope(_describe_unpack_failure(exc)) from None
-    if unpacker.tell() != size:
-        raise BadEnvelope("trailing bytes after the envelope")
+    finally:
+        if not clean:
+            _UNPACKERS.pop(size_class, None)
     return fields, d_raw
 
 
