@@ -10,6 +10,7 @@ see what an earlier one left behind.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgpack
@@ -101,3 +102,21 @@ def test_a_small_frame_declaring_a_huge_array_is_refused_and_leaves_nothing_behi
     frame = b"\x81\xa2id\xdc\xea\x60" + b"\x00" * 13
     assert outcome(ours, frame) == "error"
     assert codec._UNPACKERS.get(len(frame).bit_length()) is None  # dropped, not reused
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.text(max_size=70) | st.integers() | st.none(), max_size=30))
+def test_remembering_valid_ids_changes_no_verdict(values: list[object]) -> None:
+    remembering = CodecLimits()
+    for value in values * 2:  # each value twice: once to learn, once from memory
+        try:
+            expected: object = codec._checked_name(
+                value, "id", LIMITS.max_id_length, re.compile(LIMITS.id_pattern)
+            )
+        except BadEnvelope:
+            expected = "refused"
+        try:
+            got: object = remembering.check_peer_id(value)
+        except BadEnvelope:
+            got = "refused"
+        assert got == expected
