@@ -8,7 +8,9 @@ or cannot even read it, is aborted ``close_timeout`` later.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from typing import Any
 
 import msgpack
 import pytest
@@ -99,18 +101,42 @@ async def test_a_silent_client_that_does_not_read_is_aborted_after_close_timeout
     sock.close()
 
 
+async def test_an_asgi_app_hears_the_keepalive_close(serve: Serve) -> None:
+    heard: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        heard.put_nowait(await receive())
+
+    served = await serve(app, ws_ping_interval=0.1, ws_ping_timeout=0.1, ws_close_timeout=0.5)
+    silent = await RawStream.open(served.port)
+    assert (await silent.closed_with()).close_code == 1011
+    silent.close()  # the end of TCP: now the app hears it
+    async with asyncio.timeout(5):
+        disconnect = await heard.get()
+    assert disconnect == {
+        "type": "websocket.disconnect",
+        "code": 1011,
+        "reason": KEEPALIVE_TIMEOUT,
+    }
+
+
+@pytest.mark.parametrize("ws_impl", ["relay", "websockets-sansio"])
 async def test_a_peer_closed_by_the_keepalive_is_kept_for_resume(
-    relay_factory: RelayFactory,
+    relay_factory: RelayFactory, ws_impl: str
 ) -> None:
+    # uvicorn's websockets-sansio closes a silent peer the same way: 1011.
     relay = await relay_factory(
-        ping_interval_seconds=0.1, ping_timeout_seconds=0.1, resume_seconds=10
+        ws_impl=ws_impl, ping_interval_seconds=0.1, ping_timeout_seconds=0.1, resume_seconds=10
     )
     alice = await RawStream.open(relay.port, "/v1/ws", subprotocols=("relay.v1",))
     alice.send(client_frame(0x2, msgpack.packb({"type": "hello", "id": "alice"})))
     welcome = msgpack.unpackb((await alice.frame()).payload)
     assert welcome["type"] == "welcome"
     # Alice answers no ping: the relay closes her 1011 ...
-    assert (await alice.closed_with()).close_code == 1011
+    closing = await alice.closed_with()
+    assert (closing.close_code, closing.payload[2:]) == (1011, KEEPALIVE_TIMEOUT.encode())
     alice.close()
     # ... and keeps her id, rooms and queue for the resume window.
     bob = await join_as(relay.url, "bob")
