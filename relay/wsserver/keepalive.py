@@ -32,9 +32,10 @@ class Keepalive:
     """One timer for every open connection of a server: ping them, fail the silent ones.
 
     A ping goes to every member; ``timeout`` later, a member that sent no byte
-    since is told ``keepalive_expired``. The next round starts ``interval`` after the previous
-    one (or right after the check, when ``timeout >= interval``): one ping in
-    flight per connection, as with uvicorn's own protocols.
+    since is told ``keepalive_expired``. The next round starts ``interval``
+    after the previous one (or right after the check, when ``timeout >=
+    interval``): one ping in flight per connection, as with uvicorn's own
+    protocols.
     """
 
     __slots__ = ("_interval", "_loop", "_members", "_timeout", "_timer")
