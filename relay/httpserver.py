@@ -13,7 +13,10 @@ a keep-alive connection between requests, a handshake), and while pending:
   its previous response was sent): 408 if part of it came, a silent close if
   nothing did; between requests uvicorn's ``timeout_keep_alive`` also applies;
 - a request head holds at most ``max_header_bytes`` (the request line, the
-  header fields and the blank line) and ``max_header_count`` fields: 431.
+  header fields and the blank line) and ``max_header_count`` fields: 431;
+- a WebSocket upgrade in another HTTP version than 1.1 is refused: 400
+  (RFC 6455 4.1; uvicorn would hand it on as HTTP/1.1, and the frame layer,
+  which validates the rest of the handshake, could not tell).
 
 Each refusal is logged at most once a minute per client address, with the
 count of those not logged (``RefusalLog``): an address opening thousands of
@@ -52,7 +55,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from relay.admission import FULL_RETRY_AFTER, AddressSet, canonical_ip
-from relay.rfc6455 import http_response
+from relay.rfc6455 import NEEDS_HTTP_11, http_response
 from relay.settings import Settings
 
 log = logging.getLogger("relay.http")
@@ -277,6 +280,12 @@ class RelayHTTPProtocol(HttpToolsProtocol):
             rest = piece[upgrade.args[0] :] + self._unparsed
             self._unparsed = b""
             if self._should_upgrade():
+                if self.parser.get_http_version() != "1.1":
+                    # uvicorn hands the WebSocket protocol the request as HTTP/1.1:
+                    # only here is its version still known.
+                    self._pending.refused(self._ip, 400, NEEDS_HTTP_11)
+                    self._refuse(400, NEEDS_HTTP_11)
+                    return False
                 self._upgrade(rest)
             else:
                 # Answered as plain HTTP, like uvicorn does; what follows is dropped.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
@@ -334,6 +335,78 @@ async def test_header_count_is_limited_on_every_route(
     assert (await exchange(relay.port, base)).status == ok
     refused = await exchange(relay.port, base[:-2] + b"X-Last: 1\r\n\r\n")
     assert (refused.status, refused.body) == (431, b"too many header fields")
+
+
+# --- what an upgrade needs of HTTP: version 1.1 and a Host ------------------------------
+
+
+def _without_host(request: bytes) -> bytes:
+    return b"\r\n".join(line for line in request.split(b"\r\n") if not line.startswith(b"Host:"))
+
+
+@pytest.mark.parametrize(
+    ("name", "request_of", "body"),
+    [
+        (
+            "HTTP/1.0",
+            lambda port: upgrade_request(port, "/v1/ws").replace(b"HTTP/1.1", b"HTTP/1.0", 1),
+            b"a WebSocket handshake needs HTTP/1.1",
+        ),
+        (
+            "no Host",
+            lambda port: _without_host(upgrade_request(port, "/v1/ws")),
+            b"a WebSocket handshake needs exactly one Host header",
+        ),
+        (
+            "two Hosts",
+            lambda port: upgrade_request(port, "/v1/ws", headers="Host: other\r\n"),
+            b"a WebSocket handshake needs exactly one Host header",
+        ),
+        (
+            "an empty Host",
+            lambda port: upgrade_request(port, "/v1/ws").replace(
+                f"Host: 127.0.0.1:{port}".encode(), b"Host:"
+            ),
+            b"a WebSocket handshake needs exactly one Host header",
+        ),
+    ],
+)
+async def test_an_upgrade_needs_http_1_1_and_one_host(
+    relay_factory: RelayFactory,
+    name: str,
+    request_of: Callable[[int], bytes],
+    body: bytes,
+) -> None:
+    relay = await relay_factory()
+    refused = await exchange(relay.port, request_of(relay.port))
+    assert (refused.status, refused.body) == (400, body), name
+    assert b"connection: close" in refused.head
+    # The same request with HTTP/1.1 and its one Host is accepted.
+    assert (await exchange(relay.port, upgrade_request(relay.port, "/v1/ws"))).status == 101
+
+
+async def test_an_http_1_0_upgrade_behind_pipelined_requests_is_refused_after_their_answers(
+    relay_factory: RelayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    relay = await relay_factory()
+    caplog.set_level(logging.WARNING, logger="relay.http")
+    upgrade = upgrade_request(relay.port, "/v1/ws").replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(get() * 2 + upgrade + client_frame(0x2, b"never read"))
+    buffer = bytearray()
+    for _ in range(2):
+        assert (await read_response(reader, buffer)).status == 200
+    refused = await read_response(reader, buffer)
+    assert (refused.status, refused.body) == (400, b"a WebSocket handshake needs HTTP/1.1")
+    with contextlib.suppress(ConnectionResetError):  # the frame was never read
+        assert await ended(reader) == b""
+    writer.close()
+    assert refusal_lines(caplog, "127.0.0.1") == [
+        "refused 127.0.0.1: 400: a WebSocket handshake needs HTTP/1.1"
+    ]
+    async with httpx.AsyncClient(base_url=relay.http_url) as http:
+        metrics = (await http.get("/metrics")).text
+    assert 'relay_http_refused_total{status="400"} 1.0' in metrics
 
 
 # --- order: pipelined requests, then the upgrade, then only frames ------------------------

@@ -13,7 +13,7 @@ Nothing here imports asyncio; ``relay.wsserver`` drives it from a socket.
   to answer:
 
     WebSocketError
-    ├── HandshakeError       an HTTP status (400, 405, 426, 505) and its headers
+    ├── HandshakeError       an HTTP status (400, 405, 426, 431) and its headers
     └── ProtocolError        close 1002: framing, masking, opcodes, control frames
         ├── InvalidUTF8      close 1007: a text message or close reason
         ├── MessageTooBig    close 1009: declared length over ``max_size``
@@ -70,6 +70,7 @@ from relay.rfc6455.frames import (
 )
 from relay.rfc6455.handshake import (
     MAX_REQUEST_HEAD,
+    NEEDS_HTTP_11,
     Handshake,
     Request,
     accept_key,
@@ -91,6 +92,7 @@ __all__ = [
     "MAX_CONTROL_PAYLOAD",
     "MAX_REQUEST_HEAD",
     "MESSAGE_TOO_BIG",
+    "NEEDS_HTTP_11",
     "NEED_DATA",
     "NORMAL_CLOSURE",
     "NO_ACTIONS",

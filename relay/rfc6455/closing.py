@@ -7,8 +7,9 @@ send, whether nothing more will be sent, and what its owner is told.
 Events in: the opening handshake completed (``opened``), the server closes
 (``close``), the peer's close frame arrives (``close_received``, or
 ``read_until_close`` while ours is out), the connection fails (``fail``), the
-peer's FIN (``eof_received``), an end without closing handshake (``abort``),
-the end of TCP (``connection_lost``).
+peer went silent (``peer_silent``: a keepalive timeout), the peer's FIN
+(``eof_received``), an end without closing handshake (``abort``), the end of
+TCP (``connection_lost``).
 
 Decisions out (``CloseActions``): a close frame to write after what is already
 written; ``finish``, nothing more to send (the I/O layer then half-closes TCP
@@ -18,13 +19,16 @@ peer's end); and the code and reason the owner hears, exactly once:
 - the peer's close code, 1005 when its close frame had none;
 - the code the connection failed with: 1002, 1007 or 1009 when the peer broke
   the protocol, 1008 when a message took too long, 1011 for the server's own
-  error;
+  error; the code given to ``peer_silent`` (1011 for a keepalive timeout);
 - 1006 when TCP ended without a close frame (dropped, aborted, timed out).
 
 When the peer closes first on a transport that can half-close, its close is
 told at the end of TCP (``eof_received`` or ``connection_lost``), not at once:
 the peer may still read what was on its way before its close left, and what
-never reached it is known only then (``reports_at_end``).
+never reached it is known only then (``reports_at_end``). So is a silent
+peer's failure: a peer that wakes up within the close timeout reads what was
+on its way, then the close frame; one that does not is aborted (a reset), and
+nothing more reaches it.
 
 No clock and no socket: the I/O layer bounds the closing in time (it aborts a
 peer that has not finished ``close_timeout`` after the close began) and turns
@@ -67,18 +71,18 @@ NO_ACTIONS: Final = CloseActions()
 class ClosingHandshake:
     """Where one connection's closing is, and what each event makes of it; see the module doc."""
 
-    __slots__ = ("_half_close", "_peer_close", "_reported", "state")
+    __slots__ = ("_at_end", "_half_close", "_reported", "state")
 
     def __init__(self) -> None:
         self.state = CONNECTING
         self._half_close = False
-        self._peer_close: tuple[int, str] | None = None  # told when TCP ends
+        self._at_end: tuple[int, str] | None = None  # told when TCP ends
         self._reported = False
 
     @property
     def reports_at_end(self) -> bool:
-        """The peer closed first, and its close is told when TCP ends, not yet."""
-        return self._peer_close is not None and not self._reported
+        """The end is told when TCP ends, not yet: the peer closed first, or went silent."""
+        return self._at_end is not None and not self._reported
 
     def opened(self, *, half_close: bool) -> None:
         """The opening handshake completed.
@@ -110,7 +114,7 @@ class ClosingHandshake:
             payload = b"" if code == NO_STATUS_RECEIVED else close_payload(code, reason)
             echo = encode_frame(OP_CLOSE, payload)
             if self._half_close:
-                self._peer_close = (code, reason)
+                self._at_end = (code, reason)
                 return CloseActions(echo, finish=True)
             return CloseActions(echo, finish=True, report=self._report(code, reason))
         if state == CLOSING:
@@ -149,16 +153,30 @@ class ClosingHandshake:
         send = encode_frame(OP_CLOSE, close_payload(code, reason)) if state == OPEN else b""
         return CloseActions(send, finish=True, report=self._report(code, reason))
 
+    def peer_silent(self, code: int, reason: str) -> CloseActions:
+        """The peer sent nothing for too long: fail with ``code``, told when TCP ends.
+
+        As ``fail`` (a close frame if open, then finish), but where the
+        transport can half-close the owner hears ``code`` at the end of TCP,
+        as for a peer's close: the peer may yet read what was on its way.
+        """
+        if self.state == CLOSED or not self._half_close:
+            return self.fail(code, reason)
+        send = encode_frame(OP_CLOSE, close_payload(code, reason)) if self.state == OPEN else b""
+        self.state = CLOSED
+        self._at_end = (code, reason)
+        return CloseActions(send, finish=True)
+
     def eof_received(self) -> tuple[int, str] | None:
         """The peer's FIN: it sends nothing more. What the owner hears now, if anything.
 
-        The peer's close when it closed first (``reports_at_end``); otherwise
+        The end told at the end of TCP (``reports_at_end``); otherwise
         nothing yet: 1006 follows at ``connection_lost`` if no close frame came.
         """
         self.state = CLOSED
-        if self._peer_close is None:
+        if self._at_end is None:
             return None
-        return self._report(*self._peer_close)
+        return self._report(*self._at_end)
 
     def abort(self) -> None:
         """The connection ends without a closing handshake: reset, or refused before it opened.
@@ -168,9 +186,9 @@ class ClosingHandshake:
         self.state = CLOSED
 
     def connection_lost(self) -> tuple[int, str] | None:
-        """TCP ended: what the owner hears, unless it heard already (the peer's close, or 1006)."""
+        """TCP ended: what the owner hears, unless it heard already (the end held, or 1006)."""
         self.state = CLOSED
-        return self._report(*(self._peer_close or (ABNORMAL_CLOSURE, "")))
+        return self._report(*(self._at_end or (ABNORMAL_CLOSURE, "")))
 
     def _report(self, code: int, reason: str) -> tuple[int, str] | None:
         """The end to tell the owner; None once told: the owner hears exactly one."""

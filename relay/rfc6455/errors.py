@@ -1,7 +1,7 @@
 """The close codes of RFC 6455 and every refusal the ``relay.rfc6455`` layer raises.
 
 WebSocketError
-├── HandshakeError       an HTTP status (400, 405, 426, 505) and its headers
+├── HandshakeError       an HTTP status (400, 405, 426, 431) and its headers
 └── ProtocolError        close 1002: framing, masking, opcodes, control frames
     ├── InvalidUTF8      close 1007: a text message or close reason
     ├── MessageTooBig    close 1009: declared length over ``max_size``

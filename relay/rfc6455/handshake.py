@@ -17,6 +17,9 @@ MAX_REQUEST_HEAD: Final = 16384
 
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
+NEEDS_HTTP_11: Final = "a WebSocket handshake needs HTTP/1.1"
+"""Why an upgrade request of another HTTP version is refused (400)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Request:
@@ -71,11 +74,20 @@ def parse_request(head: bytes) -> Request:
 
 
 def validate_handshake(request: Request) -> Handshake:
-    """Check ``request`` against RFC 6455 section 4.2.1; raise ``HandshakeError`` if not."""
+    """Check ``request`` against RFC 6455 section 4.2.1; raise ``HandshakeError`` if not.
+
+    Not HTTP/1.1, or not exactly one non-empty ``Host``: 400, the status RFC
+    6455 4.2.1 names for a request that is not a handshake (505 would say the
+    server does not speak HTTP/1.x at all; RFC 7230 5.4 answers a missing or
+    repeated ``Host`` with 400).
+    """
     if request.method != "GET":
         raise HandshakeError(405, "a WebSocket handshake uses GET", ((b"allow", b"GET"),))
     if request.version != "HTTP/1.1":
-        raise HandshakeError(505, "a WebSocket handshake needs HTTP/1.1")
+        raise HandshakeError(400, NEEDS_HTTP_11)
+    hosts = request.values(b"host")
+    if len(hosts) != 1 or not hosts[0]:
+        raise HandshakeError(400, "a WebSocket handshake needs exactly one Host header")
     upgrading = "upgrade" in request.tokens(b"connection")
     if not upgrading or "websocket" not in request.tokens(b"upgrade"):
         message = "this is a WebSocket endpoint: use a WebSocket client"

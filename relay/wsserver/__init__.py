@@ -17,7 +17,8 @@ The modules, one concern each:
   contract between a connection and its owner;
 - ``asgi``: ``ASGIBridge``, which runs any ASGI app over a connection through
   the small interface ``BridgedConnection``;
-- ``keepalive``: one timer per server that pings every open connection;
+- ``keepalive``: one timer per server that pings every open connection and
+  fails the silent ones (1011);
 - ``states``: where a connection is, shared by the connection and the bridge.
 
 Two ways to use a connection:
@@ -41,8 +42,10 @@ exists (uvicorn's ``Config`` has no such option; set it on the object), else
 ``DEFAULT_CLOSE_TIMEOUT``.
 
 Keepalive: one timer per server (``keepalive.Keepalive``) pings every open connection
-each ``ws_ping_interval`` and aborts those that sent nothing (no data, no pong)
-within ``ws_ping_timeout`` of the ping.
+each ``ws_ping_interval`` and fails those that sent nothing (no data, no pong)
+within ``ws_ping_timeout`` of the ping: close 1011 with the reason
+``KEEPALIVE_TIMEOUT`` (what the owner hears too), then TCP ends as for any
+close, aborted ``close_timeout`` later at most.
 
 Incoming messages are bounded in bytes (``ws_max_size``, 1009), in frames
 (``config.ws_max_fragments``, 1009) and in time: a message (or a frame) whose
@@ -57,6 +60,7 @@ from relay.wsserver.connection import (
     DEFAULT_MAX_FRAGMENTS,
     DEFAULT_MESSAGE_TIMEOUT,
     DEFAULT_SEND_BUFFER,
+    KEEPALIVE_TIMEOUT,
     WRITE_HIGH_WATER,
     RelayWebSocketProtocol,
 )
@@ -67,6 +71,7 @@ __all__ = [
     "DEFAULT_MAX_FRAGMENTS",
     "DEFAULT_MESSAGE_TIMEOUT",
     "DEFAULT_SEND_BUFFER",
+    "KEEPALIVE_TIMEOUT",
     "WRITE_HIGH_WATER",
     "DirectConnection",
     "FrameHandler",

@@ -58,6 +58,8 @@ Fixed rather than autotuned, so that the relay's replay window always covers
 what a socket can hold."""
 
 _PING_FRAME: Final = rfc6455.encode_frame(OP_PING, b"")
+KEEPALIVE_TIMEOUT: Final = "keepalive ping timeout"
+"""The reason of the 1011 that ends a connection silent for a whole keepalive round."""
 
 
 class RelayWebSocketProtocol(asyncio.Protocol):
@@ -317,10 +319,11 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         """Count the unsent bytes once, when the end is seen.
 
         Usually before a close frame or FIN of ours joins the queue. When the
-        peer closed first, at the end of TCP instead: a peer may read what was
-        sent before its close arrived, so it is counted lost only if the peer's
-        host never acknowledged it; what we sent after (our close frame, the
-        FIN) is not the peer's to read. What is not acknowledged then is taken
+        peer closed first (or went silent: the keepalive), at the end of TCP
+        instead: a peer may read what was sent before its close arrived (or
+        before ours left), so it is counted lost only if the peer's host never
+        acknowledged it; what we sent after (our close frame, the FIN) is not
+        the peer's to read. What is not acknowledged then is taken
         as lost: a sender hears of it rather than never.
         """
         if self._unsent is not None:
@@ -542,10 +545,11 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     def _carry_out(self, closing: CloseActions) -> None:
         """Do what the closing handshake decided: count what never left, send, finish, report."""
         if self._closing_handshake().reports_at_end:
-            # The peer closed first, and may still read what we wrote before:
-            # its owner hears of the end, and of what never arrived, when TCP
-            # ends (the FIN, or the close timeout). Without half-close (TLS)
-            # the socket is gone by then, and the count is taken now.
+            # The peer closed first (or went silent), and may still read what
+            # we wrote before: the owner hears of the end, and of what never
+            # arrived, when TCP ends (the FIN, or the close timeout). Without
+            # half-close (TLS) the socket is gone by then, and the count is
+            # taken now.
             if self._end_mark is None:
                 self._end_mark = self.written_bytes
         else:
@@ -624,6 +628,20 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self.alive = False
         if self.state == OPEN:
             self._queue(_PING_FRAME, b"", len(_PING_FRAME))
+
+    def keepalive_expired(self) -> None:
+        """For the keepalive: the peer sent nothing for a whole round.
+
+        Failed with 1011 (RFC 6455 7.1.7): the close frame goes out after what
+        was written, TCP is half-closed, and a peer that does not finish the
+        close (or cannot even read it) is aborted ``close_timeout`` later. The
+        owner hears 1011 when TCP ends, as when the peer closes first: a peer
+        that wakes up meanwhile still reads what was on its way, and what never
+        reached it is counted then (over TLS, which cannot half-close: now).
+        """
+        if self.state == OPEN:
+            closing = self._closing_handshake()
+            self._carry_out(closing.peer_silent(rfc6455.INTERNAL_ERROR, KEEPALIVE_TIMEOUT))
 
 
 def _socket_count(transport: asyncio.Transport, request: int) -> int:

@@ -32,9 +32,10 @@ class FrameHandler(Protocol):
 
         ``code`` is the peer's close code (1005 if its close frame had none),
         the code the connection was failed with when the peer broke the
-        protocol (1002, 1007, 1009) or did not complete a message in time
-        (1008), or 1006 when it ended without a close frame (dropped,
-        aborted, keepalive or close timeout).
+        protocol (1002, 1007, 1009), did not complete a message in time
+        (1008) or answered no keepalive ping (1011, reason
+        ``KEEPALIVE_TIMEOUT``, told when TCP ends), or 1006 when it ended
+        without a close frame (dropped, aborted, close timeout).
         """
 
 

@@ -1,4 +1,9 @@
-"""Keepalive: one timer per server pings every open connection and aborts the silent ones."""
+"""Keepalive: one timer per server pings every open connection and fails the silent ones.
+
+A connection that sent nothing for a whole round is failed with 1011 (RFC
+6455 7.1.7: a close frame, then the end of TCP, bounded by the close timeout
+like any close), as the ``websockets`` library does on a keepalive timeout.
+"""
 
 from __future__ import annotations
 
@@ -19,17 +24,18 @@ class KeptAlive(Protocol):
     def keepalive_ping(self) -> None:
         """Set ``alive`` to False and ping the peer (if the connection is open)."""
 
-    def abort(self) -> None:
-        """Reset the connection now."""
+    def keepalive_expired(self) -> None:
+        """The peer sent nothing since the last ping: close it with 1011, then end TCP."""
 
 
 class Keepalive:
-    """One timer for every open connection of a server: ping them, abort the silent ones.
+    """One timer for every open connection of a server: ping them, fail the silent ones.
 
     A ping goes to every member; ``timeout`` later, a member that sent no byte
-    since is aborted. The next round starts ``interval`` after the previous
-    one (or right after the check, when ``timeout >= interval``): one ping in
-    flight per connection, as with uvicorn's own protocols.
+    since is told ``keepalive_expired``. The next round starts ``interval``
+    after the previous one (or right after the check, when ``timeout >=
+    interval``): one ping in flight per connection, as with uvicorn's own
+    protocols.
     """
 
     __slots__ = ("_interval", "_loop", "_members", "_timeout", "_timer")
@@ -70,7 +76,7 @@ class Keepalive:
     def _reap(self) -> None:
         silent = [connection for connection in self._members if not connection.alive]
         for connection in silent:
-            connection.abort()
+            connection.keepalive_expired()
         assert self._interval is not None and self._timeout is not None
         self._timer = self._loop.call_later(max(0.0, self._interval - self._timeout), self._ping)
 

@@ -144,3 +144,11 @@ class DirectApp:
     async def next(self) -> Recorder:
         async with asyncio.timeout(TIMEOUT):
             return await self.accepted.get()
+
+
+async def fill(recorder: Recorder) -> None:
+    """Write 16 KiB frames until the transport's buffer is over its high-water mark."""
+    async with asyncio.timeout(10):
+        while not recorder.conn.writing_paused:
+            recorder.conn.write(b"x" * 16384)
+            await asyncio.sleep(0)  # let the pass end, so the frames are flushed

@@ -222,3 +222,17 @@ class RawStream:
 
     def close(self) -> None:
         self.writer.close()
+
+
+async def never_reading_client(port: int) -> socket.socket:
+    """A client that completes the handshake, then never reads again."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(sock, upgrade_request(port))
+    data = b""
+    while split_response(data) is None:
+        data += await loop.sock_recv(sock, 1)  # byte by byte: leave nothing after the head
+    return sock

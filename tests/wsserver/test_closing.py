@@ -218,6 +218,43 @@ def test_an_owner_error_after_a_peer_close_is_told_instead_of_it() -> None:
     assert closing.eof_received() is None
 
 
+# --- the peer went silent (a keepalive timeout) -----------------------------------------
+
+
+def test_a_silent_peer_gets_a_close_frame_and_is_told_when_tcp_ends() -> None:
+    closing = opened()
+    actions = closing.peer_silent(1011, "keepalive ping timeout")
+    assert actions == CloseActions(server_close(1011, b"keepalive ping timeout"), finish=True)
+    assert closing.state == CLOSED
+    # It may yet read what was on its way: the end is told at its FIN ...
+    assert closing.reports_at_end
+    assert closing.eof_received() == (1011, "keepalive ping timeout")
+    assert closing.connection_lost() is None
+
+
+def test_a_silent_peer_aborted_by_the_close_timeout_is_told_its_code() -> None:
+    closing = opened()
+    closing.peer_silent(1011, "keepalive ping timeout")
+    closing.abort()  # ... or when the close timeout resets it
+    assert closing.connection_lost() == (1011, "keepalive ping timeout")
+
+
+def test_without_half_close_a_silent_peer_is_told_at_once() -> None:
+    closing = opened(half_close=False)
+    actions = closing.peer_silent(1011, "keepalive ping timeout")
+    reason = b"keepalive ping timeout"
+    assert actions == CloseActions(server_close(1011, reason), True, (1011, reason.decode()))
+    assert not closing.reports_at_end
+    assert closing.connection_lost() is None
+
+
+def test_a_peer_silent_after_our_close_gets_no_second_frame() -> None:
+    closing = opened()
+    closing.close(1000)
+    assert closing.peer_silent(1011, "keepalive ping timeout") == CloseActions(finish=True)
+    assert closing.connection_lost() == (1011, "keepalive ping timeout")
+
+
 # --- no close frame at all ---------------------------------------------------------------
 
 
@@ -239,7 +276,9 @@ def test_an_abort_is_told_1006() -> None:
 
 # --- any order of events -----------------------------------------------------------------
 
-EVENTS = st.lists(st.sampled_from(["close", "close_received", "fail", "eof", "abort"]), max_size=6)
+EVENTS = st.lists(
+    st.sampled_from(["close", "close_received", "fail", "silent", "eof", "abort"]), max_size=6
+)
 
 
 @given(events=EVENTS, half_close=st.booleans())
@@ -252,12 +291,13 @@ def test_the_owner_hears_exactly_once_and_at_most_one_close_frame_leaves(
     for event in events:
         if event == "close":
             frames.append(closing.close(4000))
-        elif event in ("close_received", "fail"):
-            actions = (
-                closing.close_received(4001, "")
-                if event == "close_received"
-                else closing.fail(1002, "broken")
-            )
+        elif event in ("close_received", "fail", "silent"):
+            if event == "close_received":
+                actions = closing.close_received(4001, "")
+            elif event == "fail":
+                actions = closing.fail(1002, "broken")
+            else:
+                actions = closing.peer_silent(1011, "keepalive ping timeout")
             frames.append(actions.send)
             if actions.report is not None:
                 told.append(actions.report)

@@ -30,6 +30,11 @@ the RFC behaviour of ours (see docs/design.md, "The frame layer"):
 Both agree on frames a client sends in the same write as its upgrade request
 (before the 101): they are read, in order, after the handshake (the relay's
 HTTP protocol hands them over with the socket).
+
+The keepalive is outside what this test compares (its relays ping every
+20 s): both implementations close a peer silent through a ping round with
+1011 ``keepalive ping timeout``, which tests/wsserver/test_keepalive.py
+checks on each.
 """
 
 from __future__ import annotations

@@ -18,13 +18,13 @@ from websockets.exceptions import ConnectionClosed
 
 from relay.wsserver import RelayWebSocketProtocol
 from tests.test_tls import make_certificate
-from tests.wsserver.conftest import DirectApp, Recorder, Serve
+from tests.wsserver.conftest import DirectApp, Recorder, Serve, fill
 from tests.wsserver.frames import (
     RawStream,
     ServerFrames,
     client_frame,
     close_frame,
-    split_response,
+    never_reading_client,
     upgrade_request,
 )
 
@@ -214,36 +214,14 @@ async def test_writing_to_a_dead_connection_is_dropped(serve: Serve) -> None:
     assert recorder.lost == [(1006, "")]
 
 
-async def _never_reading_client(port: int) -> socket.socket:
-    """A client that completes the handshake, then never reads again."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    await loop.sock_connect(sock, ("127.0.0.1", port))
-    await loop.sock_sendall(sock, upgrade_request(port))
-    data = b""
-    while split_response(data) is None:
-        data += await loop.sock_recv(sock, 1)  # byte by byte: leave nothing after the head
-    return sock
-
-
-async def _fill(recorder: Recorder) -> None:
-    """Write 16 KiB frames until the transport's buffer is over its high-water mark."""
-    async with asyncio.timeout(10):
-        while not recorder.conn.writing_paused:
-            recorder.conn.write(b"x" * 16384)
-            await asyncio.sleep(0)  # let the pass end, so the frames are flushed
-
-
 async def test_close_against_a_client_that_never_reads_aborts_within_close_timeout(
     serve: Serve,
 ) -> None:
     app = DirectApp()
     served = await serve(app, ws_close_timeout=0.5)
-    sock = await _never_reading_client(served.port)
+    sock = await never_reading_client(served.port)
     recorder = await app.next()
-    await _fill(recorder)
+    await fill(recorder)
     assert recorder.conn.write_buffer_size() >= 65536
     started = time.monotonic()
     recorder.conn.close(1000)
@@ -259,7 +237,7 @@ async def test_close_against_a_client_that_never_reads_aborts_within_close_timeo
 async def test_pongs_to_a_client_that_never_reads_do_not_pile_up(serve: Serve) -> None:
     app = DirectApp()
     served = await serve(app, ws_send_buffer_bytes=8192)
-    sock = await _never_reading_client(served.port)
+    sock = await never_reading_client(served.port)
     recorder = await app.next()
     loop = asyncio.get_running_loop()
     pings = client_frame(0x9, b"p" * 125) * 20000  # 2.6 MB of pongs if all were answered
@@ -273,7 +251,7 @@ async def test_pongs_to_a_client_that_never_reads_do_not_pile_up(serve: Serve) -
 async def test_an_abort_resets_and_counts_what_never_reached_the_peer(serve: Serve) -> None:
     app = DirectApp()
     served = await serve(app, ws_send_buffer_bytes=16384)
-    sock = await _never_reading_client(served.port)
+    sock = await never_reading_client(served.port)
     recorder = await app.next()
     unsent_when_lost: list[int] = []
     written = 0
@@ -304,9 +282,9 @@ async def test_an_abort_resets_and_counts_what_never_reached_the_peer(serve: Ser
 async def test_writable_is_called_when_a_paused_transport_drains(serve: Serve) -> None:
     app = DirectApp()
     served = await serve(app)
-    sock = await _never_reading_client(served.port)
+    sock = await never_reading_client(served.port)
     recorder = await app.next()
-    await _fill(recorder)
+    await fill(recorder)
     assert recorder.writable_calls == 0
     loop = asyncio.get_running_loop()
     frames = ServerFrames()
@@ -320,30 +298,6 @@ async def test_writable_is_called_when_a_paused_transport_drains(serve: Serve) -
     assert not recorder.conn.writing_paused
     assert frames.next() is not None
     sock.close()
-
-
-async def test_keepalive_reaps_a_silent_client_and_keeps_a_responsive_one(
-    serve: Serve,
-) -> None:
-    app = DirectApp()
-    served = await serve(app, ws_ping_interval=0.1, ws_ping_timeout=0.4)
-    responsive = await RawStream.open(served.port)
-    kept = await app.next()
-    silent = await RawStream.open(served.port)
-    reaped = await app.next()
-    pings = 0
-    while pings < 3:
-        frame = await responsive.frame()
-        assert frame.opcode == 0x9
-        pings += 1
-        responsive.send(client_frame(0xA, frame.payload))
-    await reaped.until(lambda: bool(reaped.lost))
-    assert reaped.lost == [(1006, "")]
-    assert kept.lost == []
-    with pytest.raises(ConnectionResetError):  # aborted: reset
-        await silent.eof()
-    responsive.close()
-    silent.close()
 
 
 # --- coalescing, observed on the transport ---------------------------------------------
@@ -473,7 +427,7 @@ async def test_tls_close_against_a_client_that_stops_reading_aborts(
     writer.write(upgrade_request(served.port))
     recorder = await app.next()
     # The client's stream stops reading once its own buffer is full; nothing drains it.
-    await _fill(recorder)
+    await fill(recorder)
     started = time.monotonic()
     recorder.conn.close(1000)
     await recorder.until(lambda: bool(recorder.lost))
@@ -502,7 +456,7 @@ async def test_acked_bytes_count_what_the_client_host_acknowledged(serve: Serve)
 async def test_a_message_written_after_the_end_began_is_never_acknowledged(serve: Serve) -> None:
     app = DirectApp()
     served = await serve(app)
-    sock = await _never_reading_client(served.port)
+    sock = await never_reading_client(served.port)
     recorder = await app.next()
     conn = recorder.conn
     conn.abort()  # everything written so far (nothing) is acknowledged

@@ -67,7 +67,10 @@ def _with(header: bytes, value: bytes | None) -> bytes:
     ("request_head", "status", "header"),
     [
         (GOOD_REQUEST.replace(b"GET", b"POST", 1), 405, (b"allow", b"GET")),
-        (GOOD_REQUEST.replace(b"HTTP/1.1", b"HTTP/1.0", 1), 505, None),
+        (GOOD_REQUEST.replace(b"HTTP/1.1", b"HTTP/1.0", 1), 400, None),
+        (_with(b"host", None), 400, None),
+        (_with(b"host", b""), 400, None),
+        (GOOD_REQUEST + b"\r\nHost: example.org", 400, None),
         (_with(b"upgrade", None), 426, (b"upgrade", b"websocket")),
         (_with(b"upgrade", b"h2c"), 426, (b"upgrade", b"websocket")),
         (_with(b"connection", b"keep-alive"), 426, (b"upgrade", b"websocket")),
