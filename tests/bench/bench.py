@@ -1,54 +1,69 @@
-"""Benchmark the relay against node `ws` and a bare forwarder, as ratios, in one run.
+"""Benchmark the relay against node `ws` and two Python floors, as ratios, in one run.
 
-    python tests/bench/bench.py                        # every scenario, one round, ~4 minutes
+    python tests/bench/bench.py                        # the default scenarios, one round
     python tests/bench/bench.py --only pairs64 idle    # some of them
+    python tests/bench/bench.py --only storm room10k busy   # the long ones, opt-in
     python tests/bench/bench.py --rounds 3 --json out.json
 
-For each scenario, each server in turn (the relay, tests/bench/ws_forwarder.mjs,
-tests/bench/bare.py) is started fresh, pinned to CPU 0 (taskset), and driven
-by tests/bench/load.mjs (Node + ws) pinned to CPU 1 for the same time; the
-order alternates between rounds. One table per scenario gives each server's
-figure, the relay's ratio to node `ws` and to the bare forwarder, both
-processes' CPU during the measured window, and which of them saturated.
-Absolute figures vary between machines; ratios from one run do not.
+For each scenario, each server in turn (the relay; node `ws` with
+@msgpack/msgpack and with msgpackr, tests/bench/ws_forwarder.mjs; the bare
+starlette forwarder, tests/bench/bare.py; the asyncio.Protocol floor,
+tests/bench/py_forwarder.py) is started fresh, pinned to CPU 0 (taskset), and
+driven by tests/bench/load.mjs (Node + ws) pinned to CPU 1; the order
+alternates between rounds. One table per scenario gives each server's figure,
+the relay's ratio to each other server, both processes' CPU during the
+measured window, and which of them saturated. Absolute figures vary between
+machines; ratios from one run do not.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
-import re
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-HERE = ROOT / "tests" / "bench"
-TICKS = os.sysconf("SC_CLK_TCK")
-SATURATED_PCT = 90
-SERVERS = ("relay", "ws", "bare")
+from procs import (
+    HERE,
+    SERVERS,
+    Generator,
+    Server,
+    busy_seconds,
+    can_pin,
+    cpu_seconds,
+    rss_kib,
+    running,
+)
+from report import ratios, summarize, table
+
+CPU_PER_MSG = ("server_us_per_msg", "server µs per msg", "lower")
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One load.mjs invocation and the figure its ratios compare."""
+    """One load.mjs invocation and the figures its ratios compare."""
 
     load: list[str]
     what: str
-    figure: str  # the result key the ratios compare
+    figure: str  # the result key the first ratio line compares
     unit: str  # how the table names that figure
     better: str  # "higher" or "lower"
+    kind: str = "rate"  # rate, idle, storm or busy: how bench.py drives and reads it
+    long: bool = False  # minutes per server: runs only when named in --only
+    crowd: str = ""  # the load.mjs option --clients replaces
+    also: list[tuple[str, str, str]] = field(default_factory=list)  # more (key, unit, better)
+
+    def compared(self) -> list[tuple[str, str, str]]:
+        return [(self.figure, self.unit, self.better), *self.also]
 
 
 PAIRS = ["pairs", "--pairs", "50"]
@@ -56,190 +71,82 @@ SCENARIOS: dict[str, Scenario] = {
     "pairs64": Scenario(
         [*PAIRS, "--inflight", "16", "--size", "64"],
         "50 pairs ping-ponging, 16 messages in flight per pair, 64 B payloads",
-        "relayed_per_second",
-        "msg/s",
-        "higher",
+        "relayed_per_second", "msg/s", "higher", also=[CPU_PER_MSG],
     ),
     "pairs64ok": Scenario(
         [*PAIRS, "--inflight", "16", "--size", "64", "--ids", "1"],
         "pairs64 with an id on every send: the relay answers each ok once the target's host "
-        "acknowledged it (node ws and the bare forwarder answer nothing)",
-        "relayed_per_second",
-        "msg/s",
-        "higher",
+        "acknowledged it (the references answer each ok at once)",
+        "relayed_per_second", "msg/s", "higher", also=[CPU_PER_MSG],
     ),
     "pairs4k": Scenario(
         [*PAIRS, "--inflight", "16", "--size", "4096"],
         "50 pairs ping-ponging, 16 messages in flight per pair, 4 KiB payloads",
-        "relayed_per_second",
-        "msg/s",
-        "higher",
+        "relayed_per_second", "msg/s", "higher", also=[CPU_PER_MSG],
     ),
     # 65,400 B payloads make frames just under the relay's 64 KiB max-frame-bytes.
     "pairs64k": Scenario(
         [*PAIRS, "--inflight", "2", "--size", "65400"],
         "50 pairs ping-ponging, 2 messages in flight per pair, 64 KiB frames",
-        "relayed_per_second",
-        "msg/s",
-        "higher",
+        "relayed_per_second", "msg/s", "higher", also=[CPU_PER_MSG],
     ),
     "fixed2000": Scenario(
         ["fixed", "--pairs", "50", "--rate", "2000", "--size", "64"],
         "the same pairs at a fixed 2,000 round trips/s, 64 B payloads",
-        "p99_ms",
-        "p99 ms",
-        "lower",
+        "p99_ms", "p99 ms", "lower",
     ),
     "room200": Scenario(
         ["room", "--members", "200", "--rate", "500", "--size", "64"],
         "one publisher at 500 msg/s to a 200-member room (100,000 deliveries/s offered)",
-        "relayed_per_second",
-        "deliveries/s",
-        "higher",
+        "relayed_per_second", "deliveries/s", "higher",
     ),
     "idle": Scenario(
-        ["idle", "--connections", "5000"],
-        "5,000 registered idle connections: RSS growth per connection",
-        "kib_per_connection",
-        "KiB per connection",
-        "lower",
+        ["idle", "--steps", "5000,10000"],
+        "registered idle connections: RSS growth per connection from 5,000 to 10,000 "
+        "(and, beside it, from the server's start to 5,000)",
+        "kib_per_connection", "KiB per connection", "lower", kind="idle", crowd="--steps",
     ),
-}
+    "storm": Scenario(
+        ["storm", "--clients", "18000", "--window", "200", "--per-address", "4000",
+         "--restart", "1"],
+        "reconnect storm: 18,000 clients connecting and registering, 200 at a time, from "
+        "127.0.0.2-6; then the server SIGKILLed and started again on its port, every client "
+        "reconnecting at once",
+        "registered_per_second", "registered/s", "higher", kind="storm", long=True,
+        crowd="--clients", also=[("back_seconds", "s until all are back", "lower")],
+    ),
+    "room10k": Scenario(
+        ["room", "--members", "10000", "--rate", "20", "--size", "64", "--grace", "5"],
+        "one publisher at 20 msg/s to a 10,000-member room (200,000 deliveries/s offered)",
+        "p99_ms", "p99 ms publish to delivery", "lower", long=True, crowd="--members",
+        also=[("delivered_share", "share delivered", "higher")],
+    ),
+    "busy": Scenario(
+        ["fixed", "--pairs", "500", "--rate", "32500", "--size", "64"],
+        "1,000 peers ping-ponging at 65,000 msg/s in all: RSS growth per connection over the "
+        "run (--busy-seconds, 20 by default), and over its second half",
+        "growth_kib_per_connection", "KiB per connection", "lower", kind="busy", long=True,
+        crowd="--pairs", also=[("late_growth_kib_per_connection", "2nd-half KiB per connection",
+                                "lower"), CPU_PER_MSG],
+    ),
+}  # fmt: skip
 
 
-# --- processes ---------------------------------------------------------------
+DEFAULT = [name for name, scenario in SCENARIOS.items() if not scenario.long]
+LONG = [name for name, scenario in SCENARIOS.items() if scenario.long]
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time used so far by a process and all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def busy_seconds(cpu: int) -> float:
-    """CPU time a core has spent on anything (not idle or waiting for I/O) since boot."""
-    for line in Path("/proc/stat").read_text().splitlines():
-        if line.startswith(f"cpu{cpu} "):
-            ticks = [int(field) for field in line.split()[1:9]]
-            return (sum(ticks) - ticks[3] - ticks[4]) / TICKS
-    return 0.0
-
-
-def rss_kib(pid: int) -> int:
-    found = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return int(found.group(1)) if found else 0
-
-
-def can_pin() -> bool:
-    return shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
-
-
-def pinned(cpu: int, command: list[str]) -> list[str]:
-    # taskset execs the command: the pid we get is the server's or generator's own.
-    return ["taskset", "-c", str(cpu), *command] if can_pin() else command
-
-
-def server_command(name: str, ws_impl: str) -> list[str]:
-    if name == "ws":
-        return ["node", str(HERE / "ws_forwarder.mjs"), "0"]
-    if name == "bare":
-        return [sys.executable, str(HERE / "bare.py"), "0"]
-    return [
-        str(ROOT / ".venv" / "bin" / "relay"), "serve", "--port", "0",
-        "--log-level", "warning", "--ws-impl", ws_impl,
-        # protocol checks, limits and metrics stay on; only refusals are lifted
-        "--rate-per-second", "1000000", "--rate-burst", "1000000",
-        "--queue-messages", "100000", "--queue-bytes", "100000000",
-        # every load connection comes from 127.0.0.1: no admission caps
-        "--max-connections", "0", "--max-connections-per-ip", "0",
-        "--handshake-rate-per-second", "0",
-    ]  # fmt: skip
-
-
-def keep_tail(stream: IO[str], tail: collections.deque[str]) -> None:
-    """Reads a child's stderr to its end in a thread, so a full pipe never blocks the child."""
-
-    def read() -> None:
-        for line in stream:
-            tail.append(line)
-
-    threading.Thread(target=read, daemon=True).start()
-
-
-class Server:
-    """A server process on CPU 0; the last lines it wrote to stderr are kept for errors."""
-
-    def __init__(self, name: str, ws_impl: str) -> None:
-        self.name = name
-        self.process = subprocess.Popen(
-            pinned(0, server_command(name, ws_impl)), stderr=subprocess.PIPE, text=True
-        )
-        self.tail: collections.deque[str] = collections.deque(maxlen=20)
-        self.url = self._wait_ready()
-
-    def _wait_ready(self) -> str:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.tail.append(line)
-            found = re.search(r"ready on (ws://\S+)", line)
-            if found:
-                keep_tail(self.process.stderr, self.tail)
-                return found.group(1)
-        raise SystemExit(f"{self.name} did not start:\n{''.join(self.tail)}")
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise SystemExit(f"{self.name} exited during the run:\n{''.join(self.tail)}")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-@contextmanager
-def running(name: str, ws_impl: str) -> Iterator[Server]:
-    server = Server(name, ws_impl)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-class Generator:
-    """load.mjs on CPU 1, killed if it outlives `deadline` seconds."""
-
-    def __init__(self, scenario: Scenario, url: str, options: list[str], deadline: float) -> None:
-        command = ["node", str(HERE / "load.mjs"), *scenario.load, "--url", url, *options]
-        self.process = subprocess.Popen(
-            pinned(1, command),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.tail: collections.deque[str] = collections.deque(maxlen=20)
-        assert self.process.stderr is not None
-        keep_tail(self.process.stderr, self.tail)
-        self.watchdog = threading.Timer(deadline, self.process.kill)
-        self.watchdog.start()
-
-    def lines(self) -> Iterator[dict[str, Any]]:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            yield json.loads(line)
-
-    def finish(self) -> None:
-        """Closes its stdin (which ends an idle run) and waits for it to exit."""
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        code = self.process.wait()
-        self.watchdog.cancel()
-        if code != 0:
-            raise SystemExit(f"load.mjs failed ({code}):\n{''.join(self.tail)}")
+def load_args(scenario: Scenario, clients: int | None) -> list[str]:
+    """load.mjs's arguments, with the crowd resized to `clients` connections if given."""
+    load = list(scenario.load)
+    if clients is None or not scenario.crowd:
+        return load
+    value = {
+        "--steps": f"{clients // 2},{clients}",
+        "--pairs": str(max(1, clients // 2)),
+    }.get(scenario.crowd, str(clients))
+    load[load.index(scenario.crowd) + 1] = value
+    return load
 
 
 # --- one run -----------------------------------------------------------------
@@ -264,158 +171,116 @@ class Sample:
         )  # fmt: skip
 
 
-def run_once(name: str, server: Server, args: argparse.Namespace) -> dict[str, Any]:
-    """Drives `server` with scenario `name`; returns load.mjs's result plus CPU or RSS."""
-    scenario = SCENARIOS[name]
-    pid = server.process.pid
-    if name == "idle":
-        base = rss_kib(pid)
-        load = Generator(scenario, server.url, [], deadline=300)
-        ready = next(load.lines(), None)
-        if ready is None:
-            load.finish()  # raises with load.mjs's error
-            raise SystemExit("load.mjs opened no connections")
-        time.sleep(1)  # let the server settle its buffers before reading RSS
-        grown = rss_kib(pid) - base
-        server.check_alive()
-        load.finish()
-        return {
-            **ready,
-            "rss_growth_kib": grown,
-            "kib_per_connection": round(grown / ready["connections"], 1),
-        }
-    timing = ["--seconds", str(args.seconds), "--warmup", str(args.warmup)]
-    load = Generator(scenario, server.url, timing, deadline=args.seconds + args.warmup + 120)
-    samples: list[Sample] = []  # as the measured window opens and closes
-    result: dict[str, Any] = {}
-    for line in load.lines():
-        if "event" in line:
-            samples.append(Sample.take(pid, load.process.pid))
-        else:
-            result = line
-    server.check_alive()
-    load.finish()
-    start, end = samples
+def window(start: Sample, end: Sample) -> dict[str, Any]:
+    """Both processes' CPU over a measured window, and what others took from their cores."""
     wall = end.wall - start.wall
 
     def pct(seconds: float) -> int:
         # per-process and per-core clocks tick apart: clamp the difference's noise at 0
         return max(0, round(100 * seconds / wall))
 
-    result["server_cpu_pct"] = pct(end.server - start.server)
-    result["generator_cpu_pct"] = pct(end.generator - start.generator)
-    # what other processes took from the two cores: high figures mean a noisy run
-    result["others_cpu0_pct"] = pct(end.cpu0 - start.cpu0 - (end.server - start.server))
-    result["others_cpu1_pct"] = pct(end.cpu1 - start.cpu1 - (end.generator - start.generator))
-    result["server_rss_mib"] = round(end.server_rss_kib / 1024)
+    return {
+        "server_cpu_pct": pct(end.server - start.server),
+        "generator_cpu_pct": pct(end.generator - start.generator),
+        # what other processes took from the two cores: high figures mean a noisy run
+        "others_cpu0_pct": pct(end.cpu0 - start.cpu0 - (end.server - start.server)),
+        "others_cpu1_pct": pct(end.cpu1 - start.cpu1 - (end.generator - start.generator)),
+        "server_rss_mib": round(end.server_rss_kib / 1024),
+    }
+
+
+def run_idle(server: Server, load: list[str]) -> dict[str, Any]:
+    """RSS at the server's start and at each step of registered connections, 1 s after it."""
+    pid = server.process.pid
+    start = rss_kib(pid)
+    generator = Generator(load, server.url, [], deadline=300)
+    points = []
+    for _ in load[load.index("--steps") + 1].split(","):
+        connections = generator.next_line()["connections"]
+        time.sleep(1)  # let the server settle its buffers before reading RSS
+        server.check_alive()
+        points.append((connections, rss_kib(pid)))
+        generator.go_on()
+    generator.finish()
+    (first, first_rss), (last, last_rss) = points[0], points[-1]
+    from_start = (first_rss - start) / first
+    return {
+        "connections": last,
+        "rss_start_kib": start,
+        "rss_first_kib": first_rss,
+        "rss_last_kib": last_rss,
+        "kib_from_start": round(from_start, 1),
+        # with one step, the growth from the start is all there is
+        "kib_per_connection": round((last_rss - first_rss) / (last - first), 1)
+        if last > first
+        else round(from_start, 1),
+    }
+
+
+def run_storm(server: Server, load: list[str]) -> dict[str, Any]:
+    """Connects the crowd (CPU read around it), then SIGKILLs and restarts the server."""
+    generator = Generator(load, server.url, [], deadline=900)
+    samples: list[Sample] = []
+    result: dict[str, Any] = {}
+    for line in generator.lines():
+        if line.get("event") in ("measuring", "measured"):
+            samples.append(Sample.take(server.process.pid, generator.process.pid))
+        elif line.get("event") == "registered":
+            server.check_alive()
+            result["restart_seconds"] = round(server.restart(), 3)
+        else:
+            result.update(line)
+    server.check_alive()
+    generator.finish()
+    return {**result, **window(*samples)}
+
+
+def run_rate(server: Server, load: list[str], seconds: float, warmup: float) -> dict[str, Any]:
+    """A measured window of load; its result plus CPU, RSS (and mid-window RSS) read around it."""
+    pid = server.process.pid
+    timing = ["--seconds", str(seconds), "--warmup", str(warmup)]
+    generator = Generator(load, server.url, timing, deadline=seconds + warmup + 120)
+    samples: list[Sample] = []  # as the measured window opens and closes
+    mid: list[int] = []
+    result: dict[str, Any] = {}
+    for line in generator.lines():
+        if "event" in line:
+            samples.append(Sample.take(pid, generator.process.pid))
+            if len(samples) == 1:
+                threading.Timer(seconds / 2, lambda: mid.append(rss_kib(pid))).start()
+        else:
+            result = line
+    server.check_alive()
+    generator.finish()
+    start, end = samples
+    result.update(window(start, end))
+    server_seconds = end.server - start.server
+    messages = result["relayed_per_second"] * (end.wall - start.wall)
+    result["server_us_per_msg"] = round(1e6 * server_seconds / messages, 2) if messages else None
+    result["rss_before_kib"], result["rss_after_kib"] = start.server_rss_kib, end.server_rss_kib
+    result["rss_mid_kib"] = mid[0] if mid else None
     return result
 
 
-# --- summary -----------------------------------------------------------------
-
-
-def median(runs: list[dict[str, Any]], key: str) -> Any:
-    values = [run[key] for run in runs if run.get(key) is not None]
-    return statistics.median(values) if values else None
-
-
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One server's runs of one scenario: the median of every figure over the rounds."""
-    keys = {
-        key
-        for run in runs
-        for key, value in run.items()
-        # a figure may be null (no latency samples when nothing came back)
-        if (value is None or isinstance(value, int | float))
-        and not isinstance(value, bool)
-        and key != "round"
-    }
-    summary: dict[str, Any] = {key: median(runs, key) for key in sorted(keys)}
-    closed: collections.Counter[str] = collections.Counter()
-    for run in runs:
-        closed.update(run.get("closed", {}))
-    summary["closed"] = dict(closed)
-    summary["rounds"] = len(runs)
-    return summary
-
-
-def ratios(name: str, summaries: dict[str, dict[str, Any]]) -> dict[str, float | None]:
-    """The relay's figure divided by each other server's."""
-    if "relay" not in summaries:
-        return {}
-    figure = SCENARIOS[name].figure
-    mine = summaries["relay"][figure]
-    out: dict[str, float | None] = {}
-    for other in summaries:
-        if other != "relay":
-            theirs = summaries[other][figure]
-            out[f"relay/{other}"] = round(mine / theirs, 2) if mine is not None and theirs else None
-    return out
-
-
-def saturated(summary: dict[str, Any]) -> str:
-    hot = [
-        who
-        for who, key in (("server", "server_cpu_pct"), ("generator", "generator_cpu_pct"))
-        if (summary.get(key) or 0) >= SATURATED_PCT
-    ]
-    return " + ".join(hot) or "-"
-
-
-def number(value: Any, digits: int = 2) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float) and digits:
-        return f"{value:.{digits}f}"
-    return f"{round(value):,}"
-
-
-def table(name: str, summaries: dict[str, dict[str, Any]], labels: dict[str, str]) -> str:
-    """A Markdown table of one scenario, then the ratio line."""
+def run_once(name: str, server: Server, args: argparse.Namespace) -> dict[str, Any]:
+    """Drives `server` with scenario `name`; returns load.mjs's result plus CPU or RSS."""
     scenario = SCENARIOS[name]
-    if name == "idle":
-        header = ["server", scenario.unit, "RSS growth KiB", "connections"]
-        rows = [
-            [labels[server], number(s["kib_per_connection"], 1), number(s["rss_growth_kib"], 0),
-             number(s["connections"], 0)]
-            for server, s in summaries.items()
-        ]  # fmt: skip
-    else:
-        rate = "deliveries/s" if name == "room200" else "msg/s"
-        header = [
-            "server", rate, "p50 ms", "p99 ms", "server CPU %", "generator CPU %", "saturated",
-            "others CPU 0/1 %", "server RSS MiB",
-        ]  # fmt: skip
-        if name == "room200":
-            header += ["delivered", "subscribers closed"]
-        rows = []
-        for server, s in summaries.items():
-            row = [
-                labels[server], number(s["relayed_per_second"], 0), number(s["p50_ms"]),
-                number(s["p99_ms"]), number(s["server_cpu_pct"], 0),
-                number(s["generator_cpu_pct"], 0), saturated(s),
-                f"{number(s['others_cpu0_pct'], 0)} / {number(s['others_cpu1_pct'], 0)}",
-                number(s["server_rss_mib"], 0),
-            ]  # fmt: skip
-            if name == "room200":
-                share = s["delivered_share"]
-                row += [
-                    "-" if share is None else f"{100 * share:.2f}%",
-                    ", ".join(f"{code}: {n}" for code, n in sorted(s["closed"].items())) or "0",
-                ]
-            rows.append(row)
-    lines = [
-        f"### {name}: {scenario.what}",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-    found = ratios(name, summaries)
-    if found:
-        shown = ", ".join(f"{pair} {number(value)}" for pair, value in found.items())
-        lines += ["", f"ratios ({scenario.unit}, {scenario.better} is better): {shown}"]
-    return "\n".join(lines)
+    load = load_args(scenario, args.clients)
+    if scenario.kind == "idle":
+        return run_idle(server, load)
+    if scenario.kind == "storm":
+        return run_storm(server, load)
+    if scenario.kind != "busy":
+        return run_rate(server, load, args.seconds, args.warmup)
+    result = run_rate(server, load, args.busy_seconds, 0)  # "before" is right after registering
+    peers = 2 * int(load[load.index("--pairs") + 1])
+    result["growth_kib_per_connection"] = round(
+        (result["rss_after_kib"] - result["rss_before_kib"]) / peers, 1
+    )
+    if result["rss_mid_kib"] is not None:
+        late = (result["rss_after_kib"] - result["rss_mid_kib"]) / peers
+        result["late_growth_kib_per_connection"] = round(late, 1)
+    return result
 
 
 # --- main --------------------------------------------------------------------
@@ -434,11 +299,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only", nargs="+", choices=list(SCENARIOS), metavar="SCENARIO",
-        help=f"scenarios to run (default: all of {', '.join(SCENARIOS)})",
+        help=f"scenarios to run (default: {', '.join(DEFAULT)}; the long ones, "
+        f"{', '.join(LONG)}, take minutes per server and run only when named here)",
     )  # fmt: skip
     parser.add_argument(
         "--servers", default=",".join(SERVERS), type=server_list,
-        help="comma-separated servers to run, of relay, ws, bare (default: all three)",
+        help=f"comma-separated servers to run, of {', '.join(SERVERS)} (default: all)",
     )  # fmt: skip
     parser.add_argument(
         "--rounds", type=int, default=1,
@@ -456,10 +322,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ws-impl", default=relay_default_ws_impl(),
         help="passed to `relay serve --ws-impl` (default: the relay's own, %(default)s)",
     )  # fmt: skip
+    parser.add_argument(
+        "--clients", type=int, metavar="N",
+        help="resize the crowd: storm's clients, room10k's members, busy's peers, idle's last "
+        "step (its first at N/2); for quick checks (default: each scenario's own)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--busy-seconds", type=float, default=20,
+        help="busy's measured seconds (default: 20; RSS is read at the start, middle and end)",
+    )  # fmt: skip
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    if args.clients is not None and args.clients < 2:
+        parser.error("--clients must be at least 2")
     return args
 
 
@@ -473,7 +350,7 @@ def server_list(text: str) -> list[str]:
 
 def run_all(args: argparse.Namespace, report: Callable[[str], None]) -> dict[str, Any]:
     """Each selected scenario, round and server in turn; returns the runs and their summaries."""
-    names = args.only or list(SCENARIOS)
+    names = args.only or DEFAULT
     total = len(names) * args.rounds * len(args.servers)
     done = 0
     results: dict[str, Any] = {}
@@ -489,7 +366,8 @@ def run_all(args: argparse.Namespace, report: Callable[[str], None]) -> dict[str
                     result = run_once(name, server, args)
                 runs[server_name].append({"round": round_ + 1, **result})
                 scenario = SCENARIOS[name]
-                shown = number(result[scenario.figure], 0 if "/s" in scenario.unit else 2)
+                figure = result.get(scenario.figure)
+                shown = "-" if figure is None else f"{figure:,.2f}".removesuffix(".00")
                 report(f"{shown} {scenario.unit} ({time.monotonic() - started:.0f} s)\n")
         summaries = {server: summarize(runs[server]) for server in args.servers}
         results[name] = {
@@ -498,7 +376,7 @@ def run_all(args: argparse.Namespace, report: Callable[[str], None]) -> dict[str
             "better": SCENARIOS[name].better,
             "runs": runs,
             "servers": summaries,
-            "ratios": ratios(name, summaries),
+            "ratios": {key: ratios(key, summaries) for key, _, _ in SCENARIOS[name].compared()},
         }
     return results
 
@@ -508,13 +386,17 @@ def main(argv: list[str] | None = None) -> None:
     if shutil.which("node") is None or not (HERE / "node_modules" / "ws").exists():
         raise SystemExit("needs node and tests/bench/node_modules (make install)")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # idle opens 5,000 sockets
+    # idle opens 10,000 sockets, storm 18,000: the servers and load.mjs inherit the limit
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     def progress(text: str) -> None:
         print(text, end="", file=sys.stderr, flush=True)
 
     results = run_all(args, progress)
-    labels = {"relay": f"relay ({args.ws_impl})", "ws": "node ws", "bare": "bare"}
+    labels = {
+        "relay": f"relay ({args.ws_impl})", "ws": "node ws", "ws-msgpackr": "node ws (msgpackr)",
+        "bare": "bare", "pyfloor": "pyfloor",
+    }  # fmt: skip
     placement = (
         "servers on CPU 0, load.mjs on CPU 1"
         if can_pin()
@@ -524,11 +406,24 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.seconds:g} s measured after {args.warmup:g} s warm-up, {args.rounds} round(s), "
         f"{placement}; figures are medians over rounds\n"
     )
-    print("\n\n".join(table(name, result["servers"], labels) for name, result in results.items()))
+    print(
+        "\n\n".join(
+            table(
+                f"{name}: {SCENARIOS[name].what}",
+                SCENARIOS[name].kind,
+                SCENARIOS[name].load[0],
+                SCENARIOS[name].compared(),
+                result["servers"],
+                labels,
+            )
+            for name, result in results.items()
+        )
+    )
     if args.json:
         conditions = {
             "seconds": args.seconds, "warmup": args.warmup, "rounds": args.rounds,
             "ws_impl": args.ws_impl, "pinned": can_pin(), "cpus": os.cpu_count(),
+            "clients": args.clients, "busy_seconds": args.busy_seconds,
             "node": subprocess.run(["node", "--version"], capture_output=True, text=True)
             .stdout.strip(),
             "python": sys.version.split()[0], "date": time.strftime("%Y-%m-%d %H:%M %z"),

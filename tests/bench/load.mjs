@@ -8,7 +8,16 @@
 //   node tests/bench/load.mjs pairs --url ws://127.0.0.1:8080/v1/ws --pairs 50 --inflight 16 --size 64 --seconds 10
 //   node tests/bench/load.mjs fixed --url ... --pairs 50 --rate 2000 --size 64 --seconds 10
 //   node tests/bench/load.mjs room  --url ... --members 200 --rate 500 --size 64 --seconds 10 --grace 2
-//   node tests/bench/load.mjs idle  --url ... --connections 5000   (holds them until stdin closes)
+//   node tests/bench/load.mjs idle  --url ... --steps 5000,10000   (holds them until stdin closes)
+//   node tests/bench/load.mjs storm --url ... --clients 18000 --window 200 --per-address 4000 --restart 1
+//
+// idle opens connections up to each of --steps in turn, printing a line at each and waiting for
+// a line on stdin before the next. storm connects and registers --clients, --window at a time,
+// from 127.0.0.2, 127.0.0.3, ... (--per-address each: one address's ephemeral ports would not
+// last a restart), between a "measuring" and a "measured" line; with --restart 1 it then prints
+// {"event":"registered"} and every client reconnects as soon as the server closes it (a fresh
+// hello, retried every 100-300 ms while refused), and the result says how long all took to be
+// back, counted from the first close.
 //
 // --ids 1 puts an id on every send of pairs and fixed, so the relay answers each
 // with an ok (sent once the target's host acknowledged the message); the
@@ -30,18 +39,21 @@ const decode = (data) => decoder.decode(data);
 
 const [mode, ...rest] = process.argv.slice(2);
 const opts = { url: "ws://127.0.0.1:8080/v1/ws", pairs: 50, inflight: 16, size: 64, seconds: 10,
-  rate: 2000, members: 200, connections: 5000, warmup: 2, grace: 2, ids: 0 };
+  rate: 2000, members: 200, steps: "5000", warmup: 2, grace: 2, ids: 0, clients: 18000, window: 200,
+  "per-address": 4000, restart: 0 };
 for (let i = 0; i < rest.length; i += 2) opts[rest[i].replace(/^--/, "")] = rest[i + 1];
-for (const k of Object.keys(opts)) if (k !== "url") opts[k] = Number(opts[k]);
+for (const k of Object.keys(opts)) if (k !== "url" && k !== "steps") opts[k] = Number(opts[k]);
 
 const run = Math.random().toString(36).slice(2, 8); // fresh ids per run: old ones wait for a resume
 
-function open(name) {
+function open(name, localAddress = undefined) {
   const id = `${run}-${name}`;
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(opts.url, "relay.v1", { perMessageDeflate: false });
+    const ws = new WebSocket(opts.url, "relay.v1", { perMessageDeflate: false, localAddress });
     ws.binaryType = "nodebuffer";
-    ws.once("error", reject);
+    // kept after the welcome: a server killed under its clients resets their sockets
+    ws.on("error", reject);
+    ws.once("close", () => reject(new Error("closed before the welcome")));
     ws.once("open", () => ws.send(encode({ type: "hello", id })));
     ws.once("message", (data) => {
       const welcome = decode(data);
@@ -54,7 +66,7 @@ function open(name) {
 async function openAll(ids, batch = 200) {
   const sockets = [];
   for (let i = 0; i < ids.length; i += batch) {
-    sockets.push(...(await Promise.all(ids.slice(i, i + batch).map(open))));
+    sockets.push(...(await Promise.all(ids.slice(i, i + batch).map((name) => open(name)))));
   }
   return sockets;
 }
@@ -200,18 +212,64 @@ async function room() {
   return result;
 }
 
+const stdinLines = (async function* () {
+  const lines = (await import("node:readline")).createInterface({ input: process.stdin });
+  yield* lines;
+})();
+
 async function idle() {
-  const sockets = await openAll([...Array(opts.connections).keys()].map((i) => `idle${i}`), 500);
-  console.log(JSON.stringify({ mode, connections: sockets.length, ready: true }));
-  process.stdin.resume();
-  await new Promise((resolve) => process.stdin.on("end", resolve));
+  const sockets = [];
+  for (const step of opts.steps.split(",").map(Number)) {
+    const ids = [...Array(step - sockets.length).keys()].map((i) => `idle${sockets.length + i}`);
+    sockets.push(...(await openAll(ids, 500)));
+    console.log(JSON.stringify({ mode, connections: sockets.length, ready: true }));
+    await stdinLines.next(); // bench.py has read the server's RSS
+  }
   finish(sockets);
   return null;
 }
 
-const scenario = { pairs: () => pingPong(false), fixed: () => pingPong(true), room, idle }[mode];
+async function storm() {
+  const address = (i) => `127.0.0.${2 + Math.floor(i / opts["per-address"])}`;
+  const sockets = new Array(opts.clients);
+  let next = 0;
+  const connectEach = async () => {
+    while (next < opts.clients) {
+      const i = next++;
+      sockets[i] = await open(`s${i}`, address(i));
+    }
+  };
+  mark("measuring");
+  const t0 = performance.now();
+  await Promise.all(Array.from({ length: Math.min(opts.window, opts.clients) }, connectEach));
+  const seconds = (performance.now() - t0) / 1000;
+  mark("measured");
+  const result = { mode, clients: opts.clients, window: opts.window, connect_seconds: seconds,
+    registered_per_second: Math.round(opts.clients / seconds) };
+  if (!opts.restart) {
+    finish(sockets);
+    return result;
+  }
+  let firstClose = null, back = 0, retries = 0, allBack;
+  const everyoneBack = new Promise((resolve) => { allBack = resolve; });
+  const reconnect = (i) => open(`s${i}`, address(i)).then((ws) => {
+    sockets[i] = ws;
+    if (++back === opts.clients) allBack(performance.now());
+  }, () => { retries++; setTimeout(() => reconnect(i), 100 + 200 * Math.random()); });
+  sockets.forEach((ws, i) => ws.once("close", () => {
+    if (finishing) return;
+    firstClose ??= performance.now();
+    reconnect(i);
+  }));
+  console.log(JSON.stringify({ event: "registered", connections: opts.clients }));
+  const lastBack = await everyoneBack;
+  finish(sockets);
+  return { ...result, back_seconds: (lastBack - firstClose) / 1000, retries };
+}
+
+const scenario = { pairs: () => pingPong(false), fixed: () => pingPong(true), room, idle, storm }[mode];
 if (!scenario) {
-  console.error("usage: load.mjs pairs|fixed|room|idle [--url U] [--pairs N] ...");
+  console.error("usage: load.mjs pairs|fixed|room|idle|storm [--url U] [--pairs N] ...");
   process.exit(2);
 }
 const result = await scenario();

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).with_name("bench.py")
-SERVERS = ("relay", "ws", "bare")
+SERVERS = ("relay", "ws", "ws-msgpackr", "bare", "pyfloor")
+LABELS = ["relay", "node ws", "node ws (msgpackr)", "bare", "pyfloor"]  # relay: with its ws_impl
 
 
 def tables(output: str) -> dict[str, list[dict[str, str]]]:
@@ -31,10 +32,10 @@ def tables(output: str) -> dict[str, list[dict[str, str]]]:
 
 
 def ratios(output: str, scenario: str) -> dict[str, float]:
-    section = output.split(f"### {scenario}:", 1)[1]
+    section = output.split(f"### {scenario}:", 1)[1].split("\n### ", 1)[0]
     line = re.search(r"^ratios \(.*?\): (.*)$", section, re.M)
     assert line is not None, section
-    return {pair: float(value) for pair, value in re.findall(r"(relay/\w+) ([\d.]+)", line[1])}
+    return {pair: float(value) for pair, value in re.findall(r"(relay/[\w-]+) ([\d.]+)", line[1])}
 
 
 def rate(row: dict[str, str]) -> int:
@@ -46,21 +47,23 @@ def test_a_short_run_against_every_server_relays_and_prints_ratios(tmp_path: Pat
     run = subprocess.run(
         [sys.executable, str(BENCH), "--only", "pairs64", "room200",
          "--seconds", "0.5", "--warmup", "0.2", "--json", str(results)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=90, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
 
     found = tables(run.stdout)
     assert set(found) == {"pairs64", "room200"}
     for scenario, rows in found.items():
-        assert [row["server"].split(" (")[0] for row in rows] == ["relay", "node ws", "bare"]
+        assert rows[0]["server"].startswith("relay ("), rows
+        assert [row["server"] for row in rows][1:] == LABELS[1:], rows
         assert all(rate(row) > 0 for row in rows), rows
-        assert set(ratios(run.stdout, scenario)) == {"relay/ws", "relay/bare"}
+        assert set(ratios(run.stdout, scenario)) == {f"relay/{s}" for s in SERVERS[1:]}
     for row in found["room200"]:
         assert re.fullmatch(r"[\d.]+%", row["delivered"]), row
         assert re.fullmatch(r"0|\d+: \d+(, \d+: \d+)*", row["subscribers closed"]), row
     # one progress line per run on stderr
-    assert len(re.findall(r"^\[\d/6\] ", run.stderr, re.M)) == 6, run.stderr
+    assert len(re.findall(r"^\[\d+/10\] ", run.stderr, re.M)) == 10, run.stderr
+    assert "pyfloor" in run.stdout.split("### pairs64:", 1)[1].split("server CPU per message", 1)[1]
 
     saved = json.loads(results.read_text())["scenarios"]
     for scenario in ("pairs64", "room200"):
@@ -68,12 +71,50 @@ def test_a_short_run_against_every_server_relays_and_prints_ratios(tmp_path: Pat
             (only_run,) = saved[scenario]["runs"][server]
             assert only_run["relayed_per_second"] > 0
             assert only_run["server_cpu_pct"] > 0
-        assert saved[scenario]["ratios"]["relay/ws"] > 0
+        # ratios by the figure compared, then by pair
+        assert saved[scenario]["ratios"][saved[scenario]["figure"]]["relay/ws"] > 0
+
+
+def test_the_crowd_scenarios_run_small(tmp_path: Path) -> None:
+    """storm (with its SIGKILL and restart), room10k, busy and idle, with 200 clients."""
+    results = tmp_path / "bench.json"
+    run = subprocess.run(
+        [sys.executable, str(BENCH), "--only", "storm", "room10k", "busy", "idle",
+         "--servers", "relay,pyfloor", "--clients", "200", "--seconds", "0.5", "--warmup", "0.2",
+         "--busy-seconds", "1", "--json", str(results)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+
+    found = tables(run.stdout)
+    assert set(found) == {"storm", "room10k", "busy", "idle"}
+    for row in found["storm"]:
+        assert int(row["registered/s"].replace(",", "")) > 0, row
+        assert float(row["all back s"]) > 0, row
+    for row in found["room10k"]:
+        assert re.fullmatch(r"[\d.]+%", row["delivered"]), row
+    saved = json.loads(results.read_text())["scenarios"]
+    for server in ("relay", "pyfloor"):
+        (storm,) = saved["storm"]["runs"][server]
+        assert storm["clients"] == 200 and storm["restart_seconds"] > 0
+        (busy,) = saved["busy"]["runs"][server]
+        assert busy["pairs"] == 100 and busy["rss_mid_kib"] > 0
+        (idle,) = saved["idle"]["runs"][server]
+        assert idle["connections"] == 200 and idle["kib_per_connection"] is not None
 
 
 def test_help_names_every_option() -> None:
     text = subprocess.run(
         [sys.executable, str(BENCH), "--help"], capture_output=True, text=True, check=True
     ).stdout
-    for option in ("--only", "--servers", "--rounds", "--seconds", "--ws-impl", "--json"):
+    for option in (
+        "--only",
+        "--servers",
+        "--rounds",
+        "--seconds",
+        "--ws-impl",
+        "--json",
+        "--clients",
+        "--busy-seconds",
+    ):
         assert option in text

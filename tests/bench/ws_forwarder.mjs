@@ -1,6 +1,10 @@
 // A node `ws` forwarder: the reference server tests/bench/bench.py measures the relay against.
 //
-//   taskset -c 0 node tests/bench/ws_forwarder.mjs [PORT]   (0, the default, picks a free port)
+//   taskset -c 0 node tests/bench/ws_forwarder.mjs [PORT] [--codec msgpack|msgpackr]
+//
+// PORT 0, the default, picks a free port. --codec picks the msgpack library: `msgpack`
+// (@msgpack/msgpack, the default) or `msgpackr`, the fastest a Node user would pick
+// (bench.py's `ws-msgpackr`).
 //
 // Prints "ws ready on ws://127.0.0.1:PORT/v1/ws" on stderr once listening. It speaks just enough
 // of protocol v1 for load.mjs's scenarios: hello → welcome, send → msg to one peer with `from`
@@ -8,12 +12,29 @@
 // ok. It routes and does nothing else (no validation, limits, queues, resume or metrics), on one
 // thread: the strongest reference a node server doing the same routing can be.
 import { Decoder, Encoder } from "@msgpack/msgpack";
+import { Packr, Unpackr } from "msgpackr";
 import { WebSocketServer } from "ws";
 
-// One codec for the process: `encode` returns a fresh copy, so a frame handed to ws.send is
-// never overwritten by the next one.
-const encoder = new Encoder();
-const decoder = new Decoder();
+const [portArg, codecFlag, codecName = "msgpack"] = process.argv.slice(2);
+if (codecFlag !== undefined && codecFlag !== "--codec") throw new Error(`unknown option ${codecFlag}`);
+
+// One codec for the process, and a frame handed to ws.send is never overwritten by the next
+// one: @msgpack/msgpack's `encode` returns a fresh copy; msgpackr's `pack` (without
+// REUSE_BUFFER_MODE or useBuffer) returns a view of its current buffer and packs the next
+// value after it, starting a new buffer when that one is nearly full, so a view it returned
+// is never written again. `useRecords: false` keeps plain msgpack maps (msgpackr's record
+// extension, its default for a Packr, is a format load.mjs's decoder does not read).
+const codecs = {
+  msgpack: () => [new Encoder(), new Decoder()],
+  msgpackr: () => [
+    { encode: (value) => packr.pack(value) },
+    { decode: (data) => unpackr.unpack(data) },
+  ],
+};
+const packr = new Packr({ useRecords: false });
+const unpackr = new Unpackr({ useRecords: false });
+if (!(codecName in codecs)) throw new Error(`unknown codec ${codecName}`);
+const [encoder, decoder] = codecs[codecName]();
 const peers = new Map(); // id → socket
 const rooms = new Map(); // room → Set of sockets
 
@@ -62,7 +83,7 @@ function serve(ws) {
 
 const server = new WebSocketServer({
   host: "127.0.0.1",
-  port: Number(process.argv[2] ?? 0),
+  port: Number(portArg ?? 0),
   path: "/v1/ws",
   perMessageDeflate: false,
   clientTracking: false,
@@ -71,5 +92,5 @@ const server = new WebSocketServer({
 });
 server.on("connection", serve);
 server.on("listening", () => {
-  console.error(`ws ready on ws://127.0.0.1:${server.address().port}/v1/ws`);
+  console.error(`ws (${codecName}) ready on ws://127.0.0.1:${server.address().port}/v1/ws`);
 });
