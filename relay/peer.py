@@ -23,6 +23,11 @@ from relay.values import Answer, Delivery, Handover, Queued, QueueEntry, Undeliv
 # bytes object's header): tiny frames cannot make the replay ring unbounded.
 REPLAY_OVERHEAD = 64
 
+# How much the replay window of a transport that knows acknowledgements grows
+# before the kernel is asked what it still holds: one system call per this
+# many bytes written, never one per frame.
+TRIM_STEP = 32 * 1024
+
 
 class Attached(Protocol):
     """The session a peer is attached to, as the peer and the routing that finds it see it."""
@@ -76,6 +81,7 @@ class Peer:
         "rooms",
         "secret",
         "session",
+        "trim_at",
         "unsent",
         "waiters",
         "written",
@@ -110,9 +116,12 @@ class Peer:
         # frames it received gets the rest again from here. It holds up to
         # ``replay_bytes`` (each frame counted with REPLAY_OVERHEAD more), and
         # the frame layer keeps the kernel's send buffer well below that, so
-        # it covers everything a socket can have swallowed.
+        # it covers everything a socket can have swallowed. Over a transport
+        # that knows what the peer's host acknowledged, acknowledged frames
+        # are dropped whenever the window reaches ``trim_at``.
         self.written: deque[QueueEntry] | None = None
         self.written_bytes = 0
+        self.trim_at = min(TRIM_STEP, replay_bytes)
         self.written_count = 0
         self.replay_bytes = replay_bytes
         # How many of the newest frames in ``written`` never left this host
@@ -170,19 +179,46 @@ class Peer:
                 self.queued_bytes += sum(len(entry[0]) for entry in missed)
         self.written = None
         self.written_bytes = 0
+        self.trim_at = min(TRIM_STEP, self.replay_bytes)
         self.written_count = 0
         self.unsent = 0
         return lost
 
-    def count_unsent(self, unsent_bytes: int) -> None:
-        """Mark the newest frames covering ``unsent_bytes`` on the wire as never sent."""
+    def trim_written(self, unacked_bytes: int | None) -> None:
+        """Bound the replay window; called once it holds ``trim_at`` bytes.
+
+        ``unacked_bytes`` is how many of the socket's written bytes its peer's
+        host has not acknowledged (None when the transport cannot tell): the
+        oldest frames not needed to cover them were delivered and are
+        dropped. What is left is held to ``replay_bytes`` either way.
+        """
+        written = self.written
+        if written is None:
+            return
+        if unacked_bytes is not None:
+            keep = self._newest_covering(unacked_bytes)
+            while len(written) > keep:
+                self.written_bytes -= len(written.popleft()[0]) + REPLAY_OVERHEAD
+        while self.written_bytes > self.replay_bytes:
+            self.written_bytes -= len(written.popleft()[0]) + REPLAY_OVERHEAD
+        if unacked_bytes is None:
+            self.trim_at = self.replay_bytes
+        else:
+            self.trim_at = min(self.replay_bytes, self.written_bytes + TRIM_STEP)
+
+    def _newest_covering(self, wire_bytes: int) -> int:
+        """How many of the newest frames in ``written`` cover ``wire_bytes`` on the wire."""
         count = 0
         for frame, _kind, _undelivered in reversed(self.written or ()):
-            if unsent_bytes <= 0:
+            if wire_bytes <= 0:
                 break
-            unsent_bytes -= wire_size(len(frame))
+            wire_bytes -= wire_size(len(frame))
             count += 1
-        self.unsent = count
+        return count
+
+    def count_unsent(self, unsent_bytes: int) -> None:
+        """Mark the newest frames covering ``unsent_bytes`` on the wire as never sent."""
+        self.unsent = self._newest_covering(unsent_bytes)
 
     def acknowledged(self, acked_bytes: int) -> None:
         """The socket's first ``acked_bytes`` reached the peer's host: answer their senders."""

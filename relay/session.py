@@ -266,10 +266,13 @@ class Session:
         written.append(entry)
         peer.written_bytes += size + REPLAY_OVERHEAD
         peer.written_count += 1
-        while peer.written_bytes > peer.replay_bytes:
-            peer.written_bytes -= len(written.popleft()[0]) + REPLAY_OVERHEAD
         transport = self.transport
         transport.write(frame)
+        if peer.written_bytes > peer.trim_at:
+            acked = transport.acked_bytes() if transport.acks_known else None
+            if acked is not None:
+                peer.acknowledged(acked)
+            peer.trim_written(None if acked is None else transport.written_bytes - acked)
         self._metrics.sent[kind].add(size)
         if answer is not None:
             acks = peer.acks

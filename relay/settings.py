@@ -304,7 +304,8 @@ class Settings:
     )
     replay_bytes: int = _setting(
         1048576,
-        "Sent frames kept per peer for replay on resume, in bytes (covers the socket's buffers).",
+        "Sent frames not yet acknowledged by the peer's host, kept per peer for replay on "
+        "resume, in bytes (covers the socket's buffers).",
         _COUNT,
         group="limits",
     )

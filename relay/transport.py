@@ -68,6 +68,14 @@ class Transport(Protocol):
         """
         ...
 
+    @property
+    def acks_known(self) -> bool:
+        """True when ``acked_bytes`` is the kernel's count, not ``written_bytes``.
+
+        Only then may the replay window drop what was acknowledged.
+        """
+        ...
+
     def received_bytes(self) -> int:
         """Bytes the peer sent that wait to be read: in the kernel, or read but not yet handled."""
         ...

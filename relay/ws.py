@@ -143,6 +143,10 @@ class ASGITransport:
         # ASGI says nothing of acknowledgements: written counts as delivered.
         return self.written_bytes
 
+    @property
+    def acks_known(self) -> bool:
+        return False
+
     def received_bytes(self) -> int:
         return 0  # ASGI does not say what waits unread
 

@@ -80,12 +80,34 @@ async def open_peer(url: str, **kwargs: Any) -> RawPeer:
     return RawPeer(ws)
 
 
-async def join_as(url: str, peer_id: str | None = None, **hello: Any) -> RawPeer:
+async def join_as(
+    url: str, peer_id: str | None = None, *, ssl: Any = None, **hello: Any
+) -> RawPeer:
     """Connect and register; the welcome is in ``peer.welcome``."""
-    peer = await open_peer(url)
+    peer = await open_peer(url, ssl=ssl) if ssl is not None else await open_peer(url)
     envelope = {"type": "hello", **hello}
     if peer_id is not None:
         envelope["id"] = peer_id
     peer.welcome = await peer.request(envelope)
     assert peer.welcome["type"] == "welcome", peer.welcome
     return peer
+
+
+async def replay_window_after_a_busy_reader(
+    url: str, hub: Any, *, ssl: Any = None, messages: int = 100, size: int = 16_384
+) -> int:
+    """Bytes the relay keeps for replay after sending a reader that keeps up ``messages``.
+
+    The reader reads each message before the next is sent, so everything but
+    the last frame or so is acknowledged by its host.
+    """
+    reader = await join_as(url, "reader", ssl=ssl)
+    sender = await join_as(url, "sender", ssl=ssl)
+    blob = b"x" * size
+    for n in range(messages):
+        await sender.send({"type": "send", "to": "reader", "d": [n, blob]})
+        assert (await reader.expect(type="msg"))["d"][0] == n
+    written: int = hub.peers["reader"].written_bytes
+    await reader.close()
+    await sender.close()
+    return written

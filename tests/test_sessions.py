@@ -6,7 +6,7 @@ import msgpack
 import pytest
 
 from tests.conftest import RelayFactory, RunningRelay
-from tests.peers import join_as, open_peer
+from tests.peers import join_as, open_peer, replay_window_after_a_busy_reader
 
 pytestmark = pytest.mark.anyio
 
@@ -209,3 +209,11 @@ async def test_a_peer_that_stops_answering_pings_is_reaped(relay_factory: RelayF
     await watcher.expect(type="presence", peer="alice", event="leave")
     assert "alice" not in relay.hub.peers
     alice.ws.transport.abort()
+
+
+async def test_a_reader_that_keeps_up_leaves_only_a_little_for_replay(
+    relay: RunningRelay,
+) -> None:
+    # 1.6 MB sent: the size bound alone would keep replay_bytes (1 MiB).
+    kept = await replay_window_after_a_busy_reader(relay.url, relay.hub)
+    assert kept <= 128 * 1024

@@ -152,17 +152,36 @@ def accepted_and_the_rest_refused(flood: Flood) -> set[tuple[str, int]]:
     return acked
 
 
+async def read_to_the_end(stuck: RawPeer) -> list[dict[str, Any]]:
+    """Read what the stalled peer's old socket still holds, until it closes.
+
+    That is what TCP delivered to the peer's host: a client reads it before
+    it resumes, and says how much it read (protocol.md, "Resume and replay").
+    """
+    stuck.ws.transport.resume_reading()
+    read: list[dict[str, Any]] = []
+    with anyio.fail_after(10):
+        try:
+            while True:
+                read.append(msgpack.unpackb(await stuck.ws.recv()))
+        except ConnectionClosed:
+            pass
+    return read
+
+
 async def resume_gets_every_ok(
     url: str, stuck: RawPeer, flood: Flood, acked: set[tuple[str, int]]
 ) -> dict[str, Any]:
-    """Resume ``stuck`` at ``url``, having read nothing of its old socket.
+    """Read ``stuck``'s old socket to its end, then resume it at ``url`` with that count.
 
-    Asserts that the new session receives every message answered ``ok``,
-    once and in order per sender; returns its welcome.
+    Asserts that the old socket and the new session together deliver every
+    message answered ``ok``, once and in order per sender; returns the
+    new session's welcome.
     """
-    peer = await join_as(url, "stuck", resume=stuck.welcome["resume"], received=0)
+    old = await read_to_the_end(stuck)
+    peer = await join_as(url, "stuck", resume=stuck.welcome["resume"], received=len(old))
     assert peer.welcome["resumed"] is True
-    received: list[list[Any]] = []
+    received: list[list[Any]] = [envelope["d"] for envelope in old]
     with anyio.fail_after(20):
         while len(received) < len(acked):
             received.append((await peer.expect(type="msg"))["d"])
@@ -182,14 +201,7 @@ async def every_unread_ok_is_reported(
     What the old socket holds is what TCP delivered to the peer: it is read
     first, and nothing read may also be reported ``peer-offline``.
     """
-    stuck.ws.transport.resume_reading()
-    read: list[list[Any]] = []
-    with anyio.fail_after(10):
-        try:
-            while True:
-                read.append(msgpack.unpackb(await stuck.ws.recv())["d"])
-        except ConnectionClosed:
-            pass
+    read = [envelope["d"] for envelope in await read_to_the_end(stuck)]
     read_keys = {(name, n) for name, n, _blob in read}
     reports: dict[tuple[str, int], dict[str, Any]] = {}
     accounted = anyio.Event()

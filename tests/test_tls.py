@@ -22,6 +22,7 @@ from relay.server import uvicorn_config
 from relay.settings import Settings
 from tests.conftest import RelayFactory
 from tests.jwtkit import SECRET, hs256
+from tests.peers import replay_window_after_a_busy_reader
 
 pytestmark = pytest.mark.anyio
 
@@ -123,3 +124,16 @@ def test_serve_reports_auth_configuration_mistakes(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "--jwt-public-key-file" in result.output
     assert "expected a readable file" in result.output
+
+
+async def test_over_tls_the_replay_window_keeps_the_size_bound(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    # asyncio's TLS transport buffers ciphertext no count includes, so the
+    # relay cannot tell what was acknowledged and keeps the last replay_bytes.
+    certfile, keyfile = make_certificate(tmp_path)
+    relay = await relay_factory(certfile=certfile, keyfile=keyfile)
+    trust = ssl.create_default_context(cafile=certfile)
+    url = f"wss://127.0.0.1:{relay.port}{relay.settings.path}"
+    kept = await replay_window_after_a_busy_reader(url, relay.hub, ssl=trust)
+    assert 900 * 1024 < kept <= relay.settings.replay_bytes

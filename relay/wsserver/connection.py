@@ -310,6 +310,10 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             return self._acked_at_end
         return self.written_bytes - self._count_unsent()
 
+    @property
+    def acks_known(self) -> bool:
+        return self._transport.get_extra_info("sslcontext") is None
+
     def received_bytes(self) -> int:
         if self.state >= CLOSED or self._parser is None:
             return 0

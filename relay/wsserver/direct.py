@@ -99,6 +99,14 @@ class DirectConnection(Protocol):
         then. Over TLS the kernel counts ciphertext, so this errs low.
         """
 
+    @property
+    def acks_known(self) -> bool:
+        """True where ``acked_bytes`` counts every byte ours (not over TLS).
+
+        asyncio's TLS transport keeps ciphertext of its own that no count it
+        offers includes, so there ``acked_bytes`` can run ahead of the truth.
+        """
+
     def received_bytes(self) -> int:
         """Bytes received and not yet delivered as messages: the parser's and the kernel's."""
 

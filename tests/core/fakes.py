@@ -86,7 +86,8 @@ class FakeTransport:
     """A ``relay.transport.Transport`` that keeps what it is given.
 
     Written frames count as acknowledged by the peer's host unless the test
-    stops that (``acking = False``); ``paused`` makes the socket full.
+    stops that (``acking = False``); ``paused`` makes the socket full;
+    ``acks_known = False`` makes it a transport that cannot tell (ASGI's).
     """
 
     def __init__(self) -> None:
@@ -96,6 +97,8 @@ class FakeTransport:
         self.closed: tuple[int, str] | None = None
         self.aborted = False
         self.acking = True
+        self.acks_known = True
+        self.acks_asked = 0  # calls of acked_bytes: each is a system call for real
         self.written_bytes = 0
         self._acked = 0
         self.unsent = 0
@@ -144,6 +147,7 @@ class FakeTransport:
         return self.unsent
 
     def acked_bytes(self) -> int:
+        self.acks_asked += 1
         return self._acked
 
     def received_bytes(self) -> int:

@@ -214,3 +214,60 @@ def test_a_policy_close_flushes_for_at_most_its_explain_time() -> None:
     assert queue is not None
     last = msgpack.unpackb(queue[-1][0])
     assert (last["type"], last["code"], last["id"]) == ("err", "bad-envelope", 9)
+
+
+def test_acknowledged_frames_leave_the_replay_window_and_the_rest_is_replayed() -> None:
+    node = Node()
+    alice, alice_socket, welcome = node.peer("alice")
+    bob, _bob_socket, _ = node.peer("bob")
+    peer = node.hub.peers["alice"]
+    blob = b"x" * 1000
+    for n in range(200):  # ~200 KB, all acknowledged by alice's host
+        send(bob, {"type": "send", "to": "alice", "d": [n, blob]})
+    # Trimmed by acknowledgement, not by size: far under replay_bytes (1 MiB).
+    assert peer.written_bytes <= 33 * 1024
+    # One look at the kernel's count per 32 KiB written, not one per frame.
+    assert alice_socket.acks_asked <= 200 * 1064 // (32 * 1024) + 1
+    alice_socket.acking = False
+    for n in range(200, 210):
+        send(bob, {"type": "send", "to": "alice", "d": [n, blob]})
+    assert [d[0] for d in msgs(alice_socket.take())] == list(range(210))
+    # The link drops with the last ten never acknowledged; alice read 205.
+    alice.connection_lost(1006)
+    again, socket, welcome2 = node.peer("alice", resume=welcome["resume"], received=205)
+    assert welcome2["resumed"] is True
+    node.run()
+    assert [d[0] for d in msgs(socket.take())] == [205, 206, 207, 208, 209]
+    assert node.hub.peers["alice"].session is again
+
+
+def test_unacknowledged_frames_are_kept_up_to_the_replay_bound() -> None:
+    node = Node(replay_bytes=100_000)
+    _alice, alice_socket, _ = node.peer("alice")
+    bob, _bob_socket, _ = node.peer("bob")
+    alice_socket.acking = False
+    for n in range(300):
+        send(bob, {"type": "send", "to": "alice", "d": [n, b"x" * 1000]})
+    written = node.hub.peers["alice"].written_bytes
+    assert 95_000 < written <= 100_000
+
+
+def test_a_transport_that_cannot_tell_acknowledgements_keeps_the_size_bound() -> None:
+    node = Node(replay_bytes=100_000)
+    _alice, alice_socket, _ = node.peer("alice")
+    bob, _bob_socket, _ = node.peer("bob")
+    alice_socket.acks_known = False
+    for n in range(300):
+        send(bob, {"type": "send", "to": "alice", "d": [n, b"x" * 1000]})
+    assert 95_000 < node.hub.peers["alice"].written_bytes <= 100_000
+    assert alice_socket.acks_asked == 0
+
+
+def test_a_replay_bound_under_the_trim_step_still_holds() -> None:
+    node = Node(replay_bytes=4096)
+    _alice, alice_socket, _ = node.peer("alice")
+    bob, _bob_socket, _ = node.peer("bob")
+    alice_socket.acking = False
+    for n in range(20):
+        send(bob, {"type": "send", "to": "alice", "d": [n, b"x" * 1000]})
+    assert node.hub.peers["alice"].written_bytes <= 4096
