@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,9 +20,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
-from relay.httpserver import RefusalLog
-from tests.conftest import RelayFactory
-from tests.peers import RawPeer
+from relay.httpserver import RefusalLog, RelayHTTPProtocol
+from tests.conftest import RelayFactory, RunningRelay
+from tests.peers import RawPeer, join_as
 from tests.wsserver.frames import ServerFrames, client_frame, close_frame, upgrade_request
 
 pytestmark = pytest.mark.anyio
@@ -461,3 +462,18 @@ def test_the_refusal_log_says_how_many_lines_it_held_back(
     refusals.refused("203.0.113.11", "429: busy")  # the table holds two addresses
     refusals.refused("203.0.113.10", "408: slow")  # forgotten: logged again
     assert caplog.records[-1].getMessage() == "refused 203.0.113.10: 408: slow"
+
+
+async def test_an_upgrade_leaves_no_http_protocol_for_the_collector(relay: RunningRelay) -> None:
+    # Freed by reference counting at the upgrade, not kept in a cycle until a
+    # full collection: a burst of connections would otherwise double their cost.
+    gc.collect()
+    gc.disable()
+    try:
+        peers = [await join_as(relay.url, f"p{n}") for n in range(10)]
+        left = [o for o in gc.get_objects() if isinstance(o, RelayHTTPProtocol)]
+    finally:
+        gc.enable()
+    assert left == []
+    for peer in peers:
+        await peer.close()
