@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import random
 import secrets
 import time
@@ -128,7 +129,10 @@ class Sender:
         """Wait for an event, then for the batch to fill or its oldest event's wait to end."""
         while not self._buffer:
             self._wake = anyio.Event()
-            await self._wake.wait()
+            # Drops not logged yet are logged when their minute is up, events or not.
+            with anyio.move_on_after(self._log_due()):
+                await self._wake.wait()
+            self._log_drops()
         size = self._settings.webhook_batch_events
         while len(self._buffer) < size and not self._flushing:
             left = self._buffer[0].made + self._settings.webhook_batch_seconds - time.monotonic()
@@ -201,17 +205,23 @@ class Sender:
         self._unlogged[reason] += count
         self._log_drops()
 
+    def _log_due(self) -> float:
+        """Seconds until the drops not logged yet may be (infinite: there are none)."""
+        if not self._unlogged:
+            return math.inf
+        return max(0.0, self._logged_at + _LOG_EVERY_SECONDS - time.monotonic())
+
     def _log_drops(self, *, now: bool = False) -> None:
         """Log what was dropped since the last line, if a minute has passed (or ``now``)."""
-        if not self._unlogged or not (
-            now or time.monotonic() - self._logged_at >= _LOG_EVERY_SECONDS
-        ):
+        if not self._unlogged or not (now or self._log_due() == 0):
             return
         reasons = ", ".join(f"{reason}: {count}" for reason, count in self._unlogged.items())
+        total = self._unlogged.total()
         log.warning(
-            "webhook %s: %d events dropped (%s); the next batch says how many",
+            "webhook %s: %d event%s dropped (%s); the next batch says how many",
             _shown(self.url),
-            self._unlogged.total(),
+            total,
+            "" if total == 1 else "s",
             reasons,
         )
         self._unlogged.clear()

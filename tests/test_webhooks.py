@@ -32,9 +32,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from relay.cli import main
+from relay.metrics import Metrics
 from relay.server import uvicorn_config
 from relay.settings import Settings
-from relay.webhooks import Webhooks, sign
+from relay.webhooks import Event, Sender, Webhooks, sign
 from tests.conftest import RelayFactory, RunningRelay
 from tests.docblocks import blocks
 from tests.inloop import InLoopServer
@@ -382,12 +383,32 @@ async def test_a_backend_down_past_the_retry_time_loses_events_and_is_told(
         for r in caplog.records
         if r.name == "relay.webhooks" and r.levelno >= logging.WARNING
     ]
-    assert "1 events dropped (expired: 1)" in line and receiver.url in line
+    assert "1 event dropped (expired: 1)" in line and receiver.url in line
     # The count was told once: the next batch starts again from 0.
     await alice.close()
     await receiver.until(lambda: len(receiver.accepted) == 2)
     assert receiver.accepted[1]["dropped"] == 0
     await bob.close()
+
+
+async def test_drops_are_logged_at_most_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(webhook_urls=("http://127.0.0.1:9/h",), webhook_secret=SECRET)
+    sender = Sender(settings.webhook_urls[0], settings.replace(webhook_buffer_events=1), Metrics())
+    event = Event({"type": "peer.online"}, time.monotonic())
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "relay.webhooks"]
+
+    for _ in range(4):
+        sender.put(event)  # the first is kept, the others dropped
+    assert lines() == [
+        "webhook http://127.0.0.1:9/h: 1 event dropped (buffer: 1); the next batch says how many"
+    ]
+    sender._logged_at -= 60  # a minute later: what was dropped since is logged, once
+    sender.put(event)
+    assert lines()[1:] == [
+        "webhook http://127.0.0.1:9/h: 3 events dropped (buffer: 3); the next batch says how many"
+    ]
 
 
 async def test_a_full_buffer_drops_the_newest_and_the_next_batch_says_so(
