@@ -42,6 +42,7 @@ log = logging.getLogger("relay.webhooks")
 
 SIGNATURE_HEADER = "Relay-Signature"
 _LOG_EVERY_SECONDS = 60.0  # drops are logged at most this often, per URL
+_ANSWER_BYTES = 65536  # of a backend's answer, read at most (it is not used)
 
 
 def sign(body: bytes, keys: Sequence[str], timestamp: int) -> str:
@@ -167,7 +168,7 @@ class Sender:
         while not await self._post(client, body):
             wait = min(
                 settings.webhook_backoff_cap_seconds,
-                settings.webhook_backoff_base_seconds * 2**failures,
+                settings.webhook_backoff_base_seconds * 2 ** min(failures, 60),  # no overflow
             )
             wait *= random.uniform(0.5, 1.0)  # jitter: relays restarted together spread out
             failures += 1
@@ -193,11 +194,21 @@ class Sender:
         try:
             # httpx's timeout bounds each phase; this bounds the whole request.
             with anyio.fail_after(self._settings.webhook_timeout_seconds):
-                response = await client.post(self.url, content=body, headers=headers)
+                async with client.stream("POST", self.url, content=body, headers=headers) as got:
+                    # A short answer is read, so the connection is kept for the next
+                    # request; a long one is not kept in memory (the connection closes).
+                    read = 0
+                    async for chunk in got.aiter_raw():
+                        read += len(chunk)
+                        if read > _ANSWER_BYTES:
+                            break
         except (httpx.HTTPError, TimeoutError) as exc:
             log.debug("webhook %s: %s", _shown(self.url), exc or type(exc).__name__)
             return False
-        return 200 <= response.status_code < 300
+        if 200 <= got.status_code < 300:
+            return True
+        log.debug("webhook %s: answered %d", _shown(self.url), got.status_code)
+        return False
 
     def _drop(self, count: int, reason: str) -> None:
         self._dropped += count

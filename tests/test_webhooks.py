@@ -39,7 +39,7 @@ from relay.webhooks import Event, Sender, Webhooks, sign
 from tests.conftest import RelayFactory, RunningRelay
 from tests.docblocks import blocks
 from tests.inloop import InLoopServer
-from tests.peers import join_as
+from tests.peers import RawPeer, join_as
 from tests.redis_server import free_port
 from tests.relay_process import relay_process
 
@@ -72,6 +72,8 @@ class Receiver:
         self.requests: list[dict[str, Any]] = []  # every body, accepted or not
         self.accepted: list[dict[str, Any]] = []  # bodies answered 2xx
         self.headers: list[str] = []  # every Relay-Signature
+        self.ports: list[int] = []  # the relay's end of each request's connection
+        self.answer = b""  # the body of a 2xx
         self.fail_first = 0  # answer the first N requests 500
         self.hang_first = 0  # never answer the first N requests (until released)
         self.refuse: Callable[[dict[str, Any]], bool] = lambda body: False  # 500 to these
@@ -84,6 +86,8 @@ class Receiver:
         header = request.headers.get("relay-signature", "")
         assert request.headers["content-type"] == "application/json"
         self.headers.append(header)
+        assert request.client is not None
+        self.ports.append(request.client.port)
         payload = json.loads(body)
         self.requests.append(payload)
         n = len(self.requests)
@@ -96,7 +100,7 @@ class Receiver:
             return Response(status_code=500)
         self.accepted.append(payload)
         self._changed.set()
-        return Response(status_code=204)
+        return Response(self.answer, status_code=200 if self.answer else 204)
 
     async def until(self, done: Callable[[], bool]) -> None:
         """Wait (at most ``WAIT`` seconds) until ``done()`` holds after some request."""
@@ -287,6 +291,24 @@ async def test_a_full_batch_goes_at_once(receiver: Receiver, relay_factory: Rela
         ["p0", "p1", "p2"],
         ["p3", "p4", "p5"],
     ]
+    for peer in peers:
+        await peer.close()
+
+
+async def test_requests_share_a_kept_connection_unless_an_answer_is_long(
+    receiver: Receiver, relay_factory: RelayFactory
+) -> None:
+    relay = await relay_factory(**fast(receiver.url))
+    peers: list[RawPeer] = []
+    for answer in [b"ok", b"ok", b"x" * 1_000_000, b"ok"]:
+        receiver.answer = answer
+        peers.append(await join_as(relay.url, f"p{len(peers)}"))
+        await receiver.until(lambda: len(receiver.accepted) == len(peers))
+    # Short answers keep the connection; a long one is not read, and closes it.
+    assert receiver.ports[0] == receiver.ports[1] == receiver.ports[2] != receiver.ports[3]
+    assert [e["peer"] for e in receiver.events] == ["p0", "p1", "p2", "p3"]
+    await settled(relay)
+    assert sample(relay, "relay_webhook_retries_total") == 0
     for peer in peers:
         await peer.close()
 
