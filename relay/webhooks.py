@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx
+from anyio.abc import TaskGroup
 
 from relay import __version__
 from relay.events import SessionObserver
@@ -205,6 +206,10 @@ class Sender:
         except (httpx.HTTPError, TimeoutError) as exc:
             log.debug("webhook %s: %s", _shown(self.url), exc or type(exc).__name__)
             return False
+        except Exception:
+            # Whatever a backend does, it must not end the sender (nor the relay with it).
+            log.exception("webhook %s: unexpected failure; retrying", _shown(self.url))
+            return False
         if 200 <= got.status_code < 300:
             return True
         log.debug("webhook %s: answered %d", _shown(self.url), got.status_code)
@@ -254,6 +259,7 @@ class Webhooks(SessionObserver):
         # Local room members, as heard here: who makes a room occupied or vacated.
         self._rooms: dict[str, set[str]] = {}
         self.senders = [Sender(url, settings, metrics) for url in settings.webhook_urls]
+        self._tasks: TaskGroup | None = None  # the senders', while running
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -264,16 +270,17 @@ class Webhooks(SessionObserver):
             limits=httpx.Limits(max_connections=len(self.senders)),  # one request per URL
         )
         async with client, anyio.create_task_group() as tasks:
+            self._tasks = tasks
             for sender in self.senders:
                 tasks.start_soon(sender.run, client)
             try:
                 yield
             finally:
                 with anyio.CancelScope(shield=True):
-                    await self._flush(settings.webhook_drain_seconds)
-                tasks.cancel_scope.cancel()
+                    await self.drain(settings.webhook_drain_seconds)
 
-    async def _flush(self, seconds: float) -> None:
+    async def drain(self, seconds: float) -> None:
+        """Send what is held at once, for up to ``seconds``; drop the rest (counted) and stop."""
         for sender in self.senders:
             sender.flush()
         with anyio.move_on_after(seconds):
@@ -281,6 +288,8 @@ class Webhooks(SessionObserver):
                 await sender.emptied()
         for sender in self.senders:
             sender.give_up()
+        if self._tasks is not None:
+            self._tasks.cancel_scope.cancel()
 
     def _emit(self, kind: str, **fields: str) -> None:
         if kind not in self._types:

@@ -316,14 +316,14 @@ async def test_requests_share_a_kept_connection_unless_an_answer_is_long(
 async def test_a_batch_waits_its_delay_for_more(
     receiver: Receiver, relay_factory: RelayFactory
 ) -> None:
-    relay = await relay_factory(**fast(receiver.url, webhook_batch_seconds=0.5))
+    relay = await relay_factory(**fast(receiver.url, webhook_batch_seconds=1.0))
     start = time.monotonic()
     alice = await join_as(relay.url, "alice")
     bob = await join_as(relay.url, "bob")
     await receiver.until(lambda: len(receiver.accepted) == 1)
     waited = time.monotonic() - start
     assert [e["peer"] for e in receiver.events] == ["alice", "bob"]  # one request for both
-    assert 0.5 <= waited < 5
+    assert 1.0 <= waited < 5
     await alice.close()
     await bob.close()
 
@@ -481,19 +481,22 @@ async def test_sigterm_sends_what_the_relay_holds_before_it_exits(receiver: Rece
 
 
 async def test_the_drain_bound_drops_what_cannot_be_sent_in_time(
-    receiver: Receiver, relay_factory: RelayFactory
+    receiver: Receiver, relay_factory: RelayFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     receiver.refuse = lambda body: True
     relay = await relay_factory(**fast(receiver.url, webhook_drain_seconds=0.2))
     alice = await join_as(relay.url, "alice")
-    await receiver.until(lambda: len(receiver.requests) == 1)
+    await receiver.until(lambda: len(receiver.requests) == 1)  # in flight, failing
+    bob = await join_as(relay.url, "bob")  # buffered behind it
     webhooks = relay.app.state.webhooks
     assert isinstance(webhooks, Webhooks)
     start = time.monotonic()
-    await webhooks._flush(relay.settings.webhook_drain_seconds)
-    assert time.monotonic() - start < 1
-    assert sample(relay, "relay_webhook_events_dropped_total", reason="shutdown") == 1
+    await webhooks.drain(relay.settings.webhook_drain_seconds)
+    assert 0.2 <= time.monotonic() - start < 1
+    assert sample(relay, "relay_webhook_events_dropped_total", reason="shutdown") == 2
+    assert any("2 events dropped (shutdown: 2)" in r.getMessage() for r in caplog.records)
     await alice.close()
+    await bob.close()
 
 
 # --- settings and docs --------------------------------------------------------------
