@@ -37,8 +37,11 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     operator = Operator(hub)
     operator.serve()
     # No URL, no observer: the hub's event loops stay empty.
-    webhooks = Webhooks(settings, hub.metrics, hub.node_id) if settings.webhook_urls else None
-    if webhooks is not None:
+    webhooks = None
+    if settings.webhook_urls:
+        webhooks = Webhooks(
+            settings, hub.metrics, hub.node_id, rooms_of=lambda peer_id: hub.peers[peer_id].rooms
+        )
         hub.observers.append(webhooks)
 
     @asynccontextmanager

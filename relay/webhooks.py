@@ -24,7 +24,7 @@ import random
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -250,9 +250,17 @@ class Webhooks(SessionObserver):
     Add it to ``Hub.observers`` and serve within ``running()``.
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics, node: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        node: str,
+        rooms_of: Callable[[str], Iterable[str]],
+    ) -> None:
+        """``rooms_of(peer_id)``: the rooms of a peer of this node (one it took over included)."""
         self._settings = settings
         self._node = node
+        self._rooms_of = rooms_of
         self._types = frozenset(settings.webhook_events)
         self._stream = secrets.token_hex(6)  # makes ids unique across restarts of the node
         self._seq = 0
@@ -315,6 +323,10 @@ class Webhooks(SessionObserver):
         """``peer.online`` for a fresh registration; a resume is the same peer, still online."""
         if not resumed:
             self._emit("peer.online", peer=peer_id)
+            return
+        # Taken over from another node, its rooms came along: this node tells its leaves.
+        for room in self._rooms_of(peer_id):
+            self._rooms.setdefault(room, set()).add(peer_id)
 
     def offline(self, peer_id: str, reason: str) -> None:
         """``peer.offline`` with ``reason``, unless the peer moved on to another node."""

@@ -31,6 +31,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from relay.broker import MemoryBroker
+from relay.broker.memory import MemoryCluster
 from relay.cli import main
 from relay.metrics import Metrics
 from relay.server import uvicorn_config
@@ -225,6 +227,39 @@ async def test_a_resume_is_no_new_online_and_an_ended_window_is_offline_expired(
         ("room.left", "carol", "den"),
         ("room.vacated", "den"),
     ]
+
+
+async def test_a_peer_resumed_on_another_node_is_neither_offline_nor_online_again(
+    receiver: Receiver, relay_factory: RelayFactory
+) -> None:
+    shared = MemoryCluster()
+    one = await relay_factory(broker=MemoryBroker(shared), node_id="n1", **fast(receiver.url))
+    two = await relay_factory(broker=MemoryBroker(shared), node_id="n2", **fast(receiver.url))
+    alice = await join_as(one.url, "alice")
+    await alice.request({"type": "join", "room": "lobby", "id": 1})
+    alice.ws.transport.abort()  # a dropped link
+    back = await join_as(two.url, "alice", resume=alice.welcome["resume"])
+    assert back.welcome["resumed"] is True
+    await back.close()  # gone for good, from n2, which took its rooms over
+    await receiver.until(lambda: len(receiver.events) == 6)
+    kinds = list(zip(receiver.kinds(), receiver.events, strict=True))
+    by_node = {node: [kind for kind, e in kinds if e["node"] == node] for node in ("n1", "n2")}
+    assert by_node == {
+        "n1": [
+            ("peer.online", "alice"),
+            ("room.occupied", "lobby"),
+            ("room.joined", "alice", "lobby"),
+        ],
+        "n2": [
+            ("peer.offline", "alice", "closed"),
+            ("room.left", "alice", "lobby"),
+            ("room.vacated", "lobby"),
+        ],
+    }
+    # Each node numbers its own stream.
+    assert sorted((e["node"], e["seq"]) for e in receiver.events) == [
+        ("n1", 1), ("n1", 2), ("n1", 3), ("n2", 1), ("n2", 2), ("n2", 3)
+    ]  # fmt: skip
 
 
 async def test_only_the_chosen_types_are_sent_and_numbered(
