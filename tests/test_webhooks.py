@@ -36,7 +36,7 @@ from relay.broker.memory import MemoryCluster
 from relay.cli import main
 from relay.metrics import Metrics
 from relay.server import uvicorn_config
-from relay.settings import Settings
+from relay.settings import Settings, describe
 from relay.webhooks import Event, Sender, Webhooks, sign
 from tests.conftest import RelayFactory, RunningRelay
 from tests.docblocks import blocks
@@ -555,6 +555,19 @@ def test_the_docs_show_the_check_the_tests_use() -> None:
     import inspect
 
     assert inspect.getsource(verified) in HOOKS_DOC.read_text()
+
+
+def test_the_docs_list_every_webhook_setting_with_its_default() -> None:
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[2].strip()
+        for line in HOOKS_DOC.read_text().splitlines()
+        if line.startswith("| `webhook_")
+    }
+    names = [info.name for info in describe() if info.name.startswith("webhook_")]
+    assert sorted(rows) == sorted(names)
+    for info in describe():
+        if info.name in rows and isinstance(info.default, int | float):
+            assert float(rows[info.name]) == info.default, info.name
 
 
 def doc_block(lang: str, containing: str) -> str:
