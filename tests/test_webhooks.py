@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +123,9 @@ class Receiver:
         ]
 
 
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+@asynccontextmanager
+async def serving() -> AsyncIterator[Receiver]:
+    """A ``Receiver`` on a free port of 127.0.0.1, at ``/hooks``."""
     backend = Receiver()
     app = Starlette(routes=[Route("/hooks", backend.endpoint, methods=["POST"])])
     server = InLoopServer(uvicorn_config(app, Settings(port=0, log_level="warning")))
@@ -135,6 +137,12 @@ async def receiver() -> AsyncIterator[Receiver]:
         yield backend
         backend.released.set()
         server.should_exit = True
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with serving() as backend:
+        yield backend
 
 
 def fast(url: str, **overrides: Any) -> dict[str, Any]:
@@ -310,6 +318,24 @@ def test_the_documented_check_refuses_replays_and_forgeries() -> None:
     assert not verified(b"k", f"t={now}", body)  # no signature
     assert not verified(b"k", sign(body, ["k"], now) + f",t={now}", body)  # two times
     assert not verified(b"k", "", body)
+
+
+async def test_each_url_gets_every_event_whatever_the_others_do(
+    receiver: Receiver, relay_factory: RelayFactory
+) -> None:
+    async with serving() as down:
+        down.refuse = lambda body: True
+        relay = await relay_factory(
+            **fast(receiver.url, webhook_urls=(down.url, receiver.url), webhook_drain_seconds=0.1)
+        )
+        alice = await join_as(relay.url, "alice")
+        await receiver.until(lambda: len(receiver.events) == 1)
+        await down.until(lambda: len(down.requests) >= 2)  # retried, meanwhile
+        await alice.close()
+        await receiver.until(lambda: len(receiver.events) == 2)
+        assert receiver.kinds() == [("peer.online", "alice"), ("peer.offline", "alice", "closed")]
+        assert {e["id"] for e in down.requests[0]["events"]} == {receiver.events[0]["id"]}
+        assert down.accepted == []
 
 
 # --- batches ----------------------------------------------------------------------
@@ -597,7 +623,7 @@ async def test_the_docs_receiver_runs_and_refuses_a_bad_signature(
                 "Relay-Signature": sign(b'{"events":[]}', ["not the secret"], int(time.time()))
             })  # fmt: skip
             assert forged.status_code == 401
-        relay = await relay_factory(**fast(hook))
+        relay = await relay_factory(**fast(hook, webhook_drain_seconds=0.1))
         alice = await join_as(relay.url, "alice")
         with anyio.fail_after(WAIT):
             while "peer.online alice" not in printed:
