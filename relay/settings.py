@@ -157,6 +157,10 @@ _NOT_NEGATIVE = Rule("a number >= 0", lambda value: value >= 0)
 _COUNT = _int_at_least(1)
 _BOOL = Rule("true or false", lambda value: True)
 _NETWORK = Rule("an IP address or CIDR such as 10.0.0.0/8", _is_network)
+# An HMAC-SHA256 key at least as long as the hash (as relay.auth asks of jwt_secret).
+_HMAC_KEY = Rule(
+    "empty, or at least 32 bytes", lambda value: value == "" or len(value.encode()) >= 32
+)
 
 
 def _setting(
@@ -597,14 +601,14 @@ class Settings:
     webhook_secret: str = _setting(
         "",
         "Key of the Relay-Signature HMAC-SHA256 that signs every webhook request.",
-        _ANY,
+        _HMAC_KEY,
         group="webhooks",
         secret=True,
     )
     webhook_previous_secret: str = _setting(
         "",
         "While rotating webhook_secret: the old key, which signs every request as well.",
-        _ANY,
+        _HMAC_KEY,
         group="webhooks",
         secret=True,
     )

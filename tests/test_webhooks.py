@@ -571,10 +571,19 @@ def test_a_hook_url_without_a_secret_stops_the_relay() -> None:
         "(it signs every request)"
     )
     result = CliRunner().invoke(
-        main, ["check"], env={"RELAY_WEBHOOK_URLS": "ftp://x/h", "RELAY_WEBHOOK_SECRET": "s"}
+        main, ["check"], env={"RELAY_WEBHOOK_URLS": "ftp://x/h", "RELAY_WEBHOOK_SECRET": SECRET}
     )
     assert result.exit_code == 2
-    assert "expected an http:// or https:// URL" in result.stderr
+    assert result.stderr.strip() == (
+        "Error: RELAY_WEBHOOK_URLS=ftp://x/h: expected an http:// or https:// URL"
+    )
+    result = CliRunner().invoke(
+        main, ["check", "--webhook-urls", "https://h/", "--webhook-secret", "short"]
+    )
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "Error: --webhook-secret (hidden): expected empty, or at least 32 bytes"
+    )
 
 
 def test_the_docs_show_the_check_the_tests_use() -> None:
