@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -18,6 +18,7 @@ from relay.metrics import Metrics
 from relay.operator import Operator
 from relay.peerjs.endpoint import PeerJSEndpoint
 from relay.settings import Settings
+from relay.webhooks import Webhooks
 from relay.ws import RelayEndpoint, unknown_path
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -28,16 +29,28 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
 
     ``broker`` overrides the one named by ``settings.broker`` (tests use it to
     put several nodes on one in-memory cluster). The hub is ``app.state.hub``, its
-    operator commands ``app.state.operator``.
+    operator commands ``app.state.operator``, its webhooks (None without a URL)
+    ``app.state.webhooks``.
     """
     settings = settings or Settings()
     hub = Hub(settings, broker or create_broker(settings.broker, settings), Metrics())
     operator = Operator(hub)
     operator.serve()
+    # No URL, no observer: the hub's event loops stay empty.
+    webhooks = None
+    if settings.webhook_urls:
+        webhooks = Webhooks(
+            settings, hub.metrics, hub.node_id, rooms_of=lambda peer_id: hub.peers[peer_id].rooms
+        )
+        hub.observers.append(webhooks)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        async with hub.running():
+        async with AsyncExitStack() as stack:
+            if webhooks is not None:
+                # Entered first, left last: what the hub's shutdown reports is sent too.
+                await stack.enter_async_context(webhooks.running())
+            await stack.enter_async_context(hub.running())
             yield
 
     relay_endpoint = RelayEndpoint(hub)
@@ -68,5 +81,6 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.hub = hub
     app.state.operator = operator
+    app.state.webhooks = webhooks
     app.state.api_access = api.APIAccess(settings)
     return app

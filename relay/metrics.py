@@ -12,13 +12,15 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 ENVELOPE_TYPES = ("hello", "refresh", "send", "pub", "join", "leave", "ping", "invalid")
 OUT_KINDS = ("welcome", "msg", "ok", "err", "presence", "pong")
 ROUTING_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01)
+# From an event to its webhook's 2xx: a batch's delay, then retries of up to minutes.
+WEBHOOK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 class Tally:
@@ -78,6 +80,27 @@ class Metrics(Collector):
             "relay_http_refused",
             "Connections and requests refused by the HTTP stage before any upgrade, by status.",
             ["status"],
+            registry=r,
+        )
+        # Webhooks (relay.webhooks): a few events per connection, never per message.
+        self.webhook_sent = Counter(
+            "relay_webhook_events_sent", "Events a webhook URL answered 2xx for.", registry=r
+        )
+        self.webhook_retries = Counter(
+            "relay_webhook_retries", "Webhook requests tried again after a failure.", registry=r
+        )
+        self.webhook_dropped = Counter(
+            "relay_webhook_events_dropped",
+            "Events given up: buffer (full), expired (retry time over), shutdown (drain bound).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("buffer", "expired", "shutdown"):
+            self.webhook_dropped.labels(reason)  # on /metrics from the start, at 0
+        self.webhook_latency = Histogram(
+            "relay_webhook_delivery_seconds",
+            "Time from an event to the 2xx of the webhook request that carried it.",
+            buckets=WEBHOOK_BUCKETS,
             registry=r,
         )
         self.received = {kind: Tally() for kind in ENVELOPE_TYPES}

@@ -30,6 +30,16 @@ from relay.protocol.codec import DEFAULT_ID_PATTERN, DEFAULT_ROOM_PATTERN, Codec
 from relay.protocol.envelopes import SERVER_ID
 from relay.rfc6455 import MAX_REQUEST_HEAD
 
+# The session events a webhook can carry (docs/hooks.md).
+WEBHOOK_EVENTS = (
+    "peer.online",
+    "peer.offline",
+    "room.occupied",
+    "room.vacated",
+    "room.joined",
+    "room.left",
+)
+
 
 class SettingError(ValueError):
     """A setting holds a value it does not accept.
@@ -112,6 +122,15 @@ def _is_broker(text: str) -> bool:
     return parts.scheme == "unix" and bool(parts.path)
 
 
+def _is_http_url(text: str) -> bool:
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in text
+
+
 def _ice_url(kind: str) -> Rule:
     """A STUN or TURN URL (RFC 7064, RFC 7065) as ``RTCPeerConnection`` takes it."""
     return Rule(
@@ -138,6 +157,10 @@ _NOT_NEGATIVE = Rule("a number >= 0", lambda value: value >= 0)
 _COUNT = _int_at_least(1)
 _BOOL = Rule("true or false", lambda value: True)
 _NETWORK = Rule("an IP address or CIDR such as 10.0.0.0/8", _is_network)
+# An HMAC-SHA256 key at least as long as the hash (as relay.auth asks of jwt_secret).
+_HMAC_KEY = Rule(
+    "empty, or at least 32 bytes", lambda value: value == "" or len(value.encode()) >= 32
+)
 
 
 def _setting(
@@ -568,6 +591,81 @@ class Settings:
         group="peerjs",
     )
 
+    # Webhooks: session events POSTed to a backend (docs/hooks.md)
+    webhook_urls: tuple[str, ...] = _setting(
+        (),
+        "URLs each session event is POSTed to, signed, in batches (needs webhook_secret).",
+        Rule("an http:// or https:// URL", _is_http_url),
+        group="webhooks",
+    )
+    webhook_secret: str = _setting(
+        "",
+        "Key of the Relay-Signature HMAC-SHA256 that signs every webhook request.",
+        _HMAC_KEY,
+        group="webhooks",
+        secret=True,
+    )
+    webhook_previous_secret: str = _setting(
+        "",
+        "While rotating webhook_secret: the old key, which signs every request as well.",
+        _HMAC_KEY,
+        group="webhooks",
+        secret=True,
+    )
+    webhook_events: tuple[str, ...] = _setting(
+        WEBHOOK_EVENTS,
+        "Event types sent to the webhook URLs.",
+        _one_of(*WEBHOOK_EVENTS),
+        group="webhooks",
+    )
+    webhook_retry_seconds: float = _setting(
+        300.0,
+        "How long an event is retried after it happened; older ones are dropped (counted).",
+        _POSITIVE,
+        group="webhooks",
+    )
+    webhook_backoff_base_seconds: float = _setting(
+        0.5,
+        "First wait before retrying a failed webhook request; it doubles at each failure.",
+        _POSITIVE,
+        group="webhooks",
+    )
+    webhook_backoff_cap_seconds: float = _setting(
+        30.0,
+        "Longest wait between two tries of a webhook request.",
+        _POSITIVE,
+        group="webhooks",
+    )
+    webhook_batch_seconds: float = _setting(
+        0.25,
+        "How long an event waits for others to share its webhook request (0: no wait).",
+        _NOT_NEGATIVE,
+        group="webhooks",
+    )
+    webhook_batch_events: int = _setting(
+        20, "Most events in one webhook request; a full batch goes at once.", _COUNT,
+        group="webhooks",
+    )  # fmt: skip
+    webhook_buffer_events: int = _setting(
+        10000,
+        "Events waiting per webhook URL, besides the request in flight; more are dropped "
+        "(counted).",
+        _COUNT,
+        group="webhooks",
+    )
+    webhook_timeout_seconds: float = _setting(
+        10.0,
+        "Longest a webhook request may take, connecting included (then it is retried).",
+        _POSITIVE,
+        group="webhooks",
+    )
+    webhook_drain_seconds: float = _setting(
+        5.0,
+        "On shutdown, time allowed to deliver the events still held (0: drop them).",
+        _NOT_NEGATIVE,
+        group="webhooks",
+    )
+
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             _check(item.name, getattr(self, item.name))
@@ -591,6 +689,21 @@ class Settings:
                 "turn_urls",
                 self.turn_urls[0],
                 "TURN URLs need turn_secret (coturn's static-auth-secret)",
+            )
+        if self.webhook_urls and not self.webhook_secret:
+            raise SettingError(
+                "webhook_urls",
+                self.webhook_urls[0],
+                "webhook URLs need webhook_secret (it signs every request)",
+            )
+        if self.webhook_urls and not self.webhook_events:
+            raise SettingError("webhook_events", "", "webhook URLs need at least one event type")
+        if self.webhook_backoff_cap_seconds < self.webhook_backoff_base_seconds:
+            raise SettingError(
+                "webhook_backoff_cap_seconds",
+                self.webhook_backoff_cap_seconds,
+                f"expected at least webhook_backoff_base_seconds "
+                f"({self.webhook_backoff_base_seconds:g})",
             )
         if self.workers > 1 and self.broker == "memory":
             raise SettingError(
