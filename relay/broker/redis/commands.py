@@ -33,6 +33,10 @@ ERRORS = (RedisError, OSError, TimeoutError, asyncio.TimeoutError, BrokerUnavail
 
 Command = tuple[tuple[Any, ...], "Done | None"]
 
+# Commands gathered while a write waits for its replies, at most: beyond,
+# they are written without waiting.
+HOLD_COMMANDS = 256
+
 
 class Commands:
     """The pool for registry commands and the ordered writer for everything published."""
@@ -47,6 +51,7 @@ class Commands:
         self.links: Links | None = None  # its frames go out ahead of each command
         self._outbox: list[Command] = []  # gathered this pass, written at its end
         self._pass_scheduled = False
+        self._held = False  # gathered, waiting for the replies to the last write
 
     def open_pool(self) -> None:
         options: dict[str, Any] = {
@@ -138,8 +143,20 @@ class Commands:
             asyncio.get_running_loop().call_soon(self._end_pass)
 
     def _end_pass(self) -> None:
-        """Write what this event-loop pass gathered, in order, in one write."""
+        """Write what this event-loop pass gathered, in order, in one write.
+
+        While an earlier write waits for its replies, what is gathered waits
+        with it (up to ``HOLD_COMMANDS``): under load the passes' frames then
+        go out together, one write and one ``PUBLISH`` per node for many
+        passes, which is what Redis and both nodes pay for per message; when
+        idle every pass is written at once, as its replies came back.
+        """
         self._pass_scheduled = False
+        writer = self.writer
+        if writer is not None and writer.unanswered and len(self._outbox) < HOLD_COMMANDS:
+            self._held = True
+            return
+        self._held = False
         assert self.links is not None
         self.links.flush()
         outbox, self._outbox = self._outbox, []
@@ -148,11 +165,23 @@ class Commands:
         else:
             _fail_unsent(outbox)
 
+    def attach(self, writer: Connection) -> None:
+        """Write through ``writer`` from now on."""
+        self.writer = writer
+        writer.on_answered = self._answered
+
+    def _answered(self) -> None:
+        if self._held:
+            self.end_pass_soon()
+
     def detach(self) -> None:
         """The writer is gone: what waits to be written is answered as not sent."""
+        self._held = False
         self.writer = None
         outbox, self._outbox = self._outbox, []
         _fail_unsent(outbox)
+        if self.links is not None:
+            self.links.flush()  # frames held with them: not sent either (the writer is gone)
 
 
 def _fail_unsent(commands: list[Command]) -> None:

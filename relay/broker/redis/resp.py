@@ -57,6 +57,8 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._waiting: deque[tuple[float, Done | None]] = deque()
         self._on_message = on_message
+        # Called when the last reply awaited has come (the writer sends more then).
+        self.on_answered: Callable[[], None] | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
@@ -104,6 +106,8 @@ class Connection(asyncio.Protocol):
             _at, done = self._waiting.popleft()
             if done is not None:
                 done(reply)
+        if not self._waiting and self.on_answered is not None:
+            self.on_answered()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

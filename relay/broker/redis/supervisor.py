@@ -118,7 +118,7 @@ class Supervisor:
                 writer = await Connection.open(self._url)
                 connections.append(writer)
                 await subscriber.call("SUBSCRIBE", self._keys.channel(self._node_id))
-            commands.writer = writer
+            commands.attach(writer)
             self._stale_leaves = await self._registry.register()
             await self._probe_once()  # the subscription really works
             commands.up = True
