@@ -455,8 +455,15 @@ class Settings:
     max_pending_connections: int = _setting(
         1024,
         "Connections not upgraded to a WebSocket (HTTP, keep-alive, handshakes) this node "
-        "holds at most (503 beyond).",
+        "holds at most; more wait, unread, for a place (pending_wait_seconds).",
         _COUNT,
+        group="admission",
+    )
+    pending_wait_seconds: float = _setting(
+        10.0,
+        "How long a connection over max_pending_connections waits, unread, for a place "
+        "(503 after; 503 at once when the node has no room for more sockets).",
+        _POSITIVE,
         group="admission",
     )
     max_pending_per_ip: int = _setting(
