@@ -21,7 +21,7 @@ class Recorder(SessionObserver):
     def online(self, peer_id: str, *, resumed: bool) -> None:
         self.events.append(("online", peer_id, resumed))
 
-    def offline(self, peer_id: str, reason: str) -> None:
+    def offline(self, peer_id: str, reason: str, *, lost_node: str | None = None) -> None:
         self.events.append(("offline", peer_id, reason))
 
     def joined(self, room: str, peer_id: str) -> None:
@@ -29,6 +29,12 @@ class Recorder(SessionObserver):
 
     def left(self, room: str, peer_id: str) -> None:
         self.events.append(("left", room, peer_id))
+
+    def occupied(self, room: str) -> None:
+        self.events.append(("occupied", room))
+
+    def vacated(self, room: str) -> None:
+        self.events.append(("vacated", room))
 
     def refused(self, peer_id: str | None, code: str, message: str) -> None:
         self.events.append(("refused", peer_id, code))
@@ -53,6 +59,7 @@ def test_observers_hear_each_session_event_once() -> None:
     node.run(11)  # its window passes
     assert recorder.events == [
         ("online", "alice", False),
+        ("occupied", "r"),
         ("joined", "r", "alice"),
         ("online", "alice", True),
         ("refused", "alice", "id-taken"),
@@ -61,7 +68,11 @@ def test_observers_hear_each_session_event_once() -> None:
     ]
     node.hub.peers["alice"].session.connection_lost(1006)  # type: ignore[union-attr]
     node.run(11)
-    assert recorder.events[-2:] == [("offline", "alice", "expired"), ("left", "r", "alice")]
+    assert recorder.events[-3:] == [
+        ("offline", "alice", "expired"),
+        ("left", "r", "alice"),
+        ("vacated", "r"),
+    ]
 
 
 class Decider:
