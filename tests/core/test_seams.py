@@ -6,11 +6,13 @@ from typing import Any
 
 import pytest
 
+from relay.broker.memory import MemoryCluster
 from relay.decisions import HelloAsked
 from relay.events import SessionObserver
 from relay.exceptions import Overloaded, Unauthorized
 from relay.operator import Operator
 from relay.protocol.codes import CloseCode
+from relay.values import LostNode
 from tests.core.fakes import Gate, Node, send
 
 
@@ -22,7 +24,7 @@ class Recorder(SessionObserver):
         self.events.append(("online", peer_id, resumed))
 
     def offline(self, peer_id: str, reason: str, *, lost_node: str | None = None) -> None:
-        self.events.append(("offline", peer_id, reason))
+        self.events.append(("offline", peer_id, reason, *([lost_node] if lost_node else [])))
 
     def joined(self, room: str, peer_id: str) -> None:
         self.events.append(("joined", room, peer_id))
@@ -72,6 +74,60 @@ def test_observers_hear_each_session_event_once() -> None:
         ("offline", "alice", "expired"),
         ("left", "r", "alice"),
         ("vacated", "r"),
+    ]
+
+
+def test_a_room_is_occupied_and_vacated_on_one_node_of_the_cluster() -> None:
+    cluster = MemoryCluster()
+    nodes = [Node(cluster, node_id="one"), Node(cluster, node_id="two")]
+    recorders = [Recorder(), Recorder()]
+    for node, recorder in zip(nodes, recorders, strict=True):
+        node.hub.observers.append(recorder)
+    (alice, _, _), (bob, _, _) = nodes[0].peer("alice"), nodes[1].peer("bob")
+    for session, node in ((alice, nodes[0]), (bob, nodes[1])):
+        send(session, {"type": "join", "room": "r"})
+        node.run()
+    send(alice, {"type": "leave", "room": "r"})
+    nodes[0].run()
+    send(bob, {"type": "leave", "room": "r"})
+    nodes[1].run()
+    rooms = ("occupied", "joined", "left", "vacated")
+    assert [e for e in recorders[0].events if e[0] in rooms] == [
+        ("occupied", "r"),
+        ("joined", "r", "alice"),
+        ("left", "r", "alice"),
+    ]
+    assert [e for e in recorders[1].events if e[0] in rooms] == [
+        ("joined", "r", "bob"),
+        ("left", "r", "bob"),
+        ("vacated", "r"),
+    ]
+
+
+def test_a_lost_node_is_told_peer_by_peer_with_presence_leaves() -> None:
+    node = Node()
+    recorder = Recorder()
+    node.hub.observers.append(recorder)
+    watcher, socket, _ = node.peer("watcher")
+    send(watcher, {"type": "join", "room": "r", "presence": True})
+    node.run()
+    socket.take()
+    recorder.events.clear()
+    # As the reap found it: zed's id had moved on, s is left empty.
+    memberships = [("r", "alice"), ("s", "alice"), ("r", "zed"), ("s", "bob")]
+    node.hub.node_lost(LostNode("dead", ["alice", "bob"], memberships, {"s"}))
+    assert recorder.events == [
+        ("offline", "alice", "node_lost", "dead"),
+        ("left", "r", "alice"),
+        ("left", "s", "alice"),
+        ("offline", "bob", "node_lost", "dead"),
+        ("left", "s", "bob"),
+        ("vacated", "s"),
+        ("left", "r", "zed"),
+    ]
+    assert [(e["peer"], e["event"]) for e in socket.take() if e["type"] == "presence"] == [
+        ("alice", "leave"),
+        ("zed", "leave"),
     ]
 
 
