@@ -1,11 +1,11 @@
 """Session events, for whoever wants to hear them (webhooks, an admin view, tests).
 
 A ``SessionObserver`` is told when a peer id comes online or goes offline
-for good, joins or leaves a room, when a room gets its first member or loses
-its last one on any node, when a peer is refused, or has its connection
-closed by the relay. The hub calls every observer in ``Hub.observers`` synchronously,
-from the event loop, at the moment the event happens; an observer must not
-block (queue the event and send it elsewhere). Events are never per message,
+for good, joins or leaves a room, is refused, or has its connection closed by
+the relay, and when a room gets its first member or loses its last one on any
+node. The hub calls every observer in ``Hub.observers`` synchronously, from
+the event loop, at the moment the event happens; an observer must not block
+(queue the event and send it elsewhere). Events are never per message,
 so a node with no observer pays nothing for them.
 """
 

@@ -4,8 +4,8 @@ It connects the subscription and the writer, subscribes, registers the node
 (and, after an outage, every peer and room membership it still holds),
 proves the subscription with a probe, then runs the heartbeat (renews the
 lease, reaps dead nodes, whose peers and members it reports lost) and the
-periodic probe. When a connection closes or either loop fails, the node is marked
-down and the supervisor reconnects. After an outage, until every node it knew
+periodic probe. When a connection closes or either loop fails, the node is
+marked down and the supervisor reconnects. After an outage, until every node it knew
 is serving again (one lease at most), a peer that no node holds may just not
 be registered again yet: ``links.recovering`` says so.
 """
