@@ -170,6 +170,28 @@ async def test_the_members_of_a_dead_node_are_reported_lost_once(redis_url: str)
             await broker.close()
 
 
+async def test_a_leave_redis_was_not_told_says_later_whether_it_vacated(redis_url: str) -> None:
+    broker = _broker(redis_url)
+    node = FakeNode("n1")
+    await broker.start(node)
+    try:
+        assert await broker.join("r", "alice", 10) is Joined.FIRST
+        assert await broker.join("r", "bob", 10) is Joined.MEMBER
+        assert await broker.join("r", "bob", 10) is Joined.MEMBER  # already in
+        assert await broker.join("r", "carol", 2) is Joined.FULL
+        assert await broker.leave("r", "bob") is False  # alice is still in
+        broker._commands.up = False  # as while the backplane is down: not told now
+        assert await broker.leave("r", "alice") is False
+        assert node.lost == []
+        broker._commands.up = True
+        with anyio.fail_after(3):
+            await _polled(lambda: bool(node.lost))  # the next heartbeat puts it right
+        assert node.lost == [("r", "alice", True)]
+        assert await broker.join("r", "alice", 10) is Joined.FIRST
+    finally:
+        await broker.close()
+
+
 class Announcing(FakeNode):
     """Announces a lost member as a hub does: with ``publish``, to the other nodes."""
 
