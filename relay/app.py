@@ -39,9 +39,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     # No URL, no observer: the hub's event loops stay empty.
     webhooks = None
     if settings.webhook_urls:
-        webhooks = Webhooks(
-            settings, hub.metrics, hub.node_id, rooms_of=lambda peer_id: hub.peers[peer_id].rooms
-        )
+        webhooks = Webhooks(settings, hub.metrics, hub.node_id)
         hub.observers.append(webhooks)
 
     @asynccontextmanager

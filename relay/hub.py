@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -37,7 +38,7 @@ from relay.protocol.envelopes import Hello, Join, Leave, Refresh
 from relay.router import Router
 from relay.session import Session
 from relay.settings import Settings
-from relay.values import Delivery, Handover, Proof
+from relay.values import Delivery, Handover, Joined, LostNode, Proof
 
 log = logging.getLogger("relay.hub")
 
@@ -458,12 +459,15 @@ class Hub(Router):
         if room not in peer.rooms:
             if len(peer.rooms) >= self.settings.rooms_per_peer:
                 raise RoomFull(f"already in {self.settings.rooms_per_peer} rooms")
-            if not await self.broker.join(room, peer.id, self.settings.peers_per_room):
+            joined = await self.broker.join(room, peer.id, self.settings.peers_per_room)
+            if joined is Joined.FULL:
                 raise RoomFull(f"{room} has {self.settings.peers_per_room} members")
             self.rooms.add(room, peer)
             self.metrics.rooms.set(len(self.rooms))
             self._announce(room, peer.id, "join")
             for observer in self.observers:
+                if joined is Joined.FIRST:
+                    observer.occupied(room)
                 observer.joined(room, peer.id)
         peer.rooms[room] = request.presence
         if request.presence:
@@ -487,18 +491,52 @@ class Hub(Router):
         del peer.rooms[room]
         self.rooms.discard(room, peer)
         self.metrics.rooms.set(len(self.rooms))
-        await self.broker.leave(room, peer.id)
+        vacated = await self.broker.leave(room, peer.id)
         self._announce(room, peer.id, "leave")
         for observer in self.observers:
             observer.left(room, peer.id)
+            if vacated:
+                observer.vacated(room)
 
-    def member_lost(self, room: str, peer_id: str) -> None:
-        """A member the registry lost without its hub leaving (``NodeHandler.member_lost``).
+    def member_lost(self, room: str, peer_id: str, vacated: bool) -> None:
+        """A membership of this node the registry removed later (``NodeHandler.member_lost``).
 
-        Presence watchers get the ``leave`` here and on other nodes; observers
-        hear ``left``.
+        Presence watchers get the ``leave`` here and on other nodes. Observers
+        heard ``left`` when the hub let the peer go; they hear ``vacated`` if
+        this removal emptied the room.
         """
+        self._announce_lost(room, peer_id)
+        if vacated:
+            for observer in self.observers:
+                observer.vacated(room)
+
+    def node_lost(self, lost: LostNode) -> None:
+        """Node ``lost.node`` died and this node reaped it (``NodeHandler.node_lost``).
+
+        Presence watchers get a ``leave`` for each of its memberships, here
+        and on other nodes. Observers hear, for each peer it held, ``offline``
+        (``node_lost``) then ``left`` for each of its rooms, as for a peer of
+        this node, and ``vacated`` after the last member of each room the
+        reap emptied.
+        """
+        rooms_of: dict[str, list[str]] = {}
+        for room, peer_id in lost.memberships:
+            rooms_of.setdefault(peer_id, []).append(room)
+        remaining = Counter(room for room, _peer in lost.memberships)
+        held = set(lost.peers)
+        # Members it no longer held (their ids freed or taken since) leave too.
+        for peer_id in [*lost.peers, *(p for p in rooms_of if p not in held)]:
+            if peer_id in held:
+                for observer in self.observers:
+                    observer.offline(peer_id, "node_lost", lost_node=lost.node)
+            for room in rooms_of.get(peer_id, ()):
+                self._announce_lost(room, peer_id)
+                remaining[room] -= 1
+                for observer in self.observers:
+                    observer.left(room, peer_id)
+                    if not remaining[room] and room in lost.vacated:
+                        observer.vacated(room)
+
+    def _announce_lost(self, room: str, peer_id: str) -> None:
         with suppress(BrokerUnavailable):  # not keeping up: dropped, as any frame is then
             self._announce(room, peer_id, "leave")
-        for observer in self.observers:
-            observer.left(room, peer_id)

@@ -2,7 +2,8 @@
 
 What became of a frame (``Delivery``), who to tell when it never arrives
 (``Undelivered``), what waits in a peer's queue and what moves with a peer
-between nodes (``Handover``). This module imports nothing of the relay, so
+between nodes (``Handover``), what a join changed (``Joined``) and what a
+node that died left behind (``LostNode``). This module imports nothing of the relay, so
 every other module may depend on it and it on none of them.
 """
 
@@ -32,6 +33,23 @@ class Delivery(Enum):
 # of plain values, so the frames every peer keeps for replay cost it nothing,
 # where a NamedTuple stays tracked (full collections of 100 ms under fan-out).
 Undelivered = tuple[str, RequestId | None, bool]
+
+
+class Joined(Enum):
+    """What ``Broker.join`` did, as the registry saw it."""
+
+    FULL = "full"  # refused: the room has its limit of members
+    MEMBER = "member"  # a member: already, moved from another node, or with others in the room
+    FIRST = "first"  # the first member: the room had none on any node
+
+
+class LostNode(NamedTuple):
+    """What the registry held for a node that died, as the one reap that removed it found it."""
+
+    node: str
+    peers: list[str]  # the ids it held, freed by the reap
+    memberships: list[tuple[str, str]]  # (room, peer) it had registered, removed by the reap
+    vacated: set[str]  # the rooms the reap left without a member on any node
 
 
 class Proof(NamedTuple):
