@@ -7,7 +7,12 @@ nothing more, so the peer's later frames are handled after the decision and
 in the order sent. Refusing is raising a ``relay.exceptions.RelayError``
 (``Unauthorized`` closes the socket as a bad token does, ``Overloaded`` with
 1013, which clients retry); whatever the decider returns for a hello is kept
-with the session as its ``meta``.
+with the session as its ``meta`` (and with its peer, for a resume).
+
+A ``pub`` to a room may need the same decision as a ``join``: the hub asks
+``room_decided`` first (it does not wait), and ``decide_join`` only when the
+answer is no. A room that a token's rooms claim lists is decided already:
+neither is asked for it.
 """
 
 from __future__ import annotations
@@ -46,4 +51,8 @@ class Decider(Protocol):
 
     async def decide_join(self, peer_id: str, room: str, meta: object) -> None:
         """Admit the join (return) or refuse it (raise ``RelayError``)."""
+        ...
+
+    def room_decided(self, peer_id: str, room: str) -> bool:
+        """Whether a ``pub`` of ``peer_id`` to ``room`` may go without asking ``decide_join``."""
         ...

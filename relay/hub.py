@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 from relay.auth import Claims, load_verifier
 from relay.broker.base import Broker, BrokerUnavailable
 from relay.clock import LoopScheduler, Scheduler, Timer
-from relay.decisions import Decider, HelloAsked
+from relay.decisions import HelloAsked
 from relay.delivery import AckWatch
 from relay.events import SessionObserver
 from relay.exceptions import Forbidden, IdTaken, RoomFull
@@ -34,7 +34,7 @@ from relay.peer import Peer
 from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Leave, Refresh
-from relay.router import Router
+from relay.router import Router, rooms_listed
 from relay.session import Session
 from relay.settings import Settings
 from relay.values import Delivery, Handover, Proof
@@ -83,7 +83,6 @@ class Hub(Router):
         self.backlogged: set[Peer] = set()  # live peers whose queue is not empty
         self.acks = AckWatch(self.scheduler)  # sessions whose senders wait for acknowledgements
         self.observers: list[SessionObserver] = []
-        self.decider: Decider | None = None  # asked before each fresh hello and each join
         self._sweep_timer: Timer | None = None
         self._deciding: set[str] = set()  # ids whose registration waits for the decider
         self.draining = False
@@ -239,6 +238,7 @@ class Hub(Router):
         resumed = False
         meta: object = None
         if peer is not None:
+            meta = peer.meta
             if not verified and (
                 hello.resume is None or not hmac.compare_digest(hello.resume, peer.secret)
             ):
@@ -264,6 +264,9 @@ class Hub(Router):
                 meta = await self._decide_hello(session, hello, peer_id, claims)
             peer = self._new_peer(peer_id, handover)
             resumed = handover is not None
+            if resumed:
+                meta = peer.meta  # as the node that held it was told
+            peer.meta = meta
         if peer.expiry is not None:
             peer.expiry.cancel()
             peer.expiry = None
@@ -282,7 +285,7 @@ class Hub(Router):
         if peer.queue:
             session.queue_started(peer)
         for observer in self.observers:
-            observer.online(peer_id, resumed=resumed)
+            observer.online(peer_id, resumed=resumed, meta=meta)
         return codec.encode(
             {
                 "type": "welcome",
@@ -453,7 +456,7 @@ class Hub(Router):
         assert peer is not None
         room = request.room
         self._check_room(peer, room)
-        if room not in peer.rooms and self.decider is not None:
+        if room not in peer.rooms and self.decider is not None and not rooms_listed(session):
             await self.decider.decide_join(peer.id, room, session.meta)
         if room not in peer.rooms:
             if len(peer.rooms) >= self.settings.rooms_per_peer:

@@ -74,6 +74,7 @@ class Peer:
         "id",
         "max_queue_bytes",
         "max_queue_messages",
+        "meta",
         "owed",
         "queue",
         "queued_bytes",
@@ -100,6 +101,7 @@ class Peer:
         self.id = peer_id
         self.secret = ""
         self.rooms: dict[str, bool] = {}  # room -> receives presence
+        self.meta: object = None  # what the decider said at registration (relay.decisions)
         # Both deques are made on first use: an empty deque holds a 700-byte
         # block, which is most of what an idle peer would cost.
         self.queue: deque[Queued] | None = None

@@ -266,6 +266,7 @@ class Webhooks(SessionObserver):
         self._seq = 0
         # Local room members, as heard here: who makes a room occupied or vacated.
         self._rooms: dict[str, set[str]] = {}
+        self._meta: dict[str, object] = {}  # of this node's peers that have one
         self.senders = [Sender(url, settings, metrics) for url in settings.webhook_urls]
         self._tasks: TaskGroup | None = None  # the senders', while running
 
@@ -302,6 +303,8 @@ class Webhooks(SessionObserver):
     def _emit(self, kind: str, **fields: str) -> None:
         if kind not in self._types:
             return
+        peer_id = fields.get("peer")
+        meta = self._meta.get(peer_id) if peer_id is not None else None
         self._seq += 1
         event = Event(
             {
@@ -311,6 +314,7 @@ class Webhooks(SessionObserver):
                 "node": self._node,
                 "seq": self._seq,
                 **fields,
+                **({"meta": meta} if meta is not None else {}),
             },
             time.monotonic(),
         )
@@ -319,8 +323,13 @@ class Webhooks(SessionObserver):
 
     # --- SessionObserver ------------------------------------------------------
 
-    def online(self, peer_id: str, *, resumed: bool) -> None:
-        """``peer.online`` for a fresh registration; a resume is the same peer, still online."""
+    def online(self, peer_id: str, *, resumed: bool, meta: object = None) -> None:
+        """``peer.online`` for a fresh registration; a resume is the same peer, still online.
+
+        A ``meta`` (the connect proxy's, docs/hooks.md) goes with each event of the peer.
+        """
+        if meta is not None:
+            self._meta[peer_id] = meta
         if not resumed:
             self._emit("peer.online", peer=peer_id)
             return
@@ -331,6 +340,7 @@ class Webhooks(SessionObserver):
     def offline(self, peer_id: str, reason: str) -> None:
         """``peer.offline`` with ``reason``, unless the peer moved on to another node."""
         if reason == "moved":
+            self._meta.pop(peer_id, None)
             # Its rooms went with it, still occupied: see docs/hooks.md, "In a cluster".
             for room, members in list(self._rooms.items()):
                 members.discard(peer_id)
@@ -338,6 +348,7 @@ class Webhooks(SessionObserver):
                     del self._rooms[room]
             return
         self._emit("peer.offline", peer=peer_id, reason=reason)
+        self._meta.pop(peer_id, None)
 
     def joined(self, room: str, peer_id: str) -> None:
         """``room.joined``, after ``room.occupied`` for the room's first member."""

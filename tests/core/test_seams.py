@@ -18,7 +18,7 @@ class Recorder(SessionObserver):
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
 
-    def online(self, peer_id: str, *, resumed: bool) -> None:
+    def online(self, peer_id: str, *, resumed: bool, meta: object = None) -> None:
         self.events.append(("online", peer_id, resumed))
 
     def offline(self, peer_id: str, reason: str) -> None:
