@@ -25,7 +25,7 @@ from anyio.abc import TaskGroup
 from relay.auth import Claims, load_verifier
 from relay.broker.base import Broker, BrokerUnavailable
 from relay.clock import LoopScheduler, Scheduler, Timer
-from relay.decisions import HelloAsked
+from relay.decisions import Admitted, HelloAsked
 from relay.delivery import AckWatch
 from relay.events import SessionObserver
 from relay.exceptions import Forbidden, IdTaken, RoomFull
@@ -236,9 +236,7 @@ class Hub(Router):
             raise IdTaken(f"{peer_id} is held by another session")
         peer = self.peers.get(peer_id)
         resumed = False
-        meta: object = None
         if peer is not None:
-            meta = peer.meta
             if not verified and (
                 hello.resume is None or not hmac.compare_digest(hello.resume, peer.secret)
             ):
@@ -260,13 +258,13 @@ class Hub(Router):
                 )
             if (holder is not None and handover is None) or peer_id in self.peers:
                 raise IdTaken(f"{peer_id} is held by another session")
+            admitted = None
             if handover is None and self.decider is not None:
-                meta = await self._decide_hello(session, hello, peer_id, claims)
+                admitted = await self._decide_hello(session, hello, peer_id, claims)
             peer = self._new_peer(peer_id, handover)
             resumed = handover is not None
-            if resumed:
-                meta = peer.meta  # as the node that held it was told
-            peer.meta = meta
+            if admitted is not None:
+                peer.meta, peer.granted = admitted.meta, admitted.rooms
         if peer.expiry is not None:
             peer.expiry.cancel()
             peer.expiry = None
@@ -280,12 +278,12 @@ class Hub(Router):
         peer.session = session
         peer.secret = self._make_secret()
         session.peer = peer
-        session.meta = meta
+        session.meta = peer.meta
         session.set_claims(claims)
         if peer.queue:
             session.queue_started(peer)
         for observer in self.observers:
-            observer.online(peer_id, resumed=resumed, meta=meta)
+            observer.online(peer_id, resumed=resumed, meta=peer.meta)
         return codec.encode(
             {
                 "type": "welcome",
@@ -299,7 +297,7 @@ class Hub(Router):
 
     async def _decide_hello(
         self, session: Session, hello: Hello, peer_id: str, claims: Claims | None
-    ) -> object:
+    ) -> Admitted:
         """Ask the decider about a fresh registration; the id stays reserved meanwhile."""
         assert self.decider is not None
         asked = HelloAsked(peer_id, hello.token, claims, session.connect_info, self.node_id)

@@ -30,8 +30,7 @@ import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -40,7 +39,7 @@ import msgpack
 from anyio.abc import TaskGroup
 
 from relay import __version__
-from relay.decisions import HelloAsked
+from relay.decisions import Admitted, HelloAsked
 from relay.events import SessionObserver
 from relay.exceptions import (
     BackendError,
@@ -165,19 +164,11 @@ def _shown(url: str) -> str:
     return url.split("?", 1)[0]
 
 
-@dataclass(slots=True)
-class _Rooms:
-    """What was decided of one peer's rooms."""
-
-    granted: tuple[str, ...] | None  # the connect proxy's rooms (as a rooms claim), if any
-    decided: dict[str, None] = field(default_factory=dict)  # allowed by a decision, oldest first
-
-
 class ProxyDecider(SessionObserver):
     """The ``Decider`` that asks the backend over HTTP (``connect_proxy_url``, ``join_proxy_url``).
 
-    It is also a ``SessionObserver``: what it decided of a peer's rooms is
-    forgotten when the peer goes offline for good.
+    It is also a ``SessionObserver``: the rooms the join proxy allowed a peer,
+    remembered for its pubs, are forgotten when the peer goes offline.
     """
 
     def __init__(self, settings: Settings, outbound: Outbound, node: str) -> None:
@@ -187,13 +178,13 @@ class ProxyDecider(SessionObserver):
         self._connect_url = settings.connect_proxy_url
         self._join_url = settings.join_proxy_url
         self._headers = frozenset(name.lower() for name in settings.proxy_headers)
-        self._rooms: dict[str, _Rooms] = {}
+        self._decided: dict[str, dict[str, None]] = {}  # peer -> rooms allowed, oldest first
 
-    async def decide_hello(self, asked: HelloAsked) -> object:
-        """Ask the connect proxy (when there is one); its ``meta``, or refuse."""
-        self._rooms.pop(asked.peer_id, None)
+    async def decide_hello(self, asked: HelloAsked) -> Admitted:
+        """Ask the connect proxy (when there is one): its ``meta`` and ``rooms``, or refuse."""
+        self._decided.pop(asked.peer_id, None)
         if not self._connect_url:
-            return None
+            return Admitted()
         connection = asked.connection
         headers: dict[str, str] = {}
         for name, value in connection.headers if connection is not None else ():
@@ -228,22 +219,12 @@ class ProxyDecider(SessionObserver):
         if len(json.dumps(meta, separators=(",", ":"))) > self._settings.proxy_meta_bytes:
             self._outbound.complain(self._connect_url, "meta is over proxy_meta_bytes")
             raise Overloaded("the backend's answer cannot be used: try again later")
-        if rooms is not None:
-            self._rooms[asked.peer_id] = _Rooms(tuple(rooms))
-        return meta
+        return Admitted(meta, None if rooms is None else tuple(rooms))
 
     async def decide_join(self, peer_id: str, room: str, meta: object) -> None:
-        """Admit a room the connect proxy granted, or ask the join proxy (and remember a yes)."""
-        state = self._rooms.get(peer_id)
-        if state is not None:
-            if room in state.decided:
-                return
-            if state.granted is not None:
-                if not any(fnmatchcase(room, pattern) for pattern in state.granted):
-                    raise Forbidden(f"room {room} was not granted to this session")
-                self._remember(state, room)
-                return
-        if not self._join_url:
+        """Ask the join proxy (when there is one), and remember a yes for the peer's pubs."""
+        decided = self._decided.get(peer_id)
+        if not self._join_url or (decided is not None and room in decided):
             return
         answer = await self._ask(
             self._join_url,
@@ -251,29 +232,21 @@ class ProxyDecider(SessionObserver):
         )
         if not answer["allow"]:
             raise Forbidden(_reason(answer, f"room {room} refused by the join proxy"))
-        if state is None:
-            state = self._rooms[peer_id] = _Rooms(None)
-        self._remember(state, room)
-
-    def room_decided(self, peer_id: str, room: str) -> bool:
-        """Whether a ``pub`` to ``room`` needs no decision: decided before, or nobody decides."""
-        state = self._rooms.get(peer_id)
-        if state is None:
-            return not self._join_url
-        if room in state.decided:
-            return True
-        return state.granted is None and not self._join_url
-
-    def offline(self, peer_id: str, reason: str) -> None:
-        """Forget the peer's rooms (another node taking it over asks again)."""
-        self._rooms.pop(peer_id, None)
-
-    @staticmethod
-    def _remember(state: _Rooms, room: str) -> None:
-        decided = state.decided
+        decided = self._decided.setdefault(peer_id, {})
         if len(decided) >= _DECIDED_KEPT:
             del decided[next(iter(decided))]
         decided[room] = None
+
+    def room_decided(self, peer_id: str, room: str) -> bool:
+        """Whether a ``pub`` to ``room`` needs no decision: nobody decides, or it was allowed."""
+        if not self._join_url:
+            return True
+        decided = self._decided.get(peer_id)
+        return decided is not None and room in decided
+
+    def offline(self, peer_id: str, reason: str) -> None:
+        """Forget the rooms allowed (a node taking the peer over asks again)."""
+        self._decided.pop(peer_id, None)
 
     async def _ask(self, url: str, fields: dict[str, Any]) -> dict[str, Any]:
         """POST one question; the answer, which has a boolean ``allow`` (else ``Overloaded``)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from fnmatch import fnmatchcase
 from typing import Protocol
 
 import anyio
@@ -46,9 +47,12 @@ class Backend(Protocol):
 
 
 def rooms_listed(session: Session) -> bool:
-    """The session's token lists its rooms: whatever ``_check_room`` let through is decided."""
+    """The session's token or admission lists its rooms: what ``_check_room`` let through."""
     claims = session.claims
-    return claims is not None and claims.rooms is not None
+    peer = session.peer
+    return (claims is not None and claims.rooms is not None) or (
+        peer is not None and peer.granted is not None
+    )
 
 
 class Router:
@@ -67,11 +71,14 @@ class Router:
         self.backend: Backend | None = None  # answers sends to @backend; None: they are refused
 
     def _check_room(self, peer: Peer, room: str) -> None:
-        """Refuse a room the peer's token does not list (``Forbidden``)."""
+        """Refuse a room the peer's token, or its admission, does not list (``Forbidden``)."""
         session = peer.session
         claims = session.claims if session is not None else None
         if self.auth is not None and (claims is None or not claims.allows_room(room)):
             raise Forbidden(f"the token does not allow room {room}")
+        granted = peer.granted
+        if granted is not None and not any(fnmatchcase(room, pattern) for pattern in granted):
+            raise Forbidden(f"room {room} was not granted to this session")
 
     def send(self, session: Session, request: Send) -> None:
         """Deliver a ``send`` to each target; one ``ok`` or ``err`` answers it.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.decisions import HelloAsked
+from relay.decisions import Admitted, HelloAsked
 from relay.exceptions import Unauthorized
 from tests.conftest import RunningRelay
 from tests.peers import join_as, open_peer
@@ -16,11 +16,11 @@ class Decider:
     def __init__(self) -> None:
         self.asked: list[HelloAsked] = []
 
-    async def decide_hello(self, asked: HelloAsked) -> object:
+    async def decide_hello(self, asked: HelloAsked) -> Admitted:
         self.asked.append(asked)
         if asked.peer_id == "mallory":
             raise Unauthorized("not you")
-        return {"seen": True}
+        return Admitted(meta={"seen": True})
 
     async def decide_join(self, peer_id: str, room: str, meta: object) -> None:
         if room == "staff":

@@ -27,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from relay.broker import MemoryBroker
+from relay.broker.memory import MemoryCluster
 from relay.cli import main
 from relay.events import SessionObserver
 from relay.proxy import RpcCaller
@@ -331,6 +333,25 @@ async def test_a_resume_is_not_asked_again_and_keeps_its_meta(
     assert session is not None and session.meta == {"n": 1}
 
 
+async def test_a_resume_on_another_node_keeps_meta_and_granted_rooms(
+    relay_factory: RelayFactory, backend: Backend
+) -> None:
+    backend.answers["connect"] = allow(meta={"n": 1}, rooms=["chat-*"])
+    shared = MemoryCluster()
+    one = await proxied(relay_factory, backend, "connect", broker=MemoryBroker(shared))
+    two = await proxied(relay_factory, backend, "connect", broker=MemoryBroker(shared))
+    alice = await join_as(one.url, "alice")
+    moved = await join_as(two.url, "alice", resume=alice.welcome["resume"], received=0)
+    assert moved.welcome["resumed"] is True and moved.welcome["node"] == two.hub.node_id
+    assert len(backend.asked("connect")) == 1
+    session = two.hub.peers["alice"].session
+    assert session is not None and session.meta == {"n": 1}
+    await moved.send({"type": "join", "room": "staff", "id": 1})
+    await moved.expect(type="err", code="forbidden", id=1)
+    await moved.send({"type": "join", "room": "chat-1", "id": 2})
+    await moved.expect(type="ok", id=2)
+
+
 async def test_meta_goes_with_the_peers_webhook_events(
     relay_factory: RelayFactory, backend: Backend
 ) -> None:
@@ -595,7 +616,7 @@ async def test_calls_in_flight_are_bounded_per_session_and_per_node(
 ) -> None:
     backend.answers["rpc"] = backend.hang
     relay = await proxied(
-        relay_factory, backend, "rpc", proxy_inflight=3, proxy_inflight_per_session=2,
+        relay_factory, backend, "rpc", "join", proxy_inflight=3, proxy_inflight_per_session=2,
         proxy_timeout_seconds=WAIT,
     )  # fmt: skip
     alice = await join_as(relay.url, "alice")
@@ -608,6 +629,9 @@ async def test_calls_in_flight_are_bounded_per_session_and_per_node(
     await bob.send({"type": "send", "to": "@backend", "d": 5, "rid": 5, "id": 5})
     err = await bob.expect(type="err", code="overloaded", id=5)
     assert "in flight" in err["msg"]
+    # A decision needs one of the node's slots too: refused at once, not queued.
+    await bob.send({"type": "join", "room": "a", "id": 6})
+    await bob.expect(type="err", code="overloaded", id=6)
     await backend.until(lambda: len(backend.seen) == 3)
     backend.release.set()
     for peer, rids in ((alice, {1, 2}), (bob, {4})):
