@@ -167,8 +167,8 @@ def _shown(url: str) -> str:
 class ProxyDecider(SessionObserver):
     """The ``Decider`` that asks the backend over HTTP (``connect_proxy_url``, ``join_proxy_url``).
 
-    It is also a ``SessionObserver``: the rooms the join proxy allowed a peer,
-    remembered for its pubs, are forgotten when the peer goes offline.
+    It is also a ``SessionObserver``: the rooms the join proxy allowed a peer
+    online here are remembered for its pubs, and forgotten when it goes offline.
     """
 
     def __init__(self, settings: Settings, outbound: Outbound, node: str) -> None:
@@ -182,7 +182,6 @@ class ProxyDecider(SessionObserver):
 
     async def decide_hello(self, asked: HelloAsked) -> Admitted:
         """Ask the connect proxy (when there is one): its ``meta`` and ``rooms``, or refuse."""
-        self._decided.pop(asked.peer_id, None)
         if not self._connect_url:
             return Admitted()
         connection = asked.connection
@@ -232,7 +231,9 @@ class ProxyDecider(SessionObserver):
         )
         if not answer["allow"]:
             raise Forbidden(_reason(answer, f"room {room} refused by the join proxy"))
-        decided = self._decided.setdefault(peer_id, {})
+        decided = self._decided.get(peer_id)
+        if decided is None:
+            return  # it went offline meanwhile: nothing to remember it for
         if len(decided) >= _DECIDED_KEPT:
             del decided[next(iter(decided))]
         decided[room] = None
@@ -243,6 +244,11 @@ class ProxyDecider(SessionObserver):
             return True
         decided = self._decided.get(peer_id)
         return decided is not None and room in decided
+
+    def online(self, peer_id: str, *, resumed: bool, meta: object = None) -> None:
+        """Remember what the join proxy allows the peer from now on (kept across a resume)."""
+        if self._join_url:
+            self._decided.setdefault(peer_id, {})
 
     def offline(self, peer_id: str, reason: str) -> None:
         """Forget the rooms allowed (a node taking the peer over asks again)."""
