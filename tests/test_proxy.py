@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ import anyio
 import msgpack
 import pytest
 import relay_client
+from anyio.streams.text import TextReceiveStream
 from click.testing import CliRunner
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,8 +36,9 @@ from relay.cli import main
 from relay.events import SessionObserver
 from relay.proxy import RpcCaller
 from relay.server import uvicorn_config
-from relay.settings import SettingError, Settings
+from relay.settings import SettingError, Settings, describe
 from tests.conftest import RelayFactory, RunningRelay
+from tests.docblocks import blocks
 from tests.inloop import InLoopServer
 from tests.jwtkit import SECRET as JWT_SECRET
 from tests.jwtkit import hs256
@@ -699,6 +703,69 @@ async def eventually(done: Callable[[], bool]) -> None:
     with anyio.fail_after(WAIT):
         while not done():  # noqa: ASYNC110
             await anyio.sleep(0.01)
+
+
+# --- the docs ------------------------------------------------------------------------------
+
+
+HOOKS_DOC = ROOT / "docs" / "hooks.md"
+
+
+def test_the_docs_list_every_proxy_setting_with_its_default() -> None:
+    text = HOOKS_DOC.read_text()
+    rows = {
+        line.split("|")[1].strip(" `"): line.split("|")[2].strip()
+        for line in text[text.index("### Bounds") :].splitlines()
+        if line.startswith("| `")
+    }
+    names = [info.name for info in describe() if info.group == "proxy"]
+    assert sorted(rows) == sorted(names)
+    for info in describe():
+        if info.name in rows and isinstance(info.default, int | float):
+            assert float(rows[info.name]) == info.default, info.name
+        elif info.name in rows and info.default:
+            assert rows[info.name] == info.default, info.name
+
+
+async def test_the_docs_example_backend_decides_and_answers(
+    relay_factory: RelayFactory, tmp_path: Path
+) -> None:
+    [code] = [
+        b.text for b in blocks(HOOKS_DOC) if b.lang == "python" and "ThreadingHTTPServer" in b.text
+    ]
+    port = free_port()
+    script = tmp_path / "backend.py"
+    script.write_text(code.replace("8001", str(port)))
+    env = {"RELAY_WEBHOOK_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
+    async with await anyio.open_process(
+        [sys.executable, "-u", str(script)], env=env, stderr=subprocess.DEVNULL
+    ) as process:
+        assert process.stdout is not None
+        lines = TextReceiveStream(process.stdout)
+        printed = ""
+        with anyio.fail_after(WAIT):
+            while "deciding on" not in printed:
+                printed += await lines.receive()
+        base = f"http://127.0.0.1:{port}"
+        relay = await relay_factory(
+            webhook_secret=SECRET, connect_proxy_url=f"{base}/connect",
+            join_proxy_url=f"{base}/join", rpc_proxy_url=f"{base}/rpc", rpc_format="json",
+        )  # fmt: skip
+        with anyio.fail_after(WAIT):
+            async with (
+                relay_client.connect(relay.url, id="alice") as alice,
+                relay_client.connect(relay.url, id="bob") as bob,
+            ):
+                await alice.join("pro-chat")
+                with pytest.raises(relay_client.Forbidden, match="pro rooms are for the pro plan"):
+                    await bob.join("pro-chat")
+                assert await alice.request("@backend", [1, 2, 3], ev="add") == 6
+                with pytest.raises(relay_client.BackendError, match="404: no method mul"):
+                    await alice.request("@backend", [1, 2], ev="mul")
+            with pytest.raises(relay_client.Unauthorized, match="banned"):
+                async with relay_client.connect(relay.url, id="mallory"):
+                    pass
+        process.terminate()
 
 
 # --- settings ---------------------------------------------------------------------------
