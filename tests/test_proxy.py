@@ -568,8 +568,13 @@ async def test_rpc_needs_a_url_and_a_rid_and_goes_alone(
     assert backend.seen == []
 
 
-async def test_rpc_from_the_js_client(relay_factory: RelayFactory, backend: Backend) -> None:
-    relay = await proxied(relay_factory, backend, "rpc", proxy_timeout_seconds=0.3)
+@pytest.mark.parametrize("rpc_format", ["msgpack", "json"])
+async def test_rpc_from_the_js_client(
+    relay_factory: RelayFactory, backend: Backend, rpc_format: str
+) -> None:
+    relay = await proxied(
+        relay_factory, backend, "rpc", proxy_timeout_seconds=0.3, rpc_format=rpc_format
+    )
     backend.answers["rpc"] = rpc_by_ev
     script = """
 import WebSocket from "ws";
@@ -599,13 +604,18 @@ await peer.close();
         "BackendError backend-error the backend answered 400: bad input true",
         "Overloaded overloaded the backend did not answer in time: try again later true",
     ]
+    assert {seen.content_type for seen in backend.seen} == {f"application/{rpc_format}"}
+    assert backend.seen[0].fields["d"] == {"a": 2, "b": 3}
 
 
 async def rpc_by_ev(seen: Seen) -> Response:
     """Add, refuse, or take longer than the relay waits, by ``ev``."""
     fields = seen.fields
     if fields["ev"] == "add":
-        return Response(msgpack.packb(fields["d"]["a"] + fields["d"]["b"]))
+        total = fields["d"]["a"] + fields["d"]["b"]
+        if seen.content_type == "application/json":
+            return JSONResponse(total)
+        return Response(msgpack.packb(total), media_type="application/msgpack")
     if fields["ev"] == "fail":
         return Response(b"bad input", status_code=400, media_type="text/plain")
     await anyio.sleep(WAIT)  # "busy": the relay gives up after proxy_timeout_seconds
