@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     # No proxy URL, no outbound client: hellos, joins and pubs go as before.
     outbound = rpc = None
     if settings.connect_proxy_url or settings.join_proxy_url or settings.rpc_proxy_url:
-        outbound = Outbound(settings)
+        outbound = Outbound(settings, hub.metrics)
     if outbound is not None and (settings.connect_proxy_url or settings.join_proxy_url):
         decider = ProxyDecider(settings, outbound, hub.node_id)
         hub.decider = decider

@@ -45,10 +45,12 @@ from relay.exceptions import (
     BackendError,
     BadEnvelope,
     Forbidden,
+    Internal,
     Overloaded,
     RelayError,
     Unauthorized,
 )
+from relay.metrics import Metrics
 from relay.protocol import codec
 from relay.protocol.envelopes import BACKEND_ID, Send
 from relay.router import Router
@@ -81,8 +83,9 @@ class Answer:
 class Outbound:
     """The HTTP side of decisions and RPC: a pool, signing, time and in-flight bounds."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._keys = [k for k in (settings.webhook_secret, settings.webhook_previous_secret) if k]
         self._client: httpx.AsyncClient | None = None
         self._inflight = 0
@@ -151,6 +154,16 @@ class Outbound:
             raise Overloaded("the backend cannot be reached: try again later") from None
         return Answer(got.status_code, got.headers.get("content-type", ""), b"".join(chunks))
 
+    def count(self, kind: str, outcome: str) -> None:
+        """One request of ``kind`` (connect, join, rpc) ended with ``outcome``, for the metrics."""
+        self._metrics.proxy_requests.labels(kind, outcome).inc()
+
+    def unusable(self, kind: str, url: str, problem: str) -> Overloaded:
+        """Count and log an answer that cannot be used; the refusal to raise."""
+        self.count(kind, "failed")
+        self.complain(url, problem)
+        return Overloaded("the backend's answer cannot be used: try again later")
+
     def complain(self, url: str, problem: str) -> None:
         """Log a failing backend, at most once a minute per URL (a down backend fails often)."""
         now = time.monotonic()
@@ -189,8 +202,10 @@ class ProxyDecider(SessionObserver):
         for name, value in connection.headers if connection is not None else ():
             if name in self._headers:
                 headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        url = self._connect_url
         answer = await self._ask(
-            self._connect_url,
+            "connect",
+            url,
             {
                 "type": "connect",
                 "id": asked.peer_id,
@@ -200,24 +215,24 @@ class ProxyDecider(SessionObserver):
                 "node": self._node,
             },
         )
+        outbound = self._outbound
         if not answer["allow"]:
+            outbound.count("connect", "refused")
             raise Unauthorized(_reason(answer, "refused by the connect proxy"))
         if answer.get("id", asked.peer_id) != asked.peer_id:
             # The id is the client's (or the token's) to name, never the backend's.
-            self._outbound.complain(self._connect_url, "answered another id: refused")
-            raise Overloaded("the backend's answer cannot be used: try again later")
+            raise outbound.unusable("connect", url, "answered another id")
         rooms = answer.get("rooms")
         if isinstance(rooms, str):
             rooms = [rooms]
         if rooms is not None and not (
             isinstance(rooms, list) and all(isinstance(room, str) for room in rooms)
         ):
-            self._outbound.complain(self._connect_url, "rooms is not a list of strings")
-            raise Overloaded("the backend's answer cannot be used: try again later")
+            raise outbound.unusable("connect", url, "rooms is not a list of strings")
         meta = answer.get("meta")
         if len(json.dumps(meta, separators=(",", ":"))) > self._settings.proxy_meta_bytes:
-            self._outbound.complain(self._connect_url, "meta is over proxy_meta_bytes")
-            raise Overloaded("the backend's answer cannot be used: try again later")
+            raise outbound.unusable("connect", url, "meta is over proxy_meta_bytes")
+        outbound.count("connect", "ok")
         return Admitted(meta, None if rooms is None else tuple(rooms))
 
     async def decide_join(self, peer_id: str, room: str, meta: object) -> None:
@@ -226,9 +241,11 @@ class ProxyDecider(SessionObserver):
         if not self._join_url or (decided is not None and room in decided):
             return
         answer = await self._ask(
+            "join",
             self._join_url,
             {"type": "join", "id": peer_id, "room": room, "meta": meta, "node": self._node},
         )
+        self._outbound.count("join", "ok" if answer["allow"] else "refused")
         if not answer["allow"]:
             raise Forbidden(_reason(answer, f"room {room} refused by the join proxy"))
         decided = self._decided.get(peer_id)
@@ -254,15 +271,22 @@ class ProxyDecider(SessionObserver):
         """Forget the rooms allowed (a node taking the peer over asks again)."""
         self._decided.pop(peer_id, None)
 
-    async def _ask(self, url: str, fields: dict[str, Any]) -> dict[str, Any]:
+    async def _ask(self, kind: str, url: str, fields: dict[str, Any]) -> dict[str, Any]:
         """POST one question; the answer, which has a boolean ``allow`` (else ``Overloaded``)."""
         body = json.dumps(fields, separators=(",", ":")).encode()
         outbound = self._outbound
-        outbound.reserve()
+        try:
+            outbound.reserve()
+        except Overloaded:
+            outbound.count(kind, "busy")
+            raise
         try:
             answer = await outbound.post(url, body, "application/json", _DECISION_BYTES)
         except AnswerTooLarge:
             answer = Answer(0, "", b"")
+        except Overloaded:
+            outbound.count(kind, "failed")
+            raise
         finally:
             outbound.release()
         try:
@@ -273,8 +297,7 @@ class ProxyDecider(SessionObserver):
             problem = f"answered {answer.status}" if answer.status else "answered too much"
             if answer.status == 200:
                 problem = "answered 200 without a JSON object with a boolean allow"
-            outbound.complain(url, problem)
-            raise Overloaded("the backend's answer cannot be used: try again later")
+            raise outbound.unusable(kind, url, problem)
         return decided
 
 
@@ -322,11 +345,16 @@ class RpcCaller:
             raise Overloaded("the relay is stopping")
         count = self._calls.get(peer.id, 0)
         if count >= self._settings.proxy_inflight_per_session:
+            self._outbound.count("rpc", "busy")
             raise Overloaded(
                 f"{count} calls to {BACKEND_ID} in flight already (proxy_inflight_per_session)"
             )
         body = self._body(peer.id, request, session.meta)
-        self._outbound.reserve()
+        try:
+            self._outbound.reserve()
+        except Overloaded:
+            self._outbound.count("rpc", "busy")
+            raise
         self._calls[peer.id] = count + 1
         if request.id is not None:
             peer.owed += 1  # a drain waits for the answer, as for any send
@@ -353,7 +381,11 @@ class RpcCaller:
             frames = [(await self._answer(request, body), "msg")]
             if request.id is not None:
                 frames.append((codec.encode_ok(request.id), "ok"))
-        except RelayError as exc:
+        except Exception as exc:
+            if not isinstance(exc, RelayError):
+                # Whatever the backend answered, it must not end the calls' task group.
+                log.exception("RPC of %s: unexpected failure", peer_id)
+                exc = Internal("internal error")
             self._router.metrics.errors.labels(exc.code.value).inc()
             frames = [(codec.encode_err(exc.code.value, exc.message, request_id=request.id), "err")]
         finally:
@@ -371,11 +403,17 @@ class RpcCaller:
 
     async def _answer(self, request: Send, body: bytes) -> bytes:
         """The ``msg`` that carries the backend's answer; ``RelayError`` for a failed call."""
+        outbound = self._outbound
         try:
-            answer = await self._outbound.post(self._url, body, self._content_type, self._limit)
+            answer = await outbound.post(self._url, body, self._content_type, self._limit)
         except AnswerTooLarge as exc:
+            outbound.count("rpc", "failed")
             raise BackendError(str(exc)) from None
+        except Overloaded:
+            outbound.count("rpc", "failed")
+            raise
         if not 200 <= answer.status < 300:
+            outbound.count("rpc", "refused")
             message = f"the backend answered {answer.status}"
             if answer.content_type.startswith("text/plain") and answer.body:
                 message += ": " + answer.body[:_REFUSAL_TEXT].decode("utf-8", "replace")
@@ -388,9 +426,11 @@ class RpcCaller:
             else:
                 msgpack.unpackb(answer.body, raw=True, strict_map_key=False)  # one value, whole
                 d_raw = answer.body
-        except (ValueError, msgpack.UnpackException):
-            self._outbound.complain(self._url, f"answered a body that is not {self._format}")
+        except (ValueError, RecursionError, OverflowError, msgpack.UnpackException):
+            outbound.count("rpc", "failed")
+            outbound.complain(self._url, f"answered a body that is not {self._format}")
             raise BackendError(f"the backend's answer is not {self._format}") from None
+        outbound.count("rpc", "ok")
         return codec.encode_msg(BACKEND_ID, d_raw, re=request.rid)
 
     @property

@@ -44,7 +44,7 @@ from tests.jwtkit import SECRET as JWT_SECRET
 from tests.jwtkit import hs256
 from tests.peers import join_as, open_peer
 from tests.redis_server import free_port
-from tests.test_webhooks import verified
+from tests.test_webhooks import sample, verified
 
 pytestmark = pytest.mark.anyio
 
@@ -259,6 +259,7 @@ async def test_an_answer_that_cannot_be_used_is_overloaded_1013(
     err, code = await refused_hello(relay, "alice")
     assert (err["code"], code) == ("overloaded", 1013)
     assert "alice" not in relay.hub.peers
+    assert sample(relay, "relay_proxy_requests_total", kind="connect", outcome="failed") == 1
 
 
 async def test_a_slow_backend_is_overloaded_1013_in_time(
@@ -545,6 +546,11 @@ async def test_rpc_failures_are_errs_on_the_send(
         backend.answers["rpc"] = backend.hang
         with anyio.fail_after(WAIT), pytest.raises(relay_client.Overloaded, match="in time"):
             await alice.request("@backend", 1)
+    counted = {
+        outcome: sample(relay, "relay_proxy_requests_total", kind="rpc", outcome=outcome)
+        for outcome in ("ok", "refused", "failed", "busy")
+    }
+    assert counted == {"ok": 0, "refused": 1, "failed": 2, "busy": 0}
 
 
 async def test_rpc_needs_a_url_and_a_rid_and_goes_alone(
@@ -646,6 +652,8 @@ async def test_calls_in_flight_are_bounded_per_session_and_per_node(
     # A decision needs one of the node's slots too: refused at once, not queued.
     await bob.send({"type": "join", "room": "a", "id": 6})
     await bob.expect(type="err", code="overloaded", id=6)
+    assert sample(relay, "relay_proxy_requests_total", kind="rpc", outcome="busy") == 2
+    assert sample(relay, "relay_proxy_requests_total", kind="join", outcome="busy") == 1
     await backend.until(lambda: len(backend.seen) == 3)
     backend.release.set()
     for peer, rids in ((alice, {1, 2}), (bob, {4})):
