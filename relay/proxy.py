@@ -232,6 +232,10 @@ class ProxyDecider(SessionObserver):
         meta = answer.get("meta")
         if len(json.dumps(meta, separators=(",", ":"))) > self._settings.proxy_meta_bytes:
             raise outbound.unusable("connect", url, "meta is over proxy_meta_bytes")
+        try:
+            msgpack.packb(meta)  # it goes into RPC bodies and between nodes
+        except (OverflowError, ValueError, TypeError):
+            raise outbound.unusable("connect", url, "meta holds an integer over 64 bits") from None
         outbound.count("connect", "ok")
         return Admitted(meta, None if rooms is None else tuple(rooms))
 

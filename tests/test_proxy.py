@@ -248,8 +248,18 @@ async def test_a_refusal_is_unauthorized_and_closes_4501(
         raw(b'{"allow": true}', status=201),
         allow(rooms=[1, 2]),
         allow(meta="x" * 5000),
+        raw(b'{"allow": true, "meta": 18446744073709551616}'),
     ],
-    ids=["not-json", "allow-not-bool", "not-an-object", "500", "201", "bad-rooms", "meta-too-big"],
+    ids=[
+        "not-json",
+        "allow-not-bool",
+        "not-an-object",
+        "500",
+        "201",
+        "bad-rooms",
+        "meta-too-big",
+        "meta-not-msgpack",
+    ],
 )
 async def test_an_answer_that_cannot_be_used_is_overloaded_1013(
     relay_factory: RelayFactory, backend: Backend, answer: Answerer
