@@ -307,11 +307,57 @@ async def test_the_python_client_retries_until_the_backend_allows(
         backend.answers["connect"] = down_twice
         # Closed 1013 for good: the client comes back with a fresh hello, which is asked.
         assert await relay.hub.disconnect("alice", 1013, "try again")
-        await backend.until(lambda: tries == 3)
+        await backend.until(lambda: len(backend.asked("connect")) == 4)
         with anyio.fail_after(WAIT):
             await alice.join("lobby")  # on the new session
         assert tries == 3
         assert relay.hub.peers["alice"].rooms == {"lobby": False}
+
+
+async def test_the_js_client_retries_until_the_backend_allows(
+    relay_factory: RelayFactory, backend: Backend
+) -> None:
+    relay = await proxied(relay_factory, backend, "connect")
+    script = """
+import WebSocket from "ws";
+import { connect } from "relay-client";
+import { createInterface } from "node:readline";
+const peer = await connect(process.argv[1], { id: "js", WebSocket, backoff: { base: 10 } });
+console.log("connected");
+const input = createInterface({ input: process.stdin });
+await new Promise((resolve) => input.once("line", resolve));
+input.close();
+await peer.join("lobby"); // sent once registered again
+console.log("joined");
+await peer.close();
+"""
+    tries = 0
+
+    async def down_twice(seen: Seen) -> Response:
+        nonlocal tries
+        tries += 1
+        return Response(status_code=503) if tries <= 2 else JSONResponse({"allow": True})
+
+    async with await anyio.open_process(
+        ["node", "--input-type=module", "-e", script, relay.url], cwd=ROOT / "clients" / "js"
+    ) as node:
+        assert node.stdout is not None and node.stdin is not None
+        lines = TextReceiveStream(node.stdout)
+        printed = ""
+        with anyio.fail_after(WAIT):
+            while "connected" not in printed:
+                printed += await lines.receive()
+        backend.answers["connect"] = down_twice
+        # Closed 1013 for good: the client comes back with a fresh hello, which is asked.
+        assert await relay.hub.disconnect("js", 1013, "try again")
+        await backend.until(lambda: len(backend.asked("connect")) == 4)
+        assert tries == 3
+        await node.stdin.send(b"go\n")
+        with anyio.fail_after(WAIT):
+            while "joined" not in printed:
+                printed += await lines.receive()
+            assert await node.wait() == 0
+    assert printed.splitlines() == ["connected", "joined"]
 
 
 async def test_with_jwt_the_proxy_sees_the_token_and_cannot_change_the_id(
