@@ -17,6 +17,7 @@ from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.operator import Operator
 from relay.peerjs.endpoint import PeerJSEndpoint
+from relay.proxy import Outbound, ProxyDecider, RpcCaller
 from relay.settings import Settings
 from relay.webhooks import Webhooks
 from relay.ws import RelayEndpoint, unknown_path
@@ -30,7 +31,8 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     ``broker`` overrides the one named by ``settings.broker`` (tests use it to
     put several nodes on one in-memory cluster). The hub is ``app.state.hub``, its
     operator commands ``app.state.operator``, its webhooks (None without a URL)
-    ``app.state.webhooks``.
+    ``app.state.webhooks``. A proxy URL (``relay.proxy``) makes the hub's decider
+    and, for RPC, its backend.
     """
     settings = settings or Settings()
     hub = Hub(settings, broker or create_broker(settings.broker, settings), Metrics())
@@ -42,12 +44,27 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         webhooks = Webhooks(settings, hub.metrics, hub.node_id)
         hub.observers.append(webhooks)
 
+    # No proxy URL, no outbound client: hellos, joins and pubs go as before.
+    outbound = rpc = None
+    if settings.connect_proxy_url or settings.join_proxy_url or settings.rpc_proxy_url:
+        outbound = Outbound(settings, hub.metrics)
+    if outbound is not None and (settings.connect_proxy_url or settings.join_proxy_url):
+        decider = ProxyDecider(settings, outbound, hub.node_id)
+        hub.decider = decider
+        hub.observers.append(decider)
+    if outbound is not None and settings.rpc_proxy_url:
+        rpc = hub.backend = RpcCaller(settings, outbound, hub, hub.node_id)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if webhooks is not None:
                 # Entered first, left last: what the hub's shutdown reports is sent too.
                 await stack.enter_async_context(webhooks.running())
+            if outbound is not None:
+                await stack.enter_async_context(outbound.running())
+            if rpc is not None:
+                await stack.enter_async_context(rpc.running())
             await stack.enter_async_context(hub.running())
             yield
 

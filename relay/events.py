@@ -15,8 +15,11 @@ from __future__ import annotations
 class SessionObserver:
     """Override the events you want; the others do nothing."""
 
-    def online(self, peer_id: str, *, resumed: bool) -> None:
-        """``peer_id`` registered on this node (``resumed``: it took over a kept session)."""
+    def online(self, peer_id: str, *, resumed: bool, meta: object = None) -> None:
+        """``peer_id`` registered on this node (``resumed``: it took over a kept session).
+
+        ``meta``: what the decider (``relay.decisions``) said of its session, or None.
+        """
 
     def offline(self, peer_id: str, reason: str, *, lost_node: str | None = None) -> None:
         """``peer_id`` is gone for good from this node (not kept for a resume, or its window ended).

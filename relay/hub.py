@@ -26,7 +26,7 @@ from anyio.abc import TaskGroup
 from relay.auth import Claims, load_verifier
 from relay.broker.base import Broker, BrokerUnavailable
 from relay.clock import LoopScheduler, Scheduler, Timer
-from relay.decisions import Decider, HelloAsked
+from relay.decisions import Admitted, HelloAsked
 from relay.delivery import AckWatch
 from relay.events import SessionObserver
 from relay.exceptions import Forbidden, IdTaken, RoomFull
@@ -35,7 +35,7 @@ from relay.peer import Peer
 from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Leave, Refresh
-from relay.router import Router
+from relay.router import Router, rooms_listed
 from relay.session import Session
 from relay.settings import Settings
 from relay.values import Delivery, Handover, Joined, LostNode, Proof
@@ -84,7 +84,6 @@ class Hub(Router):
         self.backlogged: set[Peer] = set()  # live peers whose queue is not empty
         self.acks = AckWatch(self.scheduler)  # sessions whose senders wait for acknowledgements
         self.observers: list[SessionObserver] = []
-        self.decider: Decider | None = None  # asked before each fresh hello and each join
         self._sweep_timer: Timer | None = None
         self._deciding: set[str] = set()  # ids whose registration waits for the decider
         self.draining = False
@@ -238,7 +237,6 @@ class Hub(Router):
             raise IdTaken(f"{peer_id} is held by another session")
         peer = self.peers.get(peer_id)
         resumed = False
-        meta: object = None
         if peer is not None:
             if not verified and (
                 hello.resume is None or not hmac.compare_digest(hello.resume, peer.secret)
@@ -261,10 +259,13 @@ class Hub(Router):
                 )
             if (holder is not None and handover is None) or peer_id in self.peers:
                 raise IdTaken(f"{peer_id} is held by another session")
+            admitted = None
             if handover is None and self.decider is not None:
-                meta = await self._decide_hello(session, hello, peer_id, claims)
+                admitted = await self._decide_hello(session, hello, peer_id, claims)
             peer = self._new_peer(peer_id, handover)
             resumed = handover is not None
+            if admitted is not None:
+                peer.meta, peer.granted = admitted.meta, admitted.rooms
         if peer.expiry is not None:
             peer.expiry.cancel()
             peer.expiry = None
@@ -278,12 +279,12 @@ class Hub(Router):
         peer.session = session
         peer.secret = self._make_secret()
         session.peer = peer
-        session.meta = meta
+        session.meta = peer.meta
         session.set_claims(claims)
         if peer.queue:
             session.queue_started(peer)
         for observer in self.observers:
-            observer.online(peer_id, resumed=resumed)
+            observer.online(peer_id, resumed=resumed, meta=peer.meta)
         return codec.encode(
             {
                 "type": "welcome",
@@ -297,7 +298,7 @@ class Hub(Router):
 
     async def _decide_hello(
         self, session: Session, hello: Hello, peer_id: str, claims: Claims | None
-    ) -> object:
+    ) -> Admitted:
         """Ask the decider about a fresh registration; the id stays reserved meanwhile."""
         assert self.decider is not None
         asked = HelloAsked(peer_id, hello.token, claims, session.connect_info, self.node_id)
@@ -454,7 +455,7 @@ class Hub(Router):
         assert peer is not None
         room = request.room
         self._check_room(peer, room)
-        if room not in peer.rooms and self.decider is not None:
+        if room not in peer.rooms and self.decider is not None and not rooms_listed(session):
             await self.decider.decide_join(peer.id, room, session.meta)
         if room not in peer.rooms:
             if len(peer.rooms) >= self.settings.rooms_per_peer:

@@ -72,6 +72,8 @@ class Handover(NamedTuple):
     queue: list[QueueEntry]  # not yet written to any socket
     written: list[QueueEntry]  # the replay window of the last socket
     written_count: int
+    meta: object = None  # what a decider said of the session (relay.decisions.Admitted)
+    granted: tuple[str, ...] | None = None  # the rooms it restricted the session to
 
 
 # One frame in a peer's queue: the frame, its kind for metrics, who to tell

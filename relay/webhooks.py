@@ -258,6 +258,7 @@ class Webhooks(SessionObserver):
         self._types = frozenset(settings.webhook_events)
         self._stream = secrets.token_hex(6)  # makes ids unique across restarts of the node
         self._seq = 0
+        self._meta: dict[str, object] = {}  # of this node's peers that have one
         self.senders = [Sender(url, settings, metrics) for url in settings.webhook_urls]
         self._tasks: TaskGroup | None = None  # the senders', while running
 
@@ -294,6 +295,8 @@ class Webhooks(SessionObserver):
     def _emit(self, kind: str, **fields: str) -> None:
         if kind not in self._types:
             return
+        peer_id = fields.get("peer")
+        meta = self._meta.get(peer_id) if peer_id is not None else None
         self._seq += 1
         event = Event(
             {
@@ -303,6 +306,7 @@ class Webhooks(SessionObserver):
                 "node": self._node,
                 "seq": self._seq,
                 **fields,
+                **({"meta": meta} if meta is not None else {}),
             },
             time.monotonic(),
         )
@@ -311,19 +315,26 @@ class Webhooks(SessionObserver):
 
     # --- SessionObserver ------------------------------------------------------
 
-    def online(self, peer_id: str, *, resumed: bool) -> None:
-        """``peer.online`` for a fresh registration; a resume is the same peer, still online."""
+    def online(self, peer_id: str, *, resumed: bool, meta: object = None) -> None:
+        """``peer.online`` for a fresh registration; a resume is the same peer, still online.
+
+        A ``meta`` (the connect proxy's, docs/hooks.md) goes with each event of the peer.
+        """
+        if meta is not None:
+            self._meta[peer_id] = meta
         if not resumed:
             self._emit("peer.online", peer=peer_id)
 
     def offline(self, peer_id: str, reason: str, *, lost_node: str | None = None) -> None:
         """``peer.offline`` with ``reason``, unless the peer moved on to another node."""
         if reason == "moved":
+            self._meta.pop(peer_id, None)
             return  # the node that took it over tells its end, and its rooms'
         if lost_node is None:
             self._emit("peer.offline", peer=peer_id, reason=reason)
         else:
             self._emit("peer.offline", peer=peer_id, reason=reason, lost_node=lost_node)
+        self._meta.pop(peer_id, None)
 
     def joined(self, room: str, peer_id: str) -> None:
         """``room.joined``."""

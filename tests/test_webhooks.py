@@ -493,7 +493,7 @@ async def test_the_docs_receiver_runs_and_refuses_a_bad_signature(
 ) -> None:
     port = free_port()
     script = tmp_path / "receiver.py"
-    script.write_text(doc_block("python", "serve_forever").replace("8000", str(port)))
+    script.write_text(doc_block("python", "class Hooks(").replace("8000", str(port)))
     env = {"RELAY_WEBHOOK_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
     async with await anyio.open_process(
         [sys.executable, "-u", str(script)], env=env, stderr=subprocess.DEVNULL

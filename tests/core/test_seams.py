@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from relay.broker.memory import MemoryCluster
-from relay.decisions import HelloAsked
+from relay.decisions import Admitted, HelloAsked
 from relay.events import SessionObserver
 from relay.exceptions import Overloaded, Unauthorized
 from relay.operator import Operator
@@ -20,7 +20,7 @@ class Recorder(SessionObserver):
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
 
-    def online(self, peer_id: str, *, resumed: bool) -> None:
+    def online(self, peer_id: str, *, resumed: bool, meta: object = None) -> None:
         self.events.append(("online", peer_id, resumed))
 
     def offline(self, peer_id: str, reason: str, *, lost_node: str | None = None) -> None:
@@ -138,17 +138,20 @@ class Decider:
         self.joins: list[tuple[str, str, object]] = []
         self.refuse: Exception | None = None
 
-    async def decide_hello(self, asked: HelloAsked) -> object:
+    async def decide_hello(self, asked: HelloAsked) -> Admitted:
         self.asked.append(asked)
         await self.gate
         if self.refuse is not None:
             raise self.refuse
-        return {"plan": "pro"}
+        return Admitted(meta={"plan": "pro"})
 
     async def decide_join(self, peer_id: str, room: str, meta: object) -> None:
         self.joins.append((peer_id, room, meta))
         if room == "secret":
             raise Unauthorized("not this room")
+
+    def room_decided(self, peer_id: str, room: str) -> bool:
+        return True
 
 
 def test_frames_sent_while_a_hello_is_decided_wait_and_keep_their_order() -> None:
