@@ -19,6 +19,7 @@ from relay.operator import Operator
 from relay.peerjs.endpoint import PeerJSEndpoint
 from relay.proxy import Outbound, ProxyDecider, RpcCaller
 from relay.settings import Settings
+from relay.webhook_ledger import ledger_for
 from relay.webhooks import Webhooks
 from relay.ws import RelayEndpoint, unknown_path
 
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     # No URL, no observer: the hub's event loops stay empty.
     webhooks = None
     if settings.webhook_urls:
-        webhooks = Webhooks(settings, hub.metrics, hub.node_id)
+        webhooks = Webhooks(settings, hub.metrics, hub.node_id, ledger_for(settings))
         hub.observers.append(webhooks)
 
     # No proxy URL, no outbound client: hellos, joins and pubs go as before.

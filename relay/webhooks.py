@@ -40,6 +40,7 @@ from relay import __version__
 from relay.events import SessionObserver
 from relay.metrics import Metrics
 from relay.settings import Settings
+from relay.webhook_ledger import WRITE_EVERY_SECONDS, Ledger
 
 log = logging.getLogger("relay.webhooks")
 
@@ -89,9 +90,14 @@ class Sender:
         self._wake = anyio.Event()  # an event arrived, or the flush began
         self._moved = anyio.Event()  # a batch was delivered or given up
         self._flushing = False
+        # Events given to this URL, and those delivered or dropped (counted):
+        # what a kill would lose is the difference (relay.webhook_ledger).
+        self.made = 0
+        self.settled = 0
 
     def put(self, event: Event) -> None:
         """Buffer ``event``, or drop it when the buffer is full. Never waits."""
+        self.made += 1
         if len(self._buffer) >= self._settings.webhook_buffer_events:
             self._drop(1, "buffer")
             return
@@ -184,6 +190,7 @@ class Sender:
         for event in self._batch:
             self._metrics.webhook_latency.observe(now - event.made)
         self._metrics.webhook_sent.inc(len(self._batch))
+        self.settled += len(self._batch)
         self._dropped -= carried
 
     async def _post(self, client: httpx.AsyncClient, body: bytes) -> bool:
@@ -217,7 +224,15 @@ class Sender:
         log.debug("webhook %s: answered %d", _shown(self.url), got.status_code)
         return False
 
+    def count_lost(self, count: int) -> None:
+        """``count`` events a killed run of this node never sent (``relay.webhook_ledger``)."""
+        self._dropped += count
+        self._metrics.webhook_dropped.labels("killed").inc(count)
+        self._unlogged["killed"] += count
+        self._log_drops(now=True)
+
     def _drop(self, count: int, reason: str) -> None:
+        self.settled += count
         self._dropped += count
         self._metrics.webhook_dropped.labels(reason).inc(count)
         self._unlogged[reason] += count
@@ -252,8 +267,11 @@ class Webhooks(SessionObserver):
     Add it to ``Hub.observers`` and serve within ``running()``.
     """
 
-    def __init__(self, settings: Settings, metrics: Metrics, node: str) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, node: str, ledger: Ledger | None = None
+    ) -> None:
         self._settings = settings
+        self._ledger = ledger
         self._node = node
         self._types = frozenset(settings.webhook_events)
         self._stream = secrets.token_hex(6)  # makes ids unique across restarts of the node
@@ -270,15 +288,44 @@ class Webhooks(SessionObserver):
             timeout=settings.webhook_timeout_seconds,
             limits=httpx.Limits(max_connections=len(self.senders)),  # one request per URL
         )
-        async with client, anyio.create_task_group() as tasks:
-            self._tasks = tasks
+        ledger = self._ledger
+        if ledger is not None:
             for sender in self.senders:
-                tasks.start_soon(sender.run, client)
-            try:
-                yield
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self.drain(settings.webhook_drain_seconds)
+                lost = await ledger.take(sender.url)
+                if lost:
+                    sender.count_lost(lost)
+        try:
+            async with client, anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                for sender in self.senders:
+                    tasks.start_soon(sender.run, client)
+                if ledger is not None:
+                    tasks.start_soon(self._note_progress, ledger)
+                try:
+                    yield
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self.drain(settings.webhook_drain_seconds)
+        finally:
+            if ledger is not None:
+                with (
+                    anyio.CancelScope(shield=True),
+                    anyio.move_on_after(settings.webhook_drain_seconds),
+                ):
+                    for sender in self.senders:  # all settled now: nothing for the next start
+                        await ledger.write(sender.url, sender.made, sender.settled)
+                    await ledger.close()
+
+    async def _note_progress(self, ledger: Ledger) -> None:
+        """Keep the ledger at most a second behind while events are made or settled."""
+        noted: dict[str, tuple[int, int]] = {}
+        while True:
+            for sender in self.senders:
+                progress = (sender.made, sender.settled)
+                if noted.get(sender.url) != progress:
+                    noted[sender.url] = progress
+                    await ledger.write(sender.url, *progress)
+            await anyio.sleep(WRITE_EVERY_SECONDS)
 
     async def drain(self, seconds: float) -> None:
         """Send what is held at once, for up to ``seconds``; drop the rest (counted) and stop."""
