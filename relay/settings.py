@@ -399,6 +399,22 @@ class Settings:
     )
     api_rate_burst: int = _setting(2000, "Token bucket size for the API rate.", _COUNT, group="api")
 
+    # Admin page (docs/admin.md): off unless a password is configured
+    admin_password: str = _setting(
+        "",
+        "Password of the /admin page (user admin): the plain value or a bcrypt hash "
+        "($2b$...); empty: /admin is 404.",
+        _ANY,
+        group="admin",
+        secret=True,
+    )
+    admin_read_only: bool = _setting(
+        False, "The /admin page shows, and refuses every action.", _BOOL, group="admin"
+    )
+    admin_session_seconds: float = _setting(
+        900.0, "How long an /admin login lasts (its cookie's lifetime).", _POSITIVE, group="admin"
+    )
+
     # TLS
     certfile: str = _setting(
         "", "PEM certificate chain: serve wss:// and https://.", _FILE, group="tls"

@@ -1,0 +1,184 @@
+"""Who may use the /admin page: the password, the session cookie, CSRF tokens, throttling.
+
+A login with ``admin_password`` sets a session cookie: an expiry and a random
+session id, signed with HMAC-SHA256 under a key derived from the configured
+password value (PBKDF2, once at startup), so every node configured alike
+accepts every node's cookies, and changing the password ends every session.
+An action needs that cookie and the session's CSRF token (an HMAC of its id)
+in a header. HTTP Basic (user ``admin``) with the same password is accepted
+for reading only. Failed logins are throttled per client address.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio.to_thread
+import bcrypt
+
+from relay.limits import TokenBucket
+from relay.settings import Settings
+
+COOKIE = "relay_admin"
+CSRF_HEADER = "x-csrf-token"
+USER = "admin"
+_KEY_SALT = b"relay admin session key v1"
+_KEY_ROUNDS = 100_000  # once per node at startup: a stolen cookie is no cheap password oracle
+_BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSession:
+    """A logged-in operator, as its cookie says."""
+
+    sid: str
+    expires: float  # time.time() at which the cookie stops being accepted
+
+
+class Throttle:
+    """A token bucket per client address, for the addresses seen last (bounded)."""
+
+    def __init__(
+        self, rate: float, burst: int, size: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._size = max(1, size)
+        self._clock = clock
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def _bucket(self, address: str) -> TokenBucket:
+        bucket = self._buckets.get(address)
+        if bucket is None:
+            bucket = TokenBucket(self._rate, self._burst, self._clock)
+            self._buckets[address] = bucket
+            if len(self._buckets) > self._size:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(address)
+        return bucket
+
+    def allowed(self, address: str) -> bool:
+        """Whether ``address`` has a token left (taking none)."""
+        return self._bucket(address).tokens() >= 1.0
+
+    def take(self, address: str) -> bool:
+        """Spend one of ``address``'s tokens; False when it has none."""
+        return self._bucket(address).take()
+
+    def retry_after(self, address: str) -> float:
+        """Seconds until ``address`` has a token again."""
+        return self._bucket(address).seconds_until_token()
+
+
+class AdminAuth:
+    """Checks the admin password and issues and verifies session cookies and CSRF tokens."""
+
+    # At most 5 failed logins in a row per address, then one every 12 s.
+    LOGIN_RATE = 1 / 12
+    LOGIN_BURST = 5
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+        self._password = settings.admin_password
+        self._hashed = settings.admin_password.startswith(_BCRYPT_PREFIXES)
+        self._key = hashlib.pbkdf2_hmac(
+            "sha256", settings.admin_password.encode(), _KEY_SALT, _KEY_ROUNDS
+        )
+        self._lifetime = settings.admin_session_seconds
+        self._clock = clock
+        self.failures = Throttle(self.LOGIN_RATE, self.LOGIN_BURST, settings.ip_table_size)
+        # The digest of the last password bcrypt accepted: HTTP Basic sends it
+        # with every request, and bcrypt is slow on purpose.
+        self._verified: bytes | None = None
+
+    async def check_password(self, given: str) -> bool:
+        """Whether ``given`` is the admin password (compared in constant time)."""
+        digest = hashlib.sha256(given.encode()).digest()
+        if not self._hashed:
+            return hmac.compare_digest(digest, hashlib.sha256(self._password.encode()).digest())
+        if self._verified is not None and hmac.compare_digest(digest, self._verified):
+            return True
+        try:
+            ok = await anyio.to_thread.run_sync(
+                bcrypt.checkpw, given.encode(), self._password.encode()
+            )
+        except ValueError:  # longer than bcrypt's 72 bytes, or a malformed hash
+            return False
+        if ok:
+            self._verified = digest
+        return bool(ok)
+
+    async def check_basic(self, header: str | None) -> bool:
+        """Whether an ``Authorization: Basic`` header carries user admin and the password."""
+        if header is None:
+            return False
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = (
+                base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+            )
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return (
+            bool(sep)
+            and hmac.compare_digest(user.encode(), USER.encode())
+            and (await self.check_password(password))
+        )
+
+    def _sign(self, payload: bytes) -> str:
+        return _b64(hmac.new(self._key, payload, hashlib.sha256).digest())
+
+    def issue(self) -> tuple[str, AdminSession]:
+        """A new session and the cookie value that carries it."""
+        session = AdminSession(secrets.token_urlsafe(16), self._clock() + self._lifetime)
+        payload = json.dumps({"sid": session.sid, "exp": session.expires}).encode()
+        return f"{_b64(payload)}.{self._sign(payload)}", session
+
+    def session(self, cookie: str | None) -> AdminSession | None:
+        """The session ``cookie`` carries, or None if it is missing, forged or expired."""
+        if not cookie or cookie.count(".") != 1:
+            return None
+        encoded, signature = cookie.split(".")
+        try:
+            payload = _unb64(encoded)
+        except ValueError:
+            return None
+        if not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
+            return None
+        fields = json.loads(payload)  # signed by us: well-formed
+        if fields["exp"] <= self._clock():
+            return None
+        return AdminSession(fields["sid"], fields["exp"])
+
+    def csrf_token(self, session: AdminSession) -> str:
+        """The CSRF token of ``session`` (what an action must carry in X-CSRF-Token)."""
+        return self._sign(b"csrf:" + session.sid.encode())
+
+    def check_csrf(self, session: AdminSession, token: str | None) -> bool:
+        """Whether ``token`` is ``session``'s CSRF token."""
+        return token is not None and hmac.compare_digest(
+            token.encode(), self.csrf_token(session).encode()
+        )
+
+    @property
+    def lifetime(self) -> float:
+        """How long a session lasts, in seconds."""
+        return self._lifetime
