@@ -56,7 +56,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     relay_endpoint = RelayEndpoint(hub)
     # PeerJS sockets count against the same admission caps as native ones.
     peerjs = PeerJSEndpoint(hub, relay_endpoint.admission) if settings.peerjs_path else None
-    admin_mount, admin_views = admin.mount(settings, hub, operator, relay_endpoint.admission)
+    admin_routes, admin_views = admin.routes(settings, hub, operator, relay_endpoint.admission)
     routes = [
         WebSocketRoute(settings.path, relay_endpoint),
         Route("/healthz", api.healthz),
@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
             "/v1/ice-servers", ice.endpoint(hub), settings.origins, headers=("authorization",)
         ),
         *(peerjs.routes() if peerjs is not None else ()),
-        admin_mount,  # before the demo's files: 404 unless admin_password is set
+        *admin_routes,  # before the demo's files: 404 unless admin_password is set
         WebSocketRoute("/{path:path}", unknown_path),
         # The demo, and /client.js for pages of the allowed Origins to import.
         Mount(

@@ -51,8 +51,10 @@ STREAM_SECONDS = 1.0  # how often the stream pushes the cluster's figures
 MAX_STREAMS = 16  # open streams per node
 PAGE_SIZE = 100  # most room members in one answer
 READ_RATE, READ_BURST = 10.0, 40  # reads per second per address
-_PAGE_FILES = {"": "index.html", "admin.js": "admin.js", "admin.css": "admin.css"}
-_PAGE_FILES |= {"chart.js": "chart.js", "LICENSE.chart.txt": "LICENSE.chart.txt"}
+# The page's files, by URL path under /admin/ (uplot.*: built by clients/js/scripts/build.js).
+_PAGE_FILES = {"": "index.html"} | {
+    name: name for name in ("admin.js", "admin.css", "uplot.js", "uplot.css", "uplot.LICENSE.txt")
+}
 
 
 class AdminError(Exception):

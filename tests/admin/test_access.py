@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import bcrypt
 import httpx
@@ -197,3 +198,20 @@ async def test_read_only_mode_refuses_every_action(relay_factory: RelayFactory) 
             response = await client.post(path, json={"peer": "a", "room": "r", "d": 1})
             assert response.status_code == 403, path
             assert response.json()["error"] == "read-only"
+
+
+async def test_the_page_is_served_without_inline_scripts_or_styles(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = await relay_factory(admin_password=PASSWORD)
+    async with httpx.AsyncClient(base_url=relay.http_url) as client:
+        page = await client.get("/admin/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert (await client.get("/admin")).status_code in (200, 307)
+        for name in ["admin.js", "admin.css", "uplot.js", "uplot.css", "uplot.LICENSE.txt"]:
+            response = await client.get(f"/admin/{name}")
+            assert response.status_code == 200, name
+            assert response.headers["cache-control"] == "no-store"
+    html = page.text
+    assert re.findall(r"<script\b[^>]*>", html) == ['<script type="module" src="admin.js">']
+    assert not re.search(r"\son[a-z]+=|\sstyle=|javascript:", html, re.IGNORECASE)
