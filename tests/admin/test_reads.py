@@ -51,6 +51,7 @@ async def test_a_peer_on_another_node_is_inspected_with_its_refusals(
         missing = await client.get("/admin/api/peers/nobody")
         bad = await client.get("/admin/api/peers/" + "x" * 500)
     assert state["node"] == "n2" and state["connected"] is True
+    assert 0 <= state["connected_seconds"] < 10
     assert state["rooms"] == {"r": False}
     assert [entry["code"] for entry in state["refusals"]] == [refused["code"]]
     assert set(state["refusals"][0]) == {"at", "code"}  # never a payload or a message

@@ -192,6 +192,8 @@ async function showPeer(/** @type {string} */ id) {
     status === 404 ? `${id}: not online (watching)` : `${id}: ${answer.message ?? "unavailable"}`;
   const facts = online ? [
     ["node", answer.node],
+    ["connected since", answer.connected_seconds === null ? "—" :
+      `${new Date(Date.now() - answer.connected_seconds * 1000).toLocaleTimeString()} (${duration(answer.connected_seconds)})`],
     ["queue", `${answer.queue_messages} messages, ${answer.queue_bytes} bytes`],
     ["awaiting acks", answer.awaiting_acks],
     ["resume", answer.resume_seconds_left === null ? "connected" : `${answer.resume_seconds_left.toFixed(0)} s left`],
