@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -131,6 +131,9 @@ class AdminViews:
                     headers["WWW-Authenticate"] = 'Basic realm="relay admin", charset="UTF-8"'
                 body = {"error": exc.code, "message": exc.message}
                 return JSONResponse(body, exc.status, headers=headers)
+            except ClientDisconnect:
+                body = {"error": "bad-request", "message": "the body ended early"}
+                return JSONResponse(body, 400)
             except (BrokerUnavailable, RequestFailed):
                 body = {"error": "unavailable", "message": "the cluster could not be asked"}
                 return JSONResponse(body, 503, headers={"Retry-After": "1"})
@@ -318,14 +321,20 @@ class AdminViews:
         return StreamingResponse(self._figures(request, basic), media_type="text/event-stream")
 
     async def _figures(self, request: Request, basic: bool) -> AsyncIterator[str]:
+        hub = self.cluster.hub
         self._streams += 1
         try:
-            while basic or self._session(request) is not None:  # ends with the login
+            # A draining node ends the stream (an open one would hold its
+            # shutdown); the browser reconnects, to another node if there is one.
+            yield f"retry: {int(STREAM_SECONDS * 1000)}\n\n"
+            while not hub.draining:
+                if not basic and self._session(request) is None:
+                    yield "event: expired\ndata: {}\n\n"  # the login ended
+                    return
                 nodes = await self.cluster.overview()
                 events = await self.cluster.events()
                 yield f"data: {json.dumps({'nodes': nodes, 'events': events})}\n\n"
                 await anyio.sleep(STREAM_SECONDS)
-            yield "event: expired\ndata: {}\n\n"
         finally:
             self._streams -= 1
 

@@ -85,6 +85,9 @@ async def test_login_sets_a_strict_cookie_and_gives_a_csrf_token(
         assert session.json()["csrf"] == body["csrf"]
         await client.post("/admin/logout")
         assert (await client.get("/admin/api/session")).status_code == 401
+        # a form (which another site's page could post) is no login
+        form = await client.post("/admin/login", data={"password": PASSWORD})
+        assert form.status_code == 415 and "set-cookie" not in form.headers
 
 
 async def test_the_cookie_is_secure_behind_a_trusted_tls_proxy(

@@ -129,3 +129,17 @@ async def anext_data(lines: object) -> dict[str, object]:
             data: dict[str, object] = json.loads(line.removeprefix("data: "))
             return data
     raise AssertionError("the stream ended")
+
+
+async def test_the_stream_ends_when_the_node_drains(relay_factory: RelayFactory) -> None:
+    relay = await relay_factory(admin_password=PASSWORD)
+    async with (
+        admin_client(relay.http_url) as client,
+        client.stream("GET", "/admin/api/stream") as stream,
+    ):
+        lines = stream.aiter_lines()
+        await anext_data(lines)
+        await relay.hub.drain(0)
+        with anyio.fail_after(3):  # an open stream would hold the node's shutdown
+            async for _ in lines:
+                pass
