@@ -408,6 +408,21 @@ class Settings:
         group="admin",
         secret=True,
     )
+    admin_jwt: bool = _setting(
+        False,
+        "Log in to /admin with a JWT the hello-token keys verify (jwt_*) that carries the "
+        "relay_admin claim: operate, or read.",
+        _BOOL,
+        group="admin",
+    )
+    admin_session_secret: str = _setting(
+        "",
+        "Key that signs /admin session cookies, the same on every node, 32 bytes or more "
+        "(empty: derived from admin_password, else jwt_secret).",
+        _HMAC_KEY,
+        group="admin",
+        secret=True,
+    )
     admin_read_only: bool = _setting(
         False, "The /admin page shows, and refuses every action.", _BOOL, group="admin"
     )
@@ -721,6 +736,20 @@ class Settings:
                 f"expected at least webhook_backoff_base_seconds "
                 f"({self.webhook_backoff_base_seconds:g})",
             )
+        if self.admin_jwt and not (
+            self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_file
+        ):
+            raise SettingError(
+                "admin_jwt", True, "admin JWTs need a JWT key (jwt_secret, jwt_public_key_file "
+                "or jwt_jwks_file)",
+            )  # fmt: skip
+        if self.admin_jwt and not (
+            self.admin_session_secret or self.admin_password or self.jwt_secret
+        ):
+            raise SettingError(
+                "admin_jwt", True, "with a public JWT key, admin JWTs need admin_session_secret "
+                "(or admin_password) to sign the session cookies",
+            )  # fmt: skip
         if self.workers > 1 and self.broker == "memory":
             raise SettingError(
                 "workers",

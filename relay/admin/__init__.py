@@ -1,7 +1,7 @@
 """The live admin page (docs/admin.md): ``/admin`` on the relay's own port.
 
 ``routes`` returns the /admin routes of one node: 404 for everything unless
-``admin_password`` is set. Only then does the node keep a journal of closes
+``admin_password`` or ``admin_jwt`` is set. Only then does the node keep a journal of closes
 and refusals and answer other nodes' admin requests, so a node without it
 costs nothing (configure every node of a cluster alike).
 """
@@ -24,7 +24,7 @@ def routes(
     settings: Settings, hub: Hub, operator: Operator, admission: Admission
 ) -> tuple[list[BaseRoute], AdminViews | None]:
     """The /admin routes of this node, and its views (None when the page is off)."""
-    if not settings.admin_password:
+    if not (settings.admin_password or settings.admin_jwt):
         off = SecureHeaders(Router([]), enabled=False)
         # /admin itself too: Starlette would redirect it to the mount's /admin/
         return [Route("/admin", off), Mount("/admin", app=off)], None

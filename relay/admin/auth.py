@@ -1,9 +1,12 @@
 """Who may use the /admin page: the password, the session cookie, CSRF tokens, throttling.
 
-A login with ``admin_password`` sets a session cookie: an expiry and a random
-session id, signed with HMAC-SHA256 under a key derived from the configured
-password value (PBKDF2, once at startup), so every node configured alike
-accepts every node's cookies, and changing the password ends every session.
+A login with ``admin_password``, or with an admin JWT (``admin_jwt``: a token
+the hello-token keys verify, with the claim ``relay_admin``: ``operate`` or
+``read``), sets a session cookie: an expiry, a random session id, who logged
+in and the role, signed with HMAC-SHA256 under a key derived (PBKDF2, once at
+startup) from ``admin_session_secret``, else the password, else
+``jwt_secret``, so every node configured alike accepts every node's cookies,
+and changing that key ends every session.
 An action needs that cookie and the session's CSRF token (an HMAC of its id)
 in a header. HTTP Basic (user ``admin``) with the same password is accepted
 for reading only. Failed logins are throttled per client address.
@@ -15,19 +18,25 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import anyio.to_thread
 import bcrypt
 
+from relay.auth import TokenVerifier
+from relay.exceptions import RelayError
 from relay.limits import TokenBucket
 from relay.settings import Settings
 
 COOKIE = "relay_admin"
+CLAIM = "relay_admin"  # an admin JWT's claim: OPERATE or READ
+OPERATE, READ = "operate", "read"
 CSRF_HEADER = "x-csrf-token"
 USER = "admin"
 _KEY_SALT = b"relay admin session key v1"
@@ -49,6 +58,24 @@ class AdminSession:
 
     sid: str
     expires: float  # time.time() at which the cookie stops being accepted
+    who: str  # "admin" (the password), or an admin JWT's sub
+    role: str  # OPERATE or READ
+
+    @property
+    def may_act(self) -> bool:
+        """Whether this login may run actions (read-only mode aside)."""
+        return self.role == OPERATE
+
+
+class Login(NamedTuple):
+    """Who logs in, with which role, until when at most (None: the session's lifetime)."""
+
+    who: str
+    role: str
+    until: float | None = None
+
+
+PASSWORD_LOGIN = Login("admin", OPERATE)
 
 
 class Throttle:
@@ -94,12 +121,18 @@ class AdminAuth:
     LOGIN_RATE = 1 / 12
     LOGIN_BURST = 5
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        verifier: TokenVerifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._password = settings.admin_password
         self._hashed = settings.admin_password.startswith(_BCRYPT_PREFIXES)
-        self._key = hashlib.pbkdf2_hmac(
-            "sha256", settings.admin_password.encode(), _KEY_SALT, _KEY_ROUNDS
-        )
+        # Settings has checked that admin JWTs come with a key to derive from.
+        material = settings.admin_session_secret or settings.admin_password or settings.jwt_secret
+        self._key = hashlib.pbkdf2_hmac("sha256", material.encode(), _KEY_SALT, _KEY_ROUNDS)
+        self._verifier = verifier if settings.admin_jwt else None
         self._lifetime = settings.admin_session_seconds
         self._clock = clock
         self.failures = Throttle(self.LOGIN_RATE, self.LOGIN_BURST, settings.ip_table_size)
@@ -109,6 +142,8 @@ class AdminAuth:
 
     async def check_password(self, given: str) -> bool:
         """Whether ``given`` is the admin password (compared in constant time)."""
+        if not self._password:
+            return False  # admin JWTs only: no password opens the page
         digest = hashlib.sha256(given.encode()).digest()
         if not self._hashed:
             return hmac.compare_digest(digest, hashlib.sha256(self._password.encode()).digest())
@@ -143,13 +178,38 @@ class AdminAuth:
             and (await self.check_password(password))
         )
 
+    def check_token(self, token: str) -> Login | None:
+        """Who an admin JWT logs in, or None: no admin JWTs, an invalid one, no admin claim."""
+        if self._verifier is None:
+            return None
+        try:
+            payload = self._verifier.decode(token)
+        except RelayError:
+            return None
+        role, sub, exp = payload.get(CLAIM), payload.get("sub"), payload.get("exp")
+        if role not in (OPERATE, READ) or not isinstance(sub, str):
+            return None
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            return None
+        # short and printable (no line breaks): it goes into the log line of every action
+        who = "".join(char for char in sub[:64] if char.isprintable()) or "?"
+        return Login(who, str(role), float(exp))
+
     def _sign(self, payload: bytes) -> str:
         return _b64(hmac.new(self._key, payload, hashlib.sha256).digest())
 
-    def issue(self) -> tuple[str, AdminSession]:
-        """A new session and the cookie value that carries it."""
-        session = AdminSession(secrets.token_urlsafe(16), self._clock() + self._lifetime)
-        payload = json.dumps({"sid": session.sid, "exp": session.expires}).encode()
+    def issue(self, login: Login = PASSWORD_LOGIN) -> tuple[str, AdminSession]:
+        """A new session for ``login`` and the cookie value that carries it.
+
+        It ends after ``admin_session_seconds``, or when the login's token does.
+        """
+        expires = self._clock() + self._lifetime
+        if login.until is not None:
+            expires = min(expires, login.until)
+        session = AdminSession(secrets.token_urlsafe(16), expires, login.who, login.role)
+        payload = json.dumps(
+            {"sid": session.sid, "exp": expires, "who": login.who, "role": login.role}
+        ).encode()
         return f"{_b64(payload)}.{self._sign(payload)}", session
 
     def session(self, cookie: str | None) -> AdminSession | None:
@@ -166,7 +226,7 @@ class AdminAuth:
         fields = json.loads(payload)  # signed by us: well-formed
         if fields["exp"] <= self._clock():
             return None
-        return AdminSession(fields["sid"], fields["exp"])
+        return AdminSession(fields["sid"], fields["exp"], fields["who"], fields["role"])
 
     def csrf_token(self, session: AdminSession) -> str:
         """The CSRF token of ``session`` (what an action must carry in X-CSRF-Token)."""
@@ -178,7 +238,6 @@ class AdminAuth:
             token.encode(), self.csrf_token(session).encode()
         )
 
-    @property
-    def lifetime(self) -> float:
-        """How long a session lasts, in seconds."""
-        return self._lifetime
+    def seconds_left(self, session: AdminSession) -> int:
+        """Whole seconds until ``session`` ends (a cookie's Max-Age), at least 1."""
+        return max(1, math.ceil(session.expires - self._clock()))

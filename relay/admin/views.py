@@ -23,7 +23,15 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from relay.admin.auth import COOKIE, CSRF_HEADER, AdminAuth, AdminSession, Throttle
+from relay.admin.auth import (
+    COOKIE,
+    CSRF_HEADER,
+    PASSWORD_LOGIN,
+    AdminAuth,
+    AdminSession,
+    Login,
+    Throttle,
+)
 from relay.admin.cluster import AdminCluster
 from relay.admission import AddressSet, Admission
 from relay.broker.base import BrokerUnavailable, RequestFailed
@@ -94,7 +102,7 @@ class AdminViews:
     def __init__(self, settings: Settings, cluster: AdminCluster, admission: Admission) -> None:
         self.settings = settings
         self.cluster = cluster
-        self.auth = AdminAuth(settings)
+        self.auth = AdminAuth(settings, cluster.hub.auth)
         self.admission = admission
         self.reads = Throttle(READ_RATE, READ_BURST, settings.ip_table_size)
         self._trusted = AddressSet(settings.trusted_proxies)
@@ -183,9 +191,11 @@ class AdminViews:
             raise AdminError(403, "forbidden", "HTTP Basic reads only: log in to act")
         if self.settings.admin_read_only:
             raise AdminError(403, "read-only", "the admin page is read-only (admin_read_only)")
+        if not session.may_act:
+            raise AdminError(403, "read-only", "this login reads only (its token says read)")
         if not self.auth.check_csrf(session, request.headers.get(CSRF_HEADER)):
             raise AdminError(403, "csrf", "the X-CSRF-Token header is missing or wrong")
-        return f"admin (session {session.sid[:6]}) from {self._address(request)}"
+        return f"{session.who} (session {session.sid[:6]}) from {self._address(request)}"
 
     async def _json_body(self, request: Request) -> dict[str, Any]:
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
@@ -232,24 +242,32 @@ class AdminViews:
         return FileResponse(PAGE_DIR / file)
 
     async def login(self, request: Request) -> Response:
-        """POST /admin/login {"password"}: sets the session cookie; 401, 429 when throttled."""
+        """POST /admin/login {"password"} or {"token"} (an admin JWT): sets the session cookie.
+
+        401 for a wrong one, 429 after too many.
+        """
         address = self._address(request)
         if not self.auth.failures.allowed(address):
             retry = self.auth.failures.retry_after(address)
             raise AdminError(429, "rate-limited", "too many failed logins, wait", retry)
         fields = await self._json_body(request)
-        password = fields.get("password")
-        if not isinstance(password, str) or not await self.auth.check_password(password):
+        password, token = fields.get("password"), fields.get("token")
+        login: Login | None = None
+        if isinstance(password, str) and await self.auth.check_password(password):
+            login = PASSWORD_LOGIN
+        elif isinstance(token, str):
+            login = self.auth.check_token(token)
+        if login is None:
             self.auth.failures.take(address)
             log.warning("admin: failed login from %s", address)
-            raise AdminError(401, "unauthorized", "wrong password")
-        cookie, session = self.auth.issue()
-        log.info("admin: login (session %s) from %s", session.sid[:6], address)
+            raise AdminError(401, "unauthorized", "wrong password or token")
+        cookie, session = self.auth.issue(login)
+        log.info("admin: %s logged in (session %s) from %s", login.who, session.sid[:6], address)
         response = JSONResponse(self._session_body(session))
         response.set_cookie(
             COOKIE,
             cookie,
-            max_age=int(self.auth.lifetime),
+            max_age=self.auth.seconds_left(session),
             path="/admin",
             secure=self._is_https(request),
             httponly=True,
@@ -265,8 +283,8 @@ class AdminViews:
 
     def _session_body(self, session: AdminSession | None) -> dict[str, Any]:
         return {
-            "user": "admin",
-            "read_only": self.settings.admin_read_only or session is None,
+            "user": "admin" if session is None else session.who,
+            "read_only": self.settings.admin_read_only or session is None or not session.may_act,
             "csrf": None if session is None else self.auth.csrf_token(session),
             "expires": None if session is None else session.expires,
         }

@@ -131,7 +131,8 @@ async def test_every_node_configured_alike_accepts_the_cookie(
 
 def test_a_session_expires() -> None:
     now = [1000.0]
-    auth = AdminAuth(Settings(admin_password=PASSWORD, admin_session_seconds=60), lambda: now[0])
+    settings = Settings(admin_password=PASSWORD, admin_session_seconds=60)
+    auth = AdminAuth(settings, clock=lambda: now[0])
     cookie, session = auth.issue()
     assert auth.session(cookie) == session
     now[0] += 59

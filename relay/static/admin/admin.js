@@ -49,6 +49,7 @@ function showLogin() {
   $("dash-view").hidden = true;
   $("login-view").hidden = false;
   $("logout").hidden = true;
+  $("user").textContent = "";
   setLive("idle", "not logged in");
   $("password").focus();
 }
@@ -62,6 +63,7 @@ async function start() {
   const { status, answer } = await api("/admin/api/session").catch(() => ({ status: 401, answer: {} }));
   if (status !== 200) return;
   session = answer;
+  $("user").textContent = answer.user;
   $("login-view").hidden = true;
   $("dash-view").hidden = false;
   $("logout").hidden = false;
@@ -288,12 +290,14 @@ function jsonOf(/** @type {string} */ id) {
 $("login-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const password = /** @type {HTMLInputElement} */ ($("password"));
+  const token = /** @type {HTMLInputElement} */ ($("token"));
+  const body = password.value ? { password: password.value } : { token: token.value };
   const response = await fetch("/admin/login", {
     method: "POST", credentials: "same-origin",
-    headers: { "Content-Type": "application/json" }, body: JSON.stringify({ password: password.value }),
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   });
   const answer = await response.json().catch(() => ({}));
-  password.value = "";
+  password.value = token.value = "";
   $("login-error").textContent = response.ok ? "" : answer.message ?? `refused (${response.status})`;
   if (response.ok) await start();
 });
