@@ -10,6 +10,7 @@ as unreachable, rather than failing the whole answer.
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import time
 from typing import Any
 
@@ -26,6 +27,8 @@ from relay.protocol.codes import CloseCode
 FIGURES = "admin-figures"
 EVENTS = "admin-events"
 COMMAND = "admin-command"
+SEARCH = "admin-search"
+MATCHES = 20  # most peer ids, and most rooms, one search answers
 TIMEOUT = 1.0  # seconds a node has to answer the admin page
 DISCONNECT_REASON = "closed by the operator"
 
@@ -44,6 +47,7 @@ class AdminCluster:
         self.hub.broker.serve(FIGURES, self._answer_figures)
         self.hub.broker.serve(EVENTS, self._answer_events)
         self.hub.broker.serve(COMMAND, self._answer_command)
+        self.hub.broker.serve(SEARCH, self._answer_search)
 
     def figures(self) -> dict[str, Any]:
         """This node's figures: counts and totals (rates are the page's differences)."""
@@ -72,6 +76,19 @@ class AdminCluster:
     async def _answer_events(self, body: bytes) -> bytes:
         return bytes(msgpack.packb(list(self.journal.recent)))
 
+    def matches(self, prefix: str) -> dict[str, list[str]]:
+        """This node's peer ids and rooms that start with ``prefix``, ``MATCHES`` of each at most.
+
+        A scan of the node's own tables, only when an operator searches (the
+        page rate-limits it): nothing is indexed ahead for it.
+        """
+        peers = (peer for peer in self.hub.peers if peer.startswith(prefix))
+        rooms = (room for room in self.hub.rooms.names() if room.startswith(prefix))
+        return {"peers": heapq.nsmallest(MATCHES, peers), "rooms": heapq.nsmallest(MATCHES, rooms)}
+
+    async def _answer_search(self, body: bytes) -> bytes:
+        return bytes(msgpack.packb(self.matches(body.decode())))
+
     async def _answer_command(self, body: bytes) -> bytes:
         command, peer_id, room = msgpack.unpackb(body)
         return bytes(msgpack.packb(await self._command(command, peer_id, room)))
@@ -90,7 +107,17 @@ class AdminCluster:
             return await self.operator.remove_from_room(peer_id, room)
         raise RequestFailed(f"unknown admin command {command}")
 
-    async def _ask_all(self, kind: str, local: Any) -> list[tuple[str, Any]]:
+    async def search(self, prefix: str) -> dict[str, list[str]]:
+        """The cluster's peer ids and rooms that start with ``prefix`` (``MATCHES`` of each)."""
+        answers = await self._ask_all(SEARCH, self.matches(prefix), prefix.encode())
+        found: dict[str, set[str]] = {"peers": set(), "rooms": set()}
+        for _, answer in answers:
+            for kind, names in (answer or {}).items():
+                if kind in found:
+                    found[kind].update(str(name) for name in names)
+        return {kind: sorted(names)[:MATCHES] for kind, names in found.items()}
+
+    async def _ask_all(self, kind: str, local: Any, body: bytes = b"") -> list[tuple[str, Any]]:
         """``(node, answer)`` of this node (``local``) and every other; None: it did not answer."""
         try:
             others = await self.hub.broker.serving_nodes()
@@ -100,7 +127,7 @@ class AdminCluster:
 
         async def ask(node: str) -> None:
             try:
-                reply = await self.hub.broker.request(node, kind, b"", TIMEOUT)
+                reply = await self.hub.broker.request(node, kind, body, TIMEOUT)
                 answers.append((node, msgpack.unpackb(reply)))
             except (BrokerUnavailable, RequestFailed, ValueError):
                 answers.append((node, None))

@@ -119,6 +119,7 @@ class AdminViews:
             Route("/api/events", self._wrap(self.events)),
             Route("/api/peers/{peer_id}", self._wrap(self.peer)),
             Route("/api/rooms/{room:path}", self._wrap(self.room)),
+            Route("/api/search", self._wrap(self.search)),
             Route("/api/stream", self._wrap(self.stream)),
             Route("/api/disconnect", self._wrap(self.disconnect), methods=["POST"]),
             Route("/api/remove", self._wrap(self.remove), methods=["POST"]),
@@ -329,6 +330,14 @@ class AdminViews:
         return JSONResponse(
             {"room": room, "count": len(members), "offset": offset, "members": page}
         )
+
+    async def search(self, request: Request) -> Response:
+        """GET /admin/api/search?q=: peer ids and rooms that start with q (20 of each)."""
+        await self._reader(request)
+        prefix = request.query_params.get("q", "")
+        if not 1 <= len(prefix) <= 128:
+            raise AdminError(400, "bad-request", "q is 1 to 128 characters")
+        return JSONResponse(await self.cluster.search(prefix))
 
     async def stream(self, request: Request) -> Response:
         """GET /admin/api/stream: server-sent events, the cluster's figures every second."""

@@ -143,3 +143,22 @@ async def test_the_stream_ends_when_the_node_drains(relay_factory: RelayFactory)
         with anyio.fail_after(3):  # an open stream would hold the node's shutdown
             async for _ in lines:
                 pass
+
+
+async def test_search_finds_ids_and_rooms_by_prefix_on_every_node(
+    relay_factory: RelayFactory,
+) -> None:
+    one, two = await two_nodes(relay_factory)
+    peers = []  # open till the end
+    for url, name in [(one.url, "ann"), (two.url, "anna"), (two.url, "bob")]:
+        peers.append(await join_as(url, name))
+        await peers[-1].request({"type": "join", "room": f"an-{name}", "id": 1})
+    for n in range(25):
+        peers.append(await join_as(two.url, f"x{n:02}"))
+    async with admin_client(one.http_url) as client:
+        found = (await client.get("/admin/api/search?q=an")).json()
+        bounded = (await client.get("/admin/api/search?q=x")).json()
+        empty = await client.get("/admin/api/search?q=")
+    assert found == {"peers": ["ann", "anna"], "rooms": ["an-ann", "an-anna", "an-bob"]}
+    assert bounded["peers"] == [f"x{n:02}" for n in range(20)]
+    assert empty.status_code == 400

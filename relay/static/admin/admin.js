@@ -287,6 +287,44 @@ function jsonOf(/** @type {string} */ id) {
   }
 }
 
+/** Search as the operator types (after a pause): matches of the input's kind, to click. */
+function suggest(/** @type {string} */ input, /** @type {string} */ list, /** @type {"peers" | "rooms"} */ kind,
+  /** @type {(name: string) => void} */ pick) {
+  /** @type {ReturnType<typeof setTimeout> | undefined} */
+  let timer;
+  $(input).addEventListener("input", () => {
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      const prefix = /** @type {HTMLInputElement} */ ($(input)).value.trim();
+      if (!prefix) {
+        $(list).replaceChildren();
+        return;
+      }
+      const { status, answer } = await api(`/admin/api/search?q=${encodeURIComponent(prefix)}`);
+      if (status !== 200 || /** @type {HTMLInputElement} */ ($(input)).value.trim() !== prefix) return;
+      $(list).replaceChildren(...answer[kind].map((/** @type {string} */ name) => {
+        const item = document.createElement("li");
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "link";
+        button.textContent = name;
+        button.addEventListener("click", () => {
+          $(list).replaceChildren();
+          pick(name);
+        });
+        item.append(button);
+        return item;
+      }));
+    }, 300);
+  });
+}
+suggest("peer-id", "peer-matches", "peers", lookUpPeer);
+suggest("room-name", "room-matches", "rooms", (name) => {
+  /** @type {HTMLInputElement} */ ($("room-name")).value = name;
+  roomOffset = 0;
+  showRoom().catch(() => {});
+});
+
 $("login-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const password = /** @type {HTMLInputElement} */ ($("password"));
@@ -307,6 +345,7 @@ $("logout").addEventListener("click", async () => {
 });
 $("peer-form").addEventListener("submit", (event) => {
   event.preventDefault();
+  $("peer-matches").replaceChildren();
   lookUpPeer(/** @type {HTMLInputElement} */ ($("peer-id")).value.trim());
 });
 $("peer-disconnect").addEventListener("click", () => {
@@ -319,6 +358,7 @@ $("peer-send").addEventListener("submit", (event) => {
 });
 $("room-form").addEventListener("submit", (event) => {
   event.preventDefault();
+  $("room-matches").replaceChildren();
   roomOffset = 0;
   showRoom().catch(() => {});
 });
