@@ -60,9 +60,8 @@ MAX_STREAMS = 16  # open streams per node
 PAGE_SIZE = 100  # most room members in one answer
 READ_RATE, READ_BURST = 10.0, 40  # reads per second per address
 # The page's files, by URL path under /admin/ (uplot.*: built by clients/js/scripts/build.js).
-_PAGE_FILES = {"": "index.html"} | {
-    name: name for name in ("admin.js", "admin.css", "uplot.js", "uplot.css", "uplot.LICENSE.txt")
-}
+_PAGE_NAMES = ("index.html", "admin.js", "admin.css", "uplot.js", "uplot.css", "uplot.LICENSE.txt")
+_PAGE_FILES = {"": "index.html"} | {name: name for name in _PAGE_NAMES}
 
 
 class AdminError(Exception):
