@@ -1,8 +1,9 @@
 """The admin page's questions and commands, for this node and, over the broker, every other.
 
-Each node serves three request kinds (``Broker.serve``): its figures, its
-recent closes and refusals (``Journal``), and the commands on a peer it
-holds (disconnect, remove from a room). A question about the cluster asks
+Each node serves four request kinds (``Broker.serve``): its figures, its
+recent closes and refusals (``Journal``), its peer ids and rooms that start
+with a prefix, and the commands on a peer it holds (inspect, disconnect,
+remove from a room). A question about the cluster asks
 every serving node at once and reports a node that does not answer in time
 as unreachable, rather than failing the whole answer.
 """
