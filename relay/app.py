@@ -17,6 +17,7 @@ from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.operator import Operator
 from relay.peerjs.endpoint import PeerJSEndpoint
+from relay.proxy import Outbound, ProxyDecider, RpcCaller
 from relay.settings import Settings
 from relay.webhooks import Webhooks
 from relay.ws import RelayEndpoint, unknown_path
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     put several nodes on one in-memory cluster). The hub is ``app.state.hub``, its
     operator commands ``app.state.operator``, its webhooks (None without a URL)
     ``app.state.webhooks``, its admin page's views (None when off) ``app.state.admin``.
+    A proxy URL (``relay.proxy``) makes the hub's decider and, for RPC, its backend.
     """
     settings = settings or Settings()
     hub = Hub(settings, broker or create_broker(settings.broker, settings), Metrics())
@@ -39,10 +41,19 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     # No URL, no observer: the hub's event loops stay empty.
     webhooks = None
     if settings.webhook_urls:
-        webhooks = Webhooks(
-            settings, hub.metrics, hub.node_id, rooms_of=lambda peer_id: hub.peers[peer_id].rooms
-        )
+        webhooks = Webhooks(settings, hub.metrics, hub.node_id)
         hub.observers.append(webhooks)
+
+    # No proxy URL, no outbound client: hellos, joins and pubs go as before.
+    outbound = rpc = None
+    if settings.connect_proxy_url or settings.join_proxy_url or settings.rpc_proxy_url:
+        outbound = Outbound(settings, hub.metrics)
+    if outbound is not None and (settings.connect_proxy_url or settings.join_proxy_url):
+        decider = ProxyDecider(settings, outbound, hub.node_id)
+        hub.decider = decider
+        hub.observers.append(decider)
+    if outbound is not None and settings.rpc_proxy_url:
+        rpc = hub.backend = RpcCaller(settings, outbound, hub, hub.node_id)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -50,6 +61,10 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
             if webhooks is not None:
                 # Entered first, left last: what the hub's shutdown reports is sent too.
                 await stack.enter_async_context(webhooks.running())
+            if outbound is not None:
+                await stack.enter_async_context(outbound.running())
+            if rpc is not None:
+                await stack.enter_async_context(rpc.running())
             await stack.enter_async_context(hub.running())
             yield
 

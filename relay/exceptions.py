@@ -114,6 +114,12 @@ class RoomFull(RelayError):
     code = ErrorCode.ROOM_FULL
 
 
+class BackendError(RelayError):
+    """The backend refused an RPC (``@backend``) or answered it with something unusable."""
+
+    code = ErrorCode.BACKEND_ERROR
+
+
 class Internal(RelayError):
     """The relay failed to handle a valid request; the details go to the log, never to the peer."""
 

@@ -4,10 +4,16 @@ uvicorn's httptools protocol, bounded. Every connection is *pending* from
 its accept until it is upgraded to a WebSocket or closed (an HTTP request,
 a keep-alive connection between requests, a handshake), and while pending:
 
-- it counts toward ``max_pending_connections`` (the node; 503 beyond) and,
-  unless its address is in ``admission_exempt``, ``max_pending_per_ip``
-  (429 beyond); a refused connection is answered at once and closed, before
-  anything is read from it;
+- it counts toward ``max_pending_connections`` (the node) and, unless its
+  address is in ``admission_exempt``, ``max_pending_per_ip`` (429 beyond,
+  answered at once and closed before anything is read from it). A
+  connection beyond the node's cap waits, unread, for a place (the oldest
+  first), for up to ``pending_wait_seconds``, while the node holds fewer
+  sockets than it has room for (``max_connections`` +
+  ``max_pending_connections``; with no ``max_connections``, its open-file
+  limit less the reserve); it is answered 503 when its wait ends or there is
+  no room to wait. A reconnect storm then queues instead of retrying, and
+  what waits holds no buffer of the relay's;
 - its next request, head and body, must be in within ``head_timeout_seconds``
   of the moment the relay started waiting for it (the connection opened, or
   its previous response was sent): 408 if part of it came, a silent close if
@@ -40,10 +46,12 @@ as head bytes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -55,6 +63,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from relay.admission import FULL_RETRY_AFTER, AddressSet, canonical_ip
+from relay.fdlimit import RESERVED_FILES
 from relay.rfc6455 import NEEDS_HTTP_11, http_response
 from relay.settings import Settings
 
@@ -74,6 +83,8 @@ class HTTPLimits:
 
     head_timeout: float
     max_pending: int
+    pending_wait: float  # how long a connection over max_pending waits for a place
+    max_sockets: int  # upgraded or not, before a connection over max_pending may wait; 0: fds
     max_pending_per_ip: int  # 0: no cap
     max_header_count: int
     max_header_bytes: int
@@ -85,6 +96,10 @@ class HTTPLimits:
         return cls(
             head_timeout=settings.head_timeout_seconds,
             max_pending=settings.max_pending_connections,
+            pending_wait=settings.pending_wait_seconds,
+            max_sockets=settings.max_connections + settings.max_pending_connections
+            if settings.max_connections
+            else 0,
             max_pending_per_ip=settings.max_pending_per_ip,
             max_header_count=settings.max_header_count,
             max_header_bytes=settings.max_header_bytes,
@@ -134,13 +149,21 @@ class _Refused(Exception):
         self.message = message
 
 
-class _Pending:
-    """The connections of one server that have not been upgraded: counts and refusals."""
+# ``_Pending.admit``'s answer for a connection that waits for a place.
+_WAIT: Final = _Refused(503, "the node is busy, try again later")
 
-    def __init__(self, limits: HTTPLimits, counter: Counter | None = None) -> None:
+
+class _Pending:
+    """The connections of one server that have not been upgraded: counts, refusals, the waiting."""
+
+    def __init__(
+        self, limits: HTTPLimits, connections: set[Any], counter: Counter | None = None
+    ) -> None:
         self.limits = limits
         self.total = 0
         self.per_ip: dict[str, int] = {}
+        self.waiting: deque[RelayHTTPProtocol] = deque()  # oldest first; closed ones skipped
+        self._connections = connections  # every socket of the server, upgraded or not
         self._log = RefusalLog(limits.table_size)
         self._counter = counter
 
@@ -150,12 +173,14 @@ class _Pending:
             self._counter.labels(str(status)).inc()
         self._log.refused(ip, f"{status}: {why}")
 
-    def admit(self, ip: str) -> _Refused | None:
-        """Count a new connection from ``ip``; None, or why it is refused."""
+    def admit(self, ip: str, *, waited: bool = False) -> _Refused | None:
+        """Count a new connection from ``ip``; None, ``_WAIT``, or why it is refused."""
         limits = self.limits
-        if self.total >= limits.max_pending:
+        if self.total >= limits.max_pending or (self.waiting and not waited):
+            if self._room_to_wait():
+                return _WAIT
             self.refused(ip, 503, f"the node holds {self.total} connections not upgraded "
-                         "(max_pending_connections)")  # fmt: skip
+                         "(max_pending_connections) and no room for more to wait")  # fmt: skip
             return _Refused(503, "the node is busy, try again later")
         if limits.max_pending_per_ip and ip and ip not in limits.exempt:
             count = self.per_ip.get(ip, 0)
@@ -168,7 +193,7 @@ class _Pending:
         return None
 
     def release(self, ip: str) -> None:
-        """Give back what ``admit`` counted for ``ip``."""
+        """Give back what ``admit`` counted for ``ip``; the oldest waiting connection takes it."""
         self.total -= 1
         count = self.per_ip.get(ip)
         if count is not None:
@@ -176,6 +201,15 @@ class _Pending:
                 self.per_ip[ip] = count - 1
             else:
                 del self.per_ip[ip]
+        waiting = self.waiting
+        while waiting and self.total < self.limits.max_pending:
+            waiting.popleft().waited()
+
+    def _room_to_wait(self) -> bool:
+        cap = self.limits.max_sockets
+        if not cap:
+            cap = resource.getrlimit(resource.RLIMIT_NOFILE)[0] - RESERVED_FILES
+        return len(self._connections) <= cap
 
 
 # One count per uvicorn server (tests run several servers in one process).
@@ -186,7 +220,7 @@ def _pending_of(server_state: ServerState, config: Config) -> _Pending:
     pending = _pendings.get(server_state)
     if pending is None:
         limits = getattr(config, "http_limits", None) or HTTPLimits.from_settings(Settings())
-        pending = _Pending(limits, getattr(config, "http_refused", None))
+        pending = _Pending(limits, server_state.connections, getattr(config, "http_refused", None))
         _pendings[server_state] = pending
     return pending
 
@@ -215,6 +249,7 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # of the head being parsed, before the slice being fed
         self._message_done = True  # no request is partly parsed
         self._refusal: _Refused | None = None  # raised from a callback
+        self._waiting = False  # in ``_Pending.waiting``, unread, for a place
         self._answer_later: _Refused | None = None  # once the request before is answered
 
     # --- asyncio.Protocol -----------------------------------------------------------
@@ -222,12 +257,45 @@ class RelayHTTPProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._ip = canonical_ip(self.client[0]) if self.client else ""
-        refused = self._pending.admit(self._ip)
+        self._enter(waited=False)
+
+    def _enter(self, *, waited: bool) -> None:
+        """Take a place among the pending connections, wait for one, or be refused."""
+        refused = self._pending.admit(self._ip, waited=waited)
+        if refused is _WAIT:
+            self._waiting = True
+            self._pending.waiting.append(self)
+            self.transport.pause_reading()  # what it sends waits in the kernel
+            self._deadline = self.loop.call_later(self._limits.pending_wait, self._waited_too_long)
+            return
         if refused is not None:
             self._refuse(refused.status, refused.message, retry_after=FULL_RETRY_AFTER)
             return
         self._counted = True
         self._arm()
+
+    def waited(self) -> None:
+        """A place is free: take it (``_Pending.release`` calls this, oldest waiter first)."""
+        if not self._waiting:
+            return
+        self._waiting = False
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        self._enter(waited=True)
+        if self._counted:
+            self.transport.resume_reading()
+
+    def _waited_too_long(self) -> None:
+        self._deadline = None
+        self._waiting = False
+        with contextlib.suppress(ValueError):
+            self._pending.waiting.remove(self)
+        seconds = f"{self._limits.pending_wait:g}"
+        self._pending.refused(
+            self._ip, 503, f"no place among the pending connections in {seconds} s"
+        )
+        self._refuse(503, "the node is busy, try again later", retry_after=FULL_RETRY_AFTER)
 
     def data_received(self, data: bytes) -> None:
         if self._answer_later is None:  # else the connection ends after that answer
@@ -236,6 +304,10 @@ class RelayHTTPProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self._waiting:
+            self._waiting = False
+            with contextlib.suppress(ValueError):
+                self._pending.waiting.remove(self)
         self._release()
         self._disarm()
         self._unparsed = b""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from typing import Any
@@ -25,7 +26,7 @@ from anyio.abc import TaskGroup
 from relay.auth import Claims, load_verifier
 from relay.broker.base import Broker, BrokerUnavailable
 from relay.clock import LoopScheduler, Scheduler, Timer
-from relay.decisions import Decider, HelloAsked
+from relay.decisions import Admitted, HelloAsked
 from relay.delivery import AckWatch
 from relay.events import SessionObserver
 from relay.exceptions import Forbidden, IdTaken, RoomFull
@@ -34,10 +35,10 @@ from relay.peer import Peer
 from relay.protocol import codec
 from relay.protocol.codes import CloseCode, ErrorCode
 from relay.protocol.envelopes import Hello, Join, Leave, Refresh
-from relay.router import Router
+from relay.router import Router, rooms_listed
 from relay.session import Session
 from relay.settings import Settings
-from relay.values import Delivery, Handover, Proof
+from relay.values import Delivery, Handover, Joined, LostNode, Proof
 
 log = logging.getLogger("relay.hub")
 
@@ -83,7 +84,6 @@ class Hub(Router):
         self.backlogged: set[Peer] = set()  # live peers whose queue is not empty
         self.acks = AckWatch(self.scheduler)  # sessions whose senders wait for acknowledgements
         self.observers: list[SessionObserver] = []
-        self.decider: Decider | None = None  # asked before each fresh hello and each join
         self._sweep_timer: Timer | None = None
         self._deciding: set[str] = set()  # ids whose registration waits for the decider
         self.draining = False
@@ -237,7 +237,6 @@ class Hub(Router):
             raise IdTaken(f"{peer_id} is held by another session")
         peer = self.peers.get(peer_id)
         resumed = False
-        meta: object = None
         if peer is not None:
             if not verified and (
                 hello.resume is None or not hmac.compare_digest(hello.resume, peer.secret)
@@ -260,10 +259,13 @@ class Hub(Router):
                 )
             if (holder is not None and handover is None) or peer_id in self.peers:
                 raise IdTaken(f"{peer_id} is held by another session")
+            admitted = None
             if handover is None and self.decider is not None:
-                meta = await self._decide_hello(session, hello, peer_id, claims)
+                admitted = await self._decide_hello(session, hello, peer_id, claims)
             peer = self._new_peer(peer_id, handover)
             resumed = handover is not None
+            if admitted is not None:
+                peer.meta, peer.granted = admitted.meta, admitted.rooms
         if peer.expiry is not None:
             peer.expiry.cancel()
             peer.expiry = None
@@ -277,12 +279,12 @@ class Hub(Router):
         peer.session = session
         peer.secret = self._make_secret()
         session.peer = peer
-        session.meta = meta
+        session.meta = peer.meta
         session.set_claims(claims)
         if peer.queue:
             session.queue_started(peer)
         for observer in self.observers:
-            observer.online(peer_id, resumed=resumed)
+            observer.online(peer_id, resumed=resumed, meta=peer.meta)
         return codec.encode(
             {
                 "type": "welcome",
@@ -296,7 +298,7 @@ class Hub(Router):
 
     async def _decide_hello(
         self, session: Session, hello: Hello, peer_id: str, claims: Claims | None
-    ) -> object:
+    ) -> Admitted:
         """Ask the decider about a fresh registration; the id stays reserved meanwhile."""
         assert self.decider is not None
         asked = HelloAsked(peer_id, hello.token, claims, session.connect_info, self.node_id)
@@ -453,17 +455,20 @@ class Hub(Router):
         assert peer is not None
         room = request.room
         self._check_room(peer, room)
-        if room not in peer.rooms and self.decider is not None:
+        if room not in peer.rooms and self.decider is not None and not rooms_listed(session):
             await self.decider.decide_join(peer.id, room, session.meta)
         if room not in peer.rooms:
             if len(peer.rooms) >= self.settings.rooms_per_peer:
                 raise RoomFull(f"already in {self.settings.rooms_per_peer} rooms")
-            if not await self.broker.join(room, peer.id, self.settings.peers_per_room):
+            joined = await self.broker.join(room, peer.id, self.settings.peers_per_room)
+            if joined is Joined.FULL:
                 raise RoomFull(f"{room} has {self.settings.peers_per_room} members")
             self.rooms.add(room, peer)
             self.metrics.rooms.set(len(self.rooms))
             self._announce(room, peer.id, "join")
             for observer in self.observers:
+                if joined is Joined.FIRST:
+                    observer.occupied(room)
                 observer.joined(room, peer.id)
         peer.rooms[room] = request.presence
         if request.presence:
@@ -487,18 +492,52 @@ class Hub(Router):
         del peer.rooms[room]
         self.rooms.discard(room, peer)
         self.metrics.rooms.set(len(self.rooms))
-        await self.broker.leave(room, peer.id)
+        vacated = await self.broker.leave(room, peer.id)
         self._announce(room, peer.id, "leave")
         for observer in self.observers:
             observer.left(room, peer.id)
+            if vacated:
+                observer.vacated(room)
 
-    def member_lost(self, room: str, peer_id: str) -> None:
-        """A member the registry lost without its hub leaving (``NodeHandler.member_lost``).
+    def member_lost(self, room: str, peer_id: str, vacated: bool) -> None:
+        """A membership of this node the registry removed later (``NodeHandler.member_lost``).
 
-        Presence watchers get the ``leave`` here and on other nodes; observers
-        hear ``left``.
+        Presence watchers get the ``leave`` here and on other nodes. Observers
+        heard ``left`` when the hub let the peer go; they hear ``vacated`` if
+        this removal emptied the room.
         """
+        self._announce_lost(room, peer_id)
+        if vacated:
+            for observer in self.observers:
+                observer.vacated(room)
+
+    def node_lost(self, lost: LostNode) -> None:
+        """Node ``lost.node`` died and this node reaped it (``NodeHandler.node_lost``).
+
+        Presence watchers get a ``leave`` for each of its memberships, here
+        and on other nodes. Observers hear, for each peer it held, ``offline``
+        (``node_lost``) then ``left`` for each of its rooms, as for a peer of
+        this node, and ``vacated`` after the last member of each room the
+        reap emptied.
+        """
+        rooms_of: dict[str, list[str]] = {}
+        for room, peer_id in lost.memberships:
+            rooms_of.setdefault(peer_id, []).append(room)
+        remaining = Counter(room for room, _peer in lost.memberships)
+        held = set(lost.peers)
+        # Members it no longer held (their ids freed or taken since) leave too.
+        for peer_id in [*lost.peers, *(p for p in rooms_of if p not in held)]:
+            if peer_id in held:
+                for observer in self.observers:
+                    observer.offline(peer_id, "node_lost", lost_node=lost.node)
+            for room in rooms_of.get(peer_id, ()):
+                self._announce_lost(room, peer_id)
+                remaining[room] -= 1
+                for observer in self.observers:
+                    observer.left(room, peer_id)
+                    if not remaining[room] and room in lost.vacated:
+                        observer.vacated(room)
+
+    def _announce_lost(self, room: str, peer_id: str) -> None:
         with suppress(BrokerUnavailable):  # not keeping up: dropped, as any frame is then
             self._announce(room, peer_id, "leave")
-        for observer in self.observers:
-            observer.left(room, peer_id)

@@ -103,6 +103,14 @@ class Metrics(Collector):
             buckets=WEBHOOK_BUCKETS,
             registry=r,
         )
+        # Proxies and RPC (relay.proxy): one per fresh hello, undecided join or pub, RPC call.
+        self.proxy_requests = Counter(
+            "relay_proxy_requests",
+            "Requests to the backend by kind (connect, join, rpc) and outcome: ok (allowed, "
+            "answered), refused, failed (no usable answer in time), busy (over a bound, not sent).",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.received = {kind: Tally() for kind in ENVELOPE_TYPES}
         self.sent = {kind: Tally() for kind in OUT_KINDS}
         self.routing = LatencyHistogram()

@@ -71,9 +71,11 @@ class Peer:
         "acks",
         "backlog_since",
         "expiry",
+        "granted",
         "id",
         "max_queue_bytes",
         "max_queue_messages",
+        "meta",
         "owed",
         "queue",
         "queued_bytes",
@@ -100,6 +102,10 @@ class Peer:
         self.id = peer_id
         self.secret = ""
         self.rooms: dict[str, bool] = {}  # room -> receives presence
+        # What a decider said at registration (relay.decisions.Admitted): kept
+        # across resumes, on this node or another.
+        self.meta: object = None
+        self.granted: tuple[str, ...] | None = None  # rooms allowed (patterns); None: any
         # Both deques are made on first use: an empty deque holds a 700-byte
         # block, which is most of what an idle peer would cost.
         self.queue: deque[Queued] | None = None
@@ -146,6 +152,8 @@ class Peer:
             self.written = deque(handover.written)
             self.written_bytes = sum(len(entry[0]) + REPLAY_OVERHEAD for entry in handover.written)
         self.written_count = handover.written_count
+        self.meta = handover.meta
+        self.granted = handover.granted
 
     def hand_over(self) -> Handover:
         """The state another node takes over (``take_over``); the queue moves with it.
@@ -154,7 +162,14 @@ class Peer:
         """
         self.answer_queued()
         queue = [(frame, kind, undelivered) for frame, kind, undelivered, _ in self.queue or ()]
-        handover = Handover(dict(self.rooms), queue, list(self.written or ()), self.written_count)
+        handover = Handover(
+            dict(self.rooms),
+            queue,
+            list(self.written or ()),
+            self.written_count,
+            self.meta,
+            self.granted,
+        )
         self.queue = None
         self.queued_bytes = 0
         return handover

@@ -18,21 +18,41 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from fnmatch import fnmatchcase
+from typing import Protocol
 
 import anyio
 
 from relay.auth import TokenVerifier
 from relay.broker.base import Broker
-from relay.exceptions import Forbidden
+from relay.decisions import Decider
+from relay.exceptions import BadEnvelope, Forbidden
 from relay.metrics import Metrics
 from relay.peer import Peer
 from relay.protocol import codec
 from relay.protocol.codes import ErrorCode
-from relay.protocol.envelopes import SERVER_ID, Publish, Send
+from relay.protocol.envelopes import BACKEND_ID, SERVER_ID, Publish, Send
 from relay.rooms import Rooms
 from relay.session import Session
 from relay.settings import Settings
 from relay.values import Answer, Delivery, RequestId, Undelivered
+
+
+class Backend(Protocol):
+    """Answers the ``send``s addressed to ``@backend`` (``relay.proxy``: RPC over HTTP)."""
+
+    def call(self, session: Session, request: Send) -> None:
+        """Start the call (a ``msg`` and the ``ok``, or an ``err``, follow); refuse by raising."""
+        ...
+
+
+def rooms_listed(session: Session) -> bool:
+    """The session's token or admission lists its rooms: what ``_check_room`` let through."""
+    claims = session.claims
+    peer = session.peer
+    return (claims is not None and claims.rooms is not None) or (
+        peer is not None and peer.granted is not None
+    )
 
 
 class Router:
@@ -47,13 +67,18 @@ class Router:
         self.auth = auth  # None: open mode
         self.peers: dict[str, Peer] = {}
         self.rooms = Rooms()
+        self.decider: Decider | None = None  # asked before each fresh hello, join and new pub room
+        self.backend: Backend | None = None  # answers sends to @backend; None: they are refused
 
     def _check_room(self, peer: Peer, room: str) -> None:
-        """Refuse a room the peer's token does not list (``Forbidden``)."""
+        """Refuse a room the peer's token, or its admission, does not list (``Forbidden``)."""
         session = peer.session
         claims = session.claims if session is not None else None
         if self.auth is not None and (claims is None or not claims.allows_room(room)):
             raise Forbidden(f"the token does not allow room {room}")
+        granted = peer.granted
+        if granted is not None and not any(fnmatchcase(room, pattern) for pattern in granted):
+            raise Forbidden(f"room {room} was not granted to this session")
 
     def send(self, session: Session, request: Send) -> None:
         """Deliver a ``send`` to each target; one ``ok`` or ``err`` answers it.
@@ -92,6 +117,9 @@ class Router:
                 routed.add(to, delivery)
                 routed.close()
                 return
+            if to == BACKEND_ID:
+                self._call_backend(session, request)
+                return
             targets: tuple[str, ...] = (to,)
         else:
             undelivered = (sender.id, request.id, True)
@@ -99,6 +127,16 @@ class Router:
         routed = Routed(self, sender, request.id, undelivered[2], session)
         self._route(targets, frame, undelivered, routed, session)
         routed.close()
+
+    def _call_backend(self, session: Session, request: Send) -> None:
+        """Hand a ``send`` to ``@backend`` to the backend, or say why it cannot go."""
+        if self.backend is None:
+            raise BadEnvelope(f"{BACKEND_ID} is not served here: the relay has no rpc_proxy_url")
+        if request.rid is None:
+            raise BadEnvelope(
+                f"a send to {BACKEND_ID} needs a rid: its answer is a msg with that re"
+            )
+        self.backend.call(session, request)
 
     def _answer_one(self, undelivered: Undelivered, target: str, delivery: Delivery) -> None:
         """Answer a ``send`` to one local target (with an id), once its fate is known."""
@@ -186,10 +224,33 @@ class Router:
         self.broker.publish(room, frame, exclude, presence_only)
 
     def publish(self, session: Session, request: Publish) -> None:
-        """Deliver a ``pub`` to the room's members on every node."""
+        """Deliver a ``pub`` to the room's members on every node.
+
+        With a decider, a room it has not decided for the sender yet is
+        decided first, the session unread meanwhile (``decide_join``).
+        """
         sender = session.peer
         assert sender is not None
         self._check_room(sender, request.room)
+        decider = self.decider
+        if (
+            decider is not None
+            and not rooms_listed(session)
+            and not decider.room_decided(sender.id, request.room)
+        ):
+            session.run(self._decide_publish(session, request), request)
+            return
+        self._publish(session, request)
+
+    async def _decide_publish(self, session: Session, request: Publish) -> None:
+        sender = session.peer
+        assert sender is not None and self.decider is not None
+        await self.decider.decide_join(sender.id, request.room, session.meta)
+        self._publish(session, request)
+
+    def _publish(self, session: Session, request: Publish) -> None:
+        sender = session.peer
+        assert sender is not None
         frame = codec.encode_msg(sender.id, request.d_raw, ev=request.ev, room=request.room)
         exclude = None if request.echo else sender.id
         undelivered: Undelivered = (sender.id, request.id, False)

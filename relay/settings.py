@@ -156,6 +156,9 @@ _POSITIVE = Rule("a number > 0", lambda value: value > 0)
 _NOT_NEGATIVE = Rule("a number >= 0", lambda value: value >= 0)
 _COUNT = _int_at_least(1)
 _BOOL = Rule("true or false", lambda value: True)
+_OPTIONAL_HTTP_URL = Rule(
+    "an http:// or https:// URL, or empty", lambda value: value == "" or _is_http_url(value)
+)
 _NETWORK = Rule("an IP address or CIDR such as 10.0.0.0/8", _is_network)
 # An HMAC-SHA256 key at least as long as the hash (as relay.auth asks of jwt_secret).
 _HMAC_KEY = Rule(
@@ -486,8 +489,15 @@ class Settings:
     max_pending_connections: int = _setting(
         1024,
         "Connections not upgraded to a WebSocket (HTTP, keep-alive, handshakes) this node "
-        "holds at most (503 beyond).",
+        "holds at most; more wait, unread, for a place (pending_wait_seconds).",
         _COUNT,
+        group="admission",
+    )
+    pending_wait_seconds: float = _setting(
+        10.0,
+        "How long a connection over max_pending_connections waits, unread, for a place "
+        "(503 after; 503 at once when the node has no room for more sockets).",
+        _POSITIVE,
         group="admission",
     )
     max_pending_per_ip: int = _setting(
@@ -697,6 +707,67 @@ class Settings:
         group="webhooks",
     )
 
+    # Proxies: the backend admits hellos and joins and answers RPC (docs/hooks.md)
+    connect_proxy_url: str = _setting(
+        "",
+        "URL asked, signed, to admit each fresh hello (needs webhook_secret).",
+        _OPTIONAL_HTTP_URL,
+        group="proxy",
+    )
+    join_proxy_url: str = _setting(
+        "",
+        "URL asked, signed, to admit each join (and pub) no rooms claim or grant lists "
+        "(needs webhook_secret).",
+        _OPTIONAL_HTTP_URL,
+        group="proxy",
+    )
+    rpc_proxy_url: str = _setting(
+        "",
+        "URL each send to @backend is POSTed to, signed; its answer is the reply "
+        "(needs webhook_secret).",
+        _OPTIONAL_HTTP_URL,
+        group="proxy",
+    )
+    rpc_format: str = _setting(
+        "msgpack",
+        "Body of RPC requests and answers: msgpack (payloads exact) or json.",
+        _one_of("msgpack", "json"),
+        group="proxy",
+    )
+    proxy_timeout_seconds: float = _setting(
+        1.0,
+        "Longest a proxy or RPC request may take, connecting included (then: overloaded).",
+        _POSITIVE,
+        group="proxy",
+    )
+    proxy_headers: tuple[str, ...] = _setting(
+        (),
+        "Request headers of the WebSocket upgrade passed to the connect proxy, e.g. Cookie.",
+        Rule(
+            "an HTTP header name",
+            lambda value: re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value) is not None,
+        ),
+        group="proxy",
+    )
+    proxy_inflight: int = _setting(
+        256,
+        "Proxy and RPC requests one node may have in flight; more are refused overloaded.",
+        _COUNT,
+        group="proxy",
+    )
+    proxy_inflight_per_session: int = _setting(
+        4,
+        "RPC requests one session may have in flight; more are refused overloaded.",
+        _COUNT,
+        group="proxy",
+    )
+    proxy_meta_bytes: int = _setting(
+        4096,
+        "Largest meta (as JSON) a connect proxy may return for a session.",
+        _COUNT,
+        group="proxy",
+    )
+
     def __post_init__(self) -> None:
         for item in dataclasses.fields(self):
             _check(item.name, getattr(self, item.name))
@@ -727,6 +798,13 @@ class Settings:
                 self.webhook_urls[0],
                 "webhook URLs need webhook_secret (it signs every request)",
             )
+        for name in ("connect_proxy_url", "join_proxy_url", "rpc_proxy_url"):
+            if getattr(self, name) and not self.webhook_secret:
+                raise SettingError(
+                    name,
+                    getattr(self, name),
+                    "proxy URLs need webhook_secret (it signs every request)",
+                )
         if self.webhook_urls and not self.webhook_events:
             raise SettingError("webhook_events", "", "webhook URLs need at least one event type")
         if self.webhook_backoff_cap_seconds < self.webhook_backoff_base_seconds:

@@ -2,7 +2,8 @@
 
 What became of a frame (``Delivery``), who to tell when it never arrives
 (``Undelivered``), what waits in a peer's queue and what moves with a peer
-between nodes (``Handover``). This module imports nothing of the relay, so
+between nodes (``Handover``), what a join changed (``Joined``) and what a
+node that died left behind (``LostNode``). This module imports nothing of the relay, so
 every other module may depend on it and it on none of them.
 """
 
@@ -34,6 +35,23 @@ class Delivery(Enum):
 Undelivered = tuple[str, RequestId | None, bool]
 
 
+class Joined(Enum):
+    """What ``Broker.join`` did, as the registry saw it."""
+
+    FULL = "full"  # refused: the room has its limit of members
+    MEMBER = "member"  # a member: already, moved from another node, or with others in the room
+    FIRST = "first"  # the first member: the room had none on any node
+
+
+class LostNode(NamedTuple):
+    """What the registry held for a node that died, as the one reap that removed it found it."""
+
+    node: str
+    peers: list[str]  # the ids it held, freed by the reap
+    memberships: list[tuple[str, str]]  # (room, peer) it had registered, removed by the reap
+    vacated: set[str]  # the rooms the reap left without a member on any node
+
+
 class Proof(NamedTuple):
     """What a session offers to take over a peer id held elsewhere."""
 
@@ -54,6 +72,8 @@ class Handover(NamedTuple):
     queue: list[QueueEntry]  # not yet written to any socket
     written: list[QueueEntry]  # the replay window of the last socket
     written_count: int
+    meta: object = None  # what a decider said of the session (relay.decisions.Admitted)
+    granted: tuple[str, ...] | None = None  # the rooms it restricted the session to
 
 
 # One frame in a peer's queue: the frame, its kind for metrics, who to tell

@@ -1,8 +1,10 @@
 """Webhooks: session events POSTed, signed and in batches, to the backend's URLs.
 
 ``Webhooks`` is a ``SessionObserver`` (``relay.events``): the hub tells it
-when a peer id comes online or goes offline for good and when a peer joins
-or leaves a room. It turns each into an event (``id``, ``type``, ``time_ms``,
+when a peer id comes online or goes offline for good, when a peer joins or
+leaves a room, and when a room gets its first member or loses its last (the
+broker says which node's join or leave did, so one node tells each in the
+cluster). It turns each into an event (``id``, ``type``, ``time_ms``,
 ``node``, ``seq``, and ``peer`` and/or ``room``), appends it to each URL's
 bounded buffer and returns, so nothing the hub does waits for a backend. One
 ``Sender`` per URL takes batches from its buffer (``webhook_batch_seconds``
@@ -24,7 +26,7 @@ import random
 import secrets
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -250,22 +252,13 @@ class Webhooks(SessionObserver):
     Add it to ``Hub.observers`` and serve within ``running()``.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        metrics: Metrics,
-        node: str,
-        rooms_of: Callable[[str], Iterable[str]],
-    ) -> None:
-        """``rooms_of(peer_id)``: the rooms of a peer of this node (one it took over included)."""
+    def __init__(self, settings: Settings, metrics: Metrics, node: str) -> None:
         self._settings = settings
         self._node = node
-        self._rooms_of = rooms_of
         self._types = frozenset(settings.webhook_events)
         self._stream = secrets.token_hex(6)  # makes ids unique across restarts of the node
         self._seq = 0
-        # Local room members, as heard here: who makes a room occupied or vacated.
-        self._rooms: dict[str, set[str]] = {}
+        self._meta: dict[str, object] = {}  # of this node's peers that have one
         self.senders = [Sender(url, settings, metrics) for url in settings.webhook_urls]
         self._tasks: TaskGroup | None = None  # the senders', while running
 
@@ -302,6 +295,8 @@ class Webhooks(SessionObserver):
     def _emit(self, kind: str, **fields: str) -> None:
         if kind not in self._types:
             return
+        peer_id = fields.get("peer")
+        meta = self._meta.get(peer_id) if peer_id is not None else None
         self._seq += 1
         event = Event(
             {
@@ -311,6 +306,7 @@ class Webhooks(SessionObserver):
                 "node": self._node,
                 "seq": self._seq,
                 **fields,
+                **({"meta": meta} if meta is not None else {}),
             },
             time.monotonic(),
         )
@@ -319,41 +315,39 @@ class Webhooks(SessionObserver):
 
     # --- SessionObserver ------------------------------------------------------
 
-    def online(self, peer_id: str, *, resumed: bool) -> None:
-        """``peer.online`` for a fresh registration; a resume is the same peer, still online."""
+    def online(self, peer_id: str, *, resumed: bool, meta: object = None) -> None:
+        """``peer.online`` for a fresh registration; a resume is the same peer, still online.
+
+        A ``meta`` (the connect proxy's, docs/hooks.md) goes with each event of the peer.
+        """
+        if meta is not None:
+            self._meta[peer_id] = meta
         if not resumed:
             self._emit("peer.online", peer=peer_id)
-            return
-        # Taken over from another node, its rooms came along: this node tells its leaves.
-        for room in self._rooms_of(peer_id):
-            self._rooms.setdefault(room, set()).add(peer_id)
 
-    def offline(self, peer_id: str, reason: str) -> None:
+    def offline(self, peer_id: str, reason: str, *, lost_node: str | None = None) -> None:
         """``peer.offline`` with ``reason``, unless the peer moved on to another node."""
         if reason == "moved":
-            # Its rooms went with it, still occupied: see docs/hooks.md, "In a cluster".
-            for room, members in list(self._rooms.items()):
-                members.discard(peer_id)
-                if not members:
-                    del self._rooms[room]
-            return
-        self._emit("peer.offline", peer=peer_id, reason=reason)
+            self._meta.pop(peer_id, None)
+            return  # the node that took it over tells its end, and its rooms'
+        if lost_node is None:
+            self._emit("peer.offline", peer=peer_id, reason=reason)
+        else:
+            self._emit("peer.offline", peer=peer_id, reason=reason, lost_node=lost_node)
+        self._meta.pop(peer_id, None)
 
     def joined(self, room: str, peer_id: str) -> None:
-        """``room.joined``, after ``room.occupied`` for the room's first member."""
-        members = self._rooms.setdefault(room, set())
-        if not members:
-            self._emit("room.occupied", room=room)
-        members.add(peer_id)
+        """``room.joined``."""
         self._emit("room.joined", room=room, peer=peer_id)
 
     def left(self, room: str, peer_id: str) -> None:
-        """``room.left``, then ``room.vacated`` when it was the last member."""
-        members = self._rooms.get(room)
-        if members is None or peer_id not in members:
-            return  # a member of another node, lost by the registry: not this node's to tell
-        members.discard(peer_id)
+        """``room.left``."""
         self._emit("room.left", room=room, peer=peer_id)
-        if not members:
-            del self._rooms[room]
-            self._emit("room.vacated", room=room)
+
+    def occupied(self, room: str) -> None:
+        """``room.occupied``, just before the ``room.joined`` of the room's first member."""
+        self._emit("room.occupied", room=room)
+
+    def vacated(self, room: str) -> None:
+        """``room.vacated``, just after the ``room.left`` of its last member."""
+        self._emit("room.vacated", room=room)

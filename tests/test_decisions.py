@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay.decisions import HelloAsked
+from relay.decisions import Admitted, HelloAsked
 from relay.exceptions import Unauthorized
 from tests.conftest import RunningRelay
 from tests.peers import join_as, open_peer
@@ -16,15 +16,18 @@ class Decider:
     def __init__(self) -> None:
         self.asked: list[HelloAsked] = []
 
-    async def decide_hello(self, asked: HelloAsked) -> object:
+    async def decide_hello(self, asked: HelloAsked) -> Admitted:
         self.asked.append(asked)
         if asked.peer_id == "mallory":
             raise Unauthorized("not you")
-        return {"seen": True}
+        return Admitted(meta={"seen": True})
 
     async def decide_join(self, peer_id: str, room: str, meta: object) -> None:
         if room == "staff":
             raise Unauthorized("staff only")
+
+    def room_decided(self, peer_id: str, room: str) -> bool:
+        return room != "staff"
 
 
 async def test_the_decider_hears_the_connection_and_can_refuse(relay: RunningRelay) -> None:

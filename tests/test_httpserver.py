@@ -184,21 +184,54 @@ async def test_the_per_address_cap_answers_429_with_retry_after(
         held_writer.close()
 
 
-async def test_the_node_cap_counts_every_address_loopback_included(
+async def test_over_the_node_cap_a_connection_waits_for_a_place_loopback_included(
     relay_factory: RelayFactory,
 ) -> None:
     relay = await relay_factory(max_pending_connections=2)
     held = [await asyncio.open_connection("127.0.0.1", relay.port) for _ in range(2)]
     reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-    refused = await read_response(reader, bytearray())
-    assert (refused.status, refused.body) == (503, b"the node is busy, try again later")
-    assert b"retry-after: 5" in refused.head
-    writer.close()
-    # An upgraded socket is no longer pending: it frees its place.
+    writer.write(get("/healthz", "Connection: close"))
+    # Not read while both places are taken: no answer yet.
+    with pytest.raises(TimeoutError):
+        with anyio.fail_after(0.3):
+            await reader.read(1)
+    # An upgraded socket is no longer pending: its place goes to the waiting one.
     held_reader, held_writer = held[0]
     held_writer.write(upgrade_request(relay.port, "/v1/ws"))
     assert (await read_response(held_reader, bytearray())).status == 101
-    assert (await exchange(relay.port, get("/healthz", "Connection: close"))).status == 200
+    with anyio.fail_after(TIMEOUT):
+        assert (await read_response(reader, bytearray())).status == 200
+    writer.close()
+    for _, held_writer in held:
+        held_writer.close()
+
+
+async def test_a_connection_that_waits_too_long_for_a_place_gets_503(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = await relay_factory(max_pending_connections=1, pending_wait_seconds=0.5)
+    held = [await asyncio.open_connection("127.0.0.1", relay.port)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    with anyio.fail_after(TIMEOUT):
+        refused = await read_response(reader, bytearray())
+    assert (refused.status, refused.body) == (503, b"the node is busy, try again later")
+    assert b"retry-after: 5" in refused.head
+    writer.close()
+    for _, held_writer in held:
+        held_writer.close()
+
+
+async def test_with_no_room_to_wait_the_node_cap_answers_503_at_once(
+    relay_factory: RelayFactory,
+) -> None:
+    # Room for max_connections + max_pending_connections sockets: 1 + 2.
+    relay = await relay_factory(max_pending_connections=2, max_connections=1)
+    held = [await asyncio.open_connection("127.0.0.1", relay.port) for _ in range(3)]
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    with anyio.fail_after(TIMEOUT):
+        refused = await read_response(reader, bytearray())
+    assert (refused.status, refused.body) == (503, b"the node is busy, try again later")
+    writer.close()
     for _, held_writer in held:
         held_writer.close()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from relay.values import Answer, Delivery, Handover, Proof, Undelivered
+from relay.values import Answer, Delivery, Handover, Joined, LostNode, Proof, Undelivered
 
 RequestHandler = Callable[[bytes], Awaitable[bytes]]  # a request's body -> the reply's
 
@@ -61,18 +61,28 @@ class NodeHandler(Protocol):
         """Give up ``peer_id`` (closing its socket 4503) if ``proof`` is good."""
         ...
 
-    def member_lost(self, room: str, peer_id: str) -> None:
-        """This node removed ``peer_id`` from ``room`` in the registry: announce it.
+    def member_lost(self, room: str, peer_id: str, vacated: bool) -> None:
+        """The registry removed this node's member ``peer_id`` from ``room`` later: announce it.
 
         A broker never builds frames, so it leaves the announcement (presence
         ``leave`` to the room's members here and, with ``Broker.publish``, on
         the other nodes) to the node. It calls this once in the cluster for
-        each membership it removes on its own: the members of a node that
-        died (on the node that reaped it), this node's own members when it
-        closes, and members this node let go while the backplane was down
-        (their leave could not reach the other nodes then). It is where a
-        node learns that a peer it never saw leave has left a room. It never
-        raises.
+        each membership of this node it removes on its own: when the node
+        closes, and those this node let go while the backplane was down
+        (their leave could not reach the other nodes then). The hub had
+        already let them go, and its observers heard them leave; ``vacated``
+        says that this removal left ``room`` without a member on any node.
+        It never raises.
+        """
+        ...
+
+    def node_lost(self, lost: LostNode) -> None:
+        """Node ``lost.node`` died, and this node removed what it held from the registry.
+
+        Called on exactly one node of the cluster per node that died: the one
+        whose reap removed it. The node announces the memberships as it does
+        in ``member_lost``, and tells its observers the peers are gone. It
+        never raises.
         """
         ...
 
@@ -151,12 +161,23 @@ class Broker(Protocol):
         """
         ...
 
-    async def join(self, room: str, peer_id: str, limit: int) -> bool:
-        """Record ``peer_id`` as a member of ``room``; False if it already has ``limit``."""
+    async def join(self, room: str, peer_id: str, limit: int) -> Joined:
+        """Record ``peer_id`` as a member of ``room``, unless it already has ``limit``.
+
+        ``Joined.FIRST`` when the room had no member on any node: of joins on
+        several nodes at once, exactly one is first. A peer moving from
+        another node (a handover) is ``MEMBER``: the room never was empty.
+        """
         ...
 
-    async def leave(self, room: str, peer_id: str) -> None:
-        """Remove ``peer_id`` from ``room``."""
+    async def leave(self, room: str, peer_id: str) -> bool:
+        """Remove ``peer_id`` from ``room``; True when that left it without a member on any node.
+
+        Of leaves on several nodes at once, at most one is last. False too
+        when the backplane could not be told now: the broker removes the
+        membership later, and says then whether that emptied the room
+        (``NodeHandler.member_lost``).
+        """
         ...
 
     async def members(self, room: str) -> list[str]:

@@ -18,7 +18,7 @@ from relay.broker.base import (
     RequestFailed,
     RequestHandler,
 )
-from relay.values import Answer, Delivery, Handover, Proof, Undelivered
+from relay.values import Answer, Delivery, Handover, Joined, Proof, Undelivered
 
 log = logging.getLogger("relay.broker.memory")
 
@@ -113,19 +113,24 @@ class MemoryBroker:
             if node_id != self._node_id:
                 node.deliver_room(room, frame, exclude, presence_only)
 
-    async def join(self, room: str, peer_id: str, limit: int) -> bool:
+    async def join(self, room: str, peer_id: str, limit: int) -> Joined:
         members = self._cluster.rooms.setdefault(room, set())
-        if peer_id not in members and len(members) >= limit:
-            return False
+        if peer_id in members:
+            return Joined.MEMBER
+        if len(members) >= limit:
+            return Joined.FULL
         members.add(peer_id)
-        return True
+        return Joined.FIRST if len(members) == 1 else Joined.MEMBER
 
-    async def leave(self, room: str, peer_id: str) -> None:
+    async def leave(self, room: str, peer_id: str) -> bool:
         members = self._cluster.rooms.get(room)
-        if members is not None:
-            members.discard(peer_id)
-            if not members:
-                del self._cluster.rooms[room]
+        if members is None or peer_id not in members:
+            return False
+        members.discard(peer_id)
+        if members:
+            return False
+        del self._cluster.rooms[room]
+        return True
 
     async def members(self, room: str) -> list[str]:
         return sorted(self._cluster.rooms.get(room, ()))

@@ -170,6 +170,8 @@ def encode_handover_reply(cid: str, handover: Handover | None) -> bytes:
             "queue": _entries_out(handover.queue),
             "written": _entries_out(handover.written),
             "count": handover.written_count,
+            "meta": handover.meta,
+            "granted": handover.granted,
         }
     return _packb({"t": "hr", "c": cid, "h": h})
 
@@ -392,5 +394,11 @@ def _handover(item: object) -> Handover | None:
     count = item.get("count")
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise WireError("h.count")
+    granted = item.get("granted")
+    if granted is not None and not (
+        isinstance(granted, list | tuple) and all(isinstance(room, str) for room in granted)
+    ):
+        raise WireError("h.granted")
     return Handover(rooms, _entries(item.get("queue"), "h.queue"),
-                    _entries(item.get("written"), "h.written"), count)  # fmt: skip
+                    _entries(item.get("written"), "h.written"), count, item.get("meta"),
+                    None if granted is None else tuple(granted))  # fmt: skip

@@ -22,6 +22,7 @@ import msgpack
 
 from relay.exceptions import BadEnvelope, TooLarge, UnknownType
 from relay.protocol.envelopes import (
+    BACKEND_ID,
     ClientEnvelope,
     Hello,
     Join,
@@ -357,7 +358,11 @@ def _build_send(
     if isinstance(to, list):
         if not 0 < len(to) <= limits.max_targets:
             raise BadEnvelope(f"to must list 1-{limits.max_targets} peer ids")
+        if BACKEND_ID in to:
+            raise BadEnvelope(f"{BACKEND_ID} may only be addressed alone, not in a list")
         targets = tuple(dict.fromkeys(limits.check_peer_id(t, "to") for t in to))
+    elif to == BACKEND_ID:
+        targets = to  # an RPC to the backend: the router decides whether it is served
     else:
         targets = limits.check_peer_id(to, "to")
     return Send(

@@ -23,6 +23,7 @@ class ErrorCode(StrEnum):
     RATE_LIMITED = "rate-limited"
     OVERLOADED = "overloaded"
     ROOM_FULL = "room-full"
+    BACKEND_ERROR = "backend-error"
     INTERNAL = "internal"
 
 

@@ -13,6 +13,9 @@ from typing import ClassVar
 from relay.values import RequestId
 
 SERVER_ID = "@server"  # ``from`` of server-originated messages; no peer id can start with @
+# The one ``@`` id a client may address: a ``send`` to it is an RPC to the backend
+# (``relay.proxy``), and its answer comes ``from`` it.
+BACKEND_ID = "@backend"
 
 PassThrough = int | str  # the types accepted for ``rid`` and ``re``
 

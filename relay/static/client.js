@@ -1500,6 +1500,8 @@ var Overloaded = class extends RelayError {
 };
 var RoomFull = class extends RelayError {
 };
+var BackendError = class extends RelayError {
+};
 var InternalError = class extends RelayError {
 };
 var ERROR_CLASSES = Object.freeze({
@@ -1514,6 +1516,7 @@ var ERROR_CLASSES = Object.freeze({
   "rate-limited": RateLimited,
   overloaded: Overloaded,
   "room-full": RoomFull,
+  "backend-error": BackendError,
   internal: InternalError
 });
 var ConnectionClosed = class extends RelayError {
@@ -2502,6 +2505,7 @@ function randomId() {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 export {
+  BackendError,
   BadEnvelope,
   ConnectionClosed,
   ConnectionLost,

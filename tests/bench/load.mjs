@@ -14,7 +14,7 @@
 // idle opens connections up to each of --steps in turn, printing a line at each and waiting for
 // a line on stdin before the next. storm connects and registers --clients, --window at a time,
 // from 127.0.0.2, 127.0.0.3, ... (--per-address each: one address's ephemeral ports would not
-// last a restart), between a "measuring" and a "measured" line; with --restart 1 it then prints
+// last a restart; --first-address N starts at 127.0.0.N), between a "measuring" and a "measured" line; with --restart 1 it then prints
 // {"event":"registered"} and every client reconnects as soon as the server closes it (a fresh
 // hello, retried every 100-300 ms while refused), and the result says how long all took to be
 // back, counted from the first close.
@@ -40,7 +40,7 @@ const decode = (data) => decoder.decode(data);
 const [mode, ...rest] = process.argv.slice(2);
 const opts = { url: "ws://127.0.0.1:8080/v1/ws", pairs: 50, inflight: 16, size: 64, seconds: 10,
   rate: 2000, members: 200, steps: "5000", warmup: 2, grace: 2, ids: 0, clients: 18000, window: 200,
-  "per-address": 4000, restart: 0 };
+  "per-address": 4000, "first-address": 2, restart: 0 };
 for (let i = 0; i < rest.length; i += 2) opts[rest[i].replace(/^--/, "")] = rest[i + 1];
 for (const k of Object.keys(opts)) if (k !== "url" && k !== "steps") opts[k] = Number(opts[k]);
 
@@ -230,7 +230,7 @@ async function idle() {
 }
 
 async function storm() {
-  const address = (i) => `127.0.0.${2 + Math.floor(i / opts["per-address"])}`;
+  const address = (i) => `127.0.0.${opts["first-address"] + Math.floor(i / opts["per-address"])}`;
   const sockets = new Array(opts.clients);
   let next = 0;
   const connectEach = async () => {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.values import Delivery, Handover, Proof, Undelivered
+from relay.values import Delivery, Handover, LostNode, Proof, Undelivered
 
 
 class FakeNode:
@@ -11,7 +11,8 @@ class FakeNode:
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
         self.frames: list[bytes] = []
-        self.lost: list[tuple[str, str]] = []  # (room, peer) from member_lost
+        self.lost: list[tuple[str, str, bool]] = []  # (room, peer, vacated) from member_lost
+        self.nodes_lost: list[LostNode] = []  # from node_lost
 
     def deliver(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
         self.frames.append(frame)
@@ -25,5 +26,8 @@ class FakeNode:
     async def hand_over(self, peer_id: str, proof: Proof) -> Handover | None:
         return None
 
-    def member_lost(self, room: str, peer_id: str) -> None:
-        self.lost.append((room, peer_id))
+    def member_lost(self, room: str, peer_id: str, vacated: bool) -> None:
+        self.lost.append((room, peer_id, vacated))
+
+    def node_lost(self, lost: LostNode) -> None:
+        self.nodes_lost.append(lost)

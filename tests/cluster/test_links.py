@@ -21,7 +21,7 @@ import pytest
 from relay.broker import wire
 from relay.broker.redis.links import Links
 from relay.broker.redis.resp import NOT_SENT, UNKNOWN, Done
-from relay.values import Answer, Delivery, Handover, Proof, Undelivered
+from relay.values import Answer, Delivery, Handover, LostNode, Proof, Undelivered
 
 pytestmark = pytest.mark.anyio
 
@@ -61,8 +61,11 @@ class Node:
     async def hand_over(self, peer_id: str, proof: Proof) -> Handover | None:
         raise AssertionError("no handovers here")
 
-    def member_lost(self, room: str, peer_id: str) -> None:
+    def member_lost(self, room: str, peer_id: str, vacated: bool) -> None:
         raise AssertionError("no rooms here")
+
+    def node_lost(self, lost: LostNode) -> None:
+        raise AssertionError("no node dies here")
 
 
 class LossyNet:

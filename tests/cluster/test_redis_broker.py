@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from relay.broker import BrokerUnavailable, NodeUnreachable
 from relay.broker.redis import RedisBroker
-from relay.values import Delivery
+from relay.values import Delivery, Joined
 from tests.cluster.fakes import FakeNode
 from tests.redis_server import RedisServer, free_port
 
@@ -146,18 +146,50 @@ async def test_the_members_of_a_dead_node_are_reported_lost_once(redis_url: str)
     client = aioredis.Redis.from_url(redis_url)
     try:
         await client.sadd(f"{prefix}:nodes", "ghost")
-        await client.hset(f"{prefix}:room:r", "casper", "ghost")
-        await client.hset(f"{prefix}:roomnodes:r", "ghost", 1)
-        await client.sadd(f"{prefix}:rooms:ghost", "r")
+        await client.set(f"{prefix}:peer:casper", "ghost")
+        await client.hset(f"{prefix}:held:ghost", "casper", 1)
+        for room in ("r", "s"):
+            await client.hset(f"{prefix}:room:{room}", "casper", "ghost")
+            await client.hset(f"{prefix}:roomnodes:{room}", "ghost", 1)
+            await client.sadd(f"{prefix}:rooms:ghost", room)
+        assert await brokers[0].join("s", "alice", 10) is Joined.MEMBER  # not the first
         with anyio.fail_after(3):
-            await _polled(lambda: bool(nodes[0].lost or nodes[1].lost))
+            await _polled(lambda: bool(nodes[0].nodes_lost or nodes[1].nodes_lost))
         await anyio.sleep(0.5)  # a few more heartbeats of both nodes
-        assert nodes[0].lost + nodes[1].lost == [("r", "casper")]
+        lost = nodes[0].nodes_lost + nodes[1].nodes_lost
+        assert [(n.node, n.peers, sorted(n.memberships), n.vacated) for n in lost] == [
+            ("ghost", ["casper"], [("r", "casper"), ("s", "casper")], {"r"})
+        ]
+        assert nodes[0].lost + nodes[1].lost == []
         assert await client.hgetall(f"{prefix}:room:r") == {}
+        assert await client.hgetall(f"{prefix}:room:s") == {b"alice": b"n1"}
+        assert await client.exists(f"{prefix}:peer:casper", f"{prefix}:held:ghost") == 0
     finally:
         await client.aclose()
         for broker in brokers:
             await broker.close()
+
+
+async def test_a_leave_redis_was_not_told_says_later_whether_it_vacated(redis_url: str) -> None:
+    broker = _broker(redis_url)
+    node = FakeNode("n1")
+    await broker.start(node)
+    try:
+        assert await broker.join("r", "alice", 10) is Joined.FIRST
+        assert await broker.join("r", "bob", 10) is Joined.MEMBER
+        assert await broker.join("r", "bob", 10) is Joined.MEMBER  # already in
+        assert await broker.join("r", "carol", 2) is Joined.FULL
+        assert await broker.leave("r", "bob") is False  # alice is still in
+        broker._commands.up = False  # as while the backplane is down: not told now
+        assert await broker.leave("r", "alice") is False
+        assert node.lost == []
+        broker._commands.up = True
+        with anyio.fail_after(3):
+            await _polled(lambda: bool(node.lost))  # the next heartbeat puts it right
+        assert node.lost == [("r", "alice", True)]
+        assert await broker.join("r", "alice", 10) is Joined.FIRST
+    finally:
+        await broker.close()
 
 
 class Announcing(FakeNode):
@@ -165,8 +197,8 @@ class Announcing(FakeNode):
 
     broker: RedisBroker
 
-    def member_lost(self, room: str, peer_id: str) -> None:
-        super().member_lost(room, peer_id)
+    def member_lost(self, room: str, peer_id: str, vacated: bool) -> None:
+        super().member_lost(room, peer_id, vacated)
         self.broker.publish(room, f"{peer_id} left".encode(), peer_id, True)
 
 
@@ -179,10 +211,11 @@ async def test_a_closing_node_announces_its_members_through_its_hub(redis_url: s
     await closing.start(node)
     await staying.start(other)
     try:
-        assert await closing.join("r", "alice", 10)
-        assert await staying.join("r", "bob", 10)
+        assert await closing.join("r", "alice", 10) is Joined.FIRST
+        assert await staying.join("r", "bob", 10) is Joined.MEMBER
+        assert await closing.join("q", "alice", 10) is Joined.FIRST
         await closing.close()
-        assert node.lost == [("r", "alice")]
+        assert sorted(node.lost) == [("q", "alice", True), ("r", "alice", False)]
         with anyio.fail_after(3):
             await _polled(lambda: b"alice left" in other.frames)
         assert await staying.members("r") == ["bob"]

@@ -38,6 +38,9 @@ def test_round_trips() -> None:
         "c1", handover
     )
     assert wire.decode(wire.encode_handover_reply("c1", None)).handover is None
+    # What a decider admitted the session with moves along (relay.decisions.Admitted).
+    admitted = handover._replace(meta={"plan": "pro", "n": [1, 2]}, granted=("chat-*",))
+    assert wire.decode(wire.encode_handover_reply("c1", admitted)).handover == admitted
     assert wire.decode(wire.encode_request("c2", "peer", b"\x00", "n1", 500)) == wire.Request(
         "c2", "peer", b"\x00", "n1", 500
     )

@@ -6,11 +6,13 @@ from typing import Any
 
 import pytest
 
-from relay.decisions import HelloAsked
+from relay.broker.memory import MemoryCluster
+from relay.decisions import Admitted, HelloAsked
 from relay.events import SessionObserver
 from relay.exceptions import Overloaded, Unauthorized
 from relay.operator import Operator
 from relay.protocol.codes import CloseCode
+from relay.values import LostNode
 from tests.core.fakes import Gate, Node, send
 
 
@@ -18,17 +20,23 @@ class Recorder(SessionObserver):
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
 
-    def online(self, peer_id: str, *, resumed: bool) -> None:
+    def online(self, peer_id: str, *, resumed: bool, meta: object = None) -> None:
         self.events.append(("online", peer_id, resumed))
 
-    def offline(self, peer_id: str, reason: str) -> None:
-        self.events.append(("offline", peer_id, reason))
+    def offline(self, peer_id: str, reason: str, *, lost_node: str | None = None) -> None:
+        self.events.append(("offline", peer_id, reason, *([lost_node] if lost_node else [])))
 
     def joined(self, room: str, peer_id: str) -> None:
         self.events.append(("joined", room, peer_id))
 
     def left(self, room: str, peer_id: str) -> None:
         self.events.append(("left", room, peer_id))
+
+    def occupied(self, room: str) -> None:
+        self.events.append(("occupied", room))
+
+    def vacated(self, room: str) -> None:
+        self.events.append(("vacated", room))
 
     def refused(self, peer_id: str | None, code: str, message: str) -> None:
         self.events.append(("refused", peer_id, code))
@@ -53,6 +61,7 @@ def test_observers_hear_each_session_event_once() -> None:
     node.run(11)  # its window passes
     assert recorder.events == [
         ("online", "alice", False),
+        ("occupied", "r"),
         ("joined", "r", "alice"),
         ("online", "alice", True),
         ("refused", "alice", "id-taken"),
@@ -61,7 +70,65 @@ def test_observers_hear_each_session_event_once() -> None:
     ]
     node.hub.peers["alice"].session.connection_lost(1006)  # type: ignore[union-attr]
     node.run(11)
-    assert recorder.events[-2:] == [("offline", "alice", "expired"), ("left", "r", "alice")]
+    assert recorder.events[-3:] == [
+        ("offline", "alice", "expired"),
+        ("left", "r", "alice"),
+        ("vacated", "r"),
+    ]
+
+
+def test_a_room_is_occupied_and_vacated_on_one_node_of_the_cluster() -> None:
+    cluster = MemoryCluster()
+    nodes = [Node(cluster, node_id="one"), Node(cluster, node_id="two")]
+    recorders = [Recorder(), Recorder()]
+    for node, recorder in zip(nodes, recorders, strict=True):
+        node.hub.observers.append(recorder)
+    (alice, _, _), (bob, _, _) = nodes[0].peer("alice"), nodes[1].peer("bob")
+    for session, node in ((alice, nodes[0]), (bob, nodes[1])):
+        send(session, {"type": "join", "room": "r"})
+        node.run()
+    send(alice, {"type": "leave", "room": "r"})
+    nodes[0].run()
+    send(bob, {"type": "leave", "room": "r"})
+    nodes[1].run()
+    rooms = ("occupied", "joined", "left", "vacated")
+    assert [e for e in recorders[0].events if e[0] in rooms] == [
+        ("occupied", "r"),
+        ("joined", "r", "alice"),
+        ("left", "r", "alice"),
+    ]
+    assert [e for e in recorders[1].events if e[0] in rooms] == [
+        ("joined", "r", "bob"),
+        ("left", "r", "bob"),
+        ("vacated", "r"),
+    ]
+
+
+def test_a_lost_node_is_told_peer_by_peer_with_presence_leaves() -> None:
+    node = Node()
+    recorder = Recorder()
+    node.hub.observers.append(recorder)
+    watcher, socket, _ = node.peer("watcher")
+    send(watcher, {"type": "join", "room": "r", "presence": True})
+    node.run()
+    socket.take()
+    recorder.events.clear()
+    # As the reap found it: zed's id had moved on, s is left empty.
+    memberships = [("r", "alice"), ("s", "alice"), ("r", "zed"), ("s", "bob")]
+    node.hub.node_lost(LostNode("dead", ["alice", "bob"], memberships, {"s"}))
+    assert recorder.events == [
+        ("offline", "alice", "node_lost", "dead"),
+        ("left", "r", "alice"),
+        ("left", "s", "alice"),
+        ("offline", "bob", "node_lost", "dead"),
+        ("left", "s", "bob"),
+        ("vacated", "s"),
+        ("left", "r", "zed"),
+    ]
+    assert [(e["peer"], e["event"]) for e in socket.take() if e["type"] == "presence"] == [
+        ("alice", "leave"),
+        ("zed", "leave"),
+    ]
 
 
 class Decider:
@@ -71,17 +138,20 @@ class Decider:
         self.joins: list[tuple[str, str, object]] = []
         self.refuse: Exception | None = None
 
-    async def decide_hello(self, asked: HelloAsked) -> object:
+    async def decide_hello(self, asked: HelloAsked) -> Admitted:
         self.asked.append(asked)
         await self.gate
         if self.refuse is not None:
             raise self.refuse
-        return {"plan": "pro"}
+        return Admitted(meta={"plan": "pro"})
 
     async def decide_join(self, peer_id: str, room: str, meta: object) -> None:
         self.joins.append((peer_id, room, meta))
         if room == "secret":
             raise Unauthorized("not this room")
+
+    def room_decided(self, peer_id: str, room: str) -> bool:
+        return True
 
 
 def test_frames_sent_while_a_hello_is_decided_wait_and_keep_their_order() -> None:

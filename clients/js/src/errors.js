@@ -35,6 +35,7 @@ export class TooLarge extends RelayError {}
 export class RateLimited extends RelayError {}
 export class Overloaded extends RelayError {}
 export class RoomFull extends RelayError {}
+export class BackendError extends RelayError {}
 export class InternalError extends RelayError {}
 
 /** Maps a protocol error code to its class. */
@@ -50,6 +51,7 @@ export const ERROR_CLASSES = Object.freeze({
   "rate-limited": RateLimited,
   overloaded: Overloaded,
   "room-full": RoomFull,
+  "backend-error": BackendError,
   internal: InternalError,
 });
 

@@ -187,6 +187,7 @@ export class TooLarge extends RelayError {}
 export class RateLimited extends RelayError {}
 export class Overloaded extends RelayError {}
 export class RoomFull extends RelayError {}
+export class BackendError extends RelayError {}
 export class InternalError extends RelayError {}
 export const ERROR_CLASSES: Readonly<Record<string, typeof RelayError>>;
 export class ConnectionClosed extends RelayError {

@@ -13,6 +13,7 @@ Quick start::
 from ._wire import ERROR_EV, SUBPROTOCOL
 from .errors import (
     CLOSE_REASONS,
+    BackendError,
     BadEnvelope,
     ConnectionClosed,
     ConnectionLost,
@@ -51,6 +52,7 @@ __all__ = [
     "ERROR_EV",
     "SUBPROTOCOL",
     "Ack",
+    "BackendError",
     "BadEnvelope",
     "ConnectionClosed",
     "ConnectionLost",

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "CLOSE_REASONS",
+    "BackendError",
     "BadEnvelope",
     "ConnectionClosed",
     "ConnectionLost",
@@ -163,6 +164,12 @@ class RoomFull(ServerError):
     CODE = "room-full"
 
 
+class BackendError(ServerError):
+    """``backend-error``: the backend refused a request to ``@backend``, or answered garbage."""
+
+    CODE = "backend-error"
+
+
 class InternalError(ServerError):
     """``internal``: the relay failed while handling the request."""
 
@@ -183,6 +190,7 @@ _BY_CODE: dict[str, type[ServerError]] = {
         RateLimited,
         Overloaded,
         RoomFull,
+        BackendError,
         InternalError,
     )
     if cls.CODE is not None

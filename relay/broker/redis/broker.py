@@ -24,7 +24,7 @@ from relay.broker.redis.registry import Registry
 from relay.broker.redis.requests import Requests
 from relay.broker.redis.scripts import Keys
 from relay.broker.redis.supervisor import Supervisor, stop
-from relay.values import Answer, Delivery, Handover, Proof, Undelivered
+from relay.values import Answer, Delivery, Handover, Joined, Proof, Undelivered
 
 log = logging.getLogger("relay.broker.redis")
 
@@ -95,8 +95,8 @@ class RedisBroker:
         self._requests = Requests(self._node_id, self._keys, commands, self._handlers, self._spawn)
         supervisor = self._supervisor = Supervisor(
             self._url, self._node_id, self._keys, commands, registry, links,
-            received=self._received, member_lost=node.member_lost, down=self._down,
-            spawn=self._spawn, lease_ms=self._lease_ms,
+            received=self._received, member_lost=node.member_lost, node_lost=node.node_lost,
+            down=self._down, spawn=self._spawn, lease_ms=self._lease_ms,
             heartbeat_seconds=self._heartbeat, probe_seconds=self._probe_interval,
         )  # fmt: skip
         commands.open_pool()
@@ -150,8 +150,8 @@ class RedisBroker:
         pool = self._commands.pool
         assert self._node is not None and self._registry is not None and pool is not None
         self._farewells = []
-        for room, peer in await self._registry.unregister():
-            self._node.member_lost(room, peer)
+        for room, peer, vacated in await self._registry.unregister():
+            self._node.member_lost(room, peer, vacated)
         for room, payload in self._farewells:
             await pool.eval(
                 scripts.PUBLISH, 1, self._keys.key("roomnodes", room),
@@ -228,11 +228,11 @@ class RedisBroker:
             self._node_id,
         )  # fmt: skip
 
-    async def join(self, room: str, peer_id: str, limit: int) -> bool:
+    async def join(self, room: str, peer_id: str, limit: int) -> Joined:
         return await self._the_registry().join(room, peer_id, limit)
 
-    async def leave(self, room: str, peer_id: str) -> None:
-        await self._the_registry().leave(room, peer_id)
+    async def leave(self, room: str, peer_id: str) -> bool:
+        return await self._the_registry().leave(room, peer_id)
 
     async def members(self, room: str) -> list[str]:
         return await self._the_registry().members(room)

@@ -20,9 +20,14 @@ from relay.broker.base import BrokerUnavailable
 from relay.broker.redis.commands import Commands, pairs, text
 from relay.broker.redis.links import Links
 from relay.broker.redis.scripts import Keys
-from relay.values import Handover
+from relay.values import Handover, Joined, LostNode
 
 log = logging.getLogger("relay.broker.redis")
+
+_JOINED = (Joined.FULL, Joined.MEMBER, Joined.FIRST)  # by the JOIN script's answer
+_LEFT_EMPTY = 2  # the LEAVE script's answer when the room has no member left
+
+LostMember = tuple[str, str, bool]  # room, peer, whether its removal emptied the room
 
 
 class Registry:
@@ -167,31 +172,34 @@ class Registry:
 
     # --- rooms ---------------------------------------------------------------
 
-    async def join(self, room: str, peer_id: str, limit: int) -> bool:
+    async def join(self, room: str, peer_id: str, limit: int) -> Joined:
         members = self.rooms.setdefault(room, set())
         fresh = peer_id not in members
         members.add(peer_id)  # before Redis answers, as in claim()
-        joined = False
+        joined = Joined.FULL
         try:
             result = await self._commands.call(
                 "EVAL", scripts.JOIN, 2, self._key("room", room), self._key("roomnodes", room),
                 self._node_id, peer_id, limit, self._keys.prefix, room,
             )  # fmt: skip
-            joined = bool(result)
+            joined = _JOINED[int(result)]
         finally:
-            if fresh and not joined:
+            if fresh and joined is Joined.FULL:
                 self._forget_membership(room, peer_id)
         return joined
 
-    async def leave(self, room: str, peer_id: str) -> None:
+    async def leave(self, room: str, peer_id: str) -> bool:
+        """Leave ``room``; True when that left it without a member on any node."""
         self._forget_membership(room, peer_id)
         try:
-            await self._commands.call(
+            result = await self._commands.call(
                 "EVAL", scripts.LEAVE, 2, self._key("room", room), self._key("roomnodes", room),
                 self._node_id, peer_id, self._keys.prefix, room,
             )  # fmt: skip
         except BrokerUnavailable:
-            self.dirty = True
+            self.dirty = True  # left later by reconcile, which tells whether it emptied the room
+            return False
+        return int(result) == _LEFT_EMPTY
 
     async def members(self, room: str) -> list[str]:
         found = await self._commands.call(
@@ -214,7 +222,7 @@ class Registry:
         await raw("SET", self._key("alive", self._node_id), state, "PX", self._lease_ms)
         await raw("SADD", self._keys.nodes, self._node_id)
 
-    async def register(self) -> list[tuple[str, str]]:
+    async def register(self) -> list[LostMember]:
         """Register the node, and again every peer and membership it holds.
 
         After an outage the registry may hold less (Redis restarted empty) or
@@ -246,13 +254,14 @@ class Registry:
                 )  # fmt: skip
         return stale
 
-    async def reconcile(self) -> list[tuple[str, str]]:
+    async def reconcile(self) -> list[LostMember]:
         """Drop what the registry holds for this node that the node no longer has.
 
-        Returns the memberships removed, to be announced as presence leave.
+        Returns the memberships removed, to be announced as presence leave,
+        each with whether its removal emptied the room.
         """
         raw = self._commands.raw
-        stale: list[tuple[str, str]] = []
+        stale: list[LostMember] = []
         registered = await raw("HKEYS", self._key("held", self._node_id))
         for peer_id in {text(item) for item in registered} - self.holds.keys():
             await raw(
@@ -264,20 +273,25 @@ class Registry:
             entries: dict[bytes, bytes] = await raw("HGETALL", self._key("room", room))
             for peer_id, node in ((text(k), text(v)) for k, v in entries.items()):
                 if node == self._node_id and peer_id not in self.rooms.get(room, ()):
-                    await raw(
+                    left = await raw(
                         "EVAL", scripts.LEAVE, 2,
                         self._key("room", room), self._key("roomnodes", room),
                         self._node_id, peer_id, self._keys.prefix, room,
                     )  # fmt: skip
-                    stale.append((room, peer_id))
+                    if int(left):  # not left meanwhile by another node's join of the peer
+                        stale.append((room, peer_id, int(left) == _LEFT_EMPTY))
         return stale
 
-    async def reap(self) -> list[tuple[str, str]]:
-        """Remove every other node whose lease is gone; returns their memberships."""
+    async def reap(self) -> list[LostNode]:
+        """Remove every other node whose lease is gone; returns what each held.
+
+        The script removes a node from the node set as it removes what the
+        node held, so each dead node comes back from one reap in the cluster.
+        """
         reaped = await self._commands.raw(
             "EVAL", scripts.REAP, 0, self._keys.prefix, self._node_id, ""
         )
-        return pairs(reaped)
+        return lost_nodes(reaped)
 
     async def serving(self, min_lease_ms: int) -> set[str]:
         """The other nodes serving now: listening, with ``min_lease_ms`` of lease left at least."""
@@ -286,10 +300,42 @@ class Registry:
         )
         return {text(node) for node in found}
 
-    async def unregister(self) -> list[tuple[str, str]]:
+    async def unregister(self) -> list[LostMember]:
         """Remove this node (as it closes); returns the memberships removed with it."""
         pool = self._commands.pool
         assert pool is not None
         reaped = await pool.eval(scripts.REAP, 0, self._keys.prefix, self._node_id, self._node_id)
         await pool.delete(self._key("alive", self._node_id))
-        return pairs(reaped)
+        removed: list[LostMember] = []
+        for lost in lost_nodes(reaped):
+            lasts = _lasts(lost.memberships)
+            removed += [
+                (room, peer_id, last and room in lost.vacated)
+                for (room, peer_id), last in zip(lost.memberships, lasts, strict=True)
+            ]
+        return removed
+
+
+def lost_nodes(reply: object) -> list[LostNode]:
+    """The REAP script's answer: what each node it removed held."""
+    found = []
+    for node, peers, memberships, vacated in reply if isinstance(reply, list) else []:
+        found.append(
+            LostNode(
+                text(node),
+                [text(peer) for peer in peers],
+                pairs(memberships),
+                {text(room) for room in vacated},
+            )
+        )
+    return found
+
+
+def _lasts(memberships: list[tuple[str, str]]) -> list[bool]:
+    """For each membership, whether it is the last one of its room in the list."""
+    seen: set[str] = set()
+    lasts: list[bool] = []
+    for room, _peer in reversed(memberships):
+        lasts.append(room not in seen)
+        seen.add(room)
+    return lasts[::-1]

@@ -98,20 +98,26 @@ end
 return n
 """
 
-# KEYS[1] room key, KEYS[2] roomnodes key; ARGV: node, peer, limit (-1: none), prefix, room
+# KEYS[1] room key, KEYS[2] roomnodes key; ARGV: node, peer, limit (-1: none), prefix, room.
+# 0: refused, the room is full; 1: a member (already, moved from another node,
+# or with others); 2: the first member, the room was empty. Scripts run one at
+# a time, so of joins on several nodes at once exactly one sees the room empty.
 JOIN = """
 local cur = redis.call('HGET', KEYS[1], ARGV[2])
 if cur == ARGV[1] then return 1 end
+local n = redis.call('HLEN', KEYS[1])
 local limit = tonumber(ARGV[3])
-if not cur and limit >= 0 and redis.call('HLEN', KEYS[1]) >= limit then return 0 end
+if not cur and limit >= 0 and n >= limit then return 0 end
 if cur and redis.call('HINCRBY', KEYS[2], cur, -1) <= 0 then redis.call('HDEL', KEYS[2], cur) end
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[1])
 redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
 redis.call('SADD', ARGV[4] .. ':rooms:' .. ARGV[1], ARGV[5])
+if n == 0 then return 2 end
 return 1
 """
 
-# KEYS[1] room key, KEYS[2] roomnodes key; ARGV: node, peer, prefix, room
+# KEYS[1] room key, KEYS[2] roomnodes key; ARGV: node, peer, prefix, room.
+# 0: not this node's member; 1: left; 2: left, and the room is empty now.
 LEAVE = """
 if redis.call('HGET', KEYS[1], ARGV[2]) ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[2])
@@ -119,6 +125,7 @@ if redis.call('HINCRBY', KEYS[2], ARGV[1], -1) <= 0 then
   redis.call('HDEL', KEYS[2], ARGV[1])
   redis.call('SREM', ARGV[3] .. ':rooms:' .. ARGV[1], ARGV[4])
 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return 2 end
 return 1
 """
 
@@ -138,8 +145,10 @@ return out
 """
 
 # ARGV: prefix, this node, forced node ('' for none). Removes every node whose
-# lease is gone (or the forced one): its peers and memberships. Returns the
-# removed memberships as a flat list room, peer, room, peer...
+# lease is gone (or the forced one): its peers and memberships. It takes the
+# node out of the node set as it removes it, so what it returns comes back to
+# one node only. Returns, per node removed, {node, {peers it held}, {room, peer,
+# room, peer...} its memberships, {rooms its removal left without a member}}.
 REAP = """
 local p = ARGV[1]
 local out = {}
@@ -155,24 +164,32 @@ else
 end
 for _, node in ipairs(dead) do
   redis.call('SREM', p .. ':nodes', node)
+  local peers, members, emptied = {}, {}, {}
   for _, room in ipairs(redis.call('SMEMBERS', p .. ':rooms:' .. node)) do
     local rk = p .. ':room:' .. room
     local all = redis.call('HGETALL', rk)
+    local removed = false
     for i = 1, #all, 2 do
       if all[i + 1] == node then
         redis.call('HDEL', rk, all[i])
-        table.insert(out, room)
-        table.insert(out, all[i])
+        table.insert(members, room)
+        table.insert(members, all[i])
+        removed = true
       end
     end
     redis.call('HDEL', p .. ':roomnodes:' .. room, node)
+    if removed and redis.call('EXISTS', rk) == 0 then table.insert(emptied, room) end
   end
   redis.call('DEL', p .. ':rooms:' .. node)
   for _, peer in ipairs(redis.call('HKEYS', p .. ':held:' .. node)) do
     local k = p .. ':peer:' .. peer
-    if redis.call('GET', k) == node then redis.call('DEL', k) end
+    if redis.call('GET', k) == node then
+      redis.call('DEL', k)
+      table.insert(peers, peer)
+    end
   end
   redis.call('DEL', p .. ':held:' .. node)
+  table.insert(out, {node, peers, members, emptied})
 end
 return out
 """

@@ -3,9 +3,9 @@
 It connects the subscription and the writer, subscribes, registers the node
 (and, after an outage, every peer and room membership it still holds),
 proves the subscription with a probe, then runs the heartbeat (renews the
-lease, reaps dead nodes, whose members it reports lost) and the periodic
-probe. When a connection closes or either loop fails, the node is marked
-down and the supervisor reconnects. After an outage, until every node it knew
+lease, reaps dead nodes, whose peers and members it reports lost) and the
+periodic probe. When a connection closes or either loop fails, the node is
+marked down and the supervisor reconnects. After an outage, until every node it knew
 is serving again (one lease at most), a peer that no node holds may just not
 be registered again yet: ``links.recovering`` says so.
 """
@@ -22,15 +22,16 @@ from typing import Any
 from relay.broker import wire
 from relay.broker.redis.commands import ERRORS, Commands, pairs_raw, text
 from relay.broker.redis.links import Links
-from relay.broker.redis.registry import Registry
+from relay.broker.redis.registry import LostMember, Registry
 from relay.broker.redis.resp import Connection
 from relay.broker.redis.scripts import Keys
+from relay.values import LostNode
 
 log = logging.getLogger("relay.broker.redis")
 
 _RECANCEL_SECONDS = 0.5
 
-MemberLost = Callable[[str, str], None]  # (room, peer)
+MemberLost = Callable[[str, str, bool], None]  # (room, peer, vacated)
 
 
 class _Lost(Exception):
@@ -51,6 +52,7 @@ class Supervisor:
         *,
         received: Callable[[bytes], None],
         member_lost: MemberLost,
+        node_lost: Callable[[LostNode], None],
         down: Callable[[], None],
         spawn: Callable[[Coroutine[Any, Any, Any]], None],
         lease_ms: int,
@@ -65,6 +67,7 @@ class Supervisor:
         self._links = links
         self._received = received  # one message on this node's channel
         self._member_lost = member_lost
+        self._node_lost = node_lost
         self._down = down  # what waits for a reply fails
         self._spawn = spawn
         self._lease_ms = lease_ms
@@ -79,7 +82,7 @@ class Supervisor:
         self._known: set[str] = set()  # the other nodes serving, at the last heartbeat
         self._awaited: set[str] = set()  # nodes not serving again yet after an outage
         self._recovery_ends = 0.0
-        self._stale_leaves: list[tuple[str, str]] = []
+        self._stale_leaves: list[LostMember] = []
         self._came_up = False  # the current connection attempt reached "up"
 
     async def supervise(self) -> None:
@@ -161,11 +164,14 @@ class Supervisor:
             await registry.renew(b"1")
             if registry.dirty:
                 registry.dirty = False
-                for room, peer in await registry.reconcile():
-                    self._member_lost(room, peer)
-            for room, peer in await registry.reap():
-                log.info("the node of %s is gone: it leaves %s", peer, room)
-                self._member_lost(room, peer)
+                for room, peer, vacated in await registry.reconcile():
+                    self._member_lost(room, peer, vacated)
+            for lost in await registry.reap():
+                log.info(
+                    "node %s is gone: %d peers and %d memberships with it",
+                    lost.node, len(lost.peers), len(lost.memberships),
+                )  # fmt: skip
+                self._node_lost(lost)
             serving = await registry.serving(recent)
             self._known = serving
             if self._awaited:
@@ -190,7 +196,7 @@ class Supervisor:
                 writer.close()  # the supervisor reconnects
             links.tick(commands.writer is not None)
 
-    async def _announce_when_heard(self, stale: list[tuple[str, str]]) -> None:
+    async def _announce_when_heard(self, stale: list[LostMember]) -> None:
         """Report leaves found after an outage once the other nodes listen again.
 
         They went through the same outage and may still be reconnecting: a
@@ -208,8 +214,8 @@ class Supervisor:
             except ERRORS:
                 pass
             await asyncio.sleep(self._heartbeat / 2)
-        for room, peer_id in stale:
-            self._member_lost(room, peer_id)
+        for room, peer_id, vacated in stale:
+            self._member_lost(room, peer_id, vacated)
 
     async def _probe_once(self) -> None:
         nonce = secrets.token_hex(8)

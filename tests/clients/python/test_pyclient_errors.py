@@ -26,6 +26,7 @@ CODES = {
     "rate-limited": relay_client.RateLimited,
     "overloaded": relay_client.Overloaded,
     "room-full": relay_client.RoomFull,
+    "backend-error": relay_client.BackendError,
     "internal": relay_client.InternalError,
 }
 
