@@ -405,8 +405,8 @@ class Settings:
     # Admin page (docs/admin.md): off unless a password is configured
     admin_password: str = _setting(
         "",
-        "Password of the /admin page (user admin): the plain value or a bcrypt hash "
-        "($2b$...); empty: /admin is 404.",
+        "Password of the /admin page (user admin): the plain value, or a bcrypt ($2b$...) or "
+        "argon2 ($argon2id$...) hash; empty: /admin is 404.",
         _ANY,
         group="admin",
         secret=True,

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import anyio.to_thread
+import argon2
 import bcrypt
 
 from relay.auth import TokenVerifier
@@ -42,6 +43,20 @@ USER = "admin"
 _KEY_SALT = b"relay admin session key v1"
 _KEY_ROUNDS = 100_000  # once per node at startup: a stolen cookie is no cheap password oracle
 _BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+_ARGON2_PREFIXES = ("$argon2id$", "$argon2i$", "$argon2d$")
+
+
+def _matches_hash(given: str, hashed: str) -> bool:
+    """Whether ``given`` is the password of a bcrypt or argon2 ``hashed`` (slow on purpose)."""
+    if hashed.startswith(_ARGON2_PREFIXES):
+        try:
+            return bool(argon2.PasswordHasher().verify(hashed, given))
+        except argon2.exceptions.Argon2Error:  # a mismatch, or a malformed hash
+            return False
+    try:
+        return bool(bcrypt.checkpw(given.encode(), hashed.encode()))
+    except ValueError:  # longer than bcrypt's 72 bytes, or a malformed hash
+        return False
 
 
 def _b64(data: bytes) -> str:
@@ -128,7 +143,7 @@ class AdminAuth:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._password = settings.admin_password
-        self._hashed = settings.admin_password.startswith(_BCRYPT_PREFIXES)
+        self._hashed = settings.admin_password.startswith(_BCRYPT_PREFIXES + _ARGON2_PREFIXES)
         # Settings has checked that admin JWTs come with a key to derive from.
         material = settings.admin_session_secret or settings.admin_password or settings.jwt_secret
         self._key = hashlib.pbkdf2_hmac("sha256", material.encode(), _KEY_SALT, _KEY_ROUNDS)
@@ -149,15 +164,10 @@ class AdminAuth:
             return hmac.compare_digest(digest, hashlib.sha256(self._password.encode()).digest())
         if self._verified is not None and hmac.compare_digest(digest, self._verified):
             return True
-        try:
-            ok = await anyio.to_thread.run_sync(
-                bcrypt.checkpw, given.encode(), self._password.encode()
-            )
-        except ValueError:  # longer than bcrypt's 72 bytes, or a malformed hash
-            return False
+        ok = await anyio.to_thread.run_sync(_matches_hash, given, self._password)
         if ok:
             self._verified = digest
-        return bool(ok)
+        return ok
 
     async def check_basic(self, header: str | None) -> bool:
         """Whether an ``Authorization: Basic`` header carries user admin and the password."""

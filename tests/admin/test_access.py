@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 
+import argon2
 import bcrypt
 import httpx
 import pytest
@@ -167,8 +168,15 @@ async def test_basic_reads_but_never_acts(relay_factory: RelayFactory) -> None:
         assert response.status_code == 403
 
 
-async def test_a_bcrypt_hash_is_accepted_as_the_password(relay_factory: RelayFactory) -> None:
-    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+@pytest.mark.parametrize(
+    "hashed",
+    [
+        bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode(),
+        argon2.PasswordHasher(time_cost=1, memory_cost=1024).hash(PASSWORD),
+    ],
+    ids=["bcrypt", "argon2"],
+)
+async def test_a_hash_is_accepted_as_the_password(relay_factory: RelayFactory, hashed: str) -> None:
     relay = await relay_factory(admin_password=hashed)
     async with httpx.AsyncClient(base_url=relay.http_url) as client:
         assert (await client.post("/admin/login", json={"password": hashed})).status_code == 401
