@@ -44,6 +44,7 @@ _KEY_SALT = b"relay admin session key v1"
 _KEY_ROUNDS = 100_000  # once per node at startup: a stolen cookie is no cheap password oracle
 _BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 _ARGON2_PREFIXES = ("$argon2id$", "$argon2i$", "$argon2d$")
+HASH_CHECKS = 2  # bcrypt or argon2 checks running at once on a node
 
 
 def _matches_hash(given: str, hashed: str) -> bool:
@@ -154,6 +155,9 @@ class AdminAuth:
         # The digest of the last password bcrypt accepted: HTTP Basic sends it
         # with every request, and bcrypt is slow on purpose.
         self._verified: bytes | None = None
+        # Slow hash checks at once, whatever the addresses: the failure throttle
+        # is per address, and each check holds a thread and a core for a while.
+        self._hashing: anyio.CapacityLimiter | None = None  # made in the event loop
 
     async def check_password(self, given: str) -> bool:
         """Whether ``given`` is the admin password (compared in constant time)."""
@@ -164,7 +168,11 @@ class AdminAuth:
             return hmac.compare_digest(digest, hashlib.sha256(self._password.encode()).digest())
         if self._verified is not None and hmac.compare_digest(digest, self._verified):
             return True
-        ok = await anyio.to_thread.run_sync(_matches_hash, given, self._password)
+        if self._hashing is None:
+            self._hashing = anyio.CapacityLimiter(HASH_CHECKS)
+        ok = await anyio.to_thread.run_sync(
+            _matches_hash, given, self._password, limiter=self._hashing
+        )
         if ok:
             self._verified = digest
         return ok

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
+import time
 
+import anyio
 import argon2
 import bcrypt
 import httpx
 import pytest
 
-from relay.admin.auth import AdminAuth
+from relay.admin.auth import HASH_CHECKS, AdminAuth
 from relay.settings import Settings
 from tests.admin.helpers import PASSWORD, admin_client
 from tests.conftest import RelayFactory
@@ -227,3 +230,26 @@ async def test_the_page_is_served_without_inline_scripts_or_styles(
     html = page.text
     assert re.findall(r"<script\b[^>]*>", html) == ['<script type="module" src="admin.js">']
     assert not re.search(r"\son[a-z]+=|\sstyle=|javascript:", html, re.IGNORECASE)
+
+
+async def test_slow_hash_checks_run_two_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+    auth = AdminAuth(Settings(admin_password=hashed))
+    running, most = 0, 0
+    lock = threading.Lock()
+
+    def slow_check(given: str, hashed: str) -> bool:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.05)  # in a worker thread: what bcrypt's cost feels like
+        with lock:
+            running -= 1
+        return False
+
+    monkeypatch.setattr("relay.admin.auth._matches_hash", slow_check)
+    async with anyio.create_task_group() as tasks:
+        for n in range(8):
+            tasks.start_soon(auth.check_password, f"guess {n}")
+    assert most == HASH_CHECKS == 2
