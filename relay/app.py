@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from relay import api, ice
+from relay import admin, api, ice
 from relay.broker import Broker, create_broker
 from relay.cors import cors_files, cors_route
 from relay.hub import Hub
@@ -32,8 +32,8 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     ``broker`` overrides the one named by ``settings.broker`` (tests use it to
     put several nodes on one in-memory cluster). The hub is ``app.state.hub``, its
     operator commands ``app.state.operator``, its webhooks (None without a URL)
-    ``app.state.webhooks``. A proxy URL (``relay.proxy``) makes the hub's decider
-    and, for RPC, its backend.
+    ``app.state.webhooks``, its admin page's views (None when off) ``app.state.admin``.
+    A proxy URL (``relay.proxy``) makes the hub's decider and, for RPC, its backend.
     """
     settings = settings or Settings()
     hub = Hub(settings, broker or create_broker(settings.broker, settings), Metrics())
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     relay_endpoint = RelayEndpoint(hub)
     # PeerJS sockets count against the same admission caps as native ones.
     peerjs = PeerJSEndpoint(hub, relay_endpoint.admission) if settings.peerjs_path else None
+    admin_routes, admin_views = admin.routes(settings, hub, operator, relay_endpoint.admission)
     routes = [
         WebSocketRoute(settings.path, relay_endpoint),
         Route("/healthz", api.healthz),
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
             "/v1/ice-servers", ice.endpoint(hub), settings.origins, headers=("authorization",)
         ),
         *(peerjs.routes() if peerjs is not None else ()),
+        *admin_routes,  # before the demo's files: 404 unless admin_password is set
         WebSocketRoute("/{path:path}", unknown_path),
         # The demo, and /client.js for pages of the allowed Origins to import.
         Mount(
@@ -98,5 +100,6 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     app.state.hub = hub
     app.state.operator = operator
     app.state.webhooks = webhooks
+    app.state.admin = admin_views
     app.state.api_access = api.APIAccess(settings)
     return app

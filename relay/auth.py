@@ -217,6 +217,15 @@ class TokenVerifier:
 
     def verify(self, token: str | None) -> Claims:
         """The claims of a valid ``token``; ``Unauthorized`` for anything else."""
+        return self._claims(self.decode(token))
+
+    def decode(self, token: str | None) -> dict[str, Any]:
+        """The payload of ``token`` once its key, algorithm, ``exp``, ``nbf``, ``aud``
+        and ``iss`` passed, and it has ``exp`` and ``sub``; ``Unauthorized`` otherwise.
+
+        What the claims mean is the caller's: ``verify`` for a peer, the admin
+        page (``relay.admin.auth``) for its ``relay_admin`` claim.
+        """
         if not token:
             raise Unauthorized("a token is required")
         try:
@@ -254,7 +263,7 @@ class TokenVerifier:
             raise Unauthorized("bad token signature") from None
         except jwt.PyJWTError:
             raise Unauthorized("invalid token") from None
-        return self._claims(payload)
+        return payload
 
     def _key_for(self, keys: _Keys, header: dict[str, Any]) -> Any:
         if keys.secret is not None:

@@ -23,7 +23,7 @@ INSPECT = "peer-state"  # the kind of request one node's operator asks another
 
 @dataclass(frozen=True, slots=True)
 class PeerState:
-    """One peer as this node holds it."""
+    """One peer as this node holds it (the admin page shows every field)."""
 
     peer_id: str
     node: str
@@ -36,6 +36,7 @@ class PeerState:
     awaiting_acks: int  # frames whose senders wait for the peer's host to acknowledge them
     owed_answers: int  # requests of this peer answered later
     rate_tokens: float | None  # requests the rate limit would take now (None: not connected)
+    connected_seconds: float | None  # since its socket was accepted (None: not connected)
     resume_seconds_left: float | None  # until the resume window ends (None: connected)
 
 
@@ -80,7 +81,8 @@ class Operator:
         session = peer.session
         live = session if isinstance(session, Session) else None
         expiry = peer.expiry
-        left = None if expiry is None else max(0.0, expiry.when() - self.hub.scheduler.time())
+        now = self.hub.scheduler.time()
+        left = None if expiry is None else max(0.0, expiry.when() - now)
         return PeerState(
             peer_id=peer.id,
             node=self.hub.node_id,
@@ -93,6 +95,7 @@ class Operator:
             awaiting_acks=len(peer.acks or ()),
             owed_answers=peer.owed,
             rate_tokens=live.rate_tokens() if live is not None else None,
+            connected_seconds=now - live.opened if live is not None else None,
             resume_seconds_left=left,
         )
 

@@ -30,6 +30,10 @@ class Rooms:
         if members is not None and members.pop(peer.id, None) is not None and not members:
             del self._members[room]
 
+    def names(self) -> list[str]:
+        """The rooms with a member on this node (a snapshot)."""
+        return list(self._members)
+
     def members(self, room: str) -> Iterator[Peer]:
         """The local members of ``room`` (a snapshot, safe to mutate rooms meanwhile)."""
         return iter(list(self._members.get(room, {}).values()))

@@ -140,6 +140,7 @@ class Session:
         "ended",
         "inflight",
         "meta",
+        "opened",
         "peer",
         "read_stopped",
         "routing",
@@ -158,6 +159,7 @@ class Session:
         settings = routing.settings
         self.routing = routing
         clock = routing.scheduler.time
+        self.opened = clock()  # when the socket was accepted (the scheduler's clock)
         self.transport = transport
         self.peer: Peer | None = None
         self.claims: Claims | None = None  # the current token's, when auth is on

@@ -402,6 +402,37 @@ class Settings:
     )
     api_rate_burst: int = _setting(2000, "Token bucket size for the API rate.", _COUNT, group="api")
 
+    # Admin page (docs/admin.md): off unless a password is configured
+    admin_password: str = _setting(
+        "",
+        "Password of the /admin page (user admin): the plain value, or a bcrypt ($2b$...) or "
+        "argon2 ($argon2id$...) hash; empty: /admin is 404.",
+        _ANY,
+        group="admin",
+        secret=True,
+    )
+    admin_jwt: bool = _setting(
+        False,
+        "Log in to /admin with a JWT the hello-token keys verify (jwt_*) that carries the "
+        "relay_admin claim: operate, or read.",
+        _BOOL,
+        group="admin",
+    )
+    admin_session_secret: str = _setting(
+        "",
+        "Key that signs /admin session cookies, the same on every node, 32 bytes or more "
+        "(empty: derived from admin_password, else jwt_secret).",
+        _HMAC_KEY,
+        group="admin",
+        secret=True,
+    )
+    admin_read_only: bool = _setting(
+        False, "The /admin page shows, and refuses every action.", _BOOL, group="admin"
+    )
+    admin_session_seconds: float = _setting(
+        900.0, "How long an /admin login lasts (its cookie's lifetime).", _POSITIVE, group="admin"
+    )
+
     # TLS
     certfile: str = _setting(
         "", "PEM certificate chain: serve wss:// and https://.", _FILE, group="tls"
@@ -783,6 +814,20 @@ class Settings:
                 f"expected at least webhook_backoff_base_seconds "
                 f"({self.webhook_backoff_base_seconds:g})",
             )
+        if self.admin_jwt and not (
+            self.jwt_secret or self.jwt_public_key_file or self.jwt_jwks_file
+        ):
+            raise SettingError(
+                "admin_jwt", True, "admin JWTs need a JWT key (jwt_secret, jwt_public_key_file "
+                "or jwt_jwks_file)",
+            )  # fmt: skip
+        if self.admin_jwt and not (
+            self.admin_session_secret or self.admin_password or self.jwt_secret
+        ):
+            raise SettingError(
+                "admin_jwt", True, "with a public JWT key, admin JWTs need admin_session_secret "
+                "(or admin_password) to sign the session cookies",
+            )  # fmt: skip
         if self.workers > 1 and self.broker == "memory":
             raise SettingError(
                 "workers",

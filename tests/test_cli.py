@@ -456,10 +456,12 @@ def test_check_prints_every_setting_with_its_value_and_source(tmp_path: Path) ->
     result = CliRunner().invoke(
         main,
         ["check", "--config", str(config), "--max-depth", "9", "--admission-exempt", ""],
-        env={"RELAY_RATE_BURST": "77", "RELAY_JWT_SECRET": secret, "RELAY_PORT": ""},
-    )
+        env={"RELAY_RATE_BURST": "77", "RELAY_JWT_SECRET": secret, "RELAY_PORT": "",
+             "RELAY_ADMIN_PASSWORD": "admin-pass-0123"},
+    )  # fmt: skip
     assert (result.exit_code, result.stderr) == (0, ""), result.output
     assert secret not in result.stdout
+    assert "admin-pass-0123" not in result.stdout
     rows = check_rows(result.stdout)
     assert list(rows) == [info.name for info in describe()]
     assert rows["max_depth"] == ("9", "--max-depth")  # flag over file
@@ -468,6 +470,7 @@ def test_check_prints_every_setting_with_its_value_and_source(tmp_path: Path) ->
     assert rows["origins"] == ('["https://a.example"]', str(config))
     assert rows["admission_exempt"] == ("[]", "--admission-exempt")
     assert rows["jwt_secret"] == ("(hidden)", "RELAY_JWT_SECRET")
+    assert rows["admin_password"] == ("(hidden)", "RELAY_ADMIN_PASSWORD")
     assert rows["api_keys"] == ("[]", "default")
     assert rows["host"] == ('"127.0.0.1"', "default")
     assert rows["port"] == ("8080", "default")  # an empty variable is unset

@@ -52,6 +52,7 @@ NOT_METRICS = {
     "relay_client": "the Python client's import name",
     "relay_factory": "a pytest fixture",
     "relay_nodes": "the nginx upstream in deploy/",
+    "relay_admin": "the admin page's session cookie (docs/admin.md)",
 }
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 

@@ -69,8 +69,11 @@ def test_the_installed_relay_serves_its_files_with_no_repository_around(
         cwd=packages.scratch, env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert Path(where.stdout.strip()).is_relative_to(packages.relay_env), where.stdout
+    # with the admin page on, as its files (relay/static/admin) are served only then
     relay = Command(
-        [str(packages.relay_env / "bin" / "relay"), "serve", "--port", "0"], packages.scratch, env
+        [str(packages.relay_env / "bin" / "relay"), "serve", "--port", "0"],
+        packages.scratch,
+        {**env, "RELAY_ADMIN_PASSWORD": "an admin password"},
     )
     try:
         ready = relay.wait_for(RELAY_READY)

@@ -122,6 +122,10 @@ class Broker(Protocol):
         """How many other live nodes serve the cluster (where peers can move to)."""
         ...
 
+    async def serving_nodes(self) -> list[str]:
+        """The ids of the other nodes serving now (for an operator's view of the cluster)."""
+        ...
+
     async def locate(self, peer_id: str) -> str | None:
         """The id of the node holding ``peer_id``, or None when no node does."""
         ...

@@ -78,6 +78,9 @@ class MemoryBroker:
     async def other_nodes(self) -> int:
         return len(self._cluster.nodes) - 1
 
+    async def serving_nodes(self) -> list[str]:
+        return sorted(node for node in self._cluster.nodes if node != self._node_id)
+
     async def locate(self, peer_id: str) -> str | None:
         holder = self._cluster.holders.get(peer_id)
         return holder if holder in self._cluster.nodes else None

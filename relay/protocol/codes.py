@@ -43,6 +43,7 @@ class CloseCode(IntEnum):
     UNAUTHORIZED = 4501
     ID_TAKEN = 4502
     REPLACED = 4503
+    CLOSED_BY_OPERATOR = 4504
 
     @property
     def should_reconnect(self) -> bool:

@@ -24,6 +24,8 @@ async def test_inspect_finds_a_peer_on_any_node(cluster: Cluster) -> None:
     assert state.node == b.hub.node_id and state.connected
     assert state.rooms == {"lobby": False}
     here = b.app.state.operator.inspect("alice")
-    assert dataclasses.replace(state, rate_tokens=0) == dataclasses.replace(here, rate_tokens=0)
+    assert state.connected_seconds is not None and state.connected_seconds >= 0
+    same = {"rate_tokens": 0, "connected_seconds": 0}  # both move with time
+    assert dataclasses.replace(state, **same) == dataclasses.replace(here, **same)
     assert await operator.inspect_anywhere("nobody") is None
     assert operator.inspect("alice") is None  # a holds no such peer itself

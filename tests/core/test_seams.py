@@ -230,6 +230,7 @@ def test_operator_commands() -> None:
     node = Node(resume_seconds=20)
     operator = Operator(node.hub)
     alice, socket, _ = node.peer("alice")
+    node.run(3)
     bob, _, _ = node.peer("bob")
     send(alice, {"type": "join", "room": "r"})
     socket.paused = True
@@ -239,6 +240,7 @@ def test_operator_commands() -> None:
     assert state.connected and state.rooms == {"r": False}
     assert state.queue_messages == 1 and state.queue_bytes > 100
     assert state.rate_tokens is not None and state.resume_seconds_left is None
+    assert state.connected_seconds == pytest.approx(3)
     assert operator.inspect("nobody") is None
 
     node.steps.spawn(operator.remove_from_room("alice", "r"))
@@ -251,3 +253,4 @@ def test_operator_commands() -> None:
     state = operator.inspect("alice")
     assert state is not None and not state.connected
     assert state.resume_seconds_left == pytest.approx(15)
+    assert state.connected_seconds is None

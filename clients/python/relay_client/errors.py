@@ -235,6 +235,7 @@ CLOSE_REASONS: dict[int, str] = {
     4501: "unauthorized (bad or expired token)",
     4502: "id taken",
     4503: "replaced by a newer session of the same peer",
+    4504: "closed by the operator",
 }
 """Meaning of the close codes of protocol v1 (and a few standard ones)."""
 

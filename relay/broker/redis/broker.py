@@ -180,6 +180,9 @@ class RedisBroker:
     async def other_nodes(self) -> int:
         return await self._the_registry().other_nodes()
 
+    async def serving_nodes(self) -> list[str]:
+        return sorted(await self._the_registry().serving(0))
+
     async def locate(self, peer_id: str) -> str | None:
         found = await self._lookup(peer_id)
         return None if found is None else found[0]

@@ -327,7 +327,7 @@ async def test_takeover_with_the_resume_secret_closes_the_old_session_with_4503(
         await first.close()
 
 
-@pytest.mark.parametrize("code", [4500, 4501, 4502, 1008, 1003, 1009])
+@pytest.mark.parametrize("code", [4500, 4501, 4502, 4504, 1008, 1003, 1009])
 async def test_terminal_close_codes_are_not_retried(relay: RunningRelay, code: int) -> None:
     async with relay_client.connect(relay.url, id="bob", **FAST) as bob:
         await relay.hub.disconnect("bob", code=code, reason="go away")

@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
-import { OUTFILE, bundle } from "../../scripts/build.js";
+import { join } from "node:path";
+import { ADMIN_DIR, OUTFILE, bundle, chartFiles } from "../../scripts/build.js";
 
 test("relay/static/client.js is up to date (run `npm run build` in clients/js)", async () => {
   const built = await bundle();
@@ -17,4 +18,13 @@ test("the bundle loads as an ES module and exports the API", async () => {
   for (const name of ["connect", "RelayPeer", "openDataChannel", "PeerOffline", "RequestTimeout"]) {
     assert.equal(typeof mod[name], "function", name);
   }
+});
+
+test("the admin page's chart library in relay/static/admin is up to date, with its licence", async () => {
+  for (const [name, content] of Object.entries(await chartFiles())) {
+    const committed = readFileSync(join(ADMIN_DIR, name), "utf8");
+    assert.ok(content === committed, `relay/static/admin/${name} is stale: run \`npm run build\` in clients/js`);
+  }
+  assert.match(readFileSync(join(ADMIN_DIR, "uplot.LICENSE.txt"), "utf8"), /MIT License/);
+  assert.doesNotMatch(readFileSync(join(ADMIN_DIR, "uplot.js"), "utf8"), /^\s*import\s/m);
 });

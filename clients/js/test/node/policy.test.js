@@ -58,7 +58,7 @@ describe("close-code policy (fake relay)", () => {
     await relay.close();
   });
 
-  for (const code of [1000, 1003, 1008, 1009, 4500, 4501, 4502, 4503, 4999]) {
+  for (const code of [1000, 1003, 1008, 1009, 4500, 4501, 4502, 4503, 4504, 4999]) {
     test(`close ${code} is terminal: close event, pending work rejected, no reconnect`, async () => {
       relay.hellos.length = 0;
       relay.setScript((ws, n) => n === 1 && setTimeout(() => ws.close(code, `bye ${code}`), 100));

@@ -1,0 +1,35 @@
+"""The admin page on one node sees and acts on every node, on each backend."""
+
+from __future__ import annotations
+
+import pytest
+
+from relay.protocol.codes import CloseCode
+from tests.admin.helpers import PASSWORD, admin_client
+from tests.cluster.conftest import Cluster
+from tests.peers import join_as, open_peer
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_the_admin_page_sees_and_acts_across_the_cluster(cluster: Cluster) -> None:
+    a, b = await cluster(2, admin_password=PASSWORD)
+    alice = await join_as(b.url, "alice")
+    await alice.request({"type": "join", "room": "lobby", "id": 1})
+    taken = await open_peer(b.url)
+    await taken.send({"type": "hello", "v": 1, "id": "alice"})
+    assert (await taken.recv())["code"] == "id-taken"
+    async with admin_client(a.http_url) as client:
+        nodes = (await client.get("/admin/api/overview")).json()["nodes"]
+        assert [(node["node"], node["peers"]) for node in nodes] == [("node-0", 0), ("node-1", 1)]
+        state = (await client.get("/admin/api/peers/alice")).json()
+        assert (state["node"], state["rooms"]) == ("node-1", {"lobby": False})
+        events = (await client.get("/admin/api/events")).json()["events"]
+        assert {"node": "node-1", "kind": "refused", "peer": "alice", "code": "id-taken"} in [
+            {key: event[key] for key in ("node", "kind", "peer", "code")} for event in events
+        ]
+        members = (await client.get("/admin/api/rooms/lobby")).json()["members"]
+        assert members == ["alice"]
+        response = await client.post("/admin/api/disconnect", json={"peer": "alice"})
+        assert response.json()["disconnected"] is True
+    assert await alice.closed() == CloseCode.CLOSED_BY_OPERATOR
