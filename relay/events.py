@@ -18,6 +18,9 @@ class SessionObserver:
     def online(self, peer_id: str, *, resumed: bool, meta: object = None) -> None:
         """``peer_id`` registered on this node (``resumed``: it took over a kept session).
 
+        Also a peer told offline (``node_lost``) by another node while this
+        one was cut off, and registered again now that it is back.
+
         ``meta``: what the decider (``relay.decisions``) said of its session, or None.
         """
 

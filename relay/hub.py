@@ -38,7 +38,7 @@ from relay.protocol.envelopes import Hello, Join, Leave, Refresh
 from relay.router import Router, rooms_listed
 from relay.session import Session
 from relay.settings import Settings
-from relay.values import Delivery, Handover, Joined, LostNode, Proof
+from relay.values import Delivery, Handover, Joined, LostNode, Proof, Rejoined
 
 log = logging.getLogger("relay.hub")
 
@@ -537,6 +537,35 @@ class Hub(Router):
                     observer.left(room, peer_id)
                     if not remaining[room] and room in lost.vacated:
                         observer.vacated(room)
+
+    def rejoined(self, rejoined: Rejoined) -> None:
+        """This node was reaped while cut off and registered again (``NodeHandler.rejoined``).
+
+        The node that reaped it told its peers offline (``node_lost``) and out
+        of their rooms. Observers hear, for each peer still here, ``online``;
+        then ``occupied`` for each room a re-join found empty, just before the
+        ``joined`` of that member, and ``joined`` for each membership still
+        here. Presence watchers on other nodes get a ``join`` (this node's own
+        never heard the leave).
+        """
+        for peer_id in rejoined.peers:
+            peer = self.peers.get(peer_id)
+            if peer is not None:
+                for observer in self.observers:
+                    observer.online(peer_id, resumed=False, meta=peer.meta)
+        for room, peer_id, first in rejoined.memberships:
+            # A member let go since was told left, and its room's vacated
+            # comes when the registry hears of it: the occupied still goes.
+            peer = self.peers.get(peer_id)
+            member = peer is not None and room in peer.rooms
+            if member:
+                with suppress(BrokerUnavailable):  # not keeping up: dropped, as any frame is then
+                    self._announce(room, peer_id, "join", here=False)
+            for observer in self.observers:
+                if first:
+                    observer.occupied(room)
+                if member:
+                    observer.joined(room, peer_id)
 
     def _announce_lost(self, room: str, peer_id: str) -> None:
         with suppress(BrokerUnavailable):  # not keeping up: dropped, as any frame is then

@@ -259,9 +259,13 @@ class Router:
         if request.id is not None:
             sender.enqueue(codec.encode_ok(request.id, queued=queued), "ok", None)
 
-    def _announce(self, room: str, peer_id: str, event: str) -> None:
+    def _announce(self, room: str, peer_id: str, event: str, *, here: bool = True) -> None:
+        """Tell ``room``'s presence watchers of ``event``; ``here=False``: on other nodes only."""
         frame = codec.encode({"type": "presence", "room": room, "peer": peer_id, "event": event})
-        self._publish_frame(room, frame, peer_id, None, None, presence_only=True)
+        if here:
+            self._publish_frame(room, frame, peer_id, None, None, presence_only=True)
+        else:
+            self.broker.publish(room, frame, peer_id, True)
 
     def report(self, undelivered: Undelivered, target: str, code: ErrorCode) -> None:
         """Tell a sender that what it sent to ``target`` was never delivered."""

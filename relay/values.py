@@ -3,7 +3,8 @@
 What became of a frame (``Delivery``), who to tell when it never arrives
 (``Undelivered``), what waits in a peer's queue and what moves with a peer
 between nodes (``Handover``), what a join changed (``Joined``) and what a
-node that died left behind (``LostNode``). This module imports nothing of the relay, so
+node that died left behind (``LostNode``), and what a node reaped while cut
+off registered again (``Rejoined``). This module imports nothing of the relay, so
 every other module may depend on it and it on none of them.
 """
 
@@ -50,6 +51,15 @@ class LostNode(NamedTuple):
     peers: list[str]  # the ids it held, freed by the reap
     memberships: list[tuple[str, str]]  # (room, peer) it had registered, removed by the reap
     vacated: set[str]  # the rooms the reap left without a member on any node
+
+
+class Rejoined(NamedTuple):
+    """What a node registered again after finding it had been reaped while cut off."""
+
+    peers: list[str]  # the ids it holds, registered again
+    memberships: list[
+        tuple[str, str, bool]
+    ]  # (room, peer, whether its re-join found the room empty)
 
 
 class Proof(NamedTuple):

@@ -8,6 +8,7 @@ with a clear message, never a skip.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -89,3 +90,65 @@ class RedisServer:
 
 def redis_url_from_env() -> str | None:
     return os.environ.get("REDIS_URL") or None
+
+
+class Cable:
+    """A TCP proxy to a Redis server, in the test's event loop, that the test can cut and mend.
+
+    Cut, it drops every connection through it, and each new one as it comes:
+    the node that reaches Redis through it is cut off, the others are not.
+    """
+
+    def __init__(self, redis_url: str) -> None:
+        address = redis_url.split("://", 1)[1].split("/", 1)[0]
+        host, _, port = address.rpartition(":")
+        self._target = (host, int(port))
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._pipes: set[asyncio.Task[None]] = set()
+        self.is_cut = False
+        self.url = ""
+
+    async def __aenter__(self) -> Cable:
+        self._server = await asyncio.start_server(self._accepted, "127.0.0.1", 0)
+        self.url = f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        for task in list(self._pipes):
+            task.cancel()
+
+    def cut(self) -> None:
+        """Drop every connection, and refuse new ones until ``mend``."""
+        self.is_cut = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def mend(self) -> None:
+        self.is_cut = False
+
+    async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.is_cut:
+            writer.transport.abort()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self._target)
+        self._writers |= {writer, up_writer}
+        for source, sink in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.get_running_loop().create_task(self._pipe(source, sink))
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    async def _pipe(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except OSError:
+            pass
+        finally:
+            sink.transport.abort()
+            self._writers.discard(sink)

@@ -10,7 +10,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from relay.values import Answer, Delivery, Handover, Joined, LostNode, Proof, Undelivered
+from relay.values import (
+    Answer,
+    Delivery,
+    Handover,
+    Joined,
+    LostNode,
+    Proof,
+    Rejoined,
+    Undelivered,
+)
 
 RequestHandler = Callable[[bytes], Awaitable[bytes]]  # a request's body -> the reply's
 
@@ -83,6 +92,16 @@ class NodeHandler(Protocol):
         whose reap removed it. The node announces the memberships as it does
         in ``member_lost``, and tells its observers the peers are gone. It
         never raises.
+        """
+        ...
+
+    def rejoined(self, rejoined: Rejoined) -> None:
+        """This node was reaped while cut off (``node_lost`` elsewhere) and registered again.
+
+        Called once the node serves again, with the peers it still holds and
+        their memberships, each saying whether its re-join found the room
+        empty. The node tells its observers they are back, and the other
+        nodes' members of their rooms. It never raises.
         """
         ...
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.values import Delivery, Handover, LostNode, Proof, Undelivered
+from relay.values import Delivery, Handover, LostNode, Proof, Rejoined, Undelivered
 
 
 class FakeNode:
@@ -13,6 +13,7 @@ class FakeNode:
         self.frames: list[bytes] = []
         self.lost: list[tuple[str, str, bool]] = []  # (room, peer, vacated) from member_lost
         self.nodes_lost: list[LostNode] = []  # from node_lost
+        self.rejoins: list[Rejoined] = []  # from rejoined
 
     def deliver(self, peer_id: str, frame: bytes, undelivered: Undelivered | None) -> Delivery:
         self.frames.append(frame)
@@ -31,3 +32,6 @@ class FakeNode:
 
     def node_lost(self, lost: LostNode) -> None:
         self.nodes_lost.append(lost)
+
+    def rejoined(self, rejoined: Rejoined) -> None:
+        self.rejoins.append(rejoined)

@@ -21,7 +21,7 @@ import pytest
 from relay.broker import wire
 from relay.broker.redis.links import Links
 from relay.broker.redis.resp import NOT_SENT, UNKNOWN, Done
-from relay.values import Answer, Delivery, Handover, LostNode, Proof, Undelivered
+from relay.values import Answer, Delivery, Handover, LostNode, Proof, Rejoined, Undelivered
 
 pytestmark = pytest.mark.anyio
 
@@ -66,6 +66,9 @@ class Node:
 
     def node_lost(self, lost: LostNode) -> None:
         raise AssertionError("no node dies here")
+
+    def rejoined(self, rejoined: Rejoined) -> None:
+        raise AssertionError("no node is cut off here")
 
 
 class LossyNet:

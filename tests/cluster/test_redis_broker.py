@@ -13,9 +13,10 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
+import relay.broker.redis.scripts as scripts
 from relay.broker import BrokerUnavailable, NodeUnreachable
 from relay.broker.redis import RedisBroker
-from relay.values import Delivery, Joined
+from relay.values import Delivery, Joined, Rejoined
 from tests.cluster.fakes import FakeNode
 from tests.redis_server import RedisServer, free_port
 
@@ -189,6 +190,39 @@ async def test_a_leave_redis_was_not_told_says_later_whether_it_vacated(redis_ur
         assert node.lost == [("r", "alice", True)]
         assert await broker.join("r", "alice", 10) is Joined.FIRST
     finally:
+        await broker.close()
+
+
+async def test_a_node_reaped_while_its_heartbeats_were_late_registers_again_and_says_so(
+    redis_url: str,
+) -> None:
+    broker = _broker(redis_url)
+    prefix = broker._keys.prefix
+    node = FakeNode("n1")
+    client = aioredis.Redis.from_url(redis_url)
+    # A mark left by the reap of an earlier node of this name: a fresh start has nothing to tell.
+    await client.set(f"{prefix}:reaped:n1", 1)
+    await broker.start(node)
+    try:
+        assert await client.exists(f"{prefix}:reaped:n1") == 0
+        assert await broker.claim("alice") is None
+        assert await broker.join("r", "alice", 10) is Joined.FIRST
+        assert await broker.join("s", "alice", 10) is Joined.FIRST
+        # Its lease ends and another node reaps it, before its next heartbeat.
+        async with client.pipeline(transaction=True) as reap:
+            reap.delete(f"{prefix}:alive:n1")
+            reap.eval(scripts.REAP, 0, prefix, "other", "")
+            _deleted, reaped = await reap.execute()
+        assert [lost[0] for lost in reaped] == [b"n1"]
+        with anyio.fail_after(5):
+            await _polled(lambda: bool(node.rejoins))
+        assert node.rejoins == [Rejoined(["alice"], [("r", "alice", True), ("s", "alice", True)])]
+        assert await client.get(f"{prefix}:peer:alice") == b"n1"
+        assert await client.hgetall(f"{prefix}:room:r") == {b"alice": b"n1"}
+        await anyio.sleep(0.5)  # a few more heartbeats: told once
+        assert len(node.rejoins) == 1
+    finally:
+        await client.aclose()
         await broker.close()
 
 

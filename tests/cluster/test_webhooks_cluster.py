@@ -8,6 +8,8 @@ removed it. A real HTTP receiver (``tests.hooks``) gets every node's events.
 
 from __future__ import annotations
 
+import itertools
+import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,10 +18,14 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from tests.cluster.conftest import Cluster, Nodes
+from relay.broker import create_broker
+from relay.settings import Settings
+from tests.cluster.conftest import REDIS_TEST_SETTINGS, Cluster, Nodes
 from tests.cluster.test_faults import clean_logs
+from tests.conftest import RelayFactory, RunningRelay
 from tests.hooks import SECRET, Receiver, fast, serving, settled
 from tests.peers import RawPeer, join_as
+from tests.redis_server import Cable
 
 pytestmark = pytest.mark.anyio
 
@@ -205,3 +211,105 @@ async def test_a_killed_nodes_peers_and_rooms_are_told_once_by_the_node_that_rea
     clean_logs(b, c)
     await carol.close()
     await dave.close()
+
+
+async def cut_off_pair(
+    receiver: Receiver, relay_factory: RelayFactory, redis_url: str, cable: Cable
+) -> tuple[RunningRelay, RunningRelay]:
+    """Two nodes on one Redis: node-a reaches it through ``cable``, node-b directly."""
+    settings = Settings(redis_prefix=f"test-{secrets.token_hex(6)}", **REDIS_TEST_SETTINGS)  # type: ignore[arg-type]
+    hooks = fast(receiver.url)
+    a = await relay_factory(broker=create_broker(cable.url, settings), node_id="node-a", **hooks)
+    b = await relay_factory(broker=create_broker(redis_url, settings), node_id="node-b", **hooks)
+    return a, b
+
+
+async def until_ready(relay: RunningRelay, ready: bool) -> None:
+    with anyio.fail_after(10):
+        # Polling: readiness is a flag with no event to wait on.
+        for _attempt in itertools.count():
+            if relay.hub.broker.ready is ready:
+                return
+            await anyio.sleep(0.02)
+
+
+async def test_a_node_cut_off_longer_than_its_lease_tells_its_peers_back_once(
+    receiver: Receiver, relay_factory: RelayFactory, redis_url: str
+) -> None:
+    async with Cable(redis_url) as cable:
+        a, b = await cut_off_pair(receiver, relay_factory, redis_url, cable)
+        alice = await join_as(a.url, "alice")
+        bob = await join_as(a.url, "bob")
+        carol = await join_as(b.url, "carol")
+        await alice.request({"type": "join", "room": "solo", "id": 1})
+        await alice.request({"type": "join", "room": "shared", "id": 2})
+        await bob.request({"type": "join", "room": "shared", "id": 3})
+        await carol.send({"type": "join", "room": "shared", "presence": True, "id": 4})
+        await carol.expect(type="presence", event="join", peer="carol")
+        await carol.expect(type="ok", id=4)
+        await until_counted(receiver, {"room.joined": 4})
+        told_before = {node: len(kinds) for node, kinds in streams(receiver).items()}
+
+        cable.cut()  # node-a serves its peers on, but cannot reach Redis
+        await until_counted(receiver, {"peer.offline": 2, "room.left": 3, "room.vacated": 1})
+        assert Counter(streams(receiver)["node-b"][told_before["node-b"] :]) == Counter([
+            ("peer.offline", "alice", "node_lost", "node-a"),
+            ("peer.offline", "bob", "node_lost", "node-a"),
+            ("room.left", "alice", "solo"),
+            ("room.left", "alice", "shared"),
+            ("room.left", "bob", "shared"),
+            ("room.vacated", "solo"),
+        ])  # fmt: skip
+        left = [await carol.expect(type="presence", event="leave") for _ in range(2)]
+        assert {event["peer"] for event in left} == {"alice", "bob"}
+
+        cable.mend()  # node-a finds it was reaped: its peers and their rooms are back
+        await until_counted(receiver, {"peer.online": 5, "room.joined": 7, "room.occupied": 3})
+        back = streams(receiver)["node-a"][told_before["node-a"] :]
+        assert sorted(back[:2]) == [("peer.online", "alice"), ("peer.online", "bob")]
+        assert back[2:4] == [("room.occupied", "solo"), ("room.joined", "alice", "solo")]
+        assert Counter(back[4:]) == Counter(
+            [("room.joined", "alice", "shared"), ("room.joined", "bob", "shared")]
+        )
+        joined = [await carol.expect(type="presence", event="join") for _ in range(2)]
+        assert {event["peer"] for event in joined} == {"alice", "bob"}
+        expected = Counter(kind for kinds in streams(receiver).values() for kind in kinds)
+        with anyio.move_on_after(4 * HEARTBEAT):  # time for a second report, which must not come
+            await receiver.until(lambda: len(receiver.events) > expected.total())
+        assert len(receiver.events) == expected.total()
+
+        # Back for good: the room node-a's peers are in has them on every node.
+        await carol.send({"type": "pub", "room": "shared", "d": "hi", "id": 5})
+        await carol.expect(type="ok", id=5)
+        await alice.expect(type="msg", d="hi", room="shared", **{"from": "carol"})
+        for peer in (alice, bob, carol):
+            await peer.close()
+
+
+async def test_a_node_cut_off_shorter_than_its_lease_tells_nothing(
+    receiver: Receiver, relay_factory: RelayFactory, redis_url: str
+) -> None:
+    async with Cable(redis_url) as cable:
+        a, b = await cut_off_pair(receiver, relay_factory, redis_url, cable)
+        alice = await join_as(a.url, "alice")
+        carol = await join_as(b.url, "carol")
+        await alice.request({"type": "join", "room": "solo", "id": 1})
+        await until_counted(receiver, {"peer.online": 2, "room.joined": 1})
+        told_before = {node: len(kinds) for node, kinds in streams(receiver).items()}
+
+        cable.cut()
+        await until_ready(a, False)
+        cable.mend()  # well within the lease: nobody reaped node-a
+        await until_ready(a, True)
+        # Anything node-a told of its outage comes before this in its stream.
+        await alice.request({"type": "join", "room": "after", "id": 2})
+        await carol.request({"type": "join", "room": "after", "id": 2})
+        await until_counted(receiver, {"room.joined": 3})
+        now = streams(receiver)
+        assert now["node-a"][told_before["node-a"] :] == [
+            ("room.occupied", "after"),
+            ("room.joined", "alice", "after"),
+        ]
+        assert now["node-b"][told_before["node-b"] :] == [("room.joined", "carol", "after")]
+        await alice.close()
+        await carol.close()

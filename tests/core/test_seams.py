@@ -12,7 +12,7 @@ from relay.events import SessionObserver
 from relay.exceptions import Overloaded, Unauthorized
 from relay.operator import Operator
 from relay.protocol.codes import CloseCode
-from relay.values import LostNode
+from relay.values import LostNode, Rejoined
 from tests.core.fakes import Gate, Node, send
 
 
@@ -129,6 +129,46 @@ def test_a_lost_node_is_told_peer_by_peer_with_presence_leaves() -> None:
         ("alice", "leave"),
         ("zed", "leave"),
     ]
+
+
+def test_a_node_reaped_while_cut_off_tells_its_peers_back_with_presence_elsewhere() -> None:
+    cluster = MemoryCluster()
+    here, there = Node(cluster, node_id="here"), Node(cluster, node_id="there")
+    recorder = Recorder()
+    here.hub.observers.append(recorder)
+    (alice, local, _), (bob, _, _) = here.peer("alice"), here.peer("bob")
+    (carol, remote, _) = there.peer("carol")
+    for session, node, room in ((alice, here, "r"), (alice, here, "s"), (bob, here, "r")):
+        send(session, {"type": "join", "room": room, "presence": room == "r"})
+        node.run()
+    send(carol, {"type": "join", "room": "r", "presence": True})
+    there.run()
+    here.run()
+    local.take()
+    remote.take()
+    recorder.events.clear()
+    # As the registry found it: s was empty again, and gone's t was re-joined
+    # before gone left (its leave and t's vacated are told apart).
+    memberships = [("s", "alice", True), ("t", "gone", True), ("r", "alice", False)]
+    memberships.append(("r", "bob", False))
+    here.hub.rejoined(Rejoined(["alice", "bob", "gone"], memberships))
+    here.run()
+    there.run()
+    assert recorder.events == [
+        ("online", "alice", False),
+        ("online", "bob", False),
+        ("occupied", "s"),
+        ("joined", "s", "alice"),
+        ("occupied", "t"),
+        ("joined", "r", "alice"),
+        ("joined", "r", "bob"),
+    ]
+    # The other node's members hear them join again; this node's never heard them leave.
+    assert [(e["peer"], e["event"]) for e in remote.take() if e["type"] == "presence"] == [
+        ("alice", "join"),
+        ("bob", "join"),
+    ]
+    assert [e for e in local.take() if e["type"] == "presence"] == []
 
 
 class Decider:

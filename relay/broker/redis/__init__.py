@@ -13,6 +13,8 @@ Keys and channels (``P`` is ``--redis-prefix``, default ``relay``):
     P:room:{room}          hash: member peer -> its node
     P:roomnodes:{room}     hash: node -> how many members it has in the room
     P:rooms:{node}         set: rooms a node has members in (for reaping)
+    P:reaped:{node}        string, for a day: a reap removed the node when its lease
+                           ended; taken by its next renewal (it was only cut off)
 
 A node is alive while its lease is and somebody listens on its channel: a
 node killed with -9 stops listening at once, so its ids are free for its

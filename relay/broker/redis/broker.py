@@ -96,7 +96,7 @@ class RedisBroker:
         supervisor = self._supervisor = Supervisor(
             self._url, self._node_id, self._keys, commands, registry, links,
             received=self._received, member_lost=node.member_lost, node_lost=node.node_lost,
-            down=self._down, spawn=self._spawn, lease_ms=self._lease_ms,
+            rejoined=node.rejoined, down=self._down, spawn=self._spawn, lease_ms=self._lease_ms,
             heartbeat_seconds=self._heartbeat, probe_seconds=self._probe_interval,
         )  # fmt: skip
         commands.open_pool()

@@ -20,7 +20,7 @@ from relay.broker.base import BrokerUnavailable
 from relay.broker.redis.commands import Commands, pairs, text
 from relay.broker.redis.links import Links
 from relay.broker.redis.scripts import Keys
-from relay.values import Handover, Joined, LostNode
+from relay.values import Handover, Joined, LostNode, Rejoined
 
 log = logging.getLogger("relay.broker.redis")
 
@@ -53,6 +53,10 @@ class Registry:
         # What this node holds, to re-register after Redis lost it.
         self.rooms: dict[str, set[str]] = {}
         self.dirty = False  # the registry may hold what this node let go
+        # A reap removed this node (its lease ended while it was cut off) and
+        # nobody has heard it register again yet: ``take_rejoined``.
+        self.reaped = False
+        self._firsts: set[tuple[str, str]] = set()  # re-joins, since, that found a room empty
 
     @property
     def holds(self) -> dict[str, int]:
@@ -217,10 +221,15 @@ class Registry:
     # --- the node ------------------------------------------------------------
 
     async def renew(self, state: bytes) -> None:
-        """Renew the node's lease: ``0`` while it registers, ``1`` once it serves."""
-        raw = self._commands.raw
-        await raw("SET", self._key("alive", self._node_id), state, "PX", self._lease_ms)
-        await raw("SADD", self._keys.nodes, self._node_id)
+        """Renew the node's lease: ``0`` while it registers, ``1`` once it serves.
+
+        Sets ``reaped`` when a reap removed the node since its last renewal.
+        """
+        reaped = await self._commands.raw(
+            "EVAL", scripts.RENEW, 0, self._keys.prefix, self._node_id, state, self._lease_ms
+        )
+        if int(reaped):
+            self.reaped = True
 
     async def register(self) -> list[LostMember]:
         """Register the node, and again every peer and membership it holds.
@@ -248,11 +257,30 @@ class Registry:
                 self._lost(peer_id)
         for room, members in list(self.rooms.items()):
             for peer_id in list(members):
-                await raw(
+                result = await raw(
                     "EVAL", scripts.JOIN, 2, self._key("room", room), self._key("roomnodes", room),
                     self._node_id, peer_id, -1, self._keys.prefix, room,
                 )  # fmt: skip
+                if self.reaped and _JOINED[int(result)] is Joined.FIRST:
+                    self._firsts.add((room, peer_id))
         return stale
+
+    def take_rejoined(self) -> Rejoined | None:
+        """What this node registered again since a reap removed it (None: not reaped).
+
+        Taken once, when the node serves again: ``reaped`` is cleared. The
+        memberships whose re-join found their room empty come first, with
+        those let go since (their room's ``vacated`` is told when the registry
+        hears of the leave).
+        """
+        if not self.reaped:
+            return None
+        self.reaped = False
+        firsts, self._firsts = self._firsts, set()
+        current = [(room, peer) for room, members in self.rooms.items() for peer in members]
+        memberships = [(room, peer, True) for room, peer in sorted(firsts)]
+        memberships += [(room, peer, False) for room, peer in current if (room, peer) not in firsts]
+        return Rejoined(list(self.holds), memberships)
 
     async def reconcile(self) -> list[LostMember]:
         """Drop what the registry holds for this node that the node no longer has.

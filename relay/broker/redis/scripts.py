@@ -144,11 +144,23 @@ end
 return out
 """
 
+# ARGV: prefix, node, its state ("0" registering, "1" serving), lease ms.
+# Renews the node's lease and its place in the node set; 1 when a reap of its
+# lease had removed it (and its peers and memberships) since it last renewed.
+RENEW = """
+local reaped = redis.call('DEL', ARGV[1] .. ':reaped:' .. ARGV[2])
+redis.call('SET', ARGV[1] .. ':alive:' .. ARGV[2], ARGV[3], 'PX', ARGV[4])
+redis.call('SADD', ARGV[1] .. ':nodes', ARGV[2])
+return reaped
+"""
+
 # ARGV: prefix, this node, forced node ('' for none). Removes every node whose
 # lease is gone (or the forced one): its peers and memberships. It takes the
 # node out of the node set as it removes it, so what it returns comes back to
-# one node only. Returns, per node removed, {node, {peers it held}, {room, peer,
-# room, peer...} its memberships, {rooms its removal left without a member}}.
+# one node only. A node whose lease ended is marked reaped (P:reaped:{node}),
+# for its RENEW to tell it should it come back within a day. Returns, per node
+# removed, {node, {peers it held}, {room, peer, room, peer...} its memberships,
+# {rooms its removal left without a member}}.
 REAP = """
 local p = ARGV[1]
 local out = {}
@@ -164,6 +176,7 @@ else
 end
 for _, node in ipairs(dead) do
   redis.call('SREM', p .. ':nodes', node)
+  if ARGV[3] == '' then redis.call('SET', p .. ':reaped:' .. node, '1', 'EX', 86400) end
   local peers, members, emptied = {}, {}, {}
   for _, room in ipairs(redis.call('SMEMBERS', p .. ':rooms:' .. node)) do
     local rk = p .. ':room:' .. room

@@ -4,8 +4,10 @@ It connects the subscription and the writer, subscribes, registers the node
 (and, after an outage, every peer and room membership it still holds),
 proves the subscription with a probe, then runs the heartbeat (renews the
 lease, reaps dead nodes, whose peers and members it reports lost) and the
-periodic probe. When a connection closes or either loop fails, the node is
-marked down and the supervisor reconnects. After an outage, until every node it knew
+periodic probe. A node that finds it was reaped itself (cut off longer than
+its lease) registers everything again and reports it back. When a
+connection closes or either loop fails, the node is marked down and the
+supervisor reconnects. After an outage, until every node it knew
 is serving again (one lease at most), a peer that no node holds may just not
 be registered again yet: ``links.recovering`` says so.
 """
@@ -25,7 +27,7 @@ from relay.broker.redis.links import Links
 from relay.broker.redis.registry import LostMember, Registry
 from relay.broker.redis.resp import Connection
 from relay.broker.redis.scripts import Keys
-from relay.values import LostNode
+from relay.values import LostNode, Rejoined
 
 log = logging.getLogger("relay.broker.redis")
 
@@ -53,6 +55,7 @@ class Supervisor:
         received: Callable[[bytes], None],
         member_lost: MemberLost,
         node_lost: Callable[[LostNode], None],
+        rejoined: Callable[[Rejoined], None],
         down: Callable[[], None],
         spawn: Callable[[Coroutine[Any, Any, Any]], None],
         lease_ms: int,
@@ -68,6 +71,7 @@ class Supervisor:
         self._received = received  # one message on this node's channel
         self._member_lost = member_lost
         self._node_lost = node_lost
+        self._rejoined = rejoined
         self._down = down  # what waits for a reply fails
         self._spawn = spawn
         self._lease_ms = lease_ms
@@ -133,6 +137,10 @@ class Supervisor:
                 self._awaited = set(self._known)
                 self._recovery_ends = time.monotonic() + self._lease_ms / 1000
                 links.recovering = bool(self._awaited)
+            rejoined = self._registry.take_rejoined()
+            if rejoined is not None and self._served:
+                # Reaped while cut off: its peers were told offline, and are back.
+                self._rejoined(rejoined)
             self._served = True
             stale, self._stale_leaves = self._stale_leaves, []
             if stale:
@@ -162,6 +170,9 @@ class Supervisor:
         recent = max(0, self._lease_ms - int(2 * self._heartbeat * 1000))
         while True:
             await registry.renew(b"1")
+            if registry.reaped:
+                # Its heartbeats came too late: what it held is gone from Redis.
+                raise _Lost("this node was reaped: registering again")
             if registry.dirty:
                 registry.dirty = False
                 for room, peer, vacated in await registry.reconcile():
