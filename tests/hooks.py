@@ -12,12 +12,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio.streams.text import TextReceiveStream
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -141,3 +145,33 @@ async def settled(relay: RunningRelay) -> None:
     with anyio.fail_after(WAIT):
         for sender in webhooks.senders:
             await sender.emptied()
+
+
+class Printed:
+    """What a running script printed so far, read as the test needs it."""
+
+    def __init__(self, lines: TextReceiveStream) -> None:
+        self._lines = lines
+        self.text = ""
+
+    async def until(self, text: str) -> None:
+        """Read what the script prints until ``text`` was printed (``WAIT`` s at most)."""
+        with anyio.fail_after(WAIT):
+            while text not in self.text:
+                self.text += await self._lines.receive()
+
+
+@asynccontextmanager
+async def doc_script(code: str, directory: Path, secret: str = SECRET) -> AsyncIterator[Printed]:
+    """Run a snippet of docs/hooks.md as a Python script, with ``secret`` as the webhook secret."""
+    script = directory / "doc_script.py"
+    script.write_text(code)
+    env = {"RELAY_WEBHOOK_SECRET": secret, "PATH": "/usr/bin:/bin"}
+    async with await anyio.open_process(
+        [sys.executable, "-u", str(script)], env=env, stderr=subprocess.DEVNULL
+    ) as process:
+        assert process.stdout is not None
+        try:
+            yield Printed(TextReceiveStream(process.stdout))
+        finally:
+            process.terminate()

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from relay.server import uvicorn_config
 from relay.settings import SettingError, Settings, describe
 from tests.conftest import RelayFactory, RunningRelay
 from tests.docblocks import blocks
+from tests.hooks import doc_script
 from tests.inloop import InLoopServer
 from tests.jwtkit import SECRET as JWT_SECRET
 from tests.jwtkit import hs256
@@ -808,18 +807,8 @@ async def test_the_docs_example_backend_decides_and_answers(
         b.text for b in blocks(HOOKS_DOC) if b.lang == "python" and "ThreadingHTTPServer" in b.text
     ]
     port = free_port()
-    script = tmp_path / "backend.py"
-    script.write_text(code.replace("8001", str(port)))
-    env = {"RELAY_WEBHOOK_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
-    async with await anyio.open_process(
-        [sys.executable, "-u", str(script)], env=env, stderr=subprocess.DEVNULL
-    ) as process:
-        assert process.stdout is not None
-        lines = TextReceiveStream(process.stdout)
-        printed = ""
-        with anyio.fail_after(WAIT):
-            while "deciding on" not in printed:
-                printed += await lines.receive()
+    async with doc_script(code.replace("8001", str(port)), tmp_path, SECRET) as printed:
+        await printed.until("deciding on")
         base = f"http://127.0.0.1:{port}"
         relay = await relay_factory(
             webhook_secret=SECRET, connect_proxy_url=f"{base}/connect",
@@ -839,7 +828,6 @@ async def test_the_docs_example_backend_decides_and_answers(
             with pytest.raises(relay_client.Unauthorized, match="banned"):
                 async with relay_client.connect(relay.url, id="mallory"):
                     pass
-        process.terminate()
 
 
 # --- settings ---------------------------------------------------------------------------

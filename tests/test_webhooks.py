@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +18,6 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from anyio.streams.text import TextReceiveStream
 from click.testing import CliRunner
 
 from relay.broker import MemoryBroker
@@ -31,7 +28,7 @@ from relay.settings import Settings, describe
 from relay.webhooks import Event, Sender, Webhooks, sign
 from tests.conftest import RelayFactory, RunningRelay
 from tests.docblocks import blocks
-from tests.hooks import SECRET, WAIT, Receiver, fast, serving, settled, verified
+from tests.hooks import SECRET, WAIT, Receiver, doc_script, fast, serving, settled, verified
 from tests.peers import RawPeer, join_as
 from tests.redis_server import free_port
 from tests.relay_process import relay_process
@@ -492,18 +489,9 @@ async def test_the_docs_receiver_runs_and_refuses_a_bad_signature(
     relay_factory: RelayFactory, tmp_path: Path
 ) -> None:
     port = free_port()
-    script = tmp_path / "receiver.py"
-    script.write_text(doc_block("python", "class Hooks(").replace("8000", str(port)))
-    env = {"RELAY_WEBHOOK_SECRET": SECRET, "PATH": "/usr/bin:/bin"}
-    async with await anyio.open_process(
-        [sys.executable, "-u", str(script)], env=env, stderr=subprocess.DEVNULL
-    ) as process:
-        assert process.stdout is not None
-        lines = TextReceiveStream(process.stdout)
-        printed = ""
-        with anyio.fail_after(WAIT):
-            while "receiving webhooks" not in printed:
-                printed += await lines.receive()
+    code = doc_block("python", "class Hooks(").replace("8000", str(port))
+    async with doc_script(code, tmp_path) as printed:
+        await printed.until("receiving webhooks")
         hook = f"http://127.0.0.1:{port}/hooks"
         async with httpx.AsyncClient() as http:
             forged = await http.post(hook, content=b'{"events":[]}', headers={
@@ -512,13 +500,10 @@ async def test_the_docs_receiver_runs_and_refuses_a_bad_signature(
             assert forged.status_code == 401
         relay = await relay_factory(**fast(hook, webhook_drain_seconds=0.1))
         alice = await join_as(relay.url, "alice")
-        with anyio.fail_after(WAIT):
-            while "peer.online alice" not in printed:
-                printed += await lines.receive()
+        await printed.until("peer.online alice")
         await settled(relay)
         assert sample(relay, "relay_webhook_events_sent_total") == 1
         await alice.close()
-        process.terminate()
 
 
 async def test_the_docs_node_check_accepts_the_relays_signature(tmp_path: Path) -> None:
