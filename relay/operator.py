@@ -37,6 +37,8 @@ class PeerState:
     owed_answers: int  # requests of this peer answered later
     rate_tokens: float | None  # requests the rate limit would take now (None: not connected)
     connected_seconds: float | None  # since its socket was accepted (None: not connected)
+    received_envelopes: int | None  # on its connection so far (None: not connected)
+    errors_sent: int | None  # err envelopes written to its connection so far
     resume_seconds_left: float | None  # until the resume window ends (None: connected)
 
 
@@ -96,6 +98,8 @@ class Operator:
             owed_answers=peer.owed,
             rate_tokens=live.rate_tokens() if live is not None else None,
             connected_seconds=now - live.opened if live is not None else None,
+            received_envelopes=live.received_envelopes if live is not None else None,
+            errors_sent=live.errors_sent if live is not None else None,
             resume_seconds_left=left,
         )
 

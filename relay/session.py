@@ -138,11 +138,13 @@ class Session:
         "connect_info",
         "draining",
         "ended",
+        "errors_sent",
         "inflight",
         "meta",
         "opened",
         "peer",
         "read_stopped",
+        "received_envelopes",
         "routing",
         "transport",
         "transport_closed",
@@ -160,6 +162,9 @@ class Session:
         self.routing = routing
         clock = routing.scheduler.time
         self.opened = clock()  # when the socket was accepted (the scheduler's clock)
+        # Plain counts for the admin page, which makes rates of them when it looks.
+        self.received_envelopes = 0
+        self.errors_sent = 0
         self.transport = transport
         self.peer: Peer | None = None
         self.claims: Claims | None = None  # the current token's, when auth is on
@@ -193,6 +198,7 @@ class Session:
 
     def message_received(self, frame: bytes) -> None:
         """Handle one binary message from the peer."""
+        self.received_envelopes += 1
         if self.peer is None:
             self._hello(frame)
         elif self.close_code is not None:
@@ -270,6 +276,8 @@ class Session:
         peer.written_count += 1
         transport = self.transport
         transport.write(frame)
+        if kind == "err":
+            self.errors_sent += 1
         if peer.written_bytes > peer.trim_at:
             acked = transport.acked_bytes() if transport.acks_known else None
             if acked is not None:

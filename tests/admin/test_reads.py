@@ -52,6 +52,8 @@ async def test_a_peer_on_another_node_is_inspected_with_its_refusals(
         bad = await client.get("/admin/api/peers/" + "x" * 500)
     assert state["node"] == "n2" and state["connected"] is True
     assert 0 <= state["connected_seconds"] < 10
+    # Totals, which the page turns into rates: hello and two joins in (one refused), one err out.
+    assert (state["received_envelopes"], state["errors_sent"]) == (3, 1)
     assert state["rooms"] == {"r": False}
     assert [entry["code"] for entry in state["refusals"]] == [refused["code"]]
     assert set(state["refusals"][0]) == {"at", "code"}  # never a payload or a message

@@ -183,6 +183,21 @@ function plot(/** @type {number} */ now, /** @type {number} */ rateIn, /** @type
   chart?.setData(traffic);
 }
 
+/** @type {Map<string, {count: number, at: number}>} */
+const peerCounts = new Map(); // the shown peer's last counts, for its rates
+
+/** A count the relay keeps as a total, shown as a rate since the last look (and the total). */
+function perSecond(/** @type {string} */ id, /** @type {string} */ name, /** @type {number | null} */ count) {
+  if (count === null) return "—";
+  const key = `${id}\u0000${name}`;
+  const now = Date.now();
+  const last = peerCounts.get(key);
+  peerCounts.set(key, { count, at: now });
+  if (!last || count < last.count || now <= last.at) return `${count} in all`;
+  const rate = ((count - last.count) * 1000) / (now - last.at);
+  return `${rate.toFixed(1)}/s (${count} in all)`;
+}
+
 async function showPeer(/** @type {string} */ id) {
   const { status, answer } = await api(`/admin/api/peers/${encodeURIComponent(id)}`);
   if (shownPeer !== id) return; // another peer was asked for meanwhile
@@ -196,6 +211,8 @@ async function showPeer(/** @type {string} */ id) {
     ["node", answer.node],
     ["connected since", answer.connected_seconds === null ? "—" :
       `${new Date(Date.now() - answer.connected_seconds * 1000).toLocaleTimeString()} (${duration(answer.connected_seconds)})`],
+    ["envelopes in", perSecond(id, "in", answer.received_envelopes)],
+    ["errors sent", perSecond(id, "err", answer.errors_sent)],
     ["queue", `${answer.queue_messages} messages, ${answer.queue_bytes} bytes`],
     ["awaiting acks", answer.awaiting_acks],
     ["resume", answer.resume_seconds_left === null ? "connected" : `${answer.resume_seconds_left.toFixed(0)} s left`],
@@ -264,6 +281,7 @@ async function showRoom() {
 
 function lookUpPeer(/** @type {string} */ id) {
   /** @type {HTMLInputElement} */ ($("peer-id")).value = id;
+  peerCounts.clear();
   shownPeer = id;
   showPeer(id).catch(() => {});
 }
