@@ -27,11 +27,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from relay.server import uvicorn_config
-from relay.settings import Settings
 from relay.webhooks import Webhooks
 from tests.conftest import RunningRelay
-from tests.inloop import InLoopServer
+from tests.inloop import serving_app
 
 SECRET = "whsec-" + "k" * 32
 WAIT = 10.0
@@ -110,15 +108,10 @@ async def serving() -> AsyncIterator[Receiver]:
     """A ``Receiver`` on a free port of 127.0.0.1, at ``/hooks``."""
     backend = Receiver()
     app = Starlette(routes=[Route("/hooks", backend.endpoint, methods=["POST"])])
-    server = InLoopServer(uvicorn_config(app, Settings(port=0, log_level="warning")))
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(server.serve)
-        with anyio.fail_after(WAIT):
-            await server.ready.wait()
-        backend.url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/hooks"
+    async with serving_app(app, WAIT) as base:
+        backend.url = f"{base}/hooks"
         yield backend
         backend.released.set()
-        server.should_exit = True
 
 
 def fast(url: str, **overrides: Any) -> dict[str, Any]:

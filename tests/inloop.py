@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
 import uvicorn
+from starlette.applications import Starlette
+
+from relay.server import uvicorn_config
+from relay.settings import Settings
 
 
 class InLoopServer(uvicorn.Server):
@@ -24,3 +28,17 @@ class InLoopServer(uvicorn.Server):
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets)
         self.ready.set()
+
+
+@contextlib.asynccontextmanager
+async def serving_app(app: Starlette, ready_within: float = 10.0) -> AsyncIterator[str]:
+    """Serve ``app`` on a free port of 127.0.0.1 in this loop; yields its base URL."""
+    server = InLoopServer(uvicorn_config(app, Settings(port=0, log_level="warning")))
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(server.serve)
+        with anyio.fail_after(ready_within):
+            await server.ready.wait()
+        try:
+            yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+        finally:
+            server.should_exit = True

@@ -33,12 +33,11 @@ from relay.broker.memory import MemoryCluster
 from relay.cli import main
 from relay.events import SessionObserver
 from relay.proxy import RpcCaller
-from relay.server import uvicorn_config
 from relay.settings import SettingError, Settings, describe
 from tests.conftest import RelayFactory, RunningRelay
 from tests.docblocks import blocks
 from tests.hooks import doc_script
-from tests.inloop import InLoopServer
+from tests.inloop import serving_app
 from tests.jwtkit import SECRET as JWT_SECRET
 from tests.jwtkit import hs256
 from tests.peers import join_as, open_peer
@@ -150,15 +149,10 @@ async def echo(seen: Seen) -> Response:
 async def serving() -> AsyncIterator[Backend]:
     backend = Backend()
     app = Starlette(routes=[Route("/{path}", backend.endpoint, methods=["POST"])])
-    server = InLoopServer(uvicorn_config(app, Settings(port=0, log_level="warning")))
-    async with anyio.create_task_group() as tasks:
-        tasks.start_soon(server.serve)
-        with anyio.fail_after(WAIT):
-            await server.ready.wait()
-        backend.base = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    async with serving_app(app, WAIT) as base:
+        backend.base = base
         yield backend
         backend.release.set()
-        server.should_exit = True
 
 
 @pytest.fixture
