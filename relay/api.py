@@ -135,20 +135,31 @@ class APIAccess:
                 )
 
 
-async def _read_body(request: Request) -> bytes:
-    """The body, read chunk by chunk and refused (413) once past the limit."""
-    limit = _hub(request).settings.api_max_body_bytes
+class BodyTooLarge(Exception):
+    """A request body (declared or read) beyond its limit."""
+
+
+async def read_bounded_body(request: Request, limit: int) -> bytes:
+    """The body, read chunk by chunk; ``BodyTooLarge`` once past ``limit`` bytes."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _APIError(413, "too-large", f"the body exceeds {limit} bytes")
+        raise BodyTooLarge(f"the body exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _APIError(413, "too-large", f"the body exceeds {limit} bytes")
+            raise BodyTooLarge(f"the body exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused (413) once past ``api_max_body_bytes``."""
+    try:
+        return await read_bounded_body(request, _hub(request).settings.api_max_body_bytes)
+    except BodyTooLarge as exc:
+        raise _APIError(413, "too-large", str(exc)) from None
 
 
 def _as_frame(kind: str, body: bytes, content_type: str, extra: dict[str, Any]) -> bytes:

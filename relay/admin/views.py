@@ -34,6 +34,7 @@ from relay.admin.auth import (
 )
 from relay.admin.cluster import AdminCluster
 from relay.admission import AddressSet, Admission
+from relay.api import BodyTooLarge, read_bounded_body
 from relay.broker.base import BrokerUnavailable, RequestFailed
 from relay.exceptions import RelayError
 from relay.protocol import codec
@@ -200,11 +201,10 @@ class AdminViews:
     async def _json_body(self, request: Request) -> dict[str, Any]:
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             raise AdminError(415, "unsupported-media-type", "send application/json")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > self.settings.api_max_body_bytes:
-                raise AdminError(413, "too-large", "the body is too large")
+        try:
+            body = await read_bounded_body(request, self.settings.api_max_body_bytes)
+        except BodyTooLarge:
+            raise AdminError(413, "too-large", "the body is too large") from None
         try:
             fields = json.loads(body)
         except (ValueError, RecursionError):
