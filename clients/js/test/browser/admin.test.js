@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
-import { launchChromium } from "../chromium.js";
+import { closePages, launchChromium } from "../chromium.js";
 import { REPO, nextEvent, peer, startRelay, uid } from "../helpers.js";
 
 const RESULTS = join(REPO, "clients", "js", "test-results");
@@ -36,14 +36,7 @@ describe("admin page in chromium", () => {
     browser = await launchChromium();
   });
   afterEach(async (t) => {
-    // @ts-ignore -- node:test exposes the outcome only on the context object
-    const failed = t.passed === false || t.error;
-    for (const [i, page] of pages.entries()) {
-      if (failed && !page.isClosed()) {
-        await page.screenshot({ path: join(RESULTS, `failure-${t.name.replace(/\W+/g, "_")}-${i}.png`), fullPage: true });
-      }
-      await page.context().close();
-    }
+    await closePages(t, pages, RESULTS);
     pages = [];
     for (const p of peers) await p.close().catch(() => {});
     peers = [];
