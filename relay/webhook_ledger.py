@@ -21,6 +21,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from relay.settings import Settings
+
 log = logging.getLogger("relay.webhooks")
 
 KEEP_SECONDS = 7 * 24 * 3600  # a note no start of the node took is forgotten after this
@@ -67,9 +69,9 @@ class Ledger:
         await self._client.aclose()
 
 
-def ledger_for(settings: Any) -> Ledger | None:
+def ledger_for(settings: Settings) -> Ledger | None:
     """The ledger ``settings`` allow: a Redis broker and a fixed ``node_id``, else None."""
-    broker: str = settings.broker
+    broker = settings.broker
     if not settings.node_id or not broker.startswith(("redis://", "rediss://", "unix://")):
         return None
     return Ledger(broker, settings.redis_prefix, settings.node_id, settings.broker_timeout_seconds)
