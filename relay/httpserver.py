@@ -274,6 +274,12 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         self._counted = True
         self._arm()
 
+    def _stop_waiting(self) -> None:
+        if self._waiting:
+            self._waiting = False
+            with contextlib.suppress(ValueError):
+                self._pending.waiting.remove(self)
+
     def waited(self) -> None:
         """A place is free: take it (``_Pending.release`` calls this, oldest waiter first)."""
         if not self._waiting:
@@ -288,9 +294,7 @@ class RelayHTTPProtocol(HttpToolsProtocol):
 
     def _waited_too_long(self) -> None:
         self._deadline = None
-        self._waiting = False
-        with contextlib.suppress(ValueError):
-            self._pending.waiting.remove(self)
+        self._stop_waiting()
         seconds = f"{self._limits.pending_wait:g}"
         self._pending.refused(
             self._ip, 503, f"no place among the pending connections in {seconds} s"
@@ -304,10 +308,7 @@ class RelayHTTPProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if self._waiting:
-            self._waiting = False
-            with contextlib.suppress(ValueError):
-                self._pending.waiting.remove(self)
+        self._stop_waiting()
         self._release()
         self._disarm()
         self._unparsed = b""
