@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -310,3 +311,27 @@ async def test_a_stream_nobody_reads_is_closed_4008_and_its_messages_wait_for_a_
     assert {answer["type"] for answer in answers} == {"ok"}
     await back.close()
     await ws.close()
+
+
+async def test_held_streams_leave_the_pending_connection_counts(
+    relay_factory: RelayFactory,
+) -> None:
+    # Three streams held open on a node that lets two connections wait for a request:
+    # each stream's session counts toward admission's caps, not its connection.
+    relay = await relay_factory(max_pending_connections=2)
+    base = relay.http_url + relay.settings.http_path
+    async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as tasks:
+        streams = []
+        for n in range(3):
+            # One connection each for the stream, and one for the requests.
+            limits = httpx.Limits(max_connections=2)
+            client = await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=10))
+            peer = HTTPPeer(client, base)
+            assert (await peer.open()).status_code == 200
+            stream = StreamReader(peer)
+            tasks.start_soon(stream.run)
+            assert (await peer.send({"type": "hello", "id": f"p{n}"})).status_code == 204
+            await stream.envelope(type="welcome")
+            streams.append(stream)
+        for stream in streams:
+            stream.scope.cancel()

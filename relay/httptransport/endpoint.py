@@ -28,6 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from relay.api import BodyTooLarge, read_bounded_body
 from relay.broker.base import BrokerUnavailable, NodeUnreachable, RequestFailed
+from relay.httpserver import HELD_OPEN
 from relay.httptransport.records import (
     KEEPALIVE_RECORD,
     BadRecords,
@@ -96,7 +97,7 @@ class HTTPEndpoint:
             await _respond(send, 404, b"unknown session")
             return
         if operation in ("stream", "poll"):
-            await self._read(node, secret, received, operation == "poll", receive, send)
+            await self._read(scope, node, secret, received, operation == "poll", receive, send)
             return
         args: list[Any] = [secret, received]
         if operation == "send":
@@ -160,7 +161,14 @@ class HTTPEndpoint:
     # --- reading: streams and polls ---------------------------------------------------
 
     async def _read(
-        self, node: str, secret: str, received: int, poll: bool, receive: Receive, send: Send
+        self,
+        scope: Scope,
+        node: str,
+        secret: str,
+        received: int,
+        poll: bool,
+        receive: Receive,
+        send: Send,
     ) -> None:
         forward = self.settings.http_forward_seconds
         attached = await self._call(node, "attach", [secret, received], forward)
@@ -168,6 +176,9 @@ class HTTPEndpoint:
             await _respond(send, attached[0], attached[1])
             return
         reader = attached[2]
+        held_open = scope.get("extensions", {}).get(HELD_OPEN)
+        if held_open is not None:
+            held_open()  # the session holds admission's place; this connection leaves the pending
         hold = self.settings.http_poll_seconds if poll else self.settings.http_keepalive_seconds
         await send({"type": "http.response.start", "status": 200, "headers": _RECORDS})
         start = received
