@@ -74,6 +74,8 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     peerjs = PeerJSEndpoint(hub, relay_endpoint.admission) if settings.peerjs_path else None
     admin_routes, admin_views = admin.routes(settings, hub, operator, relay_endpoint.admission)
     routes = [
+        # First: 404 unless the page is on; with admin_listen, all that listener serves.
+        *admin_routes,
         WebSocketRoute(settings.path, relay_endpoint),
         Route("/healthz", api.healthz),
         Route("/readyz", api.readyz),
@@ -86,7 +88,6 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
             "/v1/ice-servers", ice.endpoint(hub), settings.origins, headers=("authorization",)
         ),
         *(peerjs.routes() if peerjs is not None else ()),
-        *admin_routes,  # before the demo's files: 404 unless admin_password is set
         WebSocketRoute("/{path:path}", unknown_path),
         # The demo, and /client.js for pages of the allowed Origins to import.
         Mount(

@@ -62,13 +62,17 @@ class RelayServer(uvicorn.Server):
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_keys)
         if self.hub.broker.ready:
             _say(f"relay ready on {url}")
-            return
-        broker = without_password(self.hub.settings.broker)
-        _say(
-            f"relay on {url} is not ready: the backplane {broker} is unreachable; "
-            "retrying (GET /readyz answers 503 until it is up)"
-        )
-        self._announcer = asyncio.get_running_loop().create_task(self._ready_when_broker_is(url))
+        else:
+            broker = without_password(self.hub.settings.broker)
+            _say(
+                f"relay on {url} is not ready: the backplane {broker} is unreachable; "
+                "retrying (GET /readyz answers 503 until it is up)"
+            )
+            loop = asyncio.get_running_loop()
+            self._announcer = loop.create_task(self._ready_when_broker_is(url))
+        if self.hub.settings.admin_listen:  # its sockets are among those served
+            web = "https" if self.config.ssl_keyfile else "http"
+            _say(f"admin page only on {web}://{self.hub.settings.admin_listen}/admin/")
 
     async def _ready_when_broker_is(self, url: str) -> None:
         # The broker reconnects by itself and offers no event to await.

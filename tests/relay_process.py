@@ -11,8 +11,14 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def relay_process(*flags: str, port: int = 0) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start ``relay serve`` with ``flags``; yields the process and its WebSocket URL."""
+def relay_process(
+    *flags: str, port: int = 0, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start ``relay serve`` with ``flags`` (and ``env`` added to the environment).
+
+    Yields the process and its WebSocket URL; what it prints after the ready
+    line is left to read on its stderr.
+    """
     process = subprocess.Popen(
         [
             sys.executable,
@@ -27,7 +33,7 @@ def relay_process(*flags: str, port: int = 0) -> Iterator[tuple[subprocess.Popen
         ],
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
     )
     assert process.stderr is not None
     try:
