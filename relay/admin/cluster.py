@@ -66,6 +66,7 @@ class AdminCluster:
             "queued_messages": sum(len(peer.queue) for peer in hub.peers.values() if peer.queue),
             "messages_in": received,
             "messages_out": sent,
+            "refusals": dict(self.journal.refusals_by_code),  # totals by code
             "backplane_up": hub.broker.ready,
             "accepting": hub.accepting,
             "draining": hub.draining,

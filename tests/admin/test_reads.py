@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import anyio
 import httpx
@@ -116,6 +117,29 @@ async def test_the_stream_pushes_a_new_peer_within_seconds(relay_factory: RelayF
         with anyio.fail_after(3):
             while (await anext_data(lines))["nodes"][0]["peers"] != 1:
                 pass
+
+
+async def test_the_stream_carries_connections_and_refusals_by_code(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = await relay_factory(admin_password=PASSWORD)
+    alice = await join_as(relay.url, "alice")
+    refused = await alice.request({"type": "join", "room": "bad room!", "id": 1})
+    taken = await open_peer(relay.url)
+    await taken.send({"type": "hello", "v": 1, "id": "alice"})
+    assert (await taken.recv())["code"] == "id-taken"
+    await join_as(relay.url, "bob")
+    async with (
+        admin_client(relay.http_url) as client,
+        client.stream("GET", "/admin/api/stream") as stream,
+    ):
+        lines = stream.aiter_lines()
+        with anyio.fail_after(3):  # the refused hello's socket is closing
+            nodes: Any = (await anext_data(lines))["nodes"]
+            while nodes[0]["connections"] != 2:
+                nodes = (await anext_data(lines))["nodes"]
+    # Totals since the node started, by code: the page plots their differences.
+    assert nodes[0]["refusals"] == {refused["code"]: 1, "id-taken": 1}
 
 
 async def test_the_stream_needs_credentials(relay_factory: RelayFactory) -> None:
