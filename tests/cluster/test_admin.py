@@ -22,14 +22,18 @@ async def test_the_admin_page_sees_and_acts_across_the_cluster(cluster: Cluster)
     async with admin_client(a.http_url) as client:
         nodes = (await client.get("/admin/api/overview")).json()["nodes"]
         assert [(node["node"], node["peers"]) for node in nodes] == [("node-0", 0), ("node-1", 1)]
+        assert [node["refusals"] for node in nodes] == [{}, {"id-taken": 1}]
         state = (await client.get("/admin/api/peers/alice")).json()
         assert (state["node"], state["rooms"]) == ("node-1", {"lobby": False})
         events = (await client.get("/admin/api/events")).json()["events"]
         assert {"node": "node-1", "kind": "refused", "peer": "alice", "code": "id-taken"} in [
             {key: event[key] for key in ("node", "kind", "peer", "code")} for event in events
         ]
-        members = (await client.get("/admin/api/rooms/lobby")).json()["members"]
-        assert members == ["alice"]
+        room = (await client.get("/admin/api/rooms/lobby")).json()
+        assert room["members"] == ["alice"]
+        assert room["presence"] == {
+            "alice": {"state": "online", "seconds_left": None, "watching": False, "node": "node-1"}
+        }
         response = await client.post("/admin/api/disconnect", json={"peer": "alice"})
         assert response.json()["disconnected"] is True
     assert await alice.closed() == CloseCode.CLOSED_BY_OPERATOR

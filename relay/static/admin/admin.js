@@ -14,6 +14,8 @@ let session = null;
 let stream = null;
 /** @type {string | null} */
 let shownPeer = null;
+/** @type {string | null} */
+let shownRoom = null;
 let roomOffset = 0;
 /** @type {Map<string, {at: number, in: number, out: number, refusals: Record<string, number>}>} */
 const previous = new Map();
@@ -131,6 +133,7 @@ function update(data) {
   ]));
   plot(now, [totalIn, totalOut, connections], refusing);
   if (shownPeer !== null) showPeer(shownPeer).catch(() => {});
+  if (shownRoom !== null) showRoom().catch(() => {});
 }
 
 function fillTable(/** @type {string} */ id, /** @type {any[][]} */ rows) {
@@ -288,9 +291,13 @@ function note(/** @type {string} */ text) {
   return item;
 }
 
-async function showRoom() {
-  const room = /** @type {HTMLInputElement} */ ($("room-name")).value.trim();
+/** The room asked for (from its input), then followed: each push refreshes its page of members. */
+async function showRoom(/** @type {string | null} */ asked = null) {
+  if (asked !== null) shownRoom = asked;
+  const room = shownRoom;
+  if (room === null) return;
   const { status, answer } = await api(`/admin/api/rooms/${encodeURIComponent(room)}?offset=${roomOffset}&limit=50`);
+  if (room !== shownRoom) return; // another room was asked for meanwhile
   $("room").hidden = false;
   if (status !== 200) {
     $("room-status").textContent = answer.message ?? "unavailable";
@@ -301,16 +308,28 @@ async function showRoom() {
   $("room-status").textContent = answer.count ? `${room}: ${answer.count} members (${roomOffset + 1}–${last})` : `${room}: empty`;
   $("room-members").replaceChildren(...answer.members.map((/** @type {string} */ member) => {
     const item = document.createElement("li");
+    item.dataset.member = member;
     const link = document.createElement("button");
     link.type = "button";
     link.className = "link";
     link.textContent = member;
     link.addEventListener("click", () => lookUpPeer(member));
-    item.append(link);
+    item.append(link, presenceBadge(answer.presence?.[member]));
     return item;
   }));
   /** @type {HTMLButtonElement} */ ($("room-prev")).disabled = roomOffset === 0;
   /** @type {HTMLButtonElement} */ ($("room-next")).disabled = last >= answer.count;
+}
+
+/** A member's presence: online, resuming (its window's seconds left) or unknown; watching presence or not. */
+function presenceBadge(/** @type {any} */ presence) {
+  const badge = document.createElement("span");
+  const state = presence?.state ?? "unknown";
+  badge.className = "presence";
+  badge.dataset.state = state;
+  const text = state === "resuming" ? `resuming, ${Math.round(presence.seconds_left ?? 0)} s left` : state;
+  badge.textContent = (presence?.node ? `${text} on ${presence.node}` : text) + (presence?.watching ? " · watches presence" : "");
+  return badge;
 }
 
 function lookUpPeer(/** @type {string} */ id) {
@@ -374,7 +393,7 @@ suggest("peer-id", "peer-matches", "peers", lookUpPeer);
 suggest("room-name", "room-matches", "rooms", (name) => {
   /** @type {HTMLInputElement} */ ($("room-name")).value = name;
   roomOffset = 0;
-  showRoom().catch(() => {});
+  showRoom(name).catch(() => {});
 });
 
 $("login-form").addEventListener("submit", async (event) => {
@@ -412,15 +431,15 @@ $("room-form").addEventListener("submit", (event) => {
   event.preventDefault();
   $("room-matches").replaceChildren();
   roomOffset = 0;
-  showRoom().catch(() => {});
+  showRoom(/** @type {HTMLInputElement} */ ($("room-name")).value.trim()).catch(() => {});
 });
 $("room-prev").addEventListener("click", () => { roomOffset = Math.max(0, roomOffset - 50); showRoom().catch(() => {}); });
 $("room-next").addEventListener("click", () => { roomOffset += 50; showRoom().catch(() => {}); });
 $("room-publish").addEventListener("submit", (event) => {
   event.preventDefault();
-  const room = /** @type {HTMLInputElement} */ ($("room-name")).value.trim();
+  const room = shownRoom;
   const d = jsonOf("room-publish-d");
-  if (d !== undefined) act(`publish a message to room ${room}`, "/admin/api/publish", { room, d });
+  if (d !== undefined && room !== null) act(`publish a message to room ${room}`, "/admin/api/publish", { room, d });
 });
 
 start().then(() => { if (session === null) showLogin(); }, () => showLogin());
