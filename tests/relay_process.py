@@ -12,12 +12,15 @@ from contextlib import contextmanager
 
 @contextmanager
 def relay_process(
-    *flags: str, port: int = 0, env: dict[str, str] | None = None
+    *flags: str,
+    port: int = 0,
+    env: dict[str, str] | None = None,
+    startup: list[str] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Start ``relay serve`` with ``flags`` (and ``env`` added to the environment).
 
-    Yields the process and its WebSocket URL; what it prints after the ready
-    line is left to read on its stderr.
+    Yields the process and its WebSocket URL; the lines it printed up to its
+    ready line are appended to ``startup``.
     """
     process = subprocess.Popen(
         [
@@ -39,6 +42,8 @@ def relay_process(
     try:
         url = ""
         for line in process.stderr:
+            if startup is not None:
+                startup.append(line)
             found = re.search(r"relay ready on (ws://\S+)", line)
             if found:
                 url = found.group(1)

@@ -128,11 +128,12 @@ def test_relay_check_names_the_admin_listener() -> None:
 
 async def test_relay_serve_serves_admin_only_on_its_listener() -> None:
     flags = ("--admin-listen", "127.0.0.1:0")
-    with relay_process(*flags, env={"RELAY_ADMIN_PASSWORD": PASSWORD}) as (process, url):
-        assert process.stderr is not None
-        line = process.stderr.readline()
+    startup: list[str] = []
+    env = {"RELAY_ADMIN_PASSWORD": PASSWORD}
+    with relay_process(*flags, env=env, startup=startup) as (_, url):
+        line = startup[-2]  # just before the ready line
         found = re.fullmatch(r"admin page only on (http://127\.0\.0\.1:\d+)/admin/\n", line)
-        assert found, line
+        assert found, startup
         admin_url, relay_url = (
             found.group(1),
             url.replace("ws://", "http://").removesuffix("/v1/ws"),
