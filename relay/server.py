@@ -65,14 +65,13 @@ class RelayServer(uvicorn.Server):
             _say(f"admin page only on {web}://{self.hub.settings.admin_listen}/admin/")
         if self.hub.broker.ready:
             _say(f"relay ready on {url}")
-        else:
-            broker = without_password(self.hub.settings.broker)
-            _say(
-                f"relay on {url} is not ready: the backplane {broker} is unreachable; "
-                "retrying (GET /readyz answers 503 until it is up)"
-            )
-            loop = asyncio.get_running_loop()
-            self._announcer = loop.create_task(self._ready_when_broker_is(url))
+            return
+        broker = without_password(self.hub.settings.broker)
+        _say(
+            f"relay on {url} is not ready: the backplane {broker} is unreachable; "
+            "retrying (GET /readyz answers 503 until it is up)"
+        )
+        self._announcer = asyncio.get_running_loop().create_task(self._ready_when_broker_is(url))
 
     async def _ready_when_broker_is(self, url: str) -> None:
         # The broker reconnects by itself and offers no event to await.
