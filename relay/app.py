@@ -78,6 +78,8 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     http = HTTPEndpoint(hub, relay_endpoint.gate) if settings.http_path else None
     admin_routes, admin_views = admin.routes(settings, hub, operator, relay_endpoint.admission)
     routes = [
+        # First: 404 unless the page is on; with admin_listen, all that listener serves.
+        *admin_routes,
         WebSocketRoute(settings.path, relay_endpoint),
         Route("/healthz", api.healthz),
         Route("/readyz", api.readyz),
@@ -91,7 +93,6 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         ),
         *(peerjs.routes() if peerjs is not None else ()),
         *(http.routes() if http is not None else ()),
-        *admin_routes,  # before the demo's files: 404 unless admin_password is set
         WebSocketRoute("/{path:path}", unknown_path),
         # The demo, and /client.js for pages of the allowed Origins to import.
         Mount(
