@@ -154,6 +154,7 @@ class HTTPEndpoint:
             "keepalive_seconds": settings.http_keepalive_seconds,
             "poll_seconds": settings.http_poll_seconds,
             "idle_seconds": settings.http_idle_seconds,
+            "body_bytes": settings.http_body_bytes,
         }
         headers = [(b"content-type", b"application/msgpack")]
         return 200, msgpack.packb(answer), headers
