@@ -272,3 +272,56 @@ describe("HttpSocket", () => {
     assert.deepEqual([e.code, e.reason], [1000, "bye"]);
   });
 });
+
+test("fallback: a WebSocket that never opens gives way to HTTP after fallbackTimeout; the next reconnect tries it first again", async () => {
+  /** @type {any[]} */
+  const sockets = [];
+  class SilentWebSocket {
+    constructor(/** @type {string} */ url) {
+      this.url = url;
+      this.closed = false;
+      sockets.push(this);
+    }
+    send() {}
+    close() {
+      this.closed = true;
+    }
+  }
+  const relay = fakeFetch();
+  const connecting = new RelayPeer("ws://relay.test/v1/ws", {
+    WebSocket: /** @type {any} */ (SilentWebSocket),
+    fetch: relay.fetch,
+    fallbackTimeout: 100,
+    backoff: { base: 1, max: 1 },
+  })._start();
+  /** Plays the relay for one HTTP session: welcome the hello; returns the stream. */
+  const session = async (/** @type {string} */ secret) => {
+    (await relay.next("open")).respond(200, openAnswer(secret));
+    const stream = (await relay.next("stream")).stream();
+    const send = await relay.next("send");
+    const [hello] = new RecordParser().push(send.body).map((r) => decode(r.payload));
+    send.respond(204);
+    stream.write(records(ENVELOPE, [encode({ type: "welcome", id: "a", resume: `resume-${secret}`, resumed: hello.resume !== undefined })]));
+    return { stream, hello: /** @type {any} */ (hello) };
+  };
+  const t0 = performance.now();
+  const first = await session("one");
+  const p = await connecting;
+  assert.ok(performance.now() - t0 >= 90, "the WebSocket had its fallbackTimeout");
+  assert.equal(sockets.length, 1);
+  assert.equal(sockets[0].closed, true, "the WebSocket that never opened was given up");
+  assert.equal(p.transport, "http");
+  assert.equal(first.hello.resume, undefined);
+  // The relay restarts (1012): a full reconnect, the WebSocket first again.
+  const reconnected = new Promise((resolve) => p.addEventListener("open", resolve, { once: true }));
+  first.stream.write(records(CLOSE, [encode({ code: 1012, reason: "restart" })]));
+  const second = await session("two");
+  await reconnected;
+  assert.equal(sockets.length, 2, "the reconnect tried a WebSocket first");
+  assert.equal(second.hello.resume, "resume-one");
+  assert.equal(p.transport, "http");
+  const closing = p.close();
+  (await relay.next("close")).respond(204);
+  await closing;
+  assert.equal(p.transport, null);
+});
