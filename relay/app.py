@@ -33,7 +33,8 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     ``broker`` overrides the one named by ``settings.broker`` (tests use it to
     put several nodes on one in-memory cluster). The hub is ``app.state.hub``, its
     operator commands ``app.state.operator``, its webhooks (None without a URL)
-    ``app.state.webhooks``, its admin page's views (None when off) ``app.state.admin``.
+    ``app.state.webhooks``, its admin page's views (None when off) ``app.state.admin``, its HTTP
+    transport (None when off) ``app.state.http``.
     A proxy URL (``relay.proxy``) makes the hub's decider and, for RPC, its backend.
     """
     settings = settings or Settings()
@@ -105,5 +106,6 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     app.state.operator = operator
     app.state.webhooks = webhooks
     app.state.admin = admin_views
+    app.state.http = http
     app.state.api_access = api.APIAccess(settings)
     return app

@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from relay.api import BodyTooLarge, read_bounded_body
-from relay.broker.base import BrokerUnavailable, RequestFailed
+from relay.broker.base import BrokerUnavailable, NodeUnreachable, RequestFailed
 from relay.httptransport.records import (
     KEEPALIVE_RECORD,
     BadRecords,
@@ -202,12 +202,23 @@ class HTTPEndpoint:
         body = msgpack.packb([operation, *args])
         try:
             reply = await self.hub.broker.request(node, REQUEST_KIND, body, timeout)
+        except NodeUnreachable:
+            if not await self._serving(node):
+                return [404, b"unknown session (its node is gone)"]
+            return [503, b"the node holding this session cannot be reached now"]
         except BrokerUnavailable:
             return [503, b"the node holding this session cannot be reached now"]
         except RequestFailed:
             return [503, b"the node holding this session could not answer"]
         result: Result = msgpack.unpackb(reply)
         return result
+
+    async def _serving(self, node: str) -> bool:
+        """Whether ``node`` serves the cluster (True when the broker cannot tell now)."""
+        try:
+            return node in await self.hub.broker.serving_nodes()
+        except BrokerUnavailable:
+            return True
 
     async def _serve_forwarded(self, body: bytes) -> bytes:
         operation, *args = msgpack.unpackb(body)
