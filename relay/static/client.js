@@ -1597,7 +1597,7 @@ var HttpSocket = class {
     this.onmessage = null;
     this.onclose = null;
     this.onerror = null;
-    this._fetch = fetch;
+    this._fetch = (input, init) => fetch(input, init);
     this._streamTimeout = streamTimeout;
     this._polling = streamTimeout === 0;
     this._secret = "";

@@ -86,7 +86,9 @@ export class HttpSocket {
     /** @type {((e: {message: string}) => void) | null} */
     this.onerror = null;
 
-    this._fetch = fetch;
+    // Called as a plain function: a browser's fetch refuses any other `this` ("Illegal invocation").
+    /** @type {typeof globalThis.fetch} */
+    this._fetch = (input, init) => fetch(input, init);
     this._streamTimeout = streamTimeout;
     this._polling = streamTimeout === 0;
     this._secret = "";

@@ -33,11 +33,14 @@ export function fakeFetch() {
   const waiters = new Set();
 
   /**
+   * @this {unknown}
    * @param {string | URL | Request} input
    * @param {RequestInit} [init]
    * @returns {Promise<Response>}
    */
   function fetch(input, init = {}) {
+    // As a browser's fetch, which refuses to be called as another object's method.
+    if (this !== undefined && this !== globalThis) throw new TypeError("Illegal invocation");
     return new Promise((resolve, reject) => {
       const url = String(input);
       const signal = init.signal ?? undefined;
