@@ -335,3 +335,44 @@ async def test_held_streams_leave_the_pending_connection_counts(
             streams.append(stream)
         for stream in streams:
             stream.scope.cancel()
+
+
+async def test_a_flood_of_polls_holds_one_and_answers_the_rest_at_once(
+    relay: RunningRelay, client: httpx.AsyncClient
+) -> None:
+    alice = HTTPPeer(client, relay.http_url + relay.settings.http_path)
+    await alice.open()
+    await alice.send({"type": "hello", "id": "alice"})
+    await alice.poll()  # the welcome
+    answers: list[list[tuple[int, Any]]] = []
+    all_but_one = anyio.Event()
+
+    async def poll() -> None:
+        answers.append(await alice.poll())
+        if len(answers) == 49:
+            all_but_one.set()
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(50):
+            tasks.start_soon(poll)
+        with anyio.fail_after(5):  # each new poll ends the one before: 49 come back at once
+            await all_but_one.wait()
+        assert all(answer == [(KEEPALIVE, None)] for answer in answers)
+        await alice.send({"type": "ping", "id": 1})
+    assert answers[-1] == [(ENVELOPE, {"type": "pong", "id": 1})]
+    assert len(relay.app.state.http.sessions) == 1
+
+
+async def test_a_drain_closes_http_sessions_with_1001_after_answering(
+    relay: RunningRelay, client: httpx.AsyncClient
+) -> None:
+    async with anyio.create_task_group() as tasks:
+        alice, stream = await registered(relay, client, tasks, "alice")
+        await alice.send({"type": "ping", "id": 1})
+        tasks.start_soon(relay.hub.drain, 2.0)
+        await stream.envelope(type="pong", id=1)
+        kind, value = await stream.next()
+        assert kind == CLOSE and value["code"] == 1001
+        assert "not acted on" in value["reason"]
+        await alice.ack()
+        assert alice.secret not in relay.app.state.http.sessions

@@ -193,8 +193,9 @@ class HTTPEndpoint:
                 if fetched[0] != 200:
                     break
                 _status, body, start, last = fetched
-                if body:
-                    await _send_part(send, body)
+                if body or poll:
+                    # A poll that a newer reader ended still answers something.
+                    await _send_part(send, body or KEEPALIVE_RECORD)
                 if last or poll:
                     break
             tasks.cancel_scope.cancel()
