@@ -27,7 +27,12 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from relay.api import BodyTooLarge, read_bounded_body
-from relay.broker.base import BrokerUnavailable, NodeUnreachable, RequestFailed
+from relay.broker.base import (
+    MAX_PENDING_REQUESTS,
+    BrokerUnavailable,
+    NodeUnreachable,
+    RequestFailed,
+)
 from relay.httpserver import HELD_OPEN
 from relay.httptransport.records import (
     KEEPALIVE_RECORD,
@@ -43,6 +48,10 @@ from relay.upgrade import DRAINING_RETRY_AFTER, Gate
 log = logging.getLogger("relay.http")
 
 REQUEST_KIND = "http"  # the broker request kind of forwarded operations
+# Streams and polls one node forwards at once. Each holds a node-to-node
+# request while it lasts: half the broker's budget, so that other requests
+# (the admin page's, the operator's) still find room.
+MAX_FORWARDED_READERS = MAX_PENDING_REQUESTS // 2
 HEADERS = ("relay-session", "relay-received", "relay-seq", "content-type")
 _NO_STORE = [(b"cache-control", b"no-store")]
 _RECORDS = [
@@ -62,6 +71,7 @@ class HTTPEndpoint:
         self.settings = hub.settings
         self.gate = gate
         self.sessions: dict[str, HTTPTransport] = {}
+        self.forwarded_readers = 0  # streams and polls held for sessions of other nodes
         self._node_tag = _tag(hub.node_id)
         hub.broker.serve(REQUEST_KIND, self._serve_forwarded)
 
@@ -162,6 +172,26 @@ class HTTPEndpoint:
     # --- reading: streams and polls ---------------------------------------------------
 
     async def _read(
+        self,
+        scope: Scope,
+        node: str,
+        secret: str,
+        received: int,
+        poll: bool,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        forwarded = node != self.hub.node_id
+        if forwarded and self.forwarded_readers >= MAX_FORWARDED_READERS:
+            await _respond(send, 503, b"this node forwards as many streams as it may")
+            return
+        self.forwarded_readers += forwarded
+        try:
+            await self._serve_reader(scope, node, secret, received, poll, receive, send)
+        finally:
+            self.forwarded_readers -= forwarded
+
+    async def _serve_reader(
         self,
         scope: Scope,
         node: str,

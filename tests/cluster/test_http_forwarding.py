@@ -12,6 +12,7 @@ import anyio
 import httpx
 import pytest
 
+from relay.httptransport.endpoint import MAX_FORWARDED_READERS
 from tests.cluster.conftest import Cluster
 from tests.conftest import RunningRelay
 from tests.httppeer import HTTPPeer, StreamReader
@@ -111,3 +112,25 @@ async def test_a_session_whose_node_is_gone_is_unknown_elsewhere(
                 break
             assert status in (204, 503)  # not gone yet, or going
             await anyio.sleep(0.1)
+
+
+async def test_a_node_forwards_a_bounded_number_of_readers(
+    cluster: Cluster, client: httpx.AsyncClient
+) -> None:
+    holder, other = await cluster(2)
+    alice = HTTPPeer(client, holder.http_url + holder.settings.http_path)
+    await alice.open()
+    endpoint = other.app.state.http
+    endpoint.forwarded_readers = MAX_FORWARDED_READERS  # as if that many were held
+    refused = await client.post(
+        other.http_url + other.settings.http_path + "/poll", headers=alice.headers()
+    )
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"] == "1"
+    endpoint.forwarded_readers = 0
+    async with anyio.create_task_group() as tasks:
+        stream = StreamReader(via(alice, other))
+        tasks.start_soon(stream.run)
+        await stream.next(skip_keepalives=False)  # the stream opened: one reader forwarded
+        assert endpoint.forwarded_readers == 1
+        stream.scope.cancel()
