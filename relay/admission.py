@@ -32,6 +32,7 @@ recent handshakes.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import time
@@ -83,6 +84,10 @@ class AddressSet:
         return address is not None and any(address in network for network in self._networks)
 
 
+# Every connection parses its address several times (the pending caps, the
+# trusted proxies, the exemptions), and a reconnect storm brings thousands a
+# second from few addresses: parsing is worth remembering, in a bounded table.
+@functools.lru_cache(maxsize=4096)
 def _parse_ip(text: str) -> IPAddress | None:
     text = text.strip()
     if text.startswith("[") and "]" in text:  # [v6]:port
