@@ -36,8 +36,9 @@ from ._handlers import (
     UndeliveredHandler,
 )
 from ._inflight import InFlight
-from ._options import Options, TokenSource
+from ._options import TRANSPORTS, Options, TokenSource
 from ._rooms import Rooms
+from ._socket import TransportName
 from ._wire import ERROR_EV
 from .errors import ConnectionLost, RelayError, RequestTimeout
 from .types import Ack, Message, State, Welcome
@@ -88,6 +89,9 @@ class Peer:
         close_timeout: float | None = 5.0,
         max_size: int | None = 2**24,
         ssl: SSLContext | None = None,
+        transports: Sequence[str] = TRANSPORTS,
+        http_url: str | None = None,
+        fallback_timeout: float = 5.0,
     ) -> None:
         """See :func:`connect` for the meaning of the arguments."""
         self.url = url
@@ -101,6 +105,7 @@ class Peer:
             buffer_size=buffer_size, inbox_size=inbox_size, request_timeout=request_timeout,
             open_timeout=open_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
             close_timeout=close_timeout, max_size=max_size, ssl=ssl,
+            transports=tuple(transports), http_url=http_url, fallback_timeout=fallback_timeout,
         )  # fmt: skip
         self._link = Connection(
             options,
@@ -129,6 +134,14 @@ class Peer:
     def state(self) -> State:
         """The connection state."""
         return self._link.state
+
+    @property
+    def transport(self) -> TransportName | None:
+        """Which transport carries the session while connected: ``"websocket"``
+        or ``"http"`` (the fallback, see ``transports`` in :func:`connect`);
+        ``None`` while not connected (before :meth:`open`, while reconnecting,
+        once closed). Each reconnect tries the WebSocket first again."""
+        return self._link.transport
 
     @property
     def connected(self) -> bool:
@@ -551,6 +564,9 @@ def connect(
     close_timeout: float | None = 5.0,
     max_size: int | None = 2**24,
     ssl: SSLContext | None = None,
+    transports: Sequence[str] = TRANSPORTS,
+    http_url: str | None = None,
+    fallback_timeout: float = 5.0,
 ) -> _Connector:
     """Connect to the relay at ``url`` as peer ``id``.
 
@@ -589,6 +605,17 @@ def connect(
         ssl: the TLS context for ``wss://`` URLs, e.g. one trusting a private
             CA (``ssl.create_default_context(cafile=...)``); the default
             context (the system's CAs) when ``None``.
+        transports: the transports to try, in order, on every (re)connect:
+            ``"websocket"`` and ``"http"`` (protocol v1 over HTTP requests,
+            docs/protocol-http.md). The next one is tried only when the one
+            before never opened (upgrade refused, closed before it opened, no
+            open within ``fallback_timeout``); :attr:`Peer.transport` says
+            which one is in use.
+        http_url: where the HTTP transport is; ``None`` derives it from
+            ``url`` (``ws://h/v1/ws`` -> ``http://h/v1/http``, ``wss`` ->
+            ``https``).
+        fallback_timeout: seconds the WebSocket has to open before the next
+            transport is tried (when there is one).
 
     Raises:
         RelayUnavailable: the relay cannot be reached.
@@ -616,5 +643,8 @@ def connect(
             close_timeout=close_timeout,
             max_size=max_size,
             ssl=ssl,
+            transports=transports,
+            http_url=http_url,
+            fallback_timeout=fallback_timeout,
         )
     )
