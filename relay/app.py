@@ -13,6 +13,7 @@ from starlette.staticfiles import StaticFiles
 from relay import admin, api, ice
 from relay.broker import Broker, create_broker
 from relay.cors import cors_files, cors_route
+from relay.httptransport import HTTPEndpoint
 from relay.hub import Hub
 from relay.metrics import Metrics
 from relay.operator import Operator
@@ -72,6 +73,8 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     relay_endpoint = RelayEndpoint(hub)
     # PeerJS sockets count against the same admission caps as native ones.
     peerjs = PeerJSEndpoint(hub, relay_endpoint.admission) if settings.peerjs_path else None
+    # HTTP sessions pass the same gate as sockets: one admission, the same caps.
+    http = HTTPEndpoint(hub, relay_endpoint.gate) if settings.http_path else None
     admin_routes, admin_views = admin.routes(settings, hub, operator, relay_endpoint.admission)
     routes = [
         WebSocketRoute(settings.path, relay_endpoint),
@@ -86,6 +89,7 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
             "/v1/ice-servers", ice.endpoint(hub), settings.origins, headers=("authorization",)
         ),
         *(peerjs.routes() if peerjs is not None else ()),
+        *(http.routes() if http is not None else ()),
         *admin_routes,  # before the demo's files: 404 unless admin_password is set
         WebSocketRoute("/{path:path}", unknown_path),
         # The demo, and /client.js for pages of the allowed Origins to import.

@@ -632,6 +632,59 @@ class Settings:
         group="peerjs",
     )
 
+    # The HTTP fallback transport (docs/protocol-http.md)
+    http_path: str = _setting(
+        "/v1/http",
+        "Path of the HTTP fallback transport, for clients whose WebSockets are blocked "
+        "(empty: turned off).",
+        Rule(
+            "empty, or a path such as /v1/http (no trailing slash, no braces)",
+            lambda value: value == "" or re.fullmatch(r"(/[^/{}\s]+)+", value) is not None,
+        ),
+        group="http",
+    )
+    http_body_bytes: int = _setting(
+        1048576,
+        "Largest body of an HTTP-transport send, and most bytes one poll answers with (413 "
+        "beyond; at least max_frame_bytes).",
+        _COUNT,
+        group="http",
+    )
+    http_buffer_bytes: int = _setting(
+        262144,
+        "Envelopes an HTTP-transport client has not reported received, kept per session, in "
+        "bytes; past it, frames wait in the peer's queue as behind a full socket.",
+        _COUNT,
+        group="http",
+    )
+    http_keepalive_seconds: float = _setting(
+        15.0,
+        "Send a keepalive record on an idle HTTP stream this often (under proxies' idle "
+        "timeouts; clients answer each).",
+        _POSITIVE,
+        group="http",
+    )
+    http_poll_seconds: float = _setting(
+        20.0,
+        "How long an HTTP long-poll is held when nothing waits (under proxies' timeouts).",
+        _POSITIVE,
+        group="http",
+    )
+    http_idle_seconds: float = _setting(
+        45.0,
+        "End an HTTP session (as a dropped socket: resumable) after this long without a request "
+        "of its client (more than http_keepalive_seconds and http_poll_seconds).",
+        _POSITIVE,
+        group="http",
+    )
+    http_forward_seconds: float = _setting(
+        5.0,
+        "How long a node waits for the node holding an HTTP session to take a forwarded send "
+        "(503 after; the client sends it again).",
+        _POSITIVE,
+        group="http",
+    )
+
     # Webhooks: session events POSTed to a backend (docs/hooks.md)
     webhook_urls: tuple[str, ...] = _setting(
         (),
@@ -779,6 +832,20 @@ class Settings:
                 "queue_bytes",
                 self.queue_bytes,
                 f"expected at least max_frame_bytes ({self.max_frame_bytes})",
+            )
+        if self.http_body_bytes < self.max_frame_bytes:
+            raise SettingError(
+                "http_body_bytes",
+                self.http_body_bytes,
+                f"expected at least max_frame_bytes ({self.max_frame_bytes})",
+            )
+        longest_wait = max(self.http_keepalive_seconds, self.http_poll_seconds)
+        if self.http_idle_seconds <= longest_wait:
+            raise SettingError(
+                "http_idle_seconds",
+                self.http_idle_seconds,
+                f"expected more than http_keepalive_seconds and http_poll_seconds "
+                f"({longest_wait:g})",
             )
         if self.heartbeat_seconds >= self.node_lease_seconds:
             raise SettingError(

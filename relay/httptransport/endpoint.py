@@ -1,0 +1,293 @@
+"""The HTTP fallback's requests: ``POST {http_path}/{open,stream,poll,send,ack,close}``.
+
+Every request but ``open`` names its session by the secret in
+``Relay-Session``, which starts with the (base64url) id of the node that
+holds the session. That node answers it; any other node forwards it there
+as an ``http`` request over the broker (``Broker.request``), so a load
+balancer needs no stickiness. A forwarded stream is a loop of forwarded
+``fetch`` requests, each held until a record comes or the keepalive is due.
+
+The operations (``_operate``) are the same whether the request came here or
+was forwarded: a list of msgpack values in, a list out.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+from typing import Any
+
+import anyio
+import msgpack
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from relay.api import BodyTooLarge, read_bounded_body
+from relay.broker.base import BrokerUnavailable, RequestFailed
+from relay.httptransport.records import (
+    KEEPALIVE_RECORD,
+    BadRecords,
+    RecordTooLarge,
+    parse_envelopes,
+)
+from relay.httptransport.transport import HTTPTransport, OutOfOrder, SessionOver
+from relay.hub import Hub
+from relay.session import Session
+from relay.upgrade import DRAINING_RETRY_AFTER, Gate
+
+log = logging.getLogger("relay.http")
+
+REQUEST_KIND = "http"  # the broker request kind of forwarded operations
+HEADERS = ("relay-session", "relay-received", "relay-seq", "content-type")
+_NO_STORE = [(b"cache-control", b"no-store")]
+_RECORDS = [
+    (b"content-type", b"application/octet-stream"),
+    (b"x-accel-buffering", b"no"),
+    *_NO_STORE,
+]
+
+Result = list[Any]  # [status, text or body, ...]: what an operation answers
+
+
+class HTTPEndpoint:
+    """The HTTP transport of one node: its sessions, and the routes serving them."""
+
+    def __init__(self, hub: Hub, gate: Gate) -> None:
+        self.hub = hub
+        self.settings = hub.settings
+        self.gate = gate
+        self.sessions: dict[str, HTTPTransport] = {}
+        self._node_tag = _tag(hub.node_id)
+        hub.broker.serve(REQUEST_KIND, self._serve_forwarded)
+
+    def routes(self) -> list[BaseRoute]:
+        """The routes under ``http_path``, CORS included for the allowed Origins."""
+        app = CORSMiddleware(
+            self,
+            allow_origins=[o.lower().rstrip("/") for o in self.settings.origins] or ["*"],
+            allow_methods=["POST"],
+            allow_headers=list(HEADERS),
+            expose_headers=["retry-after"],
+            max_age=600,
+        )
+        return [Route(self.settings.http_path + "/{operation}", app, methods=["POST", "OPTIONS"])]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        operation = scope["path_params"]["operation"]
+        if operation == "open":
+            status, body, headers = await self._open(scope)
+            await _respond(send, status, body, headers)
+            return
+        if operation not in ("stream", "poll", "send", "ack", "close"):
+            await _respond(send, 404, b"no such request")
+            return
+        secret = request.headers.get("relay-session", "")
+        received = _count(request.headers.get("relay-received"))
+        if received is None:
+            await _respond(send, 400, b"Relay-Received must be a count of envelopes")
+            return
+        node = self._holder(secret)
+        if node is None:
+            await _respond(send, 404, b"unknown session")
+            return
+        if operation in ("stream", "poll"):
+            await self._read(node, secret, received, operation == "poll", receive, send)
+            return
+        args: list[Any] = [secret, received]
+        if operation == "send":
+            seq = _count(request.headers.get("relay-seq"))
+            if seq is None or seq == 0:
+                await _respond(send, 400, b"Relay-Seq must be a batch number from 1")
+                return
+            try:
+                body = await read_bounded_body(request, self.settings.http_body_bytes)
+            except BodyTooLarge as exc:
+                await _respond(send, 413, str(exc).encode())
+                return
+            args += [seq, body]
+        result = await self._call(node, operation, args, self.settings.http_forward_seconds)
+        await _respond(send, result[0], result[1])
+
+    # --- opening ----------------------------------------------------------------------
+
+    async def _open(self, scope: Scope) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        refused = self.gate.check(scope)
+        if refused is not None:
+            status, text = refused
+            retry = [(b"retry-after", str(DRAINING_RETRY_AFTER).encode())] if status == 503 else []
+            return status, text.encode(), retry
+        admission = self.gate.admission
+        ip = admission.client_ip(scope)
+        denied = admission.admit(ip)
+        if denied is not None:
+            self.hub.metrics.refused.labels(denied.reason).inc()
+            retry = [(b"retry-after", str(denied.retry_after).encode())]
+            return denied.status, denied.message.encode(), retry
+        settings = self.settings
+        secret = f"{self._node_tag}.{secrets.token_urlsafe(32)}"
+        transport = HTTPTransport(
+            self.hub.scheduler,
+            buffer_bytes=settings.http_buffer_bytes,
+            fetch_bytes=settings.http_body_bytes,
+            idle_seconds=settings.http_idle_seconds,
+            close_seconds=settings.close_timeout_seconds,
+        )
+
+        def ended() -> None:
+            self.sessions.pop(secret, None)
+            self.gate.release(ip)
+
+        session = Session(self.hub, transport)
+        transport.session = session
+        transport.on_end = ended
+        session.connect_info = self.gate.connect_info(scope, ip)
+        self.sessions[secret] = transport
+        self.hub.opened(session)
+        answer = {
+            "session": secret,
+            "keepalive_seconds": settings.http_keepalive_seconds,
+            "poll_seconds": settings.http_poll_seconds,
+            "idle_seconds": settings.http_idle_seconds,
+        }
+        headers = [(b"content-type", b"application/msgpack")]
+        return 200, msgpack.packb(answer), headers
+
+    # --- reading: streams and polls ---------------------------------------------------
+
+    async def _read(
+        self, node: str, secret: str, received: int, poll: bool, receive: Receive, send: Send
+    ) -> None:
+        forward = self.settings.http_forward_seconds
+        attached = await self._call(node, "attach", [secret, received], forward)
+        if attached[0] != 200:
+            await _respond(send, attached[0], attached[1])
+            return
+        reader = attached[2]
+        hold = self.settings.http_poll_seconds if poll else self.settings.http_keepalive_seconds
+        await send({"type": "http.response.start", "status": 200, "headers": _RECORDS})
+        start = received
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(_until_disconnected, receive, tasks.cancel_scope)
+            if not poll:
+                await _send_part(send, KEEPALIVE_RECORD)
+            while True:
+                fetched = await self._call(node, "fetch", [secret, reader, start, hold],
+                                           hold + forward)  # fmt: skip
+                if fetched[0] != 200:
+                    break
+                _status, body, start, last = fetched
+                if body:
+                    await _send_part(send, body)
+                if last or poll:
+                    break
+            tasks.cancel_scope.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # --- the operations, here or on the node that holds the session -------------------
+
+    async def _call(
+        self,
+        node: str,
+        operation: str,
+        args: list[Any],
+        timeout: float,  # noqa: ASYNC109 - it travels: the holding node bounds its wait by it
+    ) -> Result:
+        if node == self.hub.node_id:
+            return await self._operate(operation, args)
+        body = msgpack.packb([operation, *args])
+        try:
+            reply = await self.hub.broker.request(node, REQUEST_KIND, body, timeout)
+        except BrokerUnavailable:
+            return [503, b"the node holding this session cannot be reached now"]
+        except RequestFailed:
+            return [503, b"the node holding this session could not answer"]
+        result: Result = msgpack.unpackb(reply)
+        return result
+
+    async def _serve_forwarded(self, body: bytes) -> bytes:
+        operation, *args = msgpack.unpackb(body)
+        reply: bytes = msgpack.packb(await self._operate(operation, args))
+        return reply
+
+    async def _operate(self, operation: str, args: list[Any]) -> Result:
+        transport = self.sessions.get(args[0])
+        if transport is None:
+            return [404, b"unknown session"]
+        try:
+            if operation == "fetch":
+                fetched = await transport.fetch(args[1], args[2], args[3])
+                return [200, fetched.body, fetched.position, fetched.last]
+            transport.heard(args[1])
+            if operation == "attach":
+                return [200, b"", transport.attach()]
+            if operation == "send":
+                return await self._accept(transport, args[2], args[3])
+            if operation == "close":
+                transport.close_by_client()
+            return [204, b""]
+        except SessionOver:
+            return [404, b"unknown session"]
+        except ValueError as exc:
+            return [400, str(exc).encode()]
+
+    async def _accept(self, transport: HTTPTransport, seq: int, body: bytes) -> Result:
+        try:
+            frames = parse_envelopes(body, self.settings.max_frame_bytes)
+        except RecordTooLarge as exc:
+            transport.too_large(str(exc))
+            return [413, str(exc).encode()]
+        except BadRecords as exc:
+            return [400, str(exc).encode()]
+        try:
+            await transport.accept(seq, frames)
+        except OutOfOrder as exc:
+            return [409, str(exc).encode()]
+        return [204, b""]
+
+    def _holder(self, secret: str) -> str | None:
+        """The id of the node holding the session ``secret`` names (None: not a secret)."""
+        tag, dot, _rest = secret.partition(".")
+        if not dot:
+            return None
+        if tag == self._node_tag:
+            return self.hub.node_id
+        try:
+            return base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4)).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+
+
+def _tag(node_id: str) -> str:
+    return base64.urlsafe_b64encode(node_id.encode()).decode().rstrip("=")
+
+
+def _count(text: str | None) -> int | None:
+    if text is None or not text.isdigit() or len(text) > 18:
+        return None
+    return int(text)
+
+
+async def _until_disconnected(receive: Receive, scope: anyio.CancelScope) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    scope.cancel()
+
+
+async def _send_part(send: Send, body: bytes) -> None:
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    if headers is None:
+        headers = [(b"content-type", b"text/plain; charset=utf-8")] if body else []
+    if status == 503 and not any(name == b"retry-after" for name, _ in headers):
+        headers = [*headers, (b"retry-after", b"1")]
+    await send({"type": "http.response.start", "status": status, "headers": headers + _NO_STORE})
+    await send({"type": "http.response.body", "body": body})
