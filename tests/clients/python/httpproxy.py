@@ -6,6 +6,10 @@
 - ``buffer_streams``: once a connection carries ``POST .../stream``, nothing
   the relay sends on it reaches the client, as a proxy that buffers a
   response until it ends holds back a stream that never ends.
+- ``route``: a function from a request's path to the port it goes to, as
+  a load balancer without stickiness: each request then gets a connection
+  of its own (the proxy adds ``Connection: close``), so every request of a
+  session may go to another node.
 - ``sever()``: drop every connection at once (a cut stream, lost answers).
 
 It sees each request line (the first bytes a client writes after the
@@ -19,6 +23,7 @@ import asyncio
 import contextlib
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 _REQUEST_LINE = re.compile(rb"(?:GET|POST|OPTIONS) (\S+) HTTP/1\.1\r\n")
@@ -33,7 +38,9 @@ class HttpProxy:
         self.port = 0
         self.strip_upgrade = False
         self.buffer_streams = False
+        self.route: Callable[[str], int] | None = None
         self.requests: Counter[str] = Counter()
+        self.connections = 0
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -76,11 +83,18 @@ class HttpProxy:
             writer.transport.abort()
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        first = await reader.read(65536)
+        port = self.target_port
+        line = _REQUEST_LINE.match(first)
+        if self.route is not None and line is not None:
+            port = self.route(line[1].decode())
+            first = first.replace(b"\r\n", b"\r\nConnection: close\r\n", 1)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+        self.connections += 1
         self._writers.update((writer, up_writer))
         held = asyncio.Event()  # set once the connection carries a stream to hold back
         pipes = [
-            asyncio.create_task(self._upstream(reader, up_writer, held)),
+            asyncio.create_task(self._upstream(reader, up_writer, held, first)),
             asyncio.create_task(self._downstream(up_reader, writer, held)),
         ]
         try:
@@ -94,10 +108,15 @@ class HttpProxy:
                 w.transport.abort()
 
     async def _upstream(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: asyncio.Event
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        held: asyncio.Event,
+        first: bytes,
     ) -> None:
+        data = first
         with contextlib.suppress(ConnectionError, OSError):
-            while data := await reader.read(65536):
+            while data:
                 line = _REQUEST_LINE.match(data)
                 if line is not None:
                     path = line[1].decode()
@@ -108,6 +127,7 @@ class HttpProxy:
                         held.set()
                 writer.write(data)
                 await writer.drain()
+                data = await reader.read(65536)
 
     async def _downstream(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: asyncio.Event

@@ -4,6 +4,7 @@ buffering proxy, and the fallback from a WebSocket that never opens."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -14,9 +15,10 @@ from relay_client import Ack, State
 
 from tests.clients.python.httpproxy import HttpProxy
 from tests.clients.python.reconnecting import FAST, States, recv, wait
+from tests.cluster.conftest import redis_broker_factory
 
 if TYPE_CHECKING:
-    from tests.conftest import RunningRelay
+    from tests.conftest import RelayFactory, RunningRelay
 
 pytestmark = pytest.mark.anyio
 
@@ -214,3 +216,46 @@ async def test_close_ends_the_http_session_at_once(relay: RunningRelay) -> None:
     # The relay forgot bob at once, as after a WebSocket close with 1000.
     async with relay_client.connect(relay.url, id="bob", **HTTP) as again:
         assert again.id == "bob" and not again.resumed
+
+
+@pytest.mark.parametrize("opened_on", ["the stream's node", "the POSTs' node"])
+async def test_two_nodes_over_redis_the_stream_on_one_every_post_on_the_other(
+    redis_url: str,
+    relay_factory: RelayFactory,
+    http_proxy_factory: HttpProxyFactory,
+    opened_on: str,
+) -> None:
+    brokers = redis_broker_factory(redis_url)
+    reads = await relay_factory(broker=brokers(), node_id="node-reads")
+    posts = await relay_factory(broker=brokers(), node_id="node-posts")
+    proxy = await http_proxy_factory(reads)
+    opener = reads if opened_on == "the stream's node" else posts
+
+    def route(path: str) -> int:
+        if path.endswith("/open"):
+            return opener.port
+        return (reads if path.endswith(("/stream", "/poll")) else posts).port
+
+    proxy.route = route
+    async with (
+        relay_client.connect(reads.url, id="alice") as alice,
+        relay_client.connect(posts.url, id="carol") as carol,
+        relay_client.connect(proxy.url(), id="bob", **HTTP) as bob,
+    ):
+        assert bob.transport == "http" and bob.node == opener.hub.node_id
+        with anyio.fail_after(20):
+            # A burst each way: one answer per request, in order.
+            acks = await asyncio.gather(*(bob.send("alice", n) for n in range(100)))
+            assert sorted(ack.id for ack in acks) == list(range(1, 101))
+            assert [(await recv(alice)).data for _ in range(100)] == list(range(100))
+            acks = await asyncio.gather(*(carol.send("bob", n) for n in range(100)))
+            assert len({ack.id for ack in acks}) == 100
+            assert [(await recv(bob)).data for _ in range(100)] == list(range(100))
+            await bob.join("lobby")
+            await alice.join("lobby")
+            await carol.publish("lobby", "to both nodes")
+            assert (await recv(bob)).data == (await recv(alice)).data == "to both nodes"
+            with pytest.raises(relay_client.PeerOffline):
+                await bob.send("ghost", "x")
+        assert proxy.count("send") >= 2 and proxy.count("stream") >= 1
+        assert proxy.connections == proxy.requests.total()  # each request routed on its own
