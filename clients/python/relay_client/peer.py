@@ -6,7 +6,9 @@ concern each (as ``websockets`` keeps its connection apart from its protocol):
 * ``_connection``: the state machine, the socket in use, reading and the
   write path (pacing, offline buffer, ``max_frame_bytes``);
 * ``_reconnect``: what follows a socket's end (backoff, retry policy, resume);
-* ``_handshake``: one WebSocket handshake, ``hello`` and ``welcome``;
+* ``_handshake``: opening one link (the transports in order), ``hello`` and ``welcome``;
+* ``_socket``, ``_http``, ``_records``: a link whatever its transport, the
+  HTTP transport, its records;
 * ``_dispatch``: where each envelope from the relay goes;
 * ``_inflight``: what waits for an answer (``ok``/``err``/``pong``, replies,
   queued sends);
@@ -61,6 +63,10 @@ class Peer:
     meanwhile, in order. A terminal close (1000 from the relay, 1003, 1008,
     1009, 4500-4999) ends it: every pending and later operation raises
     :class:`ConnectionClosed`.
+
+    Where the WebSocket cannot open, the link is an HTTP session instead
+    (``transports`` in :func:`connect`, :attr:`transport`), with the same API
+    and guarantees.
 
     Incoming messages go, in this order of preference, to a pending
     :meth:`request` (replies), a handler registered with :meth:`on_request`
