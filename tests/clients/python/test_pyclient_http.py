@@ -13,6 +13,7 @@ import pytest
 import relay_client
 from relay_client import Ack, State
 
+from tests.clients.python.conftest import ProxyFactory, RelayProcess
 from tests.clients.python.httpproxy import HttpProxy
 from tests.clients.python.reconnecting import FAST, States, recv, wait
 from tests.cluster.conftest import redis_broker_factory
@@ -259,3 +260,46 @@ async def test_two_nodes_over_redis_the_stream_on_one_every_post_on_the_other(
                 await bob.send("ghost", "x")
         assert proxy.count("send") >= 2 and proxy.count("stream") >= 1
         assert proxy.connections == proxy.requests.total()  # each request routed on its own
+
+
+async def test_a_black_holed_session_is_lost_after_the_idle_time_and_resumed(
+    relay_factory: RelayFactory, proxy_factory: ProxyFactory
+) -> None:
+    relay = await relay_factory(
+        http_keepalive_seconds=0.3, http_poll_seconds=0.3, http_idle_seconds=1.0
+    )
+    proxy = await proxy_factory(relay)
+    async with (
+        relay_client.connect(relay.url, id="alice") as alice,
+        relay_client.connect(proxy.url, id="bob", open_timeout=1, **HTTP, **FAST) as bob,
+    ):
+        states = States(bob)
+        lost = states.expect(State.RECONNECTING)
+        proxy.freeze()  # no answer, no error: only the missing keepalives tell
+        await wait(lost)
+        back = states.expect(State.CONNECTED)
+        proxy.sever()
+        proxy.thaw()
+        await wait(back)
+        assert bob.transport == "http" and bob.sessions == 2
+        await alice.send("bob", "after the black hole")
+        assert (await recv(bob)).data == "after the black hole"
+
+
+async def test_a_restarted_relay_answers_404_and_the_peer_starts_afresh(
+    relay_process: Callable[..., Awaitable[RelayProcess]],
+) -> None:
+    # The same node id: the secret names this node, which no longer knows it.
+    relay = await relay_process("--node-id", "restarted")
+    async with relay_client.connect(relay.url, id="bob", **HTTP, **FAST) as bob:
+        await bob.join("lobby")
+        states = States(bob)
+        back = states.expect(State.CONNECTED)
+        await relay.kill()
+        await relay.start()  # it knows no HTTP session: the next request is answered 404
+        await wait(back, 20)
+        assert bob.transport == "http" and bob.sessions == 2 and not bob.resumed
+        async with relay_client.connect(relay.url, id="alice") as alice:
+            await alice.join("lobby")
+            await alice.publish("lobby", "rejoined")
+            assert (await recv(bob)).data == "rejoined"
