@@ -33,7 +33,8 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     ``broker`` overrides the one named by ``settings.broker`` (tests use it to
     put several nodes on one in-memory cluster). The hub is ``app.state.hub``, its
     operator commands ``app.state.operator``, its webhooks (None without a URL)
-    ``app.state.webhooks``, its admin page's views (None when off) ``app.state.admin``.
+    ``app.state.webhooks``, its admin page's views (None when off) ``app.state.admin``, its HTTP
+    transport (None when off) ``app.state.http``.
     A proxy URL (``relay.proxy``) makes the hub's decider and, for RPC, its backend.
     """
     settings = settings or Settings()
@@ -77,6 +78,8 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     http = HTTPEndpoint(hub, relay_endpoint.gate) if settings.http_path else None
     admin_routes, admin_views = admin.routes(settings, hub, operator, relay_endpoint.admission)
     routes = [
+        # First: 404 unless the page is on; with admin_listen, all that listener serves.
+        *admin_routes,
         WebSocketRoute(settings.path, relay_endpoint),
         Route("/healthz", api.healthz),
         Route("/readyz", api.readyz),
@@ -90,7 +93,6 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         ),
         *(peerjs.routes() if peerjs is not None else ()),
         *(http.routes() if http is not None else ()),
-        *admin_routes,  # before the demo's files: 404 unless admin_password is set
         WebSocketRoute("/{path:path}", unknown_path),
         # The demo, and /client.js for pages of the allowed Origins to import.
         Mount(
@@ -105,5 +107,6 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     app.state.operator = operator
     app.state.webhooks = webhooks
     app.state.admin = admin_views
+    app.state.http = http
     app.state.api_access = api.APIAccess(settings)
     return app

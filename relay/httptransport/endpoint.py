@@ -27,7 +27,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from relay.api import BodyTooLarge, read_bounded_body
-from relay.broker.base import BrokerUnavailable, RequestFailed
+from relay.broker.base import BrokerUnavailable, NodeUnreachable, RequestFailed
+from relay.httpserver import HELD_OPEN
 from relay.httptransport.records import (
     KEEPALIVE_RECORD,
     BadRecords,
@@ -96,7 +97,7 @@ class HTTPEndpoint:
             await _respond(send, 404, b"unknown session")
             return
         if operation in ("stream", "poll"):
-            await self._read(node, secret, received, operation == "poll", receive, send)
+            await self._read(scope, node, secret, received, operation == "poll", receive, send)
             return
         args: list[Any] = [secret, received]
         if operation == "send":
@@ -153,6 +154,7 @@ class HTTPEndpoint:
             "keepalive_seconds": settings.http_keepalive_seconds,
             "poll_seconds": settings.http_poll_seconds,
             "idle_seconds": settings.http_idle_seconds,
+            "body_bytes": settings.http_body_bytes,
         }
         headers = [(b"content-type", b"application/msgpack")]
         return 200, msgpack.packb(answer), headers
@@ -160,7 +162,14 @@ class HTTPEndpoint:
     # --- reading: streams and polls ---------------------------------------------------
 
     async def _read(
-        self, node: str, secret: str, received: int, poll: bool, receive: Receive, send: Send
+        self,
+        scope: Scope,
+        node: str,
+        secret: str,
+        received: int,
+        poll: bool,
+        receive: Receive,
+        send: Send,
     ) -> None:
         forward = self.settings.http_forward_seconds
         attached = await self._call(node, "attach", [secret, received], forward)
@@ -168,6 +177,9 @@ class HTTPEndpoint:
             await _respond(send, attached[0], attached[1])
             return
         reader = attached[2]
+        held_open = scope.get("extensions", {}).get(HELD_OPEN)
+        if held_open is not None:
+            held_open()  # the session holds admission's place; this connection leaves the pending
         hold = self.settings.http_poll_seconds if poll else self.settings.http_keepalive_seconds
         await send({"type": "http.response.start", "status": 200, "headers": _RECORDS})
         start = received
@@ -181,8 +193,9 @@ class HTTPEndpoint:
                 if fetched[0] != 200:
                     break
                 _status, body, start, last = fetched
-                if body:
-                    await _send_part(send, body)
+                if body or poll:
+                    # A poll that a newer reader ended still answers something.
+                    await _send_part(send, body or KEEPALIVE_RECORD)
                 if last or poll:
                     break
             tasks.cancel_scope.cancel()
@@ -202,12 +215,23 @@ class HTTPEndpoint:
         body = msgpack.packb([operation, *args])
         try:
             reply = await self.hub.broker.request(node, REQUEST_KIND, body, timeout)
+        except NodeUnreachable:
+            if not await self._serving(node):
+                return [404, b"unknown session (its node is gone)"]
+            return [503, b"the node holding this session cannot be reached now"]
         except BrokerUnavailable:
             return [503, b"the node holding this session cannot be reached now"]
         except RequestFailed:
             return [503, b"the node holding this session could not answer"]
         result: Result = msgpack.unpackb(reply)
         return result
+
+    async def _serving(self, node: str) -> bool:
+        """Whether ``node`` serves the cluster (True when the broker cannot tell now)."""
+        try:
+            return node in await self.hub.broker.serving_nodes()
+        except BrokerUnavailable:
+            return True
 
     async def _serve_forwarded(self, body: bytes) -> bytes:
         operation, *args = msgpack.unpackb(body)
