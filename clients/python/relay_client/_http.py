@@ -38,7 +38,7 @@ import httpx
 import msgpack
 
 from ._options import Options
-from ._records import BadRecord, Kind, Record, RecordReader, encode
+from ._records import RECORD_HEADER, BadRecord, Kind, Record, RecordReader, encode
 from ._socket import DROPPED, SocketClosed, TransportName
 from .errors import RelayUnavailable
 
@@ -49,8 +49,8 @@ FIRST_RECORD_SECONDS = 3.0
 proxy: the session turns to long-poll (docs/protocol-http.md, *Proxies*)."""
 
 BATCH_BYTES = 256 * 1024
-"""The most a batch carries (one envelope more if the first is larger), well under
-the relay's default ``http_body_bytes`` (1 MiB)."""
+"""The most a batch carries (records included), unless the relay's ``body_bytes``
+is smaller."""
 
 QUEUED_BYTES = 1024 * 1024
 """What :meth:`HttpSocket.send` queues before it waits for the uplink, as a
@@ -75,6 +75,7 @@ class _Session:
     keepalive_seconds: float
     poll_seconds: float
     idle_seconds: float
+    body_bytes: int
 
 
 class _Retry(Exception):
@@ -332,12 +333,13 @@ class HttpSocket:
     async def _uplink(self) -> None:
         while True:
             await self._has_frames.wait()
+            bound = min(BATCH_BYTES, self._session.body_bytes)
             batch = [self._queued.popleft()]
-            size = len(batch[0])
-            while self._queued and size + len(self._queued[0]) <= BATCH_BYTES:
-                size += len(self._queued[0])
+            size = RECORD_HEADER + len(batch[0])
+            while self._queued and size + RECORD_HEADER + len(self._queued[0]) <= bound:
+                size += RECORD_HEADER + len(self._queued[0])
                 batch.append(self._queued.popleft())
-            self._queued_bytes -= size
+            self._queued_bytes -= size - RECORD_HEADER * len(batch)
             if not self._queued:
                 self._has_frames.clear()
             if self._queued_bytes < QUEUED_BYTES:
@@ -477,6 +479,7 @@ async def _open(client: httpx.AsyncClient, url: str) -> _Session:
             keepalive_seconds=float(fields["keepalive_seconds"]),
             poll_seconds=float(fields["poll_seconds"]),
             idle_seconds=float(fields["idle_seconds"]),
+            body_bytes=int(fields["body_bytes"]),
         )
     except Exception:
         raise RelayUnavailable(f"relay at {url} answered open with something unexpected") from None

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 _HEADER = struct.Struct(">BI")
+RECORD_HEADER = _HEADER.size
+"""The bytes a record adds to its payload."""
 
 
 class Kind(IntEnum):

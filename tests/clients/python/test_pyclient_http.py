@@ -95,6 +95,22 @@ async def test_many_sends_keep_their_order_across_batches(relay: RunningRelay) -
         assert got == [*range(200), "end"]
 
 
+async def test_sends_over_a_batch_s_bound_are_split_in_order(
+    relay: RunningRelay, http_proxy_factory: HttpProxyFactory
+) -> None:
+    proxy = await http_proxy_factory(relay)
+    async with (
+        relay_client.connect(relay.url, id="alice") as alice,
+        relay_client.connect(proxy.url(), id="bob", pace=False, **HTTP) as bob,
+    ):
+        for n in range(30):  # 30 x 30 kB: more than 3 batches of 256 KiB
+            await bob.send("alice", bytes([n]) * 30_000, ack=False)
+        await bob.send("alice", "end")
+        got = [(await recv(alice)).data for _ in range(31)]
+        assert got == [bytes([n]) * 30_000 for n in range(30)] + ["end"]
+        assert proxy.count("send") >= 5  # hello, >= 4 for the burst
+
+
 async def test_a_cut_stream_is_reopened_and_nothing_is_lost(
     relay: RunningRelay, http_proxy_factory: HttpProxyFactory
 ) -> None:
@@ -286,11 +302,12 @@ async def test_a_black_holed_session_is_lost_after_the_idle_time_and_resumed(
         assert (await recv(bob)).data == "after the black hole"
 
 
+@pytest.mark.parametrize("node_id", [(), ("--node-id", "same")], ids=["new-id", "same-id"])
 async def test_a_restarted_relay_answers_404_and_the_peer_starts_afresh(
-    relay_process: Callable[..., Awaitable[RelayProcess]],
+    relay_process: Callable[..., Awaitable[RelayProcess]], node_id: tuple[str, ...]
 ) -> None:
-    # The same node id: the secret names this node, which no longer knows it.
-    relay = await relay_process("--node-id", "restarted")
+    # A new node id: the session's node is gone; the same: the node no longer knows it.
+    relay = await relay_process(*node_id)
     async with relay_client.connect(relay.url, id="bob", **HTTP, **FAST) as bob:
         await bob.join("lobby")
         states = States(bob)
