@@ -25,10 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed as WsConnectionClosed
-from websockets.protocol import State as WsState
-
 from ._dispatch import Dispatcher
 from ._handlers import Handlers, Inbox
 from ._handshake import open_session
@@ -37,6 +33,7 @@ from ._options import Options
 from ._pacing import TokenBucket
 from ._reconnect import supervise
 from ._rooms import Rooms
+from ._socket import Socket, SocketClosed, TransportName
 from ._wire import pack
 from .errors import (
     ConnectionClosed,
@@ -50,9 +47,6 @@ from .errors import (
 from .types import State, Welcome
 
 log = logging.getLogger("relay_client")
-
-DRAIN_CODE = 1001
-"""The close code of a draining relay, which did not act on what it left unanswered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +86,8 @@ class Connection:
         # Envelopes received since the latest welcome: a resume tells the
         # relay, which replays whatever the dead socket never delivered.
         self._received = 0
-        self.socket: ClientConnection | None = None  # the current socket, even while restoring
-        self._live: ClientConnection | None = None  # set only when fully online
+        self.socket: Socket | None = None  # the current socket, even while restoring
+        self._live: Socket | None = None  # set only when fully online
         self._runner: asyncio.Task[None] | None = None
         self.outbox: deque[Outgoing] = deque()
         self._write_lock = asyncio.Lock()
@@ -103,6 +97,13 @@ class Connection:
     def started(self) -> bool:
         """Whether :meth:`open` succeeded once (the link is kept up, or was)."""
         return self._runner is not None
+
+    @property
+    def transport(self) -> TransportName | None:
+        """The transport of the link while connected, else ``None``."""
+        if self.state is State.CONNECTED and self.socket is not None:
+            return self.socket.transport
+        return None
 
     @property
     def id(self) -> str | None:
@@ -128,7 +129,7 @@ class Connection:
         self.set_state(State.CONNECTED)
         self._runner = asyncio.create_task(supervise(self, conn), name=f"relay-peer-{self.id}")
 
-    async def dial(self) -> ClientConnection:
+    async def dial(self) -> Socket:
         """Open a socket and register on it, resuming the latest session if any."""
         resume = self.welcome.resume if self.welcome else self.options.resume
         conn, welcome = await open_session(
@@ -141,9 +142,10 @@ class Connection:
         if not welcome.resumed:
             self._rooms.forget_members()
         log.info(
-            "relay %s: registered as %r (node %s, resumed=%s)",
+            "relay %s: registered as %r over %s (node %s, resumed=%s)",
             self.options.url,
             welcome.id,
+            conn.transport,
             welcome.node,
             welcome.resumed,
         )
@@ -183,11 +185,11 @@ class Connection:
         async with self._write_lock:
             self.check_open()
             conn = self._live
-            live = conn is not None and not self.outbox and conn.state is WsState.OPEN
+            live = conn is not None and not self.outbox and conn.open
             if live:
                 await self._bucket.take()
                 self.check_open()
-                live = conn is self._live and conn is not None and conn.state is WsState.OPEN
+                live = conn is self._live and conn is not None and conn.open
             if live and conn is not None:
                 await self._transmit(conn, out)
             else:
@@ -215,7 +217,7 @@ class Connection:
         envelope = {"type": "ping", "id": self._inflight.next_id()}
         pending = Pending(new_future(), "ping", envelope)
         self._inflight.expect(pending)
-        with contextlib.suppress(WsConnectionClosed):
+        with contextlib.suppress(SocketClosed):
             await conn.send(pack(envelope))
         try:
             async with asyncio.timeout(timeout):
@@ -235,14 +237,14 @@ class Connection:
             )
         return frame
 
-    async def _transmit(self, conn: ClientConnection, out: Outgoing) -> None:
+    async def _transmit(self, conn: Socket, out: Outgoing) -> None:
         """Write one frame; one with an ``id`` waits for its answer from now on
         (see :meth:`lose_inflight` for what happens if the socket ends first)."""
         if out.pending is not None:
             self._inflight.expect(out.pending)
         try:
             await conn.send(out.frame)
-        except WsConnectionClosed:
+        except SocketClosed:
             if out.pending is None:
                 log.debug("fire-and-forget %s lost with the socket", out.envelope["type"])
 
@@ -250,7 +252,7 @@ class Connection:
     # One socket's session
     # ------------------------------------------------------------------ #
 
-    async def serve(self, conn: ClientConnection, *, restore: bool) -> SocketEnd:
+    async def serve(self, conn: Socket, *, restore: bool) -> SocketEnd:
         """Restore the session on ``conn``, then read until it closes; say how it ended."""
         self.socket = conn
         reader = asyncio.create_task(self._read(conn))
@@ -268,51 +270,46 @@ class Connection:
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
 
-    async def _read(self, conn: ClientConnection) -> SocketEnd:
-        try:
-            async for frame in conn:
-                if isinstance(frame, bytes):
-                    self._received += 1
-                    self._dispatcher.receive(frame)
-                else:
-                    log.warning("ignoring a text frame from the relay")
-        except WsConnectionClosed:
-            pass
-        code = conn.close_code or 1006
-        # Only a close the relay began is its drain; every frame before it was read above.
-        drained = code == DRAIN_CODE and conn.protocol.close_rcvd_then_sent is True
-        return SocketEnd(code, conn.close_reason or "", drained)
+    async def _read(self, conn: Socket) -> SocketEnd:
+        async for frame in conn.frames():
+            if isinstance(frame, bytes):
+                self._received += 1
+                self._dispatcher.receive(frame)
+            else:
+                log.warning("ignoring a text frame from the relay")
+        # Every frame before the close was read above.
+        return SocketEnd(conn.close_code, conn.close_reason, conn.drained)
 
-    async def _restore(self, conn: ClientConnection, *, restore: bool) -> None:
+    async def _restore(self, conn: Socket, *, restore: bool) -> None:
         """Rejoin rooms if the relay did not keep them, send again what a drain left
         unanswered, flush the offline buffer, go live."""
         if restore and self.welcome is not None and not self.welcome.resumed:
             self._inflight.drop_rejoins()
             await self._rejoin(conn)
         await self._send_again(conn)
-        while self.outbox and conn.state is WsState.OPEN:
+        while self.outbox and conn.open:
             first = self.outbox[0].pending
             if first is not None and first.future.done():
                 self.outbox.popleft()  # its caller gave up
                 continue
             await self._bucket.take()  # before popping: a cancelled flush loses nothing
-            if not self.outbox or conn.state is not WsState.OPEN:
+            if not self.outbox or not conn.open:
                 break
             await self._transmit(conn, self.outbox.popleft())
-        if conn.state is WsState.OPEN and not self.closing:
+        if conn.open and not self.closing:
             self._live = conn
             self.set_state(State.CONNECTED)
 
-    async def _send_again(self, conn: ClientConnection) -> None:
+    async def _send_again(self, conn: Socket) -> None:
         """Send the requests a drain left unanswered, in order, each with a new ``id``
         (an answer meant for the old one can then never be taken for its answer)."""
         resend = self._inflight.resend
-        while resend and conn.state is WsState.OPEN:
+        while resend and conn.open:
             if resend[0].future.done():
                 resend.popleft()  # its caller gave up
                 continue
             await self._bucket.take()  # before popping: a cancelled restore loses nothing
-            if not resend or conn.state is not WsState.OPEN:
+            if not resend or not conn.open:
                 break
             pending = resend.popleft()
             if pending.future.done():
@@ -326,7 +323,7 @@ class Connection:
                 continue
             await self._transmit(conn, Outgoing(envelope, frame, pending))
 
-    async def _rejoin(self, conn: ClientConnection) -> None:
+    async def _rejoin(self, conn: Socket) -> None:
         """Join the remembered rooms again and wait for the relay's answers, so
         that buffered publishes and the CONNECTED state come after them."""
         futures: list[asyncio.Future[Any]] = []

@@ -18,9 +18,8 @@ import logging
 import random
 from typing import TYPE_CHECKING
 
-from websockets.asyncio.client import ClientConnection
-
 from ._handshake import closed_error
+from ._socket import Socket
 from .errors import (
     ConnectionClosed,
     ProtocolError,
@@ -39,7 +38,7 @@ log = logging.getLogger("relay_client")
 _TRANSIENT_CODES = frozenset({"overloaded", "internal", "rate-limited"})
 
 
-async def supervise(link: Connection, conn: ClientConnection) -> None:
+async def supervise(link: Connection, conn: Socket) -> None:
     """Serve ``conn``, then each socket after it, until the peer is closed for good."""
     restore = False  # the first session has nothing to restore
     try:
@@ -66,7 +65,7 @@ async def supervise(link: Connection, conn: ClientConnection) -> None:
             await link.socket.close()
 
 
-async def _redial(link: Connection) -> ClientConnection | None:
+async def _redial(link: Connection) -> Socket | None:
     """Dial until registered again; ``None`` when the peer closed meanwhile."""
     link.set_state(State.RECONNECTING)
     options = link.options

@@ -9,7 +9,8 @@
     relay-peer shell --id alice                     # interactive prompt
 
 ``--url`` defaults to ``$RELAY_URL``, else ``ws://127.0.0.1:8080/v1/ws``;
-``--token`` to ``$RELAY_TOKEN``. Options may come anywhere among the
+``--token`` to ``$RELAY_TOKEN``; ``--transport http`` talks over the HTTP
+transport only (the default tries the WebSocket, then HTTP). Options may come anywhere among the
 arguments. Exit status: 0 done, 1 a runtime failure (relay unreachable,
 refused, closed, a request failed), 2 a usage error, 130 interrupted, 143
 terminated (SIGTERM ends the session as cleanly as Ctrl-C).
@@ -30,6 +31,7 @@ from typing import Any
 import click
 import msgpack
 
+from ._options import TRANSPORTS
 from .errors import RelayError
 from .peer import DEFAULT_URL, Peer, connect
 from .types import Ack, Message, Presence, State
@@ -149,10 +151,16 @@ class _Link:
     token: str | None
     id: str | None
     timeout: float
+    transports: tuple[str, ...]
 
     def connect(self, *, reconnect: bool = True) -> Any:
         return connect(
-            self.url, id=self.id, token=self.token, reconnect=reconnect, open_timeout=self.timeout
+            self.url,
+            id=self.id,
+            token=self.token,
+            reconnect=reconnect,
+            open_timeout=self.timeout,
+            transports=self.transports or TRANSPORTS,
         )
 
 
@@ -390,6 +398,11 @@ def _link_options(command: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True, help="Connect timeout, seconds.",
         ),
         click.option("-v", "--verbose", is_flag=True, help="Log what the client does."),
+        click.option(
+            "--transport", "transports", type=click.Choice(TRANSPORTS), multiple=True,
+            help="websocket or http; repeated, the order to try them in "
+            "[default: websocket, then http].",
+        ),
     ]  # fmt: skip
     for option in reversed(options):
         command = option(command)
@@ -408,11 +421,18 @@ def _payload_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _link(url: str, token: str | None, peer_id: str | None, timeout: float, verbose: bool) -> _Link:
+def _link(
+    url: str,
+    token: str | None,
+    peer_id: str | None,
+    timeout: float,
+    verbose: bool,
+    transports: tuple[str, ...],
+) -> _Link:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.CRITICAL, format=f"{PROG}: %(message)s"
     )
-    return _Link(url, token, peer_id, timeout)
+    return _Link(url, token, peer_id, timeout, transports)
 
 
 def _parse_payload(text: str, as_json: bool, as_hex: bool) -> Any:
@@ -450,10 +470,13 @@ def cli() -> None:
 @click.option("-n", "--count", type=click.IntRange(min=0), default=0, help="Exit after N messages.")
 def listen(
     url: str, token: str | None, peer_id: str | None, timeout: float, verbose: bool,
+    transports: tuple[str, ...],
     rooms: tuple[str, ...], presence: bool, count: int,
 ) -> int:  # fmt: skip
     """Print the messages that arrive (reconnects on its own)."""
-    return _run(_listen(_link(url, token, peer_id, timeout, verbose), rooms, presence, count))
+    return _run(
+        _listen(_link(url, token, peer_id, timeout, verbose, transports), rooms, presence, count)
+    )
 
 
 @cli.command(epilog=EXIT_STATUS, short_help="Send a message to peers, or publish it to a room.")
@@ -463,6 +486,7 @@ def listen(
 @click.argument("words", nargs=-1, required=True, metavar="TO... MESSAGE")
 def send(
     url: str, token: str | None, peer_id: str | None, timeout: float, verbose: bool,
+    transports: tuple[str, ...],
     as_json: bool, as_hex: bool, ev: str | None, room: str | None, words: tuple[str, ...],
 ) -> int:  # fmt: skip
     """Send MESSAGE to one or several peers, or with --room publish it to ROOM.
@@ -484,7 +508,7 @@ def send(
             return peer.publish(room, data, ev=ev, echo=False)
         return peer.send(to, data, ev=ev)
 
-    return _run(_deliver(_link(url, token, peer_id, timeout, verbose), deliver))
+    return _run(_deliver(_link(url, token, peer_id, timeout, verbose, transports), deliver))
 
 
 @cli.command(epilog=EXIT_STATUS)
@@ -498,18 +522,28 @@ def send(
 @click.argument("message", required=False, metavar="[MESSAGE]")
 def request(
     url: str, token: str | None, peer_id: str | None, timeout: float, verbose: bool,
+    transports: tuple[str, ...],
     as_json: bool, as_hex: bool, ev: str | None, wait: float, target: str, message: str | None,
 ) -> int:  # fmt: skip
     """Send a request to peer TO and print its reply."""
     data = _parse_payload(message, as_json, as_hex) if message else None
-    return _run(_request(_link(url, token, peer_id, timeout, verbose), target, data, ev, wait))
+    return _run(
+        _request(_link(url, token, peer_id, timeout, verbose, transports), target, data, ev, wait)
+    )
 
 
 @cli.command(epilog=EXIT_STATUS)
 @_link_options
-def shell(url: str, token: str | None, peer_id: str | None, timeout: float, verbose: bool) -> int:
+def shell(
+    url: str,
+    token: str | None,
+    peer_id: str | None,
+    timeout: float,
+    verbose: bool,
+    transports: tuple[str, ...],
+) -> int:
     """Interactive prompt (type help for its commands)."""
-    return _run(_shell(_link(url, token, peer_id, timeout, verbose)))
+    return _run(_shell(_link(url, token, peer_id, timeout, verbose, transports)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,9 @@ concern each (as ``websockets`` keeps its connection apart from its protocol):
 * ``_connection``: the state machine, the socket in use, reading and the
   write path (pacing, offline buffer, ``max_frame_bytes``);
 * ``_reconnect``: what follows a socket's end (backoff, retry policy, resume);
-* ``_handshake``: one WebSocket handshake, ``hello`` and ``welcome``;
+* ``_handshake``: opening one link (the transports in order), ``hello`` and ``welcome``;
+* ``_socket``, ``_http``, ``_records``: a link whatever its transport, the
+  HTTP transport, its records;
 * ``_dispatch``: where each envelope from the relay goes;
 * ``_inflight``: what waits for an answer (``ok``/``err``/``pong``, replies,
   queued sends);
@@ -36,8 +38,9 @@ from ._handlers import (
     UndeliveredHandler,
 )
 from ._inflight import InFlight
-from ._options import Options, TokenSource
+from ._options import TRANSPORTS, Options, TokenSource
 from ._rooms import Rooms
+from ._socket import TransportName
 from ._wire import ERROR_EV
 from .errors import ConnectionLost, RelayError, RequestTimeout
 from .types import Ack, Message, State, Welcome
@@ -60,6 +63,10 @@ class Peer:
     meanwhile, in order. A terminal close (1000 from the relay, 1003, 1008,
     1009, 4500-4999) ends it: every pending and later operation raises
     :class:`ConnectionClosed`.
+
+    Where the WebSocket cannot open, the link is an HTTP session instead
+    (``transports`` in :func:`connect`, :attr:`transport`), with the same API
+    and guarantees.
 
     Incoming messages go, in this order of preference, to a pending
     :meth:`request` (replies), a handler registered with :meth:`on_request`
@@ -88,6 +95,9 @@ class Peer:
         close_timeout: float | None = 5.0,
         max_size: int | None = 2**24,
         ssl: SSLContext | None = None,
+        transports: Sequence[str] = TRANSPORTS,
+        http_url: str | None = None,
+        fallback_timeout: float = 5.0,
     ) -> None:
         """See :func:`connect` for the meaning of the arguments."""
         self.url = url
@@ -101,6 +111,7 @@ class Peer:
             buffer_size=buffer_size, inbox_size=inbox_size, request_timeout=request_timeout,
             open_timeout=open_timeout, ping_interval=ping_interval, ping_timeout=ping_timeout,
             close_timeout=close_timeout, max_size=max_size, ssl=ssl,
+            transports=tuple(transports), http_url=http_url, fallback_timeout=fallback_timeout,
         )  # fmt: skip
         self._link = Connection(
             options,
@@ -129,6 +140,14 @@ class Peer:
     def state(self) -> State:
         """The connection state."""
         return self._link.state
+
+    @property
+    def transport(self) -> TransportName | None:
+        """Which transport carries the session while connected: ``"websocket"``
+        or ``"http"`` (the fallback, see ``transports`` in :func:`connect`);
+        ``None`` while not connected (before :meth:`open`, while reconnecting,
+        once closed). Each reconnect tries the WebSocket first again."""
+        return self._link.transport
 
     @property
     def connected(self) -> bool:
@@ -551,6 +570,9 @@ def connect(
     close_timeout: float | None = 5.0,
     max_size: int | None = 2**24,
     ssl: SSLContext | None = None,
+    transports: Sequence[str] = TRANSPORTS,
+    http_url: str | None = None,
+    fallback_timeout: float = 5.0,
 ) -> _Connector:
     """Connect to the relay at ``url`` as peer ``id``.
 
@@ -589,6 +611,17 @@ def connect(
         ssl: the TLS context for ``wss://`` URLs, e.g. one trusting a private
             CA (``ssl.create_default_context(cafile=...)``); the default
             context (the system's CAs) when ``None``.
+        transports: the transports to try, in order, on every (re)connect:
+            ``"websocket"`` and ``"http"`` (protocol v1 over HTTP requests,
+            docs/protocol-http.md). The next one is tried only when the one
+            before never opened (upgrade refused, closed before it opened, no
+            open within ``fallback_timeout``); :attr:`Peer.transport` says
+            which one is in use.
+        http_url: where the HTTP transport is; ``None`` derives it from
+            ``url`` (``ws://h/v1/ws`` -> ``http://h/v1/http``, ``wss`` ->
+            ``https``).
+        fallback_timeout: seconds the WebSocket has to open before the next
+            transport is tried (when there is one).
 
     Raises:
         RelayUnavailable: the relay cannot be reached.
@@ -616,5 +649,8 @@ def connect(
             close_timeout=close_timeout,
             max_size=max_size,
             ssl=ssl,
+            transports=transports,
+            http_url=http_url,
+            fallback_timeout=fallback_timeout,
         )
     )

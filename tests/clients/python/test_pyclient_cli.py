@@ -214,6 +214,20 @@ async def test_request_command_prints_the_reply(relay: RunningRelay) -> None:
 
 
 @pytest.mark.anyio
+async def test_transport_option_picks_the_http_transport(relay: RunningRelay) -> None:
+    async with relay_client.connect(relay.url, id="bob") as bob:
+        bob.on_request("echo", lambda msg: {"echo": msg.data})
+        code, stdout, stderr = await run(
+            "request", "--url", relay.url, "--id", "alice", "bob", "hi", "--ev", "echo",
+            "--transport", "http", "-v",
+        )  # fmt: skip
+    assert (code, stdout) == (0, '{"echo": "hi"}\n')
+    assert "registered as 'alice' over http" in stderr
+    code, _, stderr = await run("send", "--url", relay.url, "--transport", "pigeon", "bob", "x")
+    assert code == 2 and "'pigeon' is not one of 'websocket', 'http'" in stderr
+
+
+@pytest.mark.anyio
 async def test_shell_runs_commands_from_stdin(relay: RunningRelay) -> None:
     async with relay_client.connect(relay.url, id="bob") as bob:
         await bob.join("lobby")
