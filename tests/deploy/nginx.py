@@ -63,16 +63,14 @@ server {{
     }}
 }}
 """,
-    # Plain round-robin over the nodes, no stickiness; kept-alive upstream
-    # connections, so consecutive requests of one client need not share one.
+    # Plain round-robin over the nodes, request by request, no stickiness.
     "round-robin": """
-upstream relays {{ {servers} keepalive 8; }}
+upstream relays {{ {servers} }}
 server {{
     listen 127.0.0.1:{port};
     location / {{
         proxy_pass http://relays;
         proxy_http_version 1.1;
-        proxy_set_header Connection "";
         proxy_buffering off;
         proxy_read_timeout 3600s;
     }}
