@@ -14,7 +14,8 @@ async def streaming(
 ) -> tuple[HTTPPeer, StreamReader]:
     """An HTTP session at ``base`` (…/v1/http), registered as ``peer_id``, its stream read."""
     peer = HTTPPeer(client, base)
-    assert (await peer.open()).status_code == 200
+    opened = await peer.open()
+    assert opened.status_code == 200, f"{peer_id}: {opened.status_code} {opened.text}"
     reader = StreamReader(peer)
     tasks.start_soon(reader.run)
     assert (await peer.send({"type": "hello", "id": peer_id})).status_code == 204
