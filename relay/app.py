@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay import admin, api, ice
 from relay.broker import Broker, create_broker
@@ -19,12 +21,42 @@ from relay.metrics import Metrics
 from relay.operator import Operator
 from relay.peerjs.endpoint import PeerJSEndpoint
 from relay.proxy import Outbound, ProxyDecider, RpcCaller
-from relay.settings import Settings
+from relay.settings import Settings, split_host_port
 from relay.webhook_ledger import ledger_for
 from relay.webhooks import Webhooks
 from relay.ws import RelayEndpoint, unknown_path
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+class RelayApp(Starlette):
+    """Starlette, but the peers' WebSocket path goes straight to its endpoint.
+
+    A reconnect storm is thousands of handshakes a second, and each would
+    otherwise cross Starlette's middleware and try the router's routes in
+    turn; the endpoint checks the handshake itself and needs neither.
+    Sockets on the admin listener (``admin_port``) still take the routes,
+    which serve that listener nothing but the admin page.
+    """
+
+    def __init__(
+        self, ws_path: str, ws_endpoint: ASGIApp, admin_port: int | None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self._ws_path = ws_path
+        self._ws_endpoint = ws_endpoint
+        self._admin_port = admin_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "websocket"
+            and scope["path"] == self._ws_path
+            and (self._admin_port is None or scope["server"][1] != self._admin_port)
+        ):
+            scope["app"] = self
+            await self._ws_endpoint(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None, *, broker: Broker | None = None) -> Starlette:
@@ -34,7 +66,8 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     put several nodes on one in-memory cluster). The hub is ``app.state.hub``, its
     operator commands ``app.state.operator``, its webhooks (None without a URL)
     ``app.state.webhooks``, its admin page's views (None when off) ``app.state.admin``, its HTTP
-    transport (None when off) ``app.state.http``.
+    transport (None when off) ``app.state.http``, its WebSocket endpoint
+    ``app.state.relay_endpoint``.
     A proxy URL (``relay.proxy``) makes the hub's decider and, for RPC, its backend.
     """
     settings = settings or Settings()
@@ -78,6 +111,8 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
     http = HTTPEndpoint(hub, relay_endpoint.gate) if settings.http_path else None
     admin_routes, admin_views = admin.routes(settings, hub, operator, relay_endpoint.admission)
     routes = [
+        # First: 404 unless the page is on; with admin_listen, all that listener serves.
+        *admin_routes,
         WebSocketRoute(settings.path, relay_endpoint),
         Route("/healthz", api.healthz),
         Route("/readyz", api.readyz),
@@ -91,7 +126,6 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         ),
         *(peerjs.routes() if peerjs is not None else ()),
         *(http.routes() if http is not None else ()),
-        *admin_routes,  # before the demo's files: 404 unless admin_password is set
         WebSocketRoute("/{path:path}", unknown_path),
         # The demo, and /client.js for pages of the allowed Origins to import.
         Mount(
@@ -101,11 +135,13 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
             ),
         ),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    admin_port = split_host_port(settings.admin_listen)[1] if settings.admin_listen else None
+    app = RelayApp(settings.path, relay_endpoint, admin_port, routes=routes, lifespan=lifespan)
     app.state.hub = hub
     app.state.operator = operator
     app.state.webhooks = webhooks
     app.state.admin = admin_views
     app.state.http = http
+    app.state.relay_endpoint = relay_endpoint
     app.state.api_access = api.APIAccess(settings)
     return app

@@ -29,9 +29,9 @@ from relay import __version__
 from relay.app import create_app
 from relay.auth import load_verifier
 from relay.fdlimit import fit_open_files
-from relay.listen import ListenError, bind, resolve
+from relay.listen import ListenError, bind, bind_admin, resolve
 from relay.server import RelayServer, uvicorn_config
-from relay.settings import SettingError, Settings, describe, is_secret, parse
+from relay.settings import SettingError, Settings, describe, is_secret, parse, split_host_port
 
 log = logging.getLogger("relay")
 
@@ -213,7 +213,7 @@ def serve(ctx: click.Context, /, **values: Any) -> None:
     settings = settings_from(ctx, values)
     if (too_few_files := fit_open_files(settings)) is not None:
         raise BadSetting(too_few_files)
-    sockets = listening_sockets(ctx, settings)
+    sockets, settings = listening_sockets(ctx, settings)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -247,12 +247,28 @@ def _unservable(ctx: click.Context, settings: Settings, exc: ListenError) -> Bad
     return BadSetting(f"{_where(ctx, exc.name, getattr(settings, exc.name))}: {exc.problem}")
 
 
-def listening_sockets(ctx: click.Context, settings: Settings) -> list[socket.socket]:
-    """The sockets ``serve`` listens on, bound now; ``BadSetting`` when they cannot be."""
+def listening_sockets(
+    ctx: click.Context, settings: Settings
+) -> tuple[list[socket.socket], Settings]:
+    """The sockets ``serve`` listens on, bound now; ``BadSetting`` when they cannot be.
+
+    With ``admin_listen`` its sockets come last, and the settings returned
+    name its port as bound (a port 0 picked one), for the app to tell the
+    listeners apart (the workers' apps too).
+    """
     try:
-        return bind(settings.host, settings.port)
+        sockets = bind(settings.host, settings.port)
     except ListenError as exc:
         raise _unservable(ctx, settings, exc) from None
+    if not settings.admin_listen:
+        return sockets, settings
+    try:
+        admin, address = bind_admin(settings.admin_listen, sockets)
+    except ListenError as exc:
+        for sock in sockets:
+            sock.close()
+        raise _unservable(ctx, settings, exc) from None
+    return [*sockets, *admin], settings.replace(admin_listen=address)
 
 
 # RELAY_* variables that are not settings but are expected in a relay's
@@ -321,6 +337,12 @@ def check(ctx: click.Context, /, **values: Any) -> None:
     settings = settings_from(ctx, values)
     try:
         addresses = [address for _, address in resolve(settings.host, settings.port)]
+        if settings.admin_listen:
+            admin_host, admin_port = split_host_port(settings.admin_listen)
+            try:
+                resolve(admin_host, admin_port)
+            except ListenError as exc:
+                raise ListenError("admin_listen", exc.problem) from None
     except ListenError as exc:
         raise _unservable(ctx, settings, exc) from None
     for warning in _stray_variables():
@@ -334,7 +356,8 @@ def check(ctx: click.Context, /, **values: Any) -> None:
         click.echo(line.rstrip())
     port = settings.port or "a free port"
     where = ", ".join(f"[{a}]" if ":" in a else a for a in addresses)
-    click.echo(f"The settings are valid: relay serve would listen on {where}, port {port}.")
+    admin = f"; /admin only on {settings.admin_listen}" if settings.admin_listen else ""
+    click.echo(f"The settings are valid: relay serve would listen on {where}, port {port}{admin}.")
 
 
 @main.command("config")

@@ -149,6 +149,9 @@ class _Refused(Exception):
         self.message = message
 
 
+# The scope extension an app calls to hold a response open out of the pending counts.
+HELD_OPEN: Final = "relay.held_open"
+
 # ``_Pending.admit``'s answer for a connection that waits for a place.
 _WAIT: Final = _Refused(503, "the node is busy, try again later")
 
@@ -251,6 +254,7 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         self._refusal: _Refused | None = None  # raised from a callback
         self._waiting = False  # in ``_Pending.waiting``, unread, for a place
         self._answer_later: _Refused | None = None  # once the request before is answered
+        self._held_open = False  # its response is held open, out of the pending counts
 
     # --- asyncio.Protocol -----------------------------------------------------------
 
@@ -415,6 +419,10 @@ class RelayHTTPProtocol(HttpToolsProtocol):
             self._refusal = _Refused(431, _HEAD_TOO_LARGE)
             raise self._refusal
         self._in_head = False
+        if not self.parser.should_upgrade():
+            # Not on an upgrade: the bound method would keep this protocol alive after it.
+            scope: dict[str, Any] = self.scope  # type: ignore[assignment]
+            scope.setdefault("extensions", {})[HELD_OPEN] = self._hold_open
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -426,8 +434,26 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_message_complete()
 
+    def _hold_open(self) -> None:
+        """The app holds this response open (an HTTP-transport stream or poll).
+
+        The connection then leaves the pending counts until the response
+        completes, as an upgraded one does: the session it serves counts
+        toward admission's caps instead, and many clients behind one address
+        (an office's proxy) are not refused for holding streams.
+        """
+        if self._counted:
+            self._release()
+            self._held_open = True
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
+        if self._held_open:
+            self._held_open = False
+            if self._pending.admit(self._ip) is not None:
+                self.transport.close()  # no place to wait for a next request: the client reconnects
+                return
+            self._counted = True
         if self._answer_later is not None and not self.transport.is_closing():
             self._refuse(self._answer_later.status, self._answer_later.message)
         if not self.transport.is_closing():

@@ -11,12 +11,14 @@ from __future__ import annotations
 import errno
 import socket
 
+from relay.settings import split_host_port
+
 # uvicorn's default listen backlog.
 BACKLOG = 2048
 
 
 class ListenError(Exception):
-    """Setting ``name`` (``host`` or ``port``) cannot be served: ``problem`` says why."""
+    """Setting ``name`` (``host``, ``port``, ``admin_listen``) cannot be served, ``problem`` why."""
 
     def __init__(self, name: str, problem: str) -> None:
         super().__init__(f"{name}: {problem}")
@@ -69,6 +71,26 @@ def bind(host: str, port: int, backlog: int = BACKLOG) -> list[socket.socket]:
             sock.close()
         raise
     return sockets
+
+
+def bind_admin(address: str, taken: list[socket.socket]) -> tuple[list[socket.socket], str]:
+    """The admin listener's sockets (``admin_listen``), and its ``host:port`` as bound.
+
+    The relay tells its listeners apart by their port, so the admin listener's
+    must differ from every port in ``taken`` (the relay's own sockets).
+    """
+    host, port = split_host_port(address)
+    try:
+        sockets = bind(host, port)
+    except ListenError as exc:
+        raise ListenError("admin_listen", exc.problem) from None
+    bound = sockets[0].getsockname()[1]
+    if bound in {sock.getsockname()[1] for sock in taken}:
+        for sock in sockets:
+            sock.close()
+        raise ListenError("admin_listen", f"port {bound} is the relay's own port: give another")
+    shown = f"[{host}]" if ":" in host else host
+    return sockets, f"{shown}:{bound}"
 
 
 def _bind_error(exc: OSError, address: str, port: int) -> ListenError:

@@ -60,6 +60,9 @@ class RelayServer(uvicorn.Server):
         url = f"{scheme}://{shown}:{port}{self.hub.settings.path}"
         if threading.current_thread() is threading.main_thread():
             asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self._reload_keys)
+        if self.hub.settings.admin_listen:  # its sockets are among those served
+            web = "https" if self.config.ssl_keyfile else "http"
+            _say(f"admin page only on {web}://{self.hub.settings.admin_listen}/admin/")
         if self.hub.broker.ready:
             _say(f"relay ready on {url}")
             return

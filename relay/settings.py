@@ -131,6 +131,29 @@ def _is_http_url(text: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and " " not in text
 
 
+def split_host_port(text: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:port`` for IPv6) as its host and port; ValueError if it is not."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or (":" in host and not text.startswith("[")) or not port.isdigit():
+        raise ValueError(f"{text!r} is not host:port")
+    number = int(port)
+    if number > 65535:
+        raise ValueError(f"port {number} is over 65535")
+    return host, number
+
+
+def _is_listen_address(text: str) -> bool:
+    if text == "":
+        return True
+    try:
+        split_host_port(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _ice_url(kind: str) -> Rule:
     """A STUN or TURN URL (RFC 7064, RFC 7065) as ``RTCPeerConnection`` takes it."""
     return Rule(
@@ -431,6 +454,13 @@ class Settings:
     )
     admin_session_seconds: float = _setting(
         900.0, "How long an /admin login lasts (its cookie's lifetime).", _POSITIVE, group="admin"
+    )
+    admin_listen: str = _setting(
+        "",
+        "Serve /admin only on this second listener, host:port such as 127.0.0.1:9090 (404 on "
+        "port); empty: on port.",
+        Rule("empty, or host:port such as 127.0.0.1:9090 ([::1]:9090)", _is_listen_address),
+        group="admin",
     )
 
     # TLS
@@ -895,6 +925,15 @@ class Settings:
                 "admin_jwt", True, "with a public JWT key, admin JWTs need admin_session_secret "
                 "(or admin_password) to sign the session cookies",
             )  # fmt: skip
+        if self.admin_listen and not (self.admin_password or self.admin_jwt):
+            raise SettingError(
+                "admin_listen", self.admin_listen,
+                "an admin listener needs the page on (admin_password or admin_jwt)",
+            )  # fmt: skip
+        if self.admin_listen and 0 < self.port == split_host_port(self.admin_listen)[1]:
+            raise SettingError(
+                "admin_listen", self.admin_listen, f"expected a port other than port ({self.port})"
+            )
         if self.workers > 1 and self.broker == "memory":
             raise SettingError(
                 "workers",

@@ -11,8 +11,17 @@ from contextlib import contextmanager
 
 
 @contextmanager
-def relay_process(*flags: str, port: int = 0) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """Start ``relay serve`` with ``flags``; yields the process and its WebSocket URL."""
+def relay_process(
+    *flags: str,
+    port: int = 0,
+    env: dict[str, str] | None = None,
+    startup: list[str] | None = None,
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """Start ``relay serve`` with ``flags`` (and ``env`` added to the environment).
+
+    Yields the process and its WebSocket URL; the lines it printed up to its
+    ready line are appended to ``startup``.
+    """
     process = subprocess.Popen(
         [
             sys.executable,
@@ -27,12 +36,14 @@ def relay_process(*flags: str, port: int = 0) -> Iterator[tuple[subprocess.Popen
         ],
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
     )
     assert process.stderr is not None
     try:
         url = ""
         for line in process.stderr:
+            if startup is not None:
+                startup.append(line)
             found = re.search(r"relay ready on (ws://\S+)", line)
             if found:
                 url = found.group(1)

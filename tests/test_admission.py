@@ -38,7 +38,7 @@ def xff(value: str) -> dict[str, Any]:
 
 async def released(relay: RunningRelay, total: int) -> None:
     """Wait until the node counts ``total`` sockets again."""
-    endpoint = relay.app.routes[0].app  # the RelayEndpoint
+    endpoint = relay.app.state.relay_endpoint
     with anyio.fail_after(5):
         while endpoint.admission.total != total:  # noqa: ASYNC110 (no event for a release)
             await anyio.sleep(0.01)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -310,3 +311,68 @@ async def test_a_stream_nobody_reads_is_closed_4008_and_its_messages_wait_for_a_
     assert {answer["type"] for answer in answers} == {"ok"}
     await back.close()
     await ws.close()
+
+
+async def test_held_streams_leave_the_pending_connection_counts(
+    relay_factory: RelayFactory,
+) -> None:
+    # Three streams held open on a node that lets two connections wait for a request:
+    # each stream's session counts toward admission's caps, not its connection.
+    relay = await relay_factory(max_pending_connections=2)
+    base = relay.http_url + relay.settings.http_path
+    async with contextlib.AsyncExitStack() as stack, anyio.create_task_group() as tasks:
+        streams = []
+        for n in range(3):
+            # One connection each for the stream, and one for the requests.
+            limits = httpx.Limits(max_connections=2)
+            client = await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=10))
+            peer = HTTPPeer(client, base)
+            assert (await peer.open()).status_code == 200
+            stream = StreamReader(peer)
+            tasks.start_soon(stream.run)
+            assert (await peer.send({"type": "hello", "id": f"p{n}"})).status_code == 204
+            await stream.envelope(type="welcome")
+            streams.append(stream)
+        for stream in streams:
+            stream.scope.cancel()
+
+
+async def test_a_flood_of_polls_holds_one_and_answers_the_rest_at_once(
+    relay: RunningRelay, client: httpx.AsyncClient
+) -> None:
+    alice = HTTPPeer(client, relay.http_url + relay.settings.http_path)
+    await alice.open()
+    await alice.send({"type": "hello", "id": "alice"})
+    await alice.poll()  # the welcome
+    answers: list[list[tuple[int, Any]]] = []
+    all_but_one = anyio.Event()
+
+    async def poll() -> None:
+        answers.append(await alice.poll())
+        if len(answers) == 49:
+            all_but_one.set()
+
+    async with anyio.create_task_group() as tasks:
+        for _ in range(50):
+            tasks.start_soon(poll)
+        with anyio.fail_after(5):  # each new poll ends the one before: 49 come back at once
+            await all_but_one.wait()
+        assert all(answer == [(KEEPALIVE, None)] for answer in answers)
+        await alice.send({"type": "ping", "id": 1})
+    assert answers[-1] == [(ENVELOPE, {"type": "pong", "id": 1})]
+    assert len(relay.app.state.http.sessions) == 1
+
+
+async def test_a_drain_closes_http_sessions_with_1001_after_answering(
+    relay: RunningRelay, client: httpx.AsyncClient
+) -> None:
+    async with anyio.create_task_group() as tasks:
+        alice, stream = await registered(relay, client, tasks, "alice")
+        await alice.send({"type": "ping", "id": 1})
+        tasks.start_soon(relay.hub.drain, 2.0)
+        await stream.envelope(type="pong", id=1)
+        kind, value = await stream.next()
+        assert kind == CLOSE and value["code"] == 1001
+        assert "not acted on" in value["reason"]
+        await alice.ack()
+        assert alice.secret not in relay.app.state.http.sessions

@@ -1,9 +1,10 @@
 """The admin page's questions and commands, for this node and, over the broker, every other.
 
-Each node serves four request kinds (``Broker.serve``): its figures, its
+Each node serves five request kinds (``Broker.serve``): its figures, its
 recent closes and refusals (``Journal``), its peer ids and rooms that start
-with a prefix, and the commands on a peer it holds (inspect, disconnect,
-remove from a room). A question about the cluster asks
+with a prefix, the presence of the peers it holds among a page of a room's
+members, and the commands on a peer it holds (inspect, disconnect, remove
+from a room). A question about the cluster asks
 every serving node at once and reports a node that does not answer in time
 as unreachable, rather than failing the whole answer.
 """
@@ -29,6 +30,7 @@ FIGURES = "admin-figures"
 EVENTS = "admin-events"
 COMMAND = "admin-command"
 SEARCH = "admin-search"
+PRESENCE = "admin-presence"
 MATCHES = 20  # most peer ids, and most rooms, one search answers
 TIMEOUT = 1.0  # seconds a node has to answer the admin page
 DISCONNECT_REASON = "closed by the operator"
@@ -49,6 +51,7 @@ class AdminCluster:
         self.hub.broker.serve(EVENTS, self._answer_events)
         self.hub.broker.serve(COMMAND, self._answer_command)
         self.hub.broker.serve(SEARCH, self._answer_search)
+        self.hub.broker.serve(PRESENCE, self._answer_presence)
 
     def figures(self) -> dict[str, Any]:
         """This node's figures: counts and totals (rates are the page's differences)."""
@@ -66,6 +69,7 @@ class AdminCluster:
             "queued_messages": sum(len(peer.queue) for peer in hub.peers.values() if peer.queue),
             "messages_in": received,
             "messages_out": sent,
+            "refusals": dict(self.journal.refusals_by_code),  # totals by code
             "backplane_up": hub.broker.ready,
             "accepting": hub.accepting,
             "draining": hub.draining,
@@ -89,6 +93,45 @@ class AdminCluster:
 
     async def _answer_search(self, body: bytes) -> bytes:
         return bytes(msgpack.packb(self.matches(body.decode())))
+
+    def presence_here(self, room: str, peer_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Of ``peer_ids``, those this node holds: online or resuming, watching ``room`` or not.
+
+        ``resuming``: the link dropped and the peer waits, rooms and queue
+        kept, for a resume (``seconds_left``). ``watching``: it joined ``room``
+        with presence, so it hears the room's joins and leaves.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        for peer_id in peer_ids:
+            state = self.operator.inspect(peer_id)
+            if state is not None:
+                found[peer_id] = {
+                    "state": "online" if state.connected else "resuming",
+                    "seconds_left": state.resume_seconds_left,
+                    "watching": state.rooms.get(room, False),
+                }
+        return found
+
+    async def _answer_presence(self, body: bytes) -> bytes:
+        room, peer_ids = msgpack.unpackb(body)
+        return bytes(msgpack.packb(self.presence_here(room, peer_ids)))
+
+    async def presence(self, room: str, peer_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Each of ``peer_ids`` (a page of ``room``'s members): its presence and node.
+
+        ``state`` is ``online``, ``resuming`` or ``unknown`` (no node that
+        answered holds it: its node is unreachable, or it just left).
+        """
+        local = self.presence_here(room, peer_ids)
+        answers = await self._ask_all(PRESENCE, local, msgpack.packb([room, peer_ids]))
+        merged: dict[str, dict[str, Any]] = {}
+        for node, held in answers:
+            for peer_id, entry in (held or {}).items():
+                # A peer moving between nodes is held twice for a moment: online wins.
+                if peer_id not in merged or entry["state"] == "online":
+                    merged[peer_id] = {**entry, "node": node}
+        unknown = {"state": "unknown", "seconds_left": None, "watching": None, "node": None}
+        return {peer_id: merged.get(peer_id, unknown) for peer_id in peer_ids}
 
     async def _answer_command(self, body: bytes) -> bytes:
         command, peer_id, room = msgpack.unpackb(body)

@@ -4,8 +4,10 @@ A ``Journal`` is a session observer (``relay.events``): it hears only
 closes and refusals, never a message, so it costs nothing per message. It
 keeps the latest ``RECENT`` events of the node in one ring, and a peer's own
 latest ``PER_PEER`` refusals in a ring made on that peer's first refusal,
-for at most ``PEERS`` peers (the least recently refused forgotten first).
-An event holds an id, a code and a time; never a payload or a message text.
+for at most ``PEERS`` peers (the least recently refused forgotten first),
+and a total of refusals per code (the traffic chart's rates are differences
+of totals, taken when the page asks). An event holds an id, a code and a
+time; never a payload or a message text.
 """
 
 from __future__ import annotations
@@ -29,11 +31,14 @@ class Journal(SessionObserver):
         self._clock = clock
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self._refusals: OrderedDict[str, deque[dict[str, Any]]] = OrderedDict()
+        # Bounded: one entry per error code the relay has (relay.protocol.codes).
+        self.refusals_by_code: dict[str, int] = {}
 
     def refused(self, peer_id: str | None, code: str, message: str) -> None:
         """Note a refusal (a refused ``hello`` included, with ``peer_id`` None when unnamed)."""
         event = {"at": self._clock(), "kind": "refused", "peer": peer_id, "code": code}
         self.recent.append(event)
+        self.refusals_by_code[code] = self.refusals_by_code.get(code, 0) + 1
         if peer_id is None:
             return
         history = self._refusals.get(peer_id)

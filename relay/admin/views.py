@@ -316,7 +316,10 @@ class AdminViews:
         return JSONResponse(state)
 
     async def room(self, request: Request) -> Response:
-        """GET /admin/api/rooms/{room}?offset=&limit=: the room's members, a page at a time."""
+        """GET /admin/api/rooms/{room}?offset=&limit=: the room's members, a page at a time.
+
+        With each member of the page, its presence: online, resuming or unknown.
+        """
         await self._reader(request)
         room = self._room(request.path_params["room"])
         try:
@@ -326,9 +329,9 @@ class AdminViews:
             raise AdminError(400, "bad-request", "offset and limit are integers") from None
         members = sorted(await self.cluster.hub.broker.members(room))
         page = members[offset : offset + limit]
-        return JSONResponse(
-            {"room": room, "count": len(members), "offset": offset, "members": page}
-        )
+        presence = await self.cluster.presence(room, page)
+        body = {"room": room, "count": len(members), "offset": offset, "members": page}
+        return JSONResponse({**body, "presence": presence})
 
     async def search(self, request: Request) -> Response:
         """GET /admin/api/search?q=: peer ids and rooms that start with q (20 of each)."""

@@ -27,7 +27,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from relay.api import BodyTooLarge, read_bounded_body
-from relay.broker.base import BrokerUnavailable, NodeUnreachable, RequestFailed
+from relay.broker.base import (
+    MAX_PENDING_REQUESTS,
+    BrokerUnavailable,
+    NodeUnreachable,
+    RequestFailed,
+)
+from relay.httpserver import HELD_OPEN
 from relay.httptransport.records import (
     KEEPALIVE_RECORD,
     BadRecords,
@@ -42,6 +48,10 @@ from relay.upgrade import DRAINING_RETRY_AFTER, Gate
 log = logging.getLogger("relay.http")
 
 REQUEST_KIND = "http"  # the broker request kind of forwarded operations
+# Streams and polls one node forwards at once. Each holds a node-to-node
+# request while it lasts: half the broker's budget, so that other requests
+# (the admin page's, the operator's) still find room.
+MAX_FORWARDED_READERS = MAX_PENDING_REQUESTS // 2
 HEADERS = ("relay-session", "relay-received", "relay-seq", "content-type")
 _NO_STORE = [(b"cache-control", b"no-store")]
 _RECORDS = [
@@ -61,6 +71,7 @@ class HTTPEndpoint:
         self.settings = hub.settings
         self.gate = gate
         self.sessions: dict[str, HTTPTransport] = {}
+        self.forwarded_readers = 0  # streams and polls held for sessions of other nodes
         self._node_tag = _tag(hub.node_id)
         hub.broker.serve(REQUEST_KIND, self._serve_forwarded)
 
@@ -96,7 +107,7 @@ class HTTPEndpoint:
             await _respond(send, 404, b"unknown session")
             return
         if operation in ("stream", "poll"):
-            await self._read(node, secret, received, operation == "poll", receive, send)
+            await self._read(scope, node, secret, received, operation == "poll", receive, send)
             return
         args: list[Any] = [secret, received]
         if operation == "send":
@@ -153,6 +164,7 @@ class HTTPEndpoint:
             "keepalive_seconds": settings.http_keepalive_seconds,
             "poll_seconds": settings.http_poll_seconds,
             "idle_seconds": settings.http_idle_seconds,
+            "body_bytes": settings.http_body_bytes,
         }
         headers = [(b"content-type", b"application/msgpack")]
         return 200, msgpack.packb(answer), headers
@@ -160,7 +172,34 @@ class HTTPEndpoint:
     # --- reading: streams and polls ---------------------------------------------------
 
     async def _read(
-        self, node: str, secret: str, received: int, poll: bool, receive: Receive, send: Send
+        self,
+        scope: Scope,
+        node: str,
+        secret: str,
+        received: int,
+        poll: bool,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        forwarded = node != self.hub.node_id
+        if forwarded and self.forwarded_readers >= MAX_FORWARDED_READERS:
+            await _respond(send, 503, b"this node forwards as many streams as it may")
+            return
+        self.forwarded_readers += forwarded
+        try:
+            await self._serve_reader(scope, node, secret, received, poll, receive, send)
+        finally:
+            self.forwarded_readers -= forwarded
+
+    async def _serve_reader(
+        self,
+        scope: Scope,
+        node: str,
+        secret: str,
+        received: int,
+        poll: bool,
+        receive: Receive,
+        send: Send,
     ) -> None:
         forward = self.settings.http_forward_seconds
         attached = await self._call(node, "attach", [secret, received], forward)
@@ -168,6 +207,9 @@ class HTTPEndpoint:
             await _respond(send, attached[0], attached[1])
             return
         reader = attached[2]
+        held_open = scope.get("extensions", {}).get(HELD_OPEN)
+        if held_open is not None:
+            held_open()  # the session holds admission's place; this connection leaves the pending
         hold = self.settings.http_poll_seconds if poll else self.settings.http_keepalive_seconds
         await send({"type": "http.response.start", "status": 200, "headers": _RECORDS})
         start = received
@@ -181,8 +223,9 @@ class HTTPEndpoint:
                 if fetched[0] != 200:
                     break
                 _status, body, start, last = fetched
-                if body:
-                    await _send_part(send, body)
+                if body or poll:
+                    # A poll that a newer reader ended still answers something.
+                    await _send_part(send, body or KEEPALIVE_RECORD)
                 if last or poll:
                     break
             tasks.cancel_scope.cancel()

@@ -287,14 +287,14 @@ var ExtensionCodec = class _ExtensionCodec {
   constructor() {
     this.register(timestampExtension);
   }
-  register({ type, encode, decode }) {
+  register({ type, encode, decode: decode2 }) {
     if (type >= 0) {
       this.encoders[type] = encode;
-      this.decoders[type] = decode;
+      this.decoders[type] = decode2;
     } else {
       const index = -1 - type;
       this.builtInEncoders[index] = encode;
-      this.builtInDecoders[index] = decode;
+      this.builtInDecoders[index] = decode2;
     }
   }
   tryToEncode(object, context) {
@@ -1441,6 +1441,12 @@ var Decoder = class _Decoder {
   }
 };
 
+// node_modules/@msgpack/msgpack/dist.esm/decode.mjs
+function decode(buffer, options) {
+  const decoder = new Decoder(options);
+  return decoder.decode(buffer);
+}
+
 // src/codec.js
 function createCodec(opts = {}) {
   const encoder = new Encoder({
@@ -1462,6 +1468,469 @@ function createCodec(opts = {}) {
     decode: (bytes) => decoder.decode(bytes)
   };
 }
+
+// src/records.js
+var ENVELOPE = 0;
+var KEEPALIVE = 1;
+var CLOSE = 2;
+var HEADER = 5;
+function encodeRecords(kind, payloads) {
+  let size = 0;
+  for (const p of payloads) size += HEADER + p.byteLength;
+  const out = new Uint8Array(size);
+  const view = new DataView(out.buffer);
+  let at = 0;
+  for (const p of payloads) {
+    out[at] = kind;
+    view.setUint32(at + 1, p.byteLength);
+    out.set(p, at + HEADER);
+    at += HEADER + p.byteLength;
+  }
+  return out;
+}
+var RecordParser = class {
+  constructor() {
+    this._chunks = [];
+    this._head = 0;
+    this._skip = 0;
+    this._size = 0;
+  }
+  /** Bytes received that do not make a whole record yet. */
+  get pending() {
+    return this._size;
+  }
+  /**
+   * @param {Uint8Array} chunk
+   * @returns {Record[]}
+   */
+  push(chunk) {
+    if (chunk.byteLength) {
+      this._chunks.push(chunk);
+      this._size += chunk.byteLength;
+    }
+    const out = [];
+    while (this._size >= HEADER) {
+      const header = this._read(HEADER, false);
+      const length = new DataView(header.buffer, header.byteOffset, HEADER).getUint32(1);
+      if (this._size < HEADER + length) break;
+      this._read(HEADER, true);
+      out.push({ kind: header[0], payload: this._read(length, true) });
+    }
+    if (this._head === this._chunks.length) {
+      this._chunks = [];
+      this._head = 0;
+    } else if (this._head > 64 && this._head * 2 > this._chunks.length) {
+      this._chunks = this._chunks.slice(this._head);
+      this._head = 0;
+    }
+    return out;
+  }
+  /**
+   * The next `n` bytes (n <= pending), consumed when `consume`.
+   * @param {number} n @param {boolean} consume
+   */
+  _read(n, consume) {
+    const first = this._chunks[this._head];
+    let out;
+    if (n === 0) out = new Uint8Array(0);
+    else if (first.byteLength - this._skip >= n) out = first.subarray(this._skip, this._skip + n);
+    else {
+      out = new Uint8Array(n);
+      let at = 0;
+      for (let i = this._head, skip = this._skip; at < n; i++, skip = 0) {
+        const part = this._chunks[i].subarray(skip, skip + n - at);
+        out.set(part, at);
+        at += part.byteLength;
+      }
+    }
+    if (consume) {
+      this._size -= n;
+      let left = n;
+      while (left > 0) {
+        const available = this._chunks[this._head].byteLength - this._skip;
+        if (available > left) {
+          this._skip += left;
+          break;
+        }
+        left -= available;
+        this._head++;
+        this._skip = 0;
+      }
+    }
+    return out;
+  }
+};
+
+// src/http.js
+var CONNECTING = 0;
+var OPEN = 1;
+var CLOSING = 2;
+var CLOSED = 3;
+var RETRY2 = { base: 250, max: 5e3 };
+var MAX_BATCH_BYTES = 1 << 20;
+var FATAL = { 404: 1006, 409: 1006, 403: 1008, 413: 1009 };
+function retryAfter(res) {
+  const value = res.headers.get("retry-after");
+  if (!value) return -1;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1e3);
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? -1 : Math.max(0, at - Date.now());
+}
+var HttpSocket = class {
+  static CONNECTING = CONNECTING;
+  static OPEN = OPEN;
+  static CLOSING = CLOSING;
+  static CLOSED = CLOSED;
+  /**
+   * Opens an HTTP session at once, as `new WebSocket()` opens a socket.
+   * @param {string} url the transport's base, e.g. `http://127.0.0.1:8080/v1/http`
+   * @param {{fetch?: typeof globalThis.fetch, streamTimeout?: number}} [options]
+   *   `streamTimeout`: ms a new stream may take to bring its first record
+   *   before the session switches to long-poll for good (0: long-poll from the start)
+   */
+  constructor(url, { fetch = globalThis.fetch, streamTimeout = 3e3 } = {}) {
+    this.url = url.replace(/\/+$/, "");
+    this.binaryType = "arraybuffer";
+    this.readyState = CONNECTING;
+    this.onopen = null;
+    this.onmessage = null;
+    this.onclose = null;
+    this.onerror = null;
+    this._fetch = (input, init) => fetch(input, init);
+    this._streamTimeout = streamTimeout;
+    this._polling = streamTimeout === 0;
+    this._secret = "";
+    this._keepaliveMs = 15e3;
+    this._pollMs = 25e3;
+    this._idleMs = 45e3;
+    this._received = 0;
+    this._reported = 0;
+    this._outgoing = [];
+    this._seq = 0;
+    this._sending = false;
+    this._acking = false;
+    this._ackWanted = false;
+    this._sendsDone = () => {
+    };
+    this._lastHeard = 0;
+    this._idleTimer = /** @type {ReturnType<typeof setTimeout> | undefined} */
+    void 0;
+    this._abort = new AbortController();
+    this._reader = null;
+    this._sleepers = /* @__PURE__ */ new Set();
+    this._done = false;
+    this._open();
+  }
+  /**
+   * Queues one envelope; envelopes queued while a `send` is in flight go
+   * together in the next one.
+   * @param {Uint8Array | ArrayBuffer} data
+   */
+  send(data) {
+    if (this.readyState === CONNECTING) throw new DOMException("the HTTP session is not open yet", "InvalidStateError");
+    if (this.readyState !== OPEN) return;
+    this._outgoing.push(data instanceof Uint8Array ? data : new Uint8Array(data));
+    this._pumpSends();
+  }
+  /**
+   * Ends the HTTP session once what was sent before is sent (`POST close`),
+   * then closes with 1000.
+   * @param {number} [_code] a WebSocket's; the relay takes any `close` as 1000
+   * @param {string} [reason]
+   */
+  close(_code, reason = "") {
+    if (this.readyState === CONNECTING) this._fail(1006, "closed before the HTTP session opened");
+    if (this.readyState !== OPEN) return;
+    this.readyState = CLOSING;
+    this._closeAfterSends(reason);
+  }
+  /** Abandons the session without a word to the relay (a dropped link): it stays resumable. */
+  terminate() {
+    this._finish({ code: 1006, reason: "terminated", wasClean: false });
+  }
+  // ---------------------------------------------------------------- internals
+  /**
+   * @param {string} name @param {{body?: Uint8Array<ArrayBuffer>, seq?: number, signal?: AbortSignal}} [opts]
+   * @returns {Promise<Response>}
+   */
+  _post(name, { body, seq, signal } = {}) {
+    const headers = {};
+    if (this._secret) {
+      headers["Relay-Session"] = this._secret;
+      headers["Relay-Received"] = String(this._received);
+    }
+    if (seq !== void 0) headers["Relay-Seq"] = String(seq);
+    if (body) headers["Content-Type"] = "application/octet-stream";
+    return this._fetch(`${this.url}/${name}`, { method: "POST", headers, body, signal, cache: "no-store" });
+  }
+  /**
+   * One request of the session. A refusal that ends it closes this socket.
+   * @param {string} name @param {{body?: Uint8Array<ArrayBuffer>, seq?: number, signal?: AbortSignal}} [opts]
+   * @returns {Promise<Response | Next>} the response when it succeeded (2xx)
+   */
+  async _exchange(name, opts = {}) {
+    const received = this._received;
+    let res;
+    try {
+      res = await this._post(name, { signal: this._abort.signal, ...opts });
+    } catch {
+      return this._done ? null : -1;
+    }
+    if (res.ok) {
+      this._heard();
+      this._reported = Math.max(this._reported, received);
+      return res;
+    }
+    const why = `${name}: HTTP ${res.status} ${(await res.text().catch(() => "")).slice(0, 100)}`.trim();
+    if (this._done) return null;
+    if (res.status === 429 || res.status === 503) return retryAfter(res);
+    if (res.status >= 500) return -1;
+    const code = FATAL[res.status] ?? 1002;
+    this._fail(code, why);
+    return null;
+  }
+  async _open() {
+    let answer;
+    try {
+      const res = await this._post("open", { signal: this._abort.signal });
+      if (!res.ok) {
+        const text = await res.text().catch(() => "");
+        this._fail(1006, `open: HTTP ${res.status} ${text.slice(0, 100)}`.trim());
+        return;
+      }
+      answer = decode(new Uint8Array(await res.arrayBuffer()));
+    } catch (err) {
+      this._fail(1006, `open failed: ${err}`);
+      return;
+    }
+    if (this._done) return;
+    if (!answer || typeof answer.session !== "string") {
+      this._fail(1002, "open: the answer has no session");
+      return;
+    }
+    this._secret = answer.session;
+    const ms = (s, fallback) => typeof s === "number" && s > 0 ? s * 1e3 : fallback;
+    this._keepaliveMs = ms(answer.keepalive_seconds, this._keepaliveMs);
+    this._pollMs = ms(answer.poll_seconds, this._pollMs);
+    this._idleMs = ms(answer.idle_seconds, this._idleMs);
+    this.readyState = OPEN;
+    this._heard();
+    this.onopen?.({ type: "open" });
+    if (!this._done) this._read();
+  }
+  /** Reads what the relay sends, on a stream or by long-poll, until the socket closes. */
+  async _read() {
+    let failures = 0;
+    while (!this._done) {
+      const next = this._polling ? await this._pollOnce() : await this._streamOnce();
+      if (next === null || this._done) return;
+      if (next === 0) failures = 0;
+      else await this._sleep(next > 0 ? next : backoffDelay(failures++, RETRY2));
+    }
+  }
+  /**
+   * One stream, read until it ends. No record within `streamTimeout` of
+   * opening it: long-poll from now on. Silent for two keepalive periods: a
+   * dead link, opened again.
+   * @returns {Promise<Next>}
+   */
+  async _streamOnce() {
+    const reader = this._reader = new AbortController();
+    let envelopes = false;
+    let heard = false;
+    let lastRecord = 0;
+    let timer;
+    const watch = () => {
+      if (!heard) this._polling = true;
+      const left = lastRecord + 2 * this._keepaliveMs - performance.now();
+      if (!heard || left <= 0) reader.abort();
+      else timer = setTimeout(watch, left);
+    };
+    timer = setTimeout(watch, this._streamTimeout);
+    try {
+      const res = await this._exchange("stream", { signal: reader.signal });
+      if (res === null) return null;
+      if (!(res instanceof Response)) return this._polling ? 0 : res;
+      if (!res.body) return -1;
+      const body = res.body.getReader();
+      const parser = new RecordParser();
+      for (; ; ) {
+        const { done, value } = await body.read();
+        if (done || this._done) break;
+        const records = parser.push(value);
+        if (!records.length) continue;
+        heard = true;
+        lastRecord = performance.now();
+        this._heard();
+        envelopes = this._handle(records, true) || envelopes;
+        if (this._done) break;
+      }
+    } catch {
+    } finally {
+      clearTimeout(timer);
+    }
+    if (this._done) return null;
+    return envelopes || this._polling && !heard ? 0 : -1;
+  }
+  /**
+   * One long-poll.
+   * @returns {Promise<Next>}
+   */
+  async _pollOnce() {
+    const reader = this._reader = new AbortController();
+    const timer = setTimeout(() => reader.abort(), this._pollMs + this._keepaliveMs);
+    try {
+      const res = await this._exchange("poll", { signal: reader.signal });
+      if (!(res instanceof Response)) return res;
+      const body = new Uint8Array(await res.arrayBuffer());
+      this._handle(new RecordParser().push(body), false);
+      return this._done ? null : 0;
+    } catch {
+      return this._done ? null : -1;
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  /**
+   * Acts on records from the relay; whether envelopes were among them.
+   * @param {import("./records.js").Record[]} records @param {boolean} streaming
+   */
+  _handle(records, streaming) {
+    let envelopes = false;
+    for (const record of records) {
+      if (this._done) return envelopes;
+      if (record.kind === ENVELOPE) {
+        envelopes = true;
+        this._received++;
+        this.onmessage?.({ data: record.payload });
+      } else if (record.kind === KEEPALIVE) {
+        if (streaming) this._ackWanted = true;
+      } else if (record.kind === CLOSE) {
+        this._onCloseRecord(record.payload);
+        return envelopes;
+      }
+    }
+    if (streaming) this._acks();
+    return envelopes;
+  }
+  /** The relay ended the session: report the close record, then close with its code. */
+  _onCloseRecord(payload2) {
+    let info;
+    try {
+      info = decode(payload2);
+    } catch {
+      info = null;
+    }
+    this._post("ack").catch(() => {
+    });
+    const code = typeof info?.code === "number" ? info.code : 1005;
+    const reason = typeof info?.reason === "string" ? info.reason : "";
+    this._finish({ code, reason, wasClean: true });
+  }
+  /** Reports what was received, one `ack` at a time, while something is unreported. */
+  async _acks() {
+    if (this._acking) return;
+    this._acking = true;
+    let failures = 0;
+    try {
+      while (!this._done && (this._ackWanted || this._received > this._reported)) {
+        this._ackWanted = false;
+        const res = await this._exchange("ack");
+        if (res === null) return;
+        if (res instanceof Response) {
+          failures = 0;
+          continue;
+        }
+        this._ackWanted = true;
+        await this._sleep(res > 0 ? res : backoffDelay(failures++, RETRY2));
+      }
+    } finally {
+      this._acking = false;
+    }
+  }
+  /** Sends what is queued, one batch in flight; a failed batch goes again, the same. */
+  async _pumpSends() {
+    if (this._sending) return;
+    this._sending = true;
+    try {
+      while (this._outgoing.length && !this._done) {
+        let size = 0;
+        let n = 0;
+        for (const bytes of this._outgoing) {
+          if (n > 0 && size + 5 + bytes.byteLength > MAX_BATCH_BYTES) break;
+          size += 5 + bytes.byteLength;
+          n++;
+        }
+        const body = encodeRecords(ENVELOPE, this._outgoing.splice(0, n));
+        const seq = ++this._seq;
+        for (let failures = 0; ; ) {
+          const res = await this._exchange("send", { body, seq });
+          if (res === null) return;
+          if (res instanceof Response) break;
+          await this._sleep(res > 0 ? res : backoffDelay(failures++, RETRY2));
+          if (this._done) return;
+        }
+      }
+    } finally {
+      this._sending = false;
+      this._sendsDone();
+    }
+  }
+  async _closeAfterSends(reason) {
+    while (this._sending) await new Promise((resolve) => this._sendsDone = () => resolve(void 0));
+    if (this._done) return;
+    const res = await this._exchange("close");
+    this._finish({ code: 1e3, reason, wasClean: res instanceof Response });
+  }
+  /** A request of the session succeeded, or the stream brought records. */
+  _heard() {
+    this._lastHeard = performance.now();
+    if (this._idleTimer === void 0) this._watchIdle(this._idleMs);
+  }
+  _watchIdle(delay) {
+    this._idleTimer = setTimeout(() => {
+      const left = this._lastHeard + this._idleMs - performance.now();
+      if (left > 0) this._watchIdle(left);
+      else this._fail(1006, `no answer from the relay for ${this._idleMs / 1e3} s`);
+    }, delay);
+  }
+  /** @param {number} ms @returns {Promise<void>} resolves early when the socket closes */
+  _sleep(ms) {
+    return new Promise((resolve) => {
+      const wake = () => {
+        clearTimeout(timer);
+        this._sleepers.delete(wake);
+        resolve();
+      };
+      const timer = setTimeout(wake, ms);
+      this._sleepers.add(wake);
+    });
+  }
+  _fail(code, reason) {
+    this._finish({ code, reason, wasClean: false }, reason);
+  }
+  /**
+   * Closes now; the events come after the current task, as a WebSocket's
+   * do, so a caller of `close()` or `terminate()` never runs its own close
+   * handler in the middle of the call.
+   * @param {CloseInfo} info @param {string} [error] a failure, reported with `onerror` first
+   */
+  _finish(info, error) {
+    if (this._done) return;
+    this._done = true;
+    this.readyState = CLOSED;
+    clearTimeout(this._idleTimer);
+    this._abort.abort();
+    this._reader?.abort();
+    for (const wake of [...this._sleepers]) wake();
+    this._sendsDone();
+    queueMicrotask(() => {
+      if (error !== void 0) this.onerror?.({ message: error });
+      this.onclose?.(info);
+    });
+  }
+};
 
 // src/errors.js
 var RelayError = class extends Error {
@@ -1666,13 +2135,35 @@ var DEFAULTS = {
   pingTimeout: 1e4,
   requestTimeout: 3e4,
   maxBuffered: 256,
-  pace: true
+  pace: true,
+  fallbackTimeout: 5e3,
+  streamTimeout: 3e3
 };
+var TRANSPORTS = ["websocket", "http"];
 var noop = () => {
 };
 var STABLE_MS = 5e3;
 var DRAIN_CODE = 1001;
 var always = () => true;
+function httpUrlFor(wsUrl) {
+  let url;
+  try {
+    url = new URL(wsUrl);
+  } catch {
+    return void 0;
+  }
+  if (url.protocol !== "ws:" && url.protocol !== "wss:" || !url.pathname.endsWith("/ws")) return void 0;
+  url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+  url.pathname = `${url.pathname.slice(0, -2)}http`;
+  url.search = url.hash = "";
+  return url.href;
+}
+function transportList(value) {
+  if (!Array.isArray(value) || value.length === 0 || new Set(value).size !== value.length || !value.every((t) => TRANSPORTS.includes(t))) {
+    throw new TypeError(`relay-client: \`transports\` takes a list of "websocket" and "http", each at most once (got ${JSON.stringify(value)})`);
+  }
+  return value;
+}
 var payload = (data) => data === void 0 ? null : data instanceof ArrayBuffer ? new Uint8Array(data) : data;
 function connect(url, options = {}) {
   const peer = new RelayPeer(url, options);
@@ -1686,14 +2177,30 @@ var RelayPeer = class extends EventTarget {
    */
   constructor(url, options = {}) {
     super();
+    this.url = url.replace(/^http(s?):/, "ws$1:");
+    this.httpUrl = options.httpUrl ?? httpUrlFor(this.url);
+    let transports = transportList(options.transports ?? TRANSPORTS);
+    if (transports.includes("http") && !this.httpUrl) {
+      if (options.transports) {
+        throw new TypeError(
+          `relay-client: the "http" transport needs the \`httpUrl\` option: it is derived only from a URL ending in /ws, and ${this.url} does not`
+        );
+      }
+      transports = transports.filter((t) => t !== "http");
+    }
+    this._transports = transports;
     const WS = options.WebSocket ?? globalThis.WebSocket;
-    if (typeof WS !== "function") {
+    if (transports.includes("websocket") && typeof WS !== "function") {
       throw new TypeError(
-        'relay-client: no WebSocket implementation. Pass one as the `WebSocket` option (in Node 20: `import WebSocket from "ws"` then connect(url, {WebSocket}))'
+        'relay-client: no WebSocket implementation. Pass one as the `WebSocket` option (in Node 20: `import WebSocket from "ws"` then connect(url, {WebSocket})), or use transports: ["http"]'
       );
     }
     this._WS = WS;
-    this.url = url.replace(/^http(s?):/, "ws$1:");
+    const fetch = options.fetch ?? globalThis.fetch;
+    if (transports.includes("http") && typeof fetch !== "function") {
+      throw new TypeError("relay-client: no fetch implementation for the HTTP transport. Pass one as the `fetch` option");
+    }
+    this._fetch = fetch;
     this._opts = { ...DEFAULTS, ...options, backoff: { ...DEFAULTS.backoff, ...options.backoff } };
     this._codec = createCodec(options.msgpack);
     this.id = options.id;
@@ -1702,6 +2209,7 @@ var RelayPeer = class extends EventTarget {
     this.node = void 0;
     this.state = "connecting";
     this._ws = null;
+    this._transport = null;
     this._nextId = 1;
     this._nextRid = 1;
     this._outbox = [];
@@ -1717,7 +2225,7 @@ var RelayPeer = class extends EventTarget {
     this._welcomedAt = 0;
     this._closing = null;
     this._lastErr = void 0;
-    this._timers = { retry: 0, connect: 0, heartbeat: 0, pump: 0, closeFallback: 0 };
+    this._timers = { retry: 0, connect: 0, fallback: 0, heartbeat: 0, pump: 0, closeFallback: 0 };
     this._bucket = null;
     this._closedError = null;
     this._closed = new Promise((resolve) => this._resolveClosed = resolve);
@@ -1725,6 +2233,14 @@ var RelayPeer = class extends EventTarget {
   /** true while a welcomed socket is up */
   get connected() {
     return this.state === "open";
+  }
+  /**
+   * The transport of the current link, from its opening until it closes:
+   * `"websocket"`, `"http"` (the fallback), or null while there is none.
+   * @returns {"websocket" | "http" | null}
+   */
+  get transport() {
+    return this._transport;
   }
   // ---------------------------------------------------------------- API
   /**
@@ -1901,21 +2417,60 @@ var RelayPeer = class extends EventTarget {
   }
   _open() {
     this._setState(this._welcomed ? "reconnecting" : "connecting");
+    this._openTransport(0);
+  }
+  /**
+   * Opens a link with the `index`-th transport. One that never opens (an
+   * error or a close before opening, or no open within `fallbackTimeout`)
+   * gives way to the next; the last one's failure is the attempt's.
+   * @param {number} index
+   */
+  _openTransport(index) {
+    const kind = this._transports[index];
+    const fallback = index + 1 < this._transports.length;
     let ws;
     try {
-      ws = new this._WS(this.url, [SUBPROTOCOL]);
+      ws = kind === "http" ? new HttpSocket(
+        /** @type {string} */
+        this.httpUrl,
+        { fetch: this._fetch, streamTimeout: this._opts.streamTimeout }
+      ) : new this._WS(this.url, [SUBPROTOCOL]);
     } catch (err) {
       this._finish(1006, String(err), err instanceof Error ? err : new Error(String(err)));
       return;
     }
     this._ws = ws;
     this._lastErr = void 0;
+    let opened = false;
+    const next = () => {
+      if (ws !== this._ws) return;
+      clearTimeout(this._timers.connect);
+      clearTimeout(this._timers.fallback);
+      ws.onopen = ws.onmessage = ws.onclose = noop;
+      try {
+        if (typeof ws.terminate === "function") ws.terminate();
+        else ws.close();
+      } catch {
+      }
+      this._ws = null;
+      this._openTransport(index + 1);
+    };
     ws.binaryType = "arraybuffer";
-    ws.onopen = () => this._sendHello(ws);
+    ws.onopen = () => {
+      opened = true;
+      clearTimeout(this._timers.fallback);
+      this._transport = /** @type {"websocket" | "http"} */
+      kind;
+      this._sendHello(ws);
+    };
     ws.onmessage = (e) => this._onFrame(ws, e.data);
-    ws.onclose = (e) => this._onSocketClose(ws, e.code, e.reason);
+    ws.onclose = (e) => !opened && fallback ? next() : this._onSocketClose(ws, e.code, e.reason);
     ws.onerror = noop;
-    this._timers.connect = setTimeout(() => this._drop(ws, "connect timeout"), this._opts.connectTimeout);
+    this._timers.connect = setTimeout(
+      () => !opened && fallback ? next() : this._drop(ws, "connect timeout"),
+      this._opts.connectTimeout
+    );
+    if (fallback) this._timers.fallback = setTimeout(() => opened || next(), this._opts.fallbackTimeout);
   }
   async _sendHello(ws) {
     let token = this._opts.token;
@@ -2093,7 +2648,7 @@ var RelayPeer = class extends EventTarget {
     let env;
     try {
       env = this._codec.decode(
-        /** @type {ArrayBuffer} */
+        /** @type {ArrayBuffer | Uint8Array} */
         data
       );
     } catch (err) {
@@ -2242,8 +2797,10 @@ var RelayPeer = class extends EventTarget {
   _onSocketClose(ws, code, reason = "") {
     if (ws !== this._ws) return;
     this._ws = null;
+    this._transport = null;
     ws.onopen = ws.onmessage = ws.onclose = noop;
     clearTimeout(this._timers.connect);
+    clearTimeout(this._timers.fallback);
     clearInterval(this._timers.heartbeat);
     clearTimeout(this._timers.pump);
     this._timers.pump = 0;
@@ -2282,6 +2839,7 @@ var RelayPeer = class extends EventTarget {
     this._closedError = error;
     for (const t of Object.values(this._timers)) clearTimeout(t);
     clearInterval(this._timers.heartbeat);
+    this._transport = null;
     if (this._ws) {
       const ws = this._ws;
       this._ws = null;

@@ -10,6 +10,8 @@ const params = new URLSearchParams(location.search);
 
 // The relay's WebSocket: same host as the page, unless ?relay=ws://... says otherwise.
 const relayUrl = params.get("relay") || new URL("v1/ws", location.href).href.replace(/^http/, "ws");
+// ?transports=http tries the HTTP fallback alone (default: WebSocket first, then HTTP).
+const transports = params.get("transports")?.split(",");
 
 /** @type {import("./client.js").RelayPeer | null} */
 let peer = null;
@@ -246,7 +248,7 @@ ui.form.addEventListener("submit", async (e) => {
   closedOnPurpose = null;
   setStatus("connecting", "connecting…");
   try {
-    peer = await connect(relayUrl, { id: ui.id.value.trim() });
+    peer = await connect(relayUrl, { id: ui.id.value.trim(), ...(transports ? { transports } : {}) });
   } catch (err) {
     setStatus("closed", `could not connect: ${err instanceof Error ? err.message : err}`);
     ui.connect.disabled = false;
@@ -255,13 +257,15 @@ ui.form.addEventListener("submit", async (e) => {
   const p = peer;
   room = ui.room.value.trim();
   ui.roomName.textContent = room;
-  setStatus("open", `${p.id} · connected`);
+  const connected = () => `${p.id} · connected${p.transport === "http" ? " over HTTP" : ""}`;
+  setStatus("open", connected());
 
   p.addEventListener("state", (ev) => {
     if (ev.state === "reconnecting") setStatus("reconnecting", "reconnecting…");
   });
   p.addEventListener("open", (ev) => {
-    setStatus("open", `${p.id} · connected`);
+    const connected = () => `${p.id} · connected${p.transport === "http" ? " over HTTP" : ""}`;
+  setStatus("open", connected());
     log(ui.chatLog, ev.resumed ? "reconnected (session resumed)" : "reconnected", { kind: "system" });
   });
   p.addEventListener("close", (ev) => {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import anyio
 import httpx
@@ -94,6 +95,28 @@ async def test_room_members_come_in_bounded_pages(relay_factory: RelayFactory) -
     assert bad.status_code == 400
 
 
+async def test_a_room_page_shows_each_members_presence_on_every_node(
+    relay_factory: RelayFactory,
+) -> None:
+    one, two = await two_nodes(relay_factory)
+    alice = await join_as(one.url, "alice")
+    await alice.request({"type": "join", "room": "r", "id": 1, "presence": True})
+    bob = await join_as(two.url, "bob")
+    await bob.request({"type": "join", "room": "r", "id": 1})
+    await bob.close(4000)  # not 1000 or 1001: as a dropped link, bob may resume
+    with anyio.fail_after(3):  # its node notices the link is gone and starts its window
+        await two.hub._until(lambda: two.hub.peers["bob"].expiry is not None)
+    async with admin_client(one.http_url) as client:
+        room = (await client.get("/admin/api/rooms/r")).json()
+    assert room["members"] == ["alice", "bob"]
+    presence = room["presence"]
+    assert presence["alice"] == {"state": "online", "seconds_left": None, "watching": True,
+                                 "node": "n1"}  # fmt: skip
+    assert (presence["bob"]["state"], presence["bob"]["node"]) == ("resuming", "n2")
+    assert 0 < presence["bob"]["seconds_left"] <= two.settings.resume_seconds
+    assert presence["bob"]["watching"] is False
+
+
 async def test_reads_are_rate_limited_per_address(relay_factory: RelayFactory) -> None:
     relay = await relay_factory(admin_password=PASSWORD)
     async with admin_client(relay.http_url) as client:
@@ -116,6 +139,29 @@ async def test_the_stream_pushes_a_new_peer_within_seconds(relay_factory: RelayF
         with anyio.fail_after(3):
             while (await anext_data(lines))["nodes"][0]["peers"] != 1:
                 pass
+
+
+async def test_the_stream_carries_connections_and_refusals_by_code(
+    relay_factory: RelayFactory,
+) -> None:
+    relay = await relay_factory(admin_password=PASSWORD)
+    alice = await join_as(relay.url, "alice")
+    refused = await alice.request({"type": "join", "room": "bad room!", "id": 1})
+    taken = await open_peer(relay.url)
+    await taken.send({"type": "hello", "v": 1, "id": "alice"})
+    assert (await taken.recv())["code"] == "id-taken"
+    await join_as(relay.url, "bob")
+    async with (
+        admin_client(relay.http_url) as client,
+        client.stream("GET", "/admin/api/stream") as stream,
+    ):
+        lines = stream.aiter_lines()
+        with anyio.fail_after(3):  # the refused hello's socket is closing
+            nodes: Any = (await anext_data(lines))["nodes"]
+            while nodes[0]["connections"] != 2:
+                nodes = (await anext_data(lines))["nodes"]
+    # Totals since the node started, by code: the page plots their differences.
+    assert nodes[0]["refusals"] == {refused["code"]: 1, "id-taken": 1}
 
 
 async def test_the_stream_needs_credentials(relay_factory: RelayFactory) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 from procs import (
     HERE,
+    HTTP_MODES,
     SERVERS,
     Generator,
     Server,
@@ -261,7 +262,8 @@ def run_rate(server: Server, load: list[str], seconds: float, warmup: float) -> 
     """A measured window of load; its result plus CPU, RSS (and mid-window RSS) read around it."""
     pid = server.process.pid
     timing = ["--seconds", str(seconds), "--warmup", str(warmup)]
-    generator = Generator(load, server.url, timing, deadline=seconds + warmup + 120)
+    options = timing + server.load_options
+    generator = Generator(load, server.url, options, deadline=seconds + warmup + 120)
     samples: list[Sample] = []  # as the measured window opens and closes
     mid: list[int] = []
     result: dict[str, Any] = {}
@@ -370,16 +372,23 @@ def server_list(text: str) -> list[str]:
     return [name for name in SERVERS if name in chosen]
 
 
+def servers_for(name: str, servers: list[str]) -> list[str]:
+    """The servers scenario ``name`` runs: relay-http only where load.mjs can drive it."""
+    mode = SCENARIOS[name].load[0]
+    return [server for server in servers if server != "relay-http" or mode in HTTP_MODES]
+
+
 def run_all(args: argparse.Namespace, report: Callable[[str], None]) -> dict[str, Any]:
     """Each selected scenario, round and server in turn; returns the runs and their summaries."""
     names = args.only or DEFAULT
-    total = len(names) * args.rounds * len(args.servers)
+    total = sum(len(servers_for(name, args.servers)) for name in names) * args.rounds
     done = 0
     results: dict[str, Any] = {}
     for name in names:
-        runs: dict[str, list[dict[str, Any]]] = {server: [] for server in args.servers}
+        servers = servers_for(name, args.servers)
+        runs: dict[str, list[dict[str, Any]]] = {server: [] for server in servers}
         for round_ in range(args.rounds):
-            order = args.servers if round_ % 2 == 0 else args.servers[::-1]
+            order = servers if round_ % 2 == 0 else servers[::-1]
             for server_name in order:
                 done += 1
                 report(f"[{done}/{total}] {name}, round {round_ + 1}, {server_name} ... ")
@@ -391,7 +400,7 @@ def run_all(args: argparse.Namespace, report: Callable[[str], None]) -> dict[str
                 figure = result.get(scenario.figure)
                 shown = "-" if figure is None else f"{figure:,.2f}".removesuffix(".00")
                 report(f"{shown} {scenario.unit} ({time.monotonic() - started:.0f} s)\n")
-        summaries = {server: summarize(runs[server]) for server in args.servers}
+        summaries = {server: summarize(runs[server]) for server in servers}
         results[name] = {
             "what": SCENARIOS[name].what,
             "figure": SCENARIOS[name].figure,
@@ -417,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     results = run_all(args, progress)
     labels = {
         "relay": f"relay ({args.ws_impl})", "ws": "node ws", "ws-msgpackr": "node ws (msgpackr)",
-        "bare": "bare", "pyfloor": "pyfloor",
+        "bare": "bare", "pyfloor": "pyfloor", "relay-http": "relay over HTTP",
     }  # fmt: skip
     placement = (
         "servers on CPU 0, load.mjs on CPU 1"

@@ -19,6 +19,9 @@
 // hello, retried every 100-300 ms while refused), and the result says how long all took to be
 // back, counted from the first close.
 //
+// --transport http runs pairs and fixed over the relay's HTTP transport instead
+// (tests/bench/http_peer.mjs): bench.py's "relay-http" server.
+//
 // --ids 1 puts an id on every send of pairs and fixed, so the relay answers each
 // with an ok (sent once the target's host acknowledged the message); the
 // generator ignores the oks. Node ws and the bare forwarder answer nothing.
@@ -30,6 +33,8 @@ import { performance } from "node:perf_hooks";
 import { Decoder, Encoder } from "@msgpack/msgpack";
 import WebSocket from "ws";
 
+import { HttpPeer, httpBase } from "./http_peer.mjs";
+
 // One codec for the run, not one per call, to keep the generator's CPU low.
 // `encode` returns a fresh copy, so a frame handed to ws.send is never reused.
 const encoder = new Encoder();
@@ -40,14 +45,15 @@ const decode = (data) => decoder.decode(data);
 const [mode, ...rest] = process.argv.slice(2);
 const opts = { url: "ws://127.0.0.1:8080/v1/ws", pairs: 50, inflight: 16, size: 64, seconds: 10,
   rate: 2000, members: 200, steps: "5000", warmup: 2, grace: 2, ids: 0, clients: 18000, window: 200,
-  "per-address": 4000, "first-address": 2, restart: 0 };
+  "per-address": 4000, "first-address": 2, restart: 0, transport: "websocket" };
 for (let i = 0; i < rest.length; i += 2) opts[rest[i].replace(/^--/, "")] = rest[i + 1];
-for (const k of Object.keys(opts)) if (k !== "url" && k !== "steps") opts[k] = Number(opts[k]);
+for (const k of Object.keys(opts)) if (!["url", "steps", "transport"].includes(k)) opts[k] = Number(opts[k]);
 
 const run = Math.random().toString(36).slice(2, 8); // fresh ids per run: old ones wait for a resume
 
 function open(name, localAddress = undefined) {
   const id = `${run}-${name}`;
+  if (opts.transport === "http") return openHttp(id);
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(opts.url, "relay.v1", { perMessageDeflate: false, localAddress });
     ws.binaryType = "nodebuffer";
@@ -61,6 +67,20 @@ function open(name, localAddress = undefined) {
       else resolve(ws);
     });
   });
+}
+
+// --transport http: the relay's HTTP transport (tests/bench/http_peer.mjs), same events.
+async function openHttp(id) {
+  const peer = new HttpPeer(httpBase(opts.url));
+  const welcome = new Promise((resolve, reject) => {
+    peer.once("message", (data) => resolve(decode(data)));
+    peer.once("close", (code) => reject(new Error(`closed before the welcome: ${code}`)));
+  });
+  await peer.start();
+  peer.send(encode({ type: "hello", id }));
+  const answer = await welcome;
+  if (answer.type !== "welcome") throw new Error(`hello refused: ${JSON.stringify(answer)}`);
+  return peer;
 }
 
 async function openAll(ids, batch = 200) {

@@ -19,7 +19,10 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "tests" / "bench"
 TICKS = os.sysconf("SC_CLK_TCK")
-SERVERS = ("relay", "ws", "ws-msgpackr", "bare", "pyfloor")
+SERVERS = ("relay", "ws", "ws-msgpackr", "bare", "pyfloor", "relay-http")
+# relay-http: the relay itself, driven over its HTTP transport (load.mjs --transport http),
+# in the scenarios of load.mjs's pairs and fixed modes.
+HTTP_MODES = ("pairs", "fixed")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -88,6 +91,8 @@ class Server:
     def __init__(self, name: str, ws_impl: str) -> None:
         self.name = name
         self.ws_impl = ws_impl
+        # What load.mjs adds to drive this server.
+        self.load_options = ["--transport", "http"] if name == "relay-http" else []
         self.tail: collections.deque[str] = collections.deque(maxlen=20)
         self.process, self.url = self._start(0)
 

@@ -79,7 +79,7 @@ async def test_a_socket_gone_while_its_id_is_registered_leaves_nothing_behind(
     await anyio.sleep(0.1)
     gone.set()
     # the id it was given is free again, and so is its admission slot
-    admission = relay.app.routes[0].app.admission  # type: ignore[attr-defined]
+    admission = relay.app.state.relay_endpoint.admission
     await until(lambda: not relay.hub.sessions and admission.total == 0)
     assert NAMESPACE + "alice" not in relay.hub.peers
     await join_peerjs(relay, "alice")

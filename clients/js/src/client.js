@@ -1,11 +1,13 @@
 /**
- * The relay peer: one WebSocket to the relay, msgpack envelopes on it
- * (protocol v1, see /docs/js-client.md), reconnect/resume, request/reply.
- * Runs unchanged in browsers and Node 20+ (pass `WebSocket` from the `ws`
- * package in Node, which has no global one before Node 22).
+ * The relay peer: one link to the relay, msgpack envelopes on it (protocol
+ * v1, see /docs/js-client.md), reconnect/resume, request/reply. The link is
+ * a WebSocket, or the HTTP transport (./http.js) where a WebSocket cannot
+ * open. Runs unchanged in browsers and Node 20+ (pass `WebSocket` from the
+ * `ws` package in Node, which has no global one before Node 22).
  */
 import { backoffDelay, shouldReconnect } from "./backoff.js";
 import { createCodec } from "./codec.js";
+import { HttpSocket } from "./http.js";
 import {
   ConnectionClosed,
   ConnectionLost,
@@ -59,7 +61,12 @@ const DEFAULTS = {
   requestTimeout: 30_000,
   maxBuffered: 256,
   pace: true,
+  fallbackTimeout: 5000,
+  streamTimeout: 3000,
 };
+
+/** The transports, in the default order of trying them. */
+const TRANSPORTS = ["websocket", "http"];
 
 const noop = () => {};
 
@@ -73,6 +80,38 @@ const STABLE_MS = 5000;
 const DRAIN_CODE = 1001;
 
 const always = () => true;
+
+/**
+ * The HTTP transport's URL beside a WebSocket URL whose path ends in `/ws`
+ * (`ws://h/v1/ws` -> `http://h/v1/http`), else undefined.
+ * @param {string} wsUrl
+ */
+export function httpUrlFor(wsUrl) {
+  /** @type {URL} */
+  let url;
+  try {
+    url = new URL(wsUrl);
+  } catch {
+    return undefined;
+  }
+  if ((url.protocol !== "ws:" && url.protocol !== "wss:") || !url.pathname.endsWith("/ws")) return undefined;
+  url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+  url.pathname = `${url.pathname.slice(0, -2)}http`;
+  url.search = url.hash = "";
+  return url.href;
+}
+
+/**
+ * The transports to try, in order, from the `transports` option.
+ * @param {unknown} value
+ * @returns {string[]}
+ */
+function transportList(value) {
+  if (!Array.isArray(value) || value.length === 0 || new Set(value).size !== value.length || !value.every((t) => TRANSPORTS.includes(t))) {
+    throw new TypeError(`relay-client: \`transports\` takes a list of "websocket" and "http", each at most once (got ${JSON.stringify(value)})`);
+  }
+  return value;
+}
 
 /**
  * The `d` of an envelope: `undefined` becomes nil (the relay wants a `d`),
@@ -105,15 +144,33 @@ export class RelayPeer extends EventTarget {
    */
   constructor(url, options = {}) {
     super();
+    this.url = url.replace(/^http(s?):/, "ws$1:");
+    /** @type {string | undefined} the HTTP transport's URL (`httpUrl`, or derived from `url`) */
+    this.httpUrl = options.httpUrl ?? httpUrlFor(this.url);
+    let transports = transportList(options.transports ?? TRANSPORTS);
+    if (transports.includes("http") && !this.httpUrl) {
+      if (options.transports) {
+        throw new TypeError(
+          `relay-client: the "http" transport needs the \`httpUrl\` option: it is derived only from a URL ending in /ws, and ${this.url} does not`,
+        );
+      }
+      // The default list, with a WebSocket URL of another shape: the WebSocket alone.
+      transports = transports.filter((t) => t !== "http");
+    }
+    this._transports = transports;
     const WS = options.WebSocket ?? globalThis.WebSocket;
-    if (typeof WS !== "function") {
+    if (transports.includes("websocket") && typeof WS !== "function") {
       throw new TypeError(
         "relay-client: no WebSocket implementation. Pass one as the `WebSocket` option " +
-          "(in Node 20: `import WebSocket from \"ws\"` then connect(url, {WebSocket}))",
+          "(in Node 20: `import WebSocket from \"ws\"` then connect(url, {WebSocket})), or use transports: [\"http\"]",
       );
     }
     this._WS = WS;
-    this.url = url.replace(/^http(s?):/, "ws$1:");
+    const fetch = options.fetch ?? globalThis.fetch;
+    if (transports.includes("http") && typeof fetch !== "function") {
+      throw new TypeError("relay-client: no fetch implementation for the HTTP transport. Pass one as the `fetch` option");
+    }
+    this._fetch = fetch;
     this._opts = { ...DEFAULTS, ...options, backoff: { ...DEFAULTS.backoff, ...options.backoff } };
     this._codec = createCodec(options.msgpack);
     /** @type {string | undefined} our id: the one asked for, or the one the relay picked */
@@ -128,6 +185,8 @@ export class RelayPeer extends EventTarget {
     this.state = "connecting";
 
     this._ws = null;
+    /** @type {"websocket" | "http" | null} */
+    this._transport = null;
     this._nextId = 1; // request ids (ok/err/pong correlation); never reused
     this._nextRid = 1; // request/reply ids (rid/re)
     /** @type {Item[]} */
@@ -148,7 +207,7 @@ export class RelayPeer extends EventTarget {
     this._welcomedAt = 0;
     this._closing = null; // {code, reason} once close() was called
     this._lastErr = undefined; // id-less err received on the current socket
-    this._timers = { retry: 0, connect: 0, heartbeat: 0, pump: 0, closeFallback: 0 };
+    this._timers = { retry: 0, connect: 0, fallback: 0, heartbeat: 0, pump: 0, closeFallback: 0 };
     this._bucket = null; // client-side pacing to the relay's rate limit
     this._closedError = null;
     /** @type {Promise<void>} */
@@ -158,6 +217,15 @@ export class RelayPeer extends EventTarget {
   /** true while a welcomed socket is up */
   get connected() {
     return this.state === "open";
+  }
+
+  /**
+   * The transport of the current link, from its opening until it closes:
+   * `"websocket"`, `"http"` (the fallback), or null while there is none.
+   * @returns {"websocket" | "http" | null}
+   */
+  get transport() {
+    return this._transport;
   }
 
   // ---------------------------------------------------------------- API
@@ -355,9 +423,25 @@ export class RelayPeer extends EventTarget {
 
   _open() {
     this._setState(this._welcomed ? "reconnecting" : "connecting");
+    this._openTransport(0);
+  }
+
+  /**
+   * Opens a link with the `index`-th transport. One that never opens (an
+   * error or a close before opening, or no open within `fallbackTimeout`)
+   * gives way to the next; the last one's failure is the attempt's.
+   * @param {number} index
+   */
+  _openTransport(index) {
+    const kind = this._transports[index];
+    const fallback = index + 1 < this._transports.length;
+    /** @type {any} */
     let ws;
     try {
-      ws = new this._WS(this.url, [SUBPROTOCOL]);
+      ws =
+        kind === "http"
+          ? new HttpSocket(/** @type {string} */ (this.httpUrl), { fetch: this._fetch, streamTimeout: this._opts.streamTimeout })
+          : new this._WS(this.url, [SUBPROTOCOL]);
     } catch (err) {
       // e.g. a malformed URL: nothing a retry would fix
       this._finish(1006, String(err), err instanceof Error ? err : new Error(String(err)));
@@ -365,12 +449,37 @@ export class RelayPeer extends EventTarget {
     }
     this._ws = ws;
     this._lastErr = undefined;
+    let opened = false;
+    const next = () => {
+      if (ws !== this._ws) return;
+      clearTimeout(this._timers.connect);
+      clearTimeout(this._timers.fallback);
+      ws.onopen = ws.onmessage = ws.onclose = noop;
+      try {
+        if (typeof ws.terminate === "function") ws.terminate();
+        else ws.close();
+      } catch {
+        // ignore: it never opened
+      }
+      this._ws = null;
+      this._openTransport(index + 1);
+    };
     ws.binaryType = "arraybuffer";
-    ws.onopen = () => this._sendHello(ws);
+    ws.onopen = () => {
+      opened = true;
+      clearTimeout(this._timers.fallback);
+      this._transport = /** @type {"websocket" | "http"} */ (kind);
+      this._sendHello(ws);
+    };
     ws.onmessage = (/** @type {{data: unknown}} */ e) => this._onFrame(ws, e.data);
-    ws.onclose = (/** @type {{code: number, reason: string}} */ e) => this._onSocketClose(ws, e.code, e.reason);
+    ws.onclose = (/** @type {{code: number, reason: string}} */ e) =>
+      !opened && fallback ? next() : this._onSocketClose(ws, e.code, e.reason);
     ws.onerror = noop; // a close event always follows
-    this._timers.connect = setTimeout(() => this._drop(ws, "connect timeout"), this._opts.connectTimeout);
+    this._timers.connect = setTimeout(
+      () => (!opened && fallback ? next() : this._drop(ws, "connect timeout")),
+      this._opts.connectTimeout,
+    );
+    if (fallback) this._timers.fallback = setTimeout(() => opened || next(), this._opts.fallbackTimeout);
   }
 
   async _sendHello(/** @type {any} */ ws) {
@@ -561,7 +670,7 @@ export class RelayPeer extends EventTarget {
     /** @type {any} */
     let env;
     try {
-      env = this._codec.decode(/** @type {ArrayBuffer} */ (data));
+      env = this._codec.decode(/** @type {ArrayBuffer | Uint8Array} */ (data));
     } catch (err) {
       this._dispatchError(new ProtocolError(`undecodable frame: ${err}`, { cause: err }));
       return;
@@ -737,8 +846,10 @@ export class RelayPeer extends EventTarget {
   _onSocketClose(/** @type {any} */ ws, /** @type {number} */ code, /** @type {string} */ reason = "") {
     if (ws !== this._ws) return;
     this._ws = null;
+    this._transport = null;
     ws.onopen = ws.onmessage = ws.onclose = noop;
     clearTimeout(this._timers.connect);
+    clearTimeout(this._timers.fallback);
     clearInterval(this._timers.heartbeat);
     clearTimeout(this._timers.pump);
     this._timers.pump = 0;
@@ -788,6 +899,7 @@ export class RelayPeer extends EventTarget {
     this._closedError = error;
     for (const t of Object.values(this._timers)) clearTimeout(t);
     clearInterval(this._timers.heartbeat);
+    this._transport = null;
     if (this._ws) {
       const ws = this._ws;
       this._ws = null;

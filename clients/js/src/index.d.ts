@@ -9,6 +9,9 @@ export interface WebSocketConstructor {
   new (url: string, protocols?: string | string[]): any;
 }
 
+/** A link to the relay: a WebSocket, or the HTTP fallback (docs/protocol-http.md). */
+export type Transport = "websocket" | "http";
+
 export interface ConnectOptions {
   /** id to register as; the relay picks one when absent (and auth allows) */
   id?: string;
@@ -18,6 +21,19 @@ export interface ConnectOptions {
   resume?: string;
   /** WebSocket constructor; default globalThis.WebSocket (Node 20: pass `ws`) */
   WebSocket?: WebSocketConstructor;
+  /**
+   * transports to try, in order, on every connect and reconnect (default ["websocket", "http"]);
+   * the next is tried only when one never opened
+   */
+  transports?: Transport[];
+  /** the HTTP transport's URL (default: `url` with ws(s) -> http(s) and a last path segment `ws` -> `http`) */
+  httpUrl?: string;
+  /** fetch for the HTTP transport; default globalThis.fetch */
+  fetch?: typeof globalThis.fetch;
+  /** ms for a transport to open before the next one is tried (default 5000) */
+  fallbackTimeout?: number;
+  /** ms an HTTP stream may take to bring its first record before the session long-polls (default 3000; 0: long-poll at once) */
+  streamTimeout?: number;
   /** reconnect after drops and retryable closes (default true) */
   reconnect?: boolean;
   /** give up after this many reconnects without a stable (5 s) session (default Infinity) */
@@ -84,6 +100,10 @@ export interface RelayPeerEventMap {
 export class RelayPeer extends EventTarget {
   constructor(url: string, options?: ConnectOptions);
   readonly url: string;
+  /** the HTTP transport's URL; undefined when it cannot be derived from `url` and none was given */
+  readonly httpUrl: string | undefined;
+  /** the transport of the current link, while there is one */
+  readonly transport: Transport | null;
   /** our registered id */
   id: string | undefined;
   /** secret of the latest welcome (rotates on every welcome) */

@@ -1,8 +1,10 @@
 // Test helpers: a real relay process, a severable TCP proxy, a WebSocket
-// proxy that plays a relay's drain, small waits.
+// proxy that plays a relay's drain, an HTTP proxy that passes no WebSockets
+// (and may buffer), small waits.
 import { decode } from "@msgpack/msgpack";
 import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
+import http from "node:http";
 import net from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -293,3 +295,102 @@ export const sleep = (/** @type {number} */ ms) => new Promise((r) => setTimeout
 let counter = 0;
 /** A fresh peer id per test, so tests sharing a relay never collide. */
 export const uid = (/** @type {string} */ prefix) => `${prefix}-${process.pid}-${++counter}`;
+
+/**
+ * An HTTP proxy in front of the relay that does not pass WebSockets on, as
+ * a proxy that strips `Upgrade` does: a WebSocket handshake reaches the
+ * relay as a plain GET, whose answer the client gets instead of a `101`.
+ * Everything else is forwarded; with `buffer`, each answer is held back
+ * until it is complete, as a buffering proxy does (so a stream never gets
+ * through). `sever()` cuts every connection in both directions.
+ * @param {string} relayUrl ws://127.0.0.1:PORT/v1/ws
+ * @param {{buffer?: boolean}} [opts]
+ */
+export async function startHttpProxy(relayUrl, { buffer = false } = {}) {
+  const target = new URL(relayUrl);
+  /** @type {Set<import("node:net").Socket>} */
+  const sockets = new Set();
+  const upgrades = { count: 0 };
+  /** @type {string[]} */
+  const paths = [];
+  let paused = false; // when paused, accepted connections are dropped at once
+  const hopByHop = new Set(["connection", "upgrade", "keep-alive", "transfer-encoding"]);
+  /** @param {import("node:http").IncomingHttpHeaders} headers */
+  const forwardable = (headers) => Object.fromEntries(Object.entries(headers).filter(([k]) => !hopByHop.has(k)));
+  /**
+   * Sends the request on to the relay; calls `answer` with its response.
+   * @param {import("node:http").IncomingMessage} req
+   * @param {(res: import("node:http").IncomingMessage) => void} answer
+   * @param {() => void} failed
+   */
+  const forward = (req, answer, failed) => {
+    const upstream = http.request(
+      { host: target.hostname, port: Number(target.port), method: req.method, path: req.url, headers: forwardable(req.headers) },
+      answer,
+    );
+    upstream.on("socket", (s) => sockets.add(s));
+    upstream.on("error", failed);
+    req.pipe(upstream);
+  };
+  const server = http.createServer((req, res) => {
+    paths.push(req.url ?? "");
+    forward(
+      req,
+      (up) => {
+        if (!buffer) {
+          res.writeHead(up.statusCode ?? 502, forwardable(up.headers));
+          res.flushHeaders();
+          up.pipe(res);
+          return;
+        }
+        /** @type {Buffer[]} */
+        const parts = [];
+        up.on("data", (c) => parts.push(c));
+        up.on("end", () => res.writeHead(up.statusCode ?? 502, forwardable(up.headers)).end(Buffer.concat(parts)));
+      },
+      () => res.destroy(),
+    );
+  });
+  server.on("connection", (s) => {
+    if (paused) s.destroy();
+    else sockets.add(s);
+  });
+  server.on("upgrade", (req, socket) => {
+    upgrades.count++;
+    forward(
+      req,
+      (up) => {
+        /** @type {Buffer[]} */
+        const parts = [];
+        up.on("data", (c) => parts.push(c));
+        up.on("end", () => {
+          const body = Buffer.concat(parts);
+          socket.end(`HTTP/1.1 ${up.statusCode} ${up.statusMessage}\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
+        });
+      },
+      () => socket.destroy(),
+    );
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", () => r(undefined)));
+  const port = /** @type {import("node:net").AddressInfo} */ (server.address()).port;
+  return {
+    url: `ws://127.0.0.1:${port}${target.pathname}`,
+    /** WebSocket handshakes the proxy turned into plain GETs */
+    upgrades,
+    /** the paths of the other requests, in order */
+    paths,
+    /** refuse (drop) new connections while true */
+    setPaused(/** @type {boolean} */ v) {
+      paused = v;
+    },
+    /** drop every live connection (both directions, abruptly) */
+    sever() {
+      for (const s of sockets) s.destroy();
+      sockets.clear();
+    },
+    close() {
+      this.sever();
+      return new Promise((r) => server.close(() => r(undefined)));
+    },
+  };
+}

@@ -14,11 +14,17 @@ let session = null;
 let stream = null;
 /** @type {string | null} */
 let shownPeer = null;
+/** @type {string | null} */
+let shownRoom = null;
 let roomOffset = 0;
-/** @type {Map<string, {at: number, in: number, out: number}>} */
+/** @type {Map<string, {at: number, in: number, out: number, refusals: Record<string, number>}>} */
 const previous = new Map();
-/** @type {[number[], number[], number[]]} */
-const traffic = [[], [], []];
+// The chart's columns: time, in/s, out/s, connections, then refusals/s of each code seen.
+/** @type {(number | null)[][]} */
+const traffic = [[], [], [], []];
+/** @type {string[]} */
+const refusalCodes = []; // in the order they were first seen; column 4 + index
+const REFUSAL_COLOURS = ["#d6453d", "#c98a0b", "#a04fd6", "#d6457f", "#7a5c3a", "#3aa6b9"];
 /** @type {uPlot | null} */
 let chart = null;
 
@@ -95,15 +101,24 @@ function update(data) {
   const now = Date.now() / 1000;
   let totalIn = 0;
   let totalOut = 0;
+  let connections = 0;
+  /** @type {Record<string, number>} */
+  const refusing = {}; // refusals per second by code, summed over the nodes
   const rows = data.nodes.map((node) => {
     if (node.unreachable) return [node.node, "unreachable"];
     const last = previous.get(node.node);
     const span = last ? now - last.at : 0;
-    const rateIn = last && span > 0 ? Math.max(0, (node.messages_in - last.in) / span) : 0;
-    const rateOut = last && span > 0 ? Math.max(0, (node.messages_out - last.out) / span) : 0;
-    previous.set(node.node, { at: now, in: node.messages_in, out: node.messages_out });
+    const rate = (/** @type {number} */ count, /** @type {number | undefined} */ before) =>
+      last && span > 0 ? Math.max(0, (count - (before ?? 0)) / span) : 0;
+    const rateIn = rate(node.messages_in, last?.in);
+    const rateOut = rate(node.messages_out, last?.out);
+    for (const [code, count] of Object.entries(node.refusals ?? {})) {
+      refusing[code] = (refusing[code] ?? 0) + rate(count, last?.refusals[code]);
+    }
+    previous.set(node.node, { at: now, in: node.messages_in, out: node.messages_out, refusals: node.refusals ?? {} });
     totalIn += rateIn;
     totalOut += rateOut;
+    connections += node.connections;
     const backplane = node.backplane_up ? (node.draining ? "up, draining" : "up") : "down";
     return [node.node, node.connections, node.peers, node.rooms, rateIn.toFixed(1), rateOut.toFixed(1),
       node.queued_messages, backplane, duration(node.uptime_seconds), node.version];
@@ -116,8 +131,9 @@ function update(data) {
     new Date(event.at * 1000).toLocaleTimeString(), event.node, event.kind === "closed" ? `closed (${event.label})` : "refused",
     event.peer ?? "(no id)", String(event.code),
   ]));
-  plot(now, totalIn, totalOut);
+  plot(now, [totalIn, totalOut, connections], refusing);
   if (shownPeer !== null) showPeer(shownPeer).catch(() => {});
+  if (shownRoom !== null) showRoom().catch(() => {});
 }
 
 function fillTable(/** @type {string} */ id, /** @type {any[][]} */ rows) {
@@ -162,25 +178,46 @@ function makeChart() {
   chart = new uPlot({
     width: chartWidth(),
     height: 220,
-    series: [{}, { label: "in/s", stroke: "#4f6df5", width: 2 }, { label: "out/s", stroke: "#1f9d63", width: 2 }],
-    axes: [{}, { size: 50 }],
+    series: [
+      {},
+      { label: "in/s", stroke: "#4f6df5", width: 2, scale: "rate" },
+      { label: "out/s", stroke: "#1f9d63", width: 2, scale: "rate" },
+      { label: "connections", stroke: "#8d95a8", width: 2, dash: [6, 4], scale: "count" },
+    ],
+    axes: [{}, { scale: "rate", size: 50 }, { scale: "count", side: 1, size: 50, grid: { show: false } }],
     scales: {
       // the last minute at least, up to WINDOW_SECONDS, ending now
       x: { range: (_u, min, max) => [max - Math.min(WINDOW_SECONDS, Math.max(60, max - min)), max] },
-      y: { range: (_u, _min, max) => [0, Math.max(1, max * 1.1)] },
+      rate: { range: (_u, _min, max) => [0, Math.max(1, max * 1.1)] },
+      count: { range: (_u, _min, max) => [0, Math.max(1, Math.ceil(max * 1.1))] },
     },
-  }, traffic, $("chart"));
+  }, /** @type {any} */ (traffic), $("chart"));
   window.addEventListener("resize", () => chart?.setSize({ width: chartWidth(), height: 220 }));
 }
 
-function plot(/** @type {number} */ now, /** @type {number} */ rateIn, /** @type {number} */ rateOut) {
+function addRefusalSeries(/** @type {string} */ code) {
+  const index = refusalCodes.indexOf(code);
+  chart?.addSeries({
+    label: `refused ${code}/s`, scale: "rate", width: 1.5,
+    stroke: REFUSAL_COLOURS[index % REFUSAL_COLOURS.length],
+  }, 4 + index);
+}
+
+/** One point of each series at ``now``: totals, then each code's refusals per second. */
+function plot(/** @type {number} */ now, /** @type {number[]} */ values, /** @type {Record<string, number>} */ refusing) {
+  for (const code of Object.keys(refusing).sort()) {
+    if (refusalCodes.includes(code)) continue;
+    refusalCodes.push(code);
+    traffic.push(traffic[0].map(() => null)); // no line before the code was first seen
+    addRefusalSeries(code);
+  }
   traffic[0].push(now);
-  traffic[1].push(rateIn);
-  traffic[2].push(rateOut);
-  while (traffic[0].length && traffic[0][0] < now - WINDOW_SECONDS) {
+  values.forEach((value, i) => traffic[1 + i].push(value));
+  refusalCodes.forEach((code, i) => traffic[4 + i].push(refusing[code] ?? 0));
+  while (traffic[0].length && /** @type {number} */ (traffic[0][0]) < now - WINDOW_SECONDS) {
     for (const series of traffic) series.shift();
   }
-  chart?.setData(traffic);
+  chart?.setData(/** @type {any} */ (traffic));
 }
 
 /** @type {Map<string, {count: number, at: number}>} */
@@ -254,9 +291,13 @@ function note(/** @type {string} */ text) {
   return item;
 }
 
-async function showRoom() {
-  const room = /** @type {HTMLInputElement} */ ($("room-name")).value.trim();
+/** The room asked for (from its input), then followed: each push refreshes its page of members. */
+async function showRoom(/** @type {string | null} */ asked = null) {
+  if (asked !== null) shownRoom = asked;
+  const room = shownRoom;
+  if (room === null) return;
   const { status, answer } = await api(`/admin/api/rooms/${encodeURIComponent(room)}?offset=${roomOffset}&limit=50`);
+  if (room !== shownRoom) return; // another room was asked for meanwhile
   $("room").hidden = false;
   if (status !== 200) {
     $("room-status").textContent = answer.message ?? "unavailable";
@@ -267,16 +308,28 @@ async function showRoom() {
   $("room-status").textContent = answer.count ? `${room}: ${answer.count} members (${roomOffset + 1}–${last})` : `${room}: empty`;
   $("room-members").replaceChildren(...answer.members.map((/** @type {string} */ member) => {
     const item = document.createElement("li");
+    item.dataset.member = member;
     const link = document.createElement("button");
     link.type = "button";
     link.className = "link";
     link.textContent = member;
     link.addEventListener("click", () => lookUpPeer(member));
-    item.append(link);
+    item.append(link, presenceBadge(answer.presence?.[member]));
     return item;
   }));
   /** @type {HTMLButtonElement} */ ($("room-prev")).disabled = roomOffset === 0;
   /** @type {HTMLButtonElement} */ ($("room-next")).disabled = last >= answer.count;
+}
+
+/** A member's presence: online, resuming (its window's seconds left) or unknown; watching presence or not. */
+function presenceBadge(/** @type {any} */ presence) {
+  const badge = document.createElement("span");
+  const state = presence?.state ?? "unknown";
+  badge.className = "presence";
+  badge.dataset.state = state;
+  const text = state === "resuming" ? `resuming, ${Math.round(presence.seconds_left ?? 0)} s left` : state;
+  badge.textContent = (presence?.node ? `${text} on ${presence.node}` : text) + (presence?.watching ? " · watches presence" : "");
+  return badge;
 }
 
 function lookUpPeer(/** @type {string} */ id) {
@@ -340,7 +393,7 @@ suggest("peer-id", "peer-matches", "peers", lookUpPeer);
 suggest("room-name", "room-matches", "rooms", (name) => {
   /** @type {HTMLInputElement} */ ($("room-name")).value = name;
   roomOffset = 0;
-  showRoom().catch(() => {});
+  showRoom(name).catch(() => {});
 });
 
 $("login-form").addEventListener("submit", async (event) => {
@@ -378,15 +431,15 @@ $("room-form").addEventListener("submit", (event) => {
   event.preventDefault();
   $("room-matches").replaceChildren();
   roomOffset = 0;
-  showRoom().catch(() => {});
+  showRoom(/** @type {HTMLInputElement} */ ($("room-name")).value.trim()).catch(() => {});
 });
 $("room-prev").addEventListener("click", () => { roomOffset = Math.max(0, roomOffset - 50); showRoom().catch(() => {}); });
 $("room-next").addEventListener("click", () => { roomOffset += 50; showRoom().catch(() => {}); });
 $("room-publish").addEventListener("submit", (event) => {
   event.preventDefault();
-  const room = /** @type {HTMLInputElement} */ ($("room-name")).value.trim();
+  const room = shownRoom;
   const d = jsonOf("room-publish-d");
-  if (d !== undefined) act(`publish a message to room ${room}`, "/admin/api/publish", { room, d });
+  if (d !== undefined && room !== null) act(`publish a message to room ${room}`, "/admin/api/publish", { room, d });
 });
 
 start().then(() => { if (session === null) showLogin(); }, () => showLogin());

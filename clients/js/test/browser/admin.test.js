@@ -1,26 +1,40 @@
 // Real-browser test of the relay's /admin page in Debian's chromium: no data
 // without a login; after it, a peer that connects shows up (with its rooms)
-// within 3 s, a disconnect from the page closes it with 4504; a forged
-// action without the CSRF token is refused; a read-only page offers no
-// actions and the relay refuses them. It leaves screenshots, desktop and
-// phone width, in clients/js/test-results/ (docs/admin.md shows one).
+// within 3 s, a room's members with their presence (a dropped one resuming),
+// the chart's series (connections, refusals by code), a disconnect from the
+// page closes it with 4504; a forged action without the CSRF token is
+// refused; a read-only page offers no actions and the relay refuses them; an
+// admin JWT logs in through the form, a peer's token does not. It leaves
+// screenshots, desktop and phone width, in clients/js/test-results/
+// (docs/admin.md shows one).
 import assert from "node:assert/strict";
+import { createHmac } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
 import { closePages, launchChromium } from "../chromium.js";
-import { REPO, nextEvent, peer, startRelay, uid } from "../helpers.js";
+import { REPO, nextEvent, peer, startProxy, startRelay, uid } from "../helpers.js";
 
 const RESULTS = join(REPO, "clients", "js", "test-results");
 const PASSWORD = "correct horse battery staple";
 const DESKTOP = { width: 1280, height: 900 };
 const PHONE = { width: 390, height: 844 };
+const JWT_SECRET = "test-secret-that-is-long-enough-for-hs256!";
+
+/** An HS256 JWT of `claims` (with `sub` and a minute's `exp`), as a backend would mint it. */
+function hs256(/** @type {Record<string, unknown>} */ claims) {
+  const part = (/** @type {unknown} */ value) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ exp: Math.floor(Date.now() / 1000) + 60, ...claims })}`;
+  return `${body}.${createHmac("sha256", JWT_SECRET).update(body).digest("base64url")}`;
+}
 
 describe("admin page in chromium", () => {
   /** @type {Awaited<ReturnType<typeof startRelay>>} */
   let relay;
   /** @type {Awaited<ReturnType<typeof startRelay>>} */
   let readOnly;
+  /** @type {Awaited<ReturnType<typeof startRelay>>} */
+  let withTokens;
   /** @type {import("playwright-core").Browser} */
   let browser;
   /** @type {import("playwright-core").Page[]} */
@@ -33,6 +47,8 @@ describe("admin page in chromium", () => {
     // the password goes by the environment, not on the command line
     relay = await startRelay([], { env: { RELAY_ADMIN_PASSWORD: PASSWORD } });
     readOnly = await startRelay(["--admin-read-only", "true"], { env: { RELAY_ADMIN_PASSWORD: PASSWORD } });
+    // admin JWTs only: no password opens this one
+    withTokens = await startRelay(["--admin-jwt", "true"], { env: { RELAY_JWT_SECRET: JWT_SECRET } });
     browser = await launchChromium();
   });
   afterEach(async (t) => {
@@ -45,6 +61,7 @@ describe("admin page in chromium", () => {
     await browser?.close();
     await relay?.stop();
     await readOnly?.stop();
+    await withTokens?.stop();
   });
 
   async function openPage(/** @type {string} */ base, viewport = DESKTOP) {
@@ -106,15 +123,30 @@ describe("admin page in chromium", () => {
     await alice.join(room);
     const bob = await peer(relay.url, { id: uid("bob") });
     peers.push(bob);
-    await bob.join(room);
+    await bob.join(room, { presence: true });
+    // carol's link drops (no close): the relay keeps her, rooms and all, for a resume
+    const link = await startProxy(relay.url);
+    const carol = await peer(link.url, { id: uid("carol"), reconnect: false });
+    peers.push(carol, link);
+    await carol.join(room);
+    link.sever();
+    // and someone takes alice's id: refused, id-taken
+    await assert.rejects(peer(relay.url, { id, reconnect: false }));
     await page.waitForSelector(`#peer-rooms li[data-room="${room}"]`, { timeout: 3000 });
     await page.waitForSelector("#peer-status:has-text('connected')");
-    await page.waitForSelector("#nodes tbody td:nth-child(3):has-text('2')", { timeout: 3000 });
+    await page.waitForSelector("#nodes tbody td:nth-child(3):has-text('3')", { timeout: 3000 });
 
-    // the room by its first letters: a search, then a click
+    // the room by its first letters: a search, then a click; each member with its presence
     await page.fill("#room-name", room.slice(0, -1));
     await page.click(`#room-matches button:has-text("${room}")`);
-    await page.waitForSelector(`#room-members button:has-text("${id}")`);
+    await page.waitForSelector(`#room-members li[data-member="${id}"] .presence[data-state="online"]`);
+    await page.waitForSelector(`#room-members li[data-member="${bob.id}"] .presence:has-text("watches presence")`);
+    await page.waitForSelector(`#room-members li[data-member="${carol.id}"] .presence[data-state="resuming"]:has-text("s left")`, { timeout: 3000 });
+
+    // the chart: messages, connections, and a series for the refusals of each code seen
+    await page.waitForSelector(".u-legend :text('refused id-taken/s')", { timeout: 3000 });
+    const legend = await page.locator(".u-legend .u-series .u-label").allTextContents();
+    assert.deepEqual(legend.slice(1), ["in/s", "out/s", "connections", "refused id-taken/s"]);
     await page.waitForTimeout(2500); // let the chart draw a few points for the pictures
     await page.screenshot({ path: join(RESULTS, "admin-desktop.png"), fullPage: true });
 
@@ -148,6 +180,32 @@ describe("admin page in chromium", () => {
     const width = await page.evaluate(() => document.documentElement.scrollWidth);
     assert.ok(width <= PHONE.width, `the page scrolls sideways: ${width} px`);
     await page.screenshot({ path: join(RESULTS, "admin-phone.png"), fullPage: true });
+    assert.deepEqual(errors, []);
+  });
+
+  test("an admin JWT logs in through the form; a peer's token gets nothing", async () => {
+    const { page, errors } = await openPage(withTokens.httpUrl);
+    await page.waitForSelector("#login-form", { state: "visible" });
+    await page.fill("#token", hs256({ sub: "alice" })); // a peer's token: no relay_admin claim
+    await page.click('#login-form button[type="submit"]');
+    await page.waitForSelector("#login-error:has-text('wrong password or token')");
+    assert.equal(await page.isVisible("#dash-view"), false);
+    assert.equal((await fetchIn(page, "/admin/api/overview")).status, 401);
+    // nor does the page's password field open it: this relay has no password
+    await page.fill("#password", PASSWORD);
+    await page.click('#login-form button[type="submit"]');
+    await page.waitForSelector("#login-error:has-text('wrong password or token')");
+
+    await page.fill("#token", hs256({ sub: "ops-dana", relay_admin: "operate" }));
+    await page.click('#login-form button[type="submit"]');
+    await page.waitForSelector('#live[data-state="open"]');
+    await page.waitForSelector("#user:has-text('ops-dana')");
+    // operate: the actions are offered
+    assert.equal(await page.evaluate(() => [...document.querySelectorAll("[data-action]")].some((e) => /** @type {HTMLElement} */ (e).hidden)), false);
+    const session = JSON.parse((await fetchIn(page, "/admin/api/session")).body);
+    assert.equal(session.user, "ops-dana");
+    assert.equal(session.read_only, false);
+    assert.equal((await fetchIn(page, "/admin/api/overview")).status, 200);
     assert.deepEqual(errors, []);
   });
 

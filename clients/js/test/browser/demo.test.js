@@ -35,14 +35,14 @@ describe("demo page in chromium", () => {
     await relay?.stop();
   });
 
-  async function openPage(/** @type {{width: number, height: number}} */ viewport = { width: 1280, height: 800 }) {
+  async function openPage(/** @type {{width: number, height: number}} */ viewport = { width: 1280, height: 800 }, query = "") {
     const context = await browser.newContext({ viewport });
     const page = await context.newPage();
     pages.push(page);
     const errors = [];
     page.on("pageerror", (e) => errors.push(e));
     page.on("console", (m) => m.type() === "error" && errors.push(m.text()));
-    const res = await page.goto(`${relay.httpUrl}/`);
+    const res = await page.goto(`${relay.httpUrl}/${query}`);
     assert.equal(res?.status(), 200, "the relay serves the demo at /");
     return { page, errors };
   }
@@ -105,6 +105,30 @@ describe("demo page in chromium", () => {
     await a.page.screenshot({ path: join(RESULTS, "demo.png") });
     await b.page.setViewportSize({ width: 390, height: 844 });
     await b.page.screenshot({ path: join(RESULTS, "demo-mobile.png"), fullPage: true });
+    assert.deepEqual(a.errors, []);
+    assert.deepEqual(b.errors, []);
+  });
+
+  test("the page works over the HTTP transport: chat and WebRTC signaling with a WebSocket page", async () => {
+    const room = uid("room");
+    const alice = uid("alice");
+    const bob = uid("bob");
+    const a = await openPage(undefined, "?transports=http");
+    const b = await openPage();
+    await joinAs(a.page, alice, room);
+    await joinAs(b.page, bob, room);
+    assert.match(await a.page.locator("#status").textContent() ?? "", /connected over HTTP/);
+    assert.doesNotMatch(await b.page.locator("#status").textContent() ?? "", /over HTTP/);
+    await a.page.waitForSelector(`#members li[data-peer="${bob}"]`);
+    await a.page.fill("#chat-input", "over http");
+    await a.page.click("#chat-send");
+    await b.page.waitForSelector('#chat-log li:has-text("over http")');
+    await b.page.fill("#chat-input", "back over ws");
+    await b.page.press("#chat-input", "Enter");
+    await a.page.waitForSelector('#chat-log li:has-text("back over ws")');
+    await a.page.click(`#members li[data-peer="${bob}"] button`);
+    await a.page.waitForSelector('#rtc-status[data-state="open"]', { timeout: 20_000 });
+    await b.page.waitForSelector('#rtc-status[data-state="open"]', { timeout: 20_000 });
     assert.deepEqual(a.errors, []);
     assert.deepEqual(b.errors, []);
   });

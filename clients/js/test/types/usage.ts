@@ -6,6 +6,13 @@ import { fetchIceServers, openDataChannel } from "relay-client/webrtc";
 
 async function main(): Promise<void> {
   const peer: RelayPeer = await connect("ws://127.0.0.1:1/v1/ws", { id: "alice", WebSocket });
+  const viaHttp = await connect("ws://127.0.0.1:1/v1/ws", { transports: ["http"], httpUrl: "http://127.0.0.1:1/v1/http", fetch, streamTimeout: 0 });
+  const kind: "websocket" | "http" | null = viaHttp.transport;
+  // @ts-expect-error -- transport is read-only
+  viaHttp.transport = "http";
+  // @ts-expect-error -- only "websocket" and "http" are transports
+  await connect("ws://127.0.0.1:1/v1/ws", { transports: ["sse"], fallbackTimeout: 1000 });
+  void kind;
   const r = await peer.send(["bob", "carol"], new Uint8Array([1, 2]), { ev: "chat" });
   const queued: boolean = r.queued;
   await peer.publish("lobby", { text: "hi" }, { echo: true });
