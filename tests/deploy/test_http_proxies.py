@@ -260,3 +260,24 @@ async def test_a_session_through_a_round_robin_proxy(
     posts = [r for r in nginx.requests() if r[1] in ("/v1/http/send", "/v1/http/ack")]
     assert len(posts) == 5 and all(r[2] == "204" for r in posts)
     assert {r[3] for r in posts} == {address(node) for node in two_nodes}, "both nodes answered"
+
+
+# --- what a proxy's address costs the HTTP transport ---------------------------------
+
+
+async def test_http_sessions_through_a_proxy_are_not_capped_as_pending_connections(
+    relay_factory: RelayFactory, proxy: StartProxy
+) -> None:
+    # Every request comes from the proxy's address; here it is not exempt, as nginx's in a
+    # container network is not (deploy/compose.yaml). WebSockets from one address get past
+    # max_pending_per_ip, since an upgraded socket leaves the pending count...
+    relay = await relay_factory(admission_exempt=(), max_pending_per_ip=4)
+    sockets = [await join_as(relay.url, f"ws{n}") for n in range(6)]
+    # ... and so should HTTP sessions, each one connection toward the admission caps.
+    nginx = proxy("upgrade-refusing", [upstream(relay)])
+    async with httpx.AsyncClient(timeout=10) as client, anyio.create_task_group() as tasks:
+        for n in range(6):
+            await streaming(nginx.url + relay.settings.http_path, client, tasks, f"http{n}")
+        tasks.cancel_scope.cancel()
+    for socket in sockets:
+        await socket.close()
