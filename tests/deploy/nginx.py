@@ -169,7 +169,8 @@ def main() -> None:
         nginx = Nginx(Path(directory), proxy_site(args.kind, port, args.upstreams), port)
 
         def stop(_signum: int, _frame: FrameType | None) -> None:
-            nginx.stop()
+            # Not nginx.stop(): this interrupts the wait below, which holds Popen's wait lock.
+            nginx.process.terminate()
 
         signal.signal(signal.SIGTERM, stop)
         print(f"nginx ready on http://127.0.0.1:{port}, access log {nginx.access_log}", flush=True)
