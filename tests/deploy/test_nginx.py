@@ -12,11 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import socket
 import ssl
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,10 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import relay_client
 
 from tests.cluster.processes import FAST_CLUSTER, RelayProcess
+from tests.deploy.nginx import Nginx, self_signed_certificate
+from tests.deploy.sessions import exchange_over_a_stream, streaming
+from tests.httppeer import StreamReader
+from tests.peers import join_as
 from tests.redis_server import free_port
 
 pytestmark = pytest.mark.anyio
@@ -42,30 +43,23 @@ class Edge:
     cafile: Path
     nodes: list[RelayProcess]
 
+    @property
+    def http_url(self) -> str:
+        """The HTTP transport through nginx: https://127.0.0.1:PORT/v1/http."""
+        return self.url.replace("wss://", "https://").replace("/v1/ws", "/v1/http")
 
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:  # polled: nginx signals readiness only by listening
-        if process.poll() is not None:
-            raise RuntimeError(f"nginx exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("nginx did not listen in time")
+
+def deploy_site(directory: Path, port: int, upstreams: list[str]) -> str:
+    """deploy/nginx/relay.conf listening on ``port``, its certificates in ``directory``."""
+    site = SITE.read_text().replace("/etc/nginx/certs", str(directory))
+    site = site.replace("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;")
+    servers = iter(upstreams)
+    return re.sub(r"server relay-\d:8080", lambda _: f"server {next(servers)}", site)
 
 
 @pytest.fixture
 def edge(tmp_path: Path, redis_url: str) -> Iterator[Edge]:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    assert Path(nginx).exists(), "nginx is missing: apt-get install nginx (.ci/run does)"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-         "-keyout", str(tmp_path / "privkey.pem"), "-out", str(tmp_path / "fullchain.pem")],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cafile = self_signed_certificate(tmp_path)
     prefix = f"deploy-{uuid.uuid4().hex[:8]}"
     nodes = [
         RelayProcess(
@@ -87,26 +81,12 @@ def edge(tmp_path: Path, redis_url: str) -> Iterator[Edge]:
         for node in nodes:
             node.wait_ready()
         port = free_port()
-        site = SITE.read_text().replace("/etc/nginx/certs", str(tmp_path))
-        site = site.replace("listen 443 ssl;", f"listen 127.0.0.1:{port} ssl;")
-        upstreams = iter(node.url.split("/")[2] for node in nodes)
-        site = re.sub(r"server relay-\d:8080", lambda _: f"server {next(upstreams)}", site)
-        (tmp_path / "site.conf").write_text(site)
-        (tmp_path / "nginx.conf").write_text(
-            f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
-            f"http {{ access_log off; include {tmp_path}/site.conf; }}\n"
-        )
-        proxy = subprocess.Popen(
-            [nginx, "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path), "-g", "daemon off;"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        upstreams = [node.url.split("/")[2] for node in nodes]
+        proxy = Nginx(tmp_path, deploy_site(tmp_path, port, upstreams), port)
         try:
-            wait_for_port(port, proxy)
-            yield Edge(f"wss://127.0.0.1:{port}/v1/ws", tmp_path / "fullchain.pem", nodes)
+            yield Edge(f"wss://127.0.0.1:{port}/v1/ws", cafile, nodes)
         finally:
-            proxy.terminate()
-            proxy.wait(10)
+            proxy.stop()
     finally:
         for node in nodes:
             node.stop()
@@ -227,3 +207,23 @@ async def test_clients_across_nodes_through_nginx_and_a_rolling_restart(edge: Ed
         assert process.stdin is not None
         await process.stdin.aclose()
         tasks.cancel_scope.cancel()
+
+
+async def test_an_http_session_through_the_tls_edge(edge: Edge) -> None:
+    tls = ssl.create_default_context(cafile=str(edge.cafile))
+    bob = await join_as(edge.url, "bob", ssl=tls)
+    async with (
+        httpx.AsyncClient(verify=tls, timeout=10) as client,
+        anyio.create_task_group() as tasks,
+    ):
+        alice, stream = await streaming(edge.http_url, client, tasks, "alice")
+        await exchange_over_a_stream(alice, stream, bob)
+        stream.scope.cancel()  # cut: a stream opened again goes on where it was
+        await bob.send({"type": "send", "to": "alice", "d": "while cut", "id": 5})
+        again = StreamReader(alice)
+        tasks.start_soon(again.run)
+        await again.envelope(type="msg", d="while cut")
+        assert (await alice.ack()).status_code == 204
+        await bob.expect(type="ok", id=5)
+        again.scope.cancel()
+    await bob.close()
