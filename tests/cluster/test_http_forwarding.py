@@ -117,6 +117,7 @@ async def test_a_session_whose_node_is_gone_is_unknown_elsewhere(
 async def test_a_node_forwards_a_bounded_number_of_readers(
     cluster: Cluster, client: httpx.AsyncClient
 ) -> None:
+    assert MAX_FORWARDED_READERS == 512  # as docs/protocol-http.md says
     holder, other = await cluster(2)
     alice = HTTPPeer(client, holder.http_url + holder.settings.http_path)
     await alice.open()
