@@ -30,32 +30,46 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 
 class RelayApp(Starlette):
-    """Starlette, but the peers' WebSocket path goes straight to its endpoint.
+    """Starlette, but the peers' own paths go straight to their endpoints.
 
-    A reconnect storm is thousands of handshakes a second, and each would
-    otherwise cross Starlette's middleware and try the router's routes in
-    turn; the endpoint checks the handshake itself and needs neither.
-    Sockets on the admin listener (``admin_port``) still take the routes,
-    which serve that listener nothing but the admin page.
+    A reconnect storm is thousands of WebSocket handshakes a second, and a
+    message over the HTTP transport is a request or two: each would otherwise
+    cross Starlette's middleware and try the router's routes in turn, and
+    the endpoints check what they are given themselves. Requests on the admin
+    listener (``admin_port``) still take the routes, which serve that
+    listener nothing but the admin page.
     """
 
     def __init__(
-        self, ws_path: str, ws_endpoint: ASGIApp, admin_port: int | None, **kwargs: Any
+        self,
+        websocket: tuple[str, ASGIApp],
+        http: tuple[str, ASGIApp] | None,
+        admin_port: int | None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self._ws_path = ws_path
-        self._ws_endpoint = ws_endpoint
+        self._ws_path, self._ws_app = websocket
+        self._http_prefix = http[0] + "/" if http else ""
+        self._http_app: ASGIApp | None = http[1] if http else None
         self._admin_port = admin_port
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "websocket"
-            and scope["path"] == self._ws_path
-            and (self._admin_port is None or scope["server"][1] != self._admin_port)
+        kind = scope["type"]
+        if kind != "lifespan" and (
+            self._admin_port is None or (scope.get("server") or ("", 0))[1] != self._admin_port
         ):
-            scope["app"] = self
-            await self._ws_endpoint(scope, receive, send)
-            return
+            if kind == "websocket" and scope["path"] == self._ws_path:
+                scope["app"] = self
+                await self._ws_app(scope, receive, send)
+                return
+            if (
+                kind == "http"
+                and self._http_app is not None
+                and scope["path"].startswith(self._http_prefix)
+            ):
+                scope["app"] = self
+                await self._http_app(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -125,7 +139,6 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
             "/v1/ice-servers", ice.endpoint(hub), settings.origins, headers=("authorization",)
         ),
         *(peerjs.routes() if peerjs is not None else ()),
-        *(http.routes() if http is not None else ()),
         WebSocketRoute("/{path:path}", unknown_path),
         # The demo, and /client.js for pages of the allowed Origins to import.
         Mount(
@@ -136,7 +149,13 @@ def create_app(settings: Settings | None = None, *, broker: Broker | None = None
         ),
     ]
     admin_port = split_host_port(settings.admin_listen)[1] if settings.admin_listen else None
-    app = RelayApp(settings.path, relay_endpoint, admin_port, routes=routes, lifespan=lifespan)
+    app = RelayApp(
+        (settings.path, relay_endpoint),
+        (settings.http_path, http.app()) if http is not None else None,
+        admin_port,
+        routes=routes,
+        lifespan=lifespan,
+    )
     app.state.hub = hub
     app.state.operator = operator
     app.state.webhooks = webhooks

@@ -227,6 +227,9 @@ async def test_bad_requests_are_refused_and_disturb_nobody(
             )
             assert response.status_code == 404, secret
         assert (await client.post(f"{base}/other")).status_code == 404
+        assert (await client.post(f"{base}/send/more")).status_code == 404
+        wrong_method = await client.get(f"{base}/open")
+        assert (wrong_method.status_code, wrong_method.headers["allow"]) == (405, "POST")
         huge = {"relay-seq": "2"}
         too_big = b"\x00" * (relay.settings.http_body_bytes + 1)
         response = await client.post(f"{base}/send", headers=alice.headers(**huge),

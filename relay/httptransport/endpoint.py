@@ -23,8 +23,7 @@ import anyio
 import msgpack
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.routing import BaseRoute, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.api import BodyTooLarge, read_bounded_body
 from relay.broker.base import (
@@ -61,6 +60,7 @@ _RECORDS = [
 ]
 
 Result = list[Any]  # [status, text or body, ...]: what an operation answers
+OPERATIONS = frozenset(("open", "stream", "poll", "send", "ack", "close"))
 
 
 class HTTPEndpoint:
@@ -75,9 +75,13 @@ class HTTPEndpoint:
         self._node_tag = _tag(hub.node_id)
         hub.broker.serve(REQUEST_KIND, self._serve_forwarded)
 
-    def routes(self) -> list[BaseRoute]:
-        """The routes under ``http_path``, CORS included for the allowed Origins."""
-        app = CORSMiddleware(
+    def app(self) -> ASGIApp:
+        """What serves ``{http_path}/...``: this endpoint, CORS included for the allowed Origins.
+
+        ``relay.app.RelayApp`` hands it those requests itself, past Starlette's
+        router: each message over HTTP is a request or two.
+        """
+        return CORSMiddleware(
             self,
             allow_origins=[o.lower().rstrip("/") for o in self.settings.origins] or ["*"],
             allow_methods=["POST"],
@@ -85,17 +89,19 @@ class HTTPEndpoint:
             expose_headers=["retry-after"],
             max_age=600,
         )
-        return [Route(self.settings.http_path + "/{operation}", app, methods=["POST", "OPTIONS"])]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        operation = scope["path"][len(self.settings.http_path) + 1 :]
+        if operation not in OPERATIONS:
+            await _respond(send, 404, b"no such request")
+            return
+        if scope["method"] != "POST":
+            await _respond(send, 405, b"POST only", [(b"allow", b"POST")])
+            return
         request = Request(scope, receive)
-        operation = scope["path_params"]["operation"]
         if operation == "open":
             status, body, headers = await self._open(scope)
             await _respond(send, status, body, headers)
-            return
-        if operation not in ("stream", "poll", "send", "ack", "close"):
-            await _respond(send, 404, b"no such request")
             return
         secret = request.headers.get("relay-session", "")
         received = _count(request.headers.get("relay-received"))

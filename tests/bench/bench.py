@@ -61,6 +61,7 @@ class Scenario:
     kind: str = "rate"  # rate, idle, storm or busy: how bench.py drives and reads it
     long: bool = False  # minutes per server: runs only when named in --only
     crowd: str = ""  # the load.mjs option --clients replaces
+    servers: tuple[str, ...] = ()  # the only servers it runs (empty: any)
     also: list[tuple[str, str, str]] = field(default_factory=list)  # more (key, unit, better)
 
     def compared(self) -> list[tuple[str, str, str]]:
@@ -95,6 +96,12 @@ SCENARIOS: dict[str, Scenario] = {
         ["fixed", "--pairs", "50", "--rate", "2000", "--size", "64"],
         "the same pairs at a fixed 2,000 round trips/s, 64 B payloads",
         "p99_ms", "p99 ms", "lower",
+    ),
+    "fixed200": Scenario(
+        ["fixed", "--pairs", "50", "--rate", "200", "--size", "64"],
+        "the same pairs at a fixed 200 round trips/s, 64 B payloads: the latency falling back "
+        "to HTTP adds (fixed2000's rate is more than the HTTP generator can offer)",
+        "p99_ms", "p99 ms", "lower", servers=("relay", "relay-http"),
     ),
     "room200": Scenario(
         ["room", "--members", "200", "--rate", "500", "--size", "64"],
@@ -374,8 +381,14 @@ def server_list(text: str) -> list[str]:
 
 def servers_for(name: str, servers: list[str]) -> list[str]:
     """The servers scenario ``name`` runs: relay-http only where load.mjs can drive it."""
-    mode = SCENARIOS[name].load[0]
-    return [server for server in servers if server != "relay-http" or mode in HTTP_MODES]
+    scenario = SCENARIOS[name]
+    mode = scenario.load[0]
+    return [
+        server
+        for server in servers
+        if (server != "relay-http" or mode in HTTP_MODES)
+        and (not scenario.servers or server in scenario.servers)
+    ]
 
 
 def run_all(args: argparse.Namespace, report: Callable[[str], None]) -> dict[str, Any]:
