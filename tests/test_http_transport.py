@@ -13,6 +13,7 @@ import pytest
 from relay.httptransport.records import CLOSE, ENVELOPE, KEEPALIVE, record
 from tests.conftest import RelayFactory, RunningRelay
 from tests.httppeer import HTTPPeer, SessionEnd, StreamReader, envelope_body
+from tests.jwtkit import SECRET, hs256
 from tests.peers import open_peer
 
 pytestmark = pytest.mark.anyio
@@ -379,3 +380,29 @@ async def test_a_drain_closes_http_sessions_with_1001_after_answering(
         assert "not acted on" in value["reason"]
         await alice.ack()
         assert alice.secret not in relay.app.state.http.sessions
+
+
+async def test_tokens_and_the_rate_limit_hold_over_http(
+    relay_factory: RelayFactory, client: httpx.AsyncClient
+) -> None:
+    relay = await relay_factory(jwt_secret=SECRET, rate_per_second=1, rate_burst=2)
+    base = relay.http_url + relay.settings.http_path
+    forged = HTTPPeer(client, base)
+    await forged.open()
+    await forged.send({"type": "hello", "id": "alice", "token": hs256("alice", secret="x" * 40)})
+    records = await forged.poll()
+    assert records[0][0] == ENVELOPE and records[0][1]["code"] == "unauthorized"
+    if len(records) == 1:  # the close record may come in the next answer
+        records += await forged.poll()
+    assert records[-1][0] == CLOSE and records[-1][1]["code"] == 4501
+
+    alice = HTTPPeer(client, base)
+    await alice.open()
+    await alice.send({"type": "hello", "id": "alice", "token": hs256("alice")})
+    assert (await alice.poll())[0][1]["type"] == "welcome"
+    await alice.send(*({"type": "ping", "id": n} for n in range(4)))
+    answers: list[dict[str, Any]] = []
+    while len(answers) < 4:
+        answers += [value for kind, value in await alice.poll() if kind == ENVELOPE]
+    assert [a["type"] for a in answers] == ["pong", "pong", "err", "err"]
+    assert {a["code"] for a in answers[2:]} == {"rate-limited"}
