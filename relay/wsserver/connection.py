@@ -434,8 +434,8 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         if subprotocol:
             extra.append((b"sec-websocket-protocol", subprotocol.encode()))
         response = rfc6455.accept_response(self._bridge.accept_key, extra)
-        scope = self._bridge.scope
-        log.info("%s [accepted]", request_line(scope))
+        if log.isEnabledFor(logging.INFO):  # formatting the line costs a storm's handshakes
+            log.info("%s [accepted]", request_line(self._bridge.scope))
         self._handler = handler
         self.state = OPEN
         self._transport.write(response)
