@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import logging
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -187,55 +189,64 @@ class HTTPEndpoint:
         receive: Receive,
         send: Send,
     ) -> None:
+        with self._reader_place(node) as placed:
+            if not placed:
+                await _respond(send, 503, b"this node forwards as many streams as it may")
+                return
+            forward = self.settings.http_forward_seconds
+            attached = await self._call(node, "attach", [secret, received], forward)
+            if attached[0] != 200:
+                await _respond(send, attached[0], attached[1])
+                return
+            held_open = scope.get("extensions", {}).get(HELD_OPEN)
+            if held_open is not None:
+                held_open()  # the session holds admission's place: out of the pending counts
+            hold = self.settings.http_poll_seconds if poll else self.settings.http_keepalive_seconds
+            await send({"type": "http.response.start", "status": 200, "headers": _RECORDS})
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_until_disconnected, receive, tasks.cancel_scope)
+                reader = attached[2]
+                await self._pass_records(node, secret, reader, received, hold, poll, send)
+                tasks.cancel_scope.cancel()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _pass_records(
+        self, node: str, secret: str, reader: int, start: int, hold: float, poll: bool, send: Send
+    ) -> None:
+        """What reader number ``reader`` fetches from envelope ``start`` on, into the response.
+
+        A stream goes on until its last record (or a newer reader, or its end);
+        a poll takes one fetch.
+        """
+        if not poll:
+            await _send_part(send, KEEPALIVE_RECORD)
+        timeout = hold + self.settings.http_forward_seconds
+        while True:
+            fetched = await self._call(node, "fetch", [secret, reader, start, hold], timeout)
+            if fetched[0] != 200:
+                return
+            _status, body, start, last = fetched
+            if body or poll:
+                # A poll that a newer reader ended still answers something.
+                await _send_part(send, body or KEEPALIVE_RECORD)
+            if last or poll:
+                return
+
+    @contextlib.contextmanager
+    def _reader_place(self, node: str) -> Iterator[bool]:
+        """A place for a reader of a session ``node`` holds: False when none is free.
+
+        Only readers forwarded to another node count (``MAX_FORWARDED_READERS``).
+        """
         forwarded = node != self.hub.node_id
         if forwarded and self.forwarded_readers >= MAX_FORWARDED_READERS:
-            await _respond(send, 503, b"this node forwards as many streams as it may")
+            yield False
             return
         self.forwarded_readers += forwarded
         try:
-            await self._serve_reader(scope, node, secret, received, poll, receive, send)
+            yield True
         finally:
             self.forwarded_readers -= forwarded
-
-    async def _serve_reader(
-        self,
-        scope: Scope,
-        node: str,
-        secret: str,
-        received: int,
-        poll: bool,
-        receive: Receive,
-        send: Send,
-    ) -> None:
-        forward = self.settings.http_forward_seconds
-        attached = await self._call(node, "attach", [secret, received], forward)
-        if attached[0] != 200:
-            await _respond(send, attached[0], attached[1])
-            return
-        reader = attached[2]
-        held_open = scope.get("extensions", {}).get(HELD_OPEN)
-        if held_open is not None:
-            held_open()  # the session holds admission's place; this connection leaves the pending
-        hold = self.settings.http_poll_seconds if poll else self.settings.http_keepalive_seconds
-        await send({"type": "http.response.start", "status": 200, "headers": _RECORDS})
-        start = received
-        async with anyio.create_task_group() as tasks:
-            tasks.start_soon(_until_disconnected, receive, tasks.cancel_scope)
-            if not poll:
-                await _send_part(send, KEEPALIVE_RECORD)
-            while True:
-                fetched = await self._call(node, "fetch", [secret, reader, start, hold],
-                                           hold + forward)  # fmt: skip
-                if fetched[0] != 200:
-                    break
-                _status, body, start, last = fetched
-                if body or poll:
-                    # A poll that a newer reader ended still answers something.
-                    await _send_part(send, body or KEEPALIVE_RECORD)
-                if last or poll:
-                    break
-            tasks.cancel_scope.cancel()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     # --- the operations, here or on the node that holds the session -------------------
 
