@@ -14,7 +14,7 @@ from relay.httptransport.records import CLOSE, ENVELOPE, KEEPALIVE, record
 from tests.conftest import RelayFactory, RunningRelay
 from tests.httppeer import HTTPPeer, SessionEnd, StreamReader, envelope_body
 from tests.jwtkit import SECRET, hs256
-from tests.peers import open_peer
+from tests.peers import join_as, open_peer
 
 pytestmark = pytest.mark.anyio
 
@@ -40,8 +40,7 @@ async def registered(
 async def test_a_peer_over_http_talks_with_a_websocket_peer(
     relay: RunningRelay, client: httpx.AsyncClient
 ) -> None:
-    ws = await open_peer(relay.url)
-    await ws.request({"type": "hello", "id": "bob"})
+    ws = await join_as(relay.url, "bob")
     async with anyio.create_task_group() as tasks:
         alice, stream = await registered(relay, client, tasks, "alice")
         await alice.send({"type": "send", "to": "bob", "d": b"\x00hi", "id": 1})
@@ -65,8 +64,7 @@ async def test_a_peer_over_http_talks_with_a_websocket_peer(
 async def test_ok_waits_until_the_http_reader_reports_the_message(
     relay: RunningRelay, client: httpx.AsyncClient
 ) -> None:
-    ws = await open_peer(relay.url)
-    await ws.request({"type": "hello", "id": "bob"})
+    ws = await join_as(relay.url, "bob")
     async with anyio.create_task_group() as tasks:
         alice, stream = await registered(relay, client, tasks, "alice")
         await alice.ack()  # the welcome
@@ -103,8 +101,7 @@ async def test_a_batch_sent_again_is_answered_not_read_again(
 async def test_a_cut_stream_opened_again_loses_nothing(
     relay: RunningRelay, client: httpx.AsyncClient
 ) -> None:
-    ws = await open_peer(relay.url)
-    await ws.request({"type": "hello", "id": "bob"})
+    ws = await join_as(relay.url, "bob")
     async with anyio.create_task_group() as tasks:
         alice, stream = await registered(relay, client, tasks, "alice")
         stream.scope.cancel()  # cut, having read only the welcome
@@ -170,8 +167,7 @@ async def test_an_idle_session_ends_resumable_and_replays_what_was_not_reported(
 ) -> None:
     relay = await relay_factory(http_idle_seconds=1.0, http_keepalive_seconds=0.2,
                                 http_poll_seconds=0.2)  # fmt: skip
-    ws = await open_peer(relay.url)
-    await ws.request({"type": "hello", "id": "bob"})
+    ws = await join_as(relay.url, "bob")
     alice = HTTPPeer(client, relay.http_url + relay.settings.http_path)
     await alice.open()
     await alice.send({"type": "hello", "id": "alice"})
@@ -294,8 +290,7 @@ async def test_a_stream_nobody_reads_is_closed_4008_and_its_messages_wait_for_a_
     relay_factory: RelayFactory, client: httpx.AsyncClient
 ) -> None:
     relay = await relay_factory(slow_consumer_seconds=0.5, http_buffer_bytes=4096)
-    ws = await open_peer(relay.url)
-    await ws.request({"type": "hello", "id": "bob"})
+    ws = await join_as(relay.url, "bob")
     alice = HTTPPeer(client, relay.http_url + relay.settings.http_path)
     await alice.open()
     await alice.send({"type": "hello", "id": "alice"})

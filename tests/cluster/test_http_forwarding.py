@@ -16,7 +16,7 @@ from relay.httptransport.endpoint import MAX_FORWARDED_READERS
 from tests.cluster.conftest import Cluster
 from tests.conftest import RunningRelay
 from tests.httppeer import HTTPPeer, StreamReader
-from tests.peers import open_peer
+from tests.peers import join_as
 
 pytestmark = pytest.mark.anyio
 
@@ -40,8 +40,7 @@ async def test_stream_on_one_node_posts_on_the_other_keep_order_and_one_answer_e
     cluster: Cluster, client: httpx.AsyncClient
 ) -> None:
     holder, other = await cluster(2)
-    bob = await open_peer(holder.url)
-    await bob.request({"type": "hello", "id": "bob"})
+    bob = await join_as(holder.url, "bob")
     alice = HTTPPeer(client, holder.http_url + holder.settings.http_path)
     assert (await alice.open()).status_code == 200
     assert alice.secret in holder.app.state.http.sessions
