@@ -401,3 +401,24 @@ async def test_tokens_and_the_rate_limit_hold_over_http(
         answers += [value for kind, value in await alice.poll() if kind == ENVELOPE]
     assert [a["type"] for a in answers] == ["pong", "pong", "err", "err"]
     assert {a["code"] for a in answers[2:]} == {"rate-limited"}
+
+
+async def test_a_body_of_empty_envelopes_is_read_one_at_a_time_and_closes_4500(
+    relay: RunningRelay, client: httpx.AsyncClient
+) -> None:
+    async with anyio.create_task_group() as tasks:
+        alice, stream = await registered(relay, client, tasks, "alice")
+        empty = record(ENVELOPE) * (relay.settings.http_body_bytes // 5)  # 209,715 of them
+        response = await client.post(
+            relay.http_url + relay.settings.http_path + "/send",
+            headers=alice.headers(**{"relay-seq": "2"}), content=empty,
+        )  # fmt: skip
+        assert response.status_code == 204
+        records = [await stream.next()]
+        while records[-1][0] == ENVELOPE:
+            records.append(await stream.next())
+        # Past the budget of bad envelopes the session closes; the rest is not answered.
+        budget = relay.settings.bad_envelope_budget
+        assert [value["code"] for _, value in records[:-1]] == ["bad-envelope"] * (budget + 1)
+        assert (records[-1][0], records[-1][1]["code"]) == (CLOSE, 4500)
+        stream.scope.cancel()

@@ -39,7 +39,7 @@ from relay.httptransport.records import (
     KEEPALIVE_RECORD,
     BadRecords,
     RecordTooLarge,
-    parse_envelopes,
+    check_envelopes,
 )
 from relay.httptransport.transport import HTTPTransport, OutOfOrder, SessionOver
 from relay.hub import Hub
@@ -308,14 +308,14 @@ class HTTPEndpoint:
 
     async def _accept(self, transport: HTTPTransport, seq: int, body: bytes) -> Result:
         try:
-            frames = parse_envelopes(body, self.settings.max_frame_bytes)
+            check_envelopes(body, self.settings.max_frame_bytes)
         except RecordTooLarge as exc:
             transport.too_large(str(exc))
             return [413, str(exc).encode()]
         except BadRecords as exc:
             return [400, str(exc).encode()]
         try:
-            await transport.accept(seq, frames)
+            await transport.accept(seq, body)
         except OutOfOrder as exc:
             return [409, str(exc).encode()]
         return [204, b""]

@@ -27,7 +27,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from relay.clock import Scheduler, Timer
-from relay.httptransport.records import KEEPALIVE_RECORD, close_record, envelope_records
+from relay.httptransport.records import (
+    HEAD_BYTES,
+    KEEPALIVE_RECORD,
+    close_record,
+    envelope_records,
+    envelopes,
+)
 from relay.rfc6455 import wire_size
 
 if TYPE_CHECKING:
@@ -220,11 +226,12 @@ class HTTPTransport:
             size += len(frame)
         return Fetched(envelope_records(frames), self._base + first + len(frames), False)
 
-    async def accept(self, seq: int, frames: list[bytes]) -> None:
-        """Read batch ``seq``: once, in order, returning once every envelope of it was read.
+    async def accept(self, seq: int, body: bytes) -> None:
+        """Read batch ``seq``, a body ``check_envelopes`` accepted: once, in order.
 
-        The same ``seq`` as the last batch read returns at once (its answer
-        was lost); any other but the next raises ``OutOfOrder``.
+        Returns once every envelope of it was read. The same ``seq`` as the
+        last batch read returns at once (its answer was lost); any other but
+        the next raises ``OutOfOrder``.
         """
         if self.ended:
             raise SessionOver
@@ -238,16 +245,16 @@ class HTTPTransport:
             raise OutOfOrder(f"expected batch {self._seq + 1} (or {self._seq} again), not {seq}")
         else:
             self._batch_seq = seq
-            self._unread_bytes = sum(len(frame) for frame in frames)
-            batch = self._batch = asyncio.ensure_future(self._read(seq, frames))
+            self._unread_bytes = len(body)
+            batch = self._batch = asyncio.ensure_future(self._read(seq, body))
         # Shielded: a forwarded request that times out must not cut a batch
         # in half; the client's retry of the same number waits for the rest.
         await asyncio.shield(batch)
         if self.ended and self._seq != seq:
             raise SessionOver
 
-    async def _read(self, seq: int, frames: list[bytes]) -> None:
-        for frame in frames:
+    async def _read(self, seq: int, body: bytes) -> None:
+        for frame in envelopes(body):
             while not self._reading.is_set():
                 if self.ended:
                     return
@@ -255,7 +262,7 @@ class HTTPTransport:
             session = self.session
             if self.ended or session is None:
                 return
-            self._unread_bytes -= len(frame)
+            self._unread_bytes -= HEAD_BYTES + len(frame)
             session.message_received(frame)
         self._seq = seq
         self._unread_bytes = 0
