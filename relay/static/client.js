@@ -1604,6 +1604,7 @@ var HttpSocket = class {
     this._keepaliveMs = 15e3;
     this._pollMs = 25e3;
     this._idleMs = 45e3;
+    this._maxBatchBytes = MAX_BATCH_BYTES;
     this._received = 0;
     this._reported = 0;
     this._outgoing = [];
@@ -1714,6 +1715,7 @@ var HttpSocket = class {
     this._keepaliveMs = ms(answer.keepalive_seconds, this._keepaliveMs);
     this._pollMs = ms(answer.poll_seconds, this._pollMs);
     this._idleMs = ms(answer.idle_seconds, this._idleMs);
+    if (typeof answer.body_bytes === "number" && answer.body_bytes > 0) this._maxBatchBytes = answer.body_bytes;
     this.readyState = OPEN;
     this._heard();
     this.onopen?.({ type: "open" });
@@ -1858,7 +1860,7 @@ var HttpSocket = class {
         let size = 0;
         let n = 0;
         for (const bytes of this._outgoing) {
-          if (n > 0 && size + 5 + bytes.byteLength > MAX_BATCH_BYTES) break;
+          if (n > 0 && size + 5 + bytes.byteLength > this._maxBatchBytes) break;
           size += 5 + bytes.byteLength;
           n++;
         }

@@ -23,8 +23,9 @@ const CLOSED = 3;
 const RETRY = { base: 250, max: 5000 };
 
 /**
- * A `send` body stays within the relay's default `http_body_bytes` (1 MiB);
- * one envelope larger than that still goes, alone.
+ * A `send` body stays within the relay's `http_body_bytes` (its `open` answer's
+ * `body_bytes`; 1 MiB, the default, until then); one envelope larger than
+ * that still goes, alone.
  */
 const MAX_BATCH_BYTES = 1 << 20;
 
@@ -95,6 +96,7 @@ export class HttpSocket {
     this._keepaliveMs = 15_000;
     this._pollMs = 25_000;
     this._idleMs = 45_000;
+    this._maxBatchBytes = MAX_BATCH_BYTES;
     this._received = 0; // envelope records received in this HTTP session (Relay-Received)
     this._reported = 0; // the highest Relay-Received a request has delivered
     /** @type {Uint8Array[]} */
@@ -217,6 +219,7 @@ export class HttpSocket {
     this._keepaliveMs = ms(answer.keepalive_seconds, this._keepaliveMs);
     this._pollMs = ms(answer.poll_seconds, this._pollMs);
     this._idleMs = ms(answer.idle_seconds, this._idleMs);
+    if (typeof answer.body_bytes === "number" && answer.body_bytes > 0) this._maxBatchBytes = answer.body_bytes;
     this.readyState = OPEN;
     this._heard();
     this.onopen?.({ type: "open" });
@@ -374,7 +377,7 @@ export class HttpSocket {
         let size = 0;
         let n = 0;
         for (const bytes of this._outgoing) {
-          if (n > 0 && size + 5 + bytes.byteLength > MAX_BATCH_BYTES) break;
+          if (n > 0 && size + 5 + bytes.byteLength > this._maxBatchBytes) break;
           size += 5 + bytes.byteLength;
           n++;
         }

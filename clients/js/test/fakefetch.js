@@ -20,8 +20,8 @@ import { encodeRecords } from "../src/records.js";
 export const records = (/** @type {number} */ kind, /** @type {Uint8Array[]} */ payloads) => encodeRecords(kind, payloads);
 
 /** The msgpack answer of `open`. */
-export function openAnswer(session = "s3cret", { keepalive = 15, poll = 25, idle = 45 } = {}) {
-  return encode({ session, keepalive_seconds: keepalive, poll_seconds: poll, idle_seconds: idle });
+export function openAnswer(session = "s3cret", { keepalive = 15, poll = 25, idle = 45, bodyBytes = 1 << 20 } = {}) {
+  return encode({ session, keepalive_seconds: keepalive, poll_seconds: poll, idle_seconds: idle, body_bytes: bodyBytes });
 }
 
 export function fakeFetch() {

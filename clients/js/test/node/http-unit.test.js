@@ -77,7 +77,7 @@ test("the HTTP URL is derived from a WebSocket URL ending in /ws, and only from 
  * An HttpSocket whose session is open, with its events collected.
  * @param {{streamTimeout?: number, idle?: number}} [opts]
  */
-async function opened({ streamTimeout = 3000, idle = 45 } = {}) {
+async function opened({ streamTimeout = 3000, idle = 45, bodyBytes = 1 << 20 } = {}) {
   const relay = fakeFetch();
   const sock = new HttpSocket("http://relay.test/v1/http/", { fetch: relay.fetch, streamTimeout });
   /** @type {any[]} */
@@ -89,7 +89,7 @@ async function opened({ streamTimeout = 3000, idle = 45 } = {}) {
   assert.equal(open.url, "http://relay.test/v1/http/open");
   assert.equal(open.headers["relay-session"], undefined);
   const onopen = new Promise((resolve) => (sock.onopen = resolve));
-  open.respond(200, openAnswer("s3cret", { idle }));
+  open.respond(200, openAnswer("s3cret", { idle, bodyBytes }));
   await onopen;
   assert.equal(sock.readyState, HttpSocket.OPEN);
   return { relay, sock, messages, closed };
@@ -131,6 +131,24 @@ describe("HttpSocket", () => {
       ],
     );
     second.respond(204);
+    sock.terminate();
+  });
+
+  test("a batch stays within the body_bytes the relay's open answer gave", async () => {
+    const { relay, sock } = await opened({ bodyBytes: 64 });
+    await relay.next("stream");
+    const payload = { d: "x".repeat(30) }; // 37 bytes of msgpack, 42 with its record header
+    sock.send(env({ type: "hello" }));
+    const first = await relay.next("send");
+    sock.send(env(payload));
+    sock.send(env(payload));
+    first.respond(204);
+    const second = await relay.next("send");
+    assert.equal(new RecordParser().push(second.body).length, 1, "two would exceed 64 bytes");
+    second.respond(204);
+    const third = await relay.next("send");
+    assert.equal(new RecordParser().push(third.body).length, 1);
+    third.respond(204);
     sock.terminate();
   });
 
