@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import anyio
 import httpx
 import pytest
 
@@ -50,5 +51,9 @@ async def test_workers_share_the_admin_listener(redis_url: str, nodes: Nodes) ->
     async with httpx.AsyncClient(base_url=server.http_url) as relay:
         assert (await relay.get("/admin/")).status_code == 404
     async with admin_client(found.group(1)) as client:
-        nodes_seen = (await client.get("/admin/api/overview")).json()["nodes"]
+        # The second worker may register with Redis just after the first says ready.
+        with anyio.fail_after(10):
+            overview = "/admin/api/overview"
+            while len(nodes_seen := (await client.get(overview)).json()["nodes"]) < 2:  # noqa: ASYNC110 (another process: no event)
+                await anyio.sleep(0.1)
     assert len(nodes_seen) == 2 and all(node["node"].startswith("w-") for node in nodes_seen)
