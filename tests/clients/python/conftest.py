@@ -21,7 +21,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import pytest
 
@@ -125,22 +125,44 @@ class Proxy:
                 await writer.drain()
 
 
+class Startable(Protocol):
+    """A test proxy: started, then closed when its test ends."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+P = TypeVar("P", bound=Startable)
+
+
+@contextlib.asynccontextmanager
+async def started_proxies(
+    make: Callable[[RunningRelay], P],
+) -> AsyncIterator[Callable[[RunningRelay], Awaitable[P]]]:
+    """A factory starting ``make(relay)`` proxies, every one closed on the way out."""
+    proxies: list[P] = []
+
+    async def start(relay: RunningRelay) -> P:
+        proxy = make(relay)
+        await proxy.start()
+        proxies.append(proxy)
+        return proxy
+
+    try:
+        yield start
+    finally:
+        for proxy in proxies:
+            await proxy.close()
+
+
 ProxyFactory = Callable[["RunningRelay"], Awaitable[Proxy]]
 
 
 @pytest.fixture
 async def proxy_factory() -> AsyncIterator[ProxyFactory]:
-    proxies: list[Proxy] = []
-
-    async def start(relay: RunningRelay) -> Proxy:
-        proxy = Proxy(relay.port, relay.settings.path)
-        await proxy.start()
-        proxies.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in proxies:
-        await proxy.close()
+    async with started_proxies(lambda relay: Proxy(relay.port, relay.settings.path)) as start:
+        yield start
 
 
 DrainProxyFactory = Callable[["RunningRelay"], Awaitable[DrainProxy]]
@@ -148,17 +170,8 @@ DrainProxyFactory = Callable[["RunningRelay"], Awaitable[DrainProxy]]
 
 @pytest.fixture
 async def drain_proxy_factory() -> AsyncIterator[DrainProxyFactory]:
-    proxies: list[DrainProxy] = []
-
-    async def start(relay: RunningRelay) -> DrainProxy:
-        proxy = DrainProxy(relay.url)
-        await proxy.start()
-        proxies.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in proxies:
-        await proxy.close()
+    async with started_proxies(lambda relay: DrainProxy(relay.url)) as start:
+        yield start
 
 
 class RelayProcess:

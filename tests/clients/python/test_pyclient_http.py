@@ -13,7 +13,7 @@ import pytest
 import relay_client
 from relay_client import Ack, State
 
-from tests.clients.python.conftest import ProxyFactory, RelayProcess
+from tests.clients.python.conftest import ProxyFactory, RelayProcess, started_proxies
 from tests.clients.python.httpproxy import HttpProxy
 from tests.clients.python.reconnecting import FAST, States, recv, wait
 from tests.cluster.conftest import redis_broker_factory
@@ -30,17 +30,8 @@ HttpProxyFactory = Callable[["RunningRelay"], Awaitable[HttpProxy]]
 
 @pytest.fixture
 async def http_proxy_factory() -> AsyncIterator[HttpProxyFactory]:
-    proxies: list[HttpProxy] = []
-
-    async def start(relay: RunningRelay) -> HttpProxy:
-        proxy = HttpProxy(relay.port)
-        await proxy.start()
-        proxies.append(proxy)
-        return proxy
-
-    yield start
-    for proxy in proxies:
-        await proxy.close()
+    async with started_proxies(lambda relay: HttpProxy(relay.port)) as start:
+        yield start
 
 
 async def test_an_http_peer_registers_and_talks_with_a_websocket_peer(
