@@ -21,11 +21,12 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import pytest
 
 from tests.clients.python.drainproxy import DrainProxy
+from tests.clients.python.tcpproxy import ProxyServer
 from tests.redis_server import free_port
 
 if TYPE_CHECKING:
@@ -34,34 +35,20 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[3]
 
 
-class Proxy:
+class Proxy(ProxyServer):
     """A TCP proxy from 127.0.0.1:``port`` to 127.0.0.1:``target_port``."""
 
     def __init__(self, target_port: int, path: str = "/v1/ws") -> None:
-        self.target_port = target_port
+        super().__init__(target_port)
         self.path = path
-        self.port = 0
         self.refusing = False
         self.accepted = 0
         self._flowing = asyncio.Event()
         self._flowing.set()
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._server: asyncio.Server | None = None
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}{self.path}"
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def sever(self) -> None:
-        """Drop every open connection at once (both sides see a reset)."""
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
 
     def freeze(self) -> None:
         """Stop forwarding bytes; sockets stay open."""
@@ -73,20 +60,7 @@ class Proxy:
     async def close(self) -> None:
         self.refusing = True
         self.thaw()
-        self.sever()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        with contextlib.suppress(asyncio.CancelledError):  # asyncio 3.11 logs cancelled handlers
-            await self._forward(reader, writer)
-        self._tasks.discard(task)
+        await super().close()
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refusing:

@@ -24,26 +24,23 @@ import contextlib
 import re
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+
+from tests.clients.python.tcpproxy import ProxyServer
 
 _REQUEST_LINE = re.compile(rb"(?:GET|POST|OPTIONS) (\S+) HTTP/1\.1\r\n")
 _UPGRADE_HEADERS = re.compile(rb"\r\n(?:upgrade: [^\r]*|connection: upgrade)(?=\r\n)", re.I)
 
 
-class HttpProxy:
+class HttpProxy(ProxyServer):
     """127.0.0.1:``port`` -> 127.0.0.1:``target_port``; see the module docstring."""
 
     def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
+        super().__init__(target_port)
         self.strip_upgrade = False
         self.buffer_streams = False
         self.route: Callable[[str], int] | None = None
         self.requests: Counter[str] = Counter()
         self.connections = 0
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._server: asyncio.Server | None = None
 
     def url(self, path: str = "/v1/ws") -> str:
         return f"ws://127.0.0.1:{self.port}{path}"
@@ -51,36 +48,6 @@ class HttpProxy:
     def count(self, name: str) -> int:
         """How many requests ended their path with ``/name``."""
         return sum(n for path, n in self.requests.items() if path.endswith("/" + name))
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def sever(self) -> None:
-        for writer in list(self._writers):
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def close(self) -> None:
-        self.sever()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await self._forward(reader, writer)
-        finally:
-            self._tasks.discard(task)
-            writer.transport.abort()
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         first = await reader.read(65536)
