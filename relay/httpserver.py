@@ -28,6 +28,12 @@ Each refusal is logged at most once a minute per client address, with the
 count of those not logged (``RefusalLog``): an address opening thousands of
 slow connections makes one line a minute, not one per socket.
 
+A WebSocket upgrade request in its plain form (``rfc6455.plain_upgrade``:
+what browsers and client libraries send), whole in a connection's first read
+and within the head bounds, goes to the WebSocket protocol without httptools:
+the protocol's own parser has read it, and a reconnect storm is thousands of
+them a second. Anything else takes the general path below.
+
 Pipelined requests are parsed one at a time: the next request is read only
 once the previous one is answered, so the responses go out in order and an
 upgrade request behind them is answered (101) after them. Nothing but
@@ -54,7 +60,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import httptools
 from prometheus_client import Counter
@@ -64,8 +70,9 @@ from uvicorn.server import ServerState
 
 from relay.admission import FULL_RETRY_AFTER, AddressSet, canonical_ip
 from relay.fdlimit import RESERVED_FILES
-from relay.rfc6455 import NEEDS_HTTP_11, http_response
+from relay.rfc6455 import NEEDS_HTTP_11, http_response, plain_upgrade
 from relay.settings import Settings
+from relay.wsserver.connection import RelayWebSocketProtocol
 
 log = logging.getLogger("relay.http")
 
@@ -255,6 +262,11 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         self._waiting = False  # in ``_Pending.waiting``, unread, for a place
         self._answer_later: _Refused | None = None  # once the request before is answered
         self._held_open = False  # its response is held open, out of the pending counts
+        self._first_read = True
+        # Whether the WebSocket protocol takes requests parsed here (``--ws-impl relay``).
+        self._takes_requests = isinstance(self.ws_protocol_class, type) and issubclass(
+            self.ws_protocol_class, RelayWebSocketProtocol
+        )
 
     # --- asyncio.Protocol -----------------------------------------------------------
 
@@ -306,9 +318,42 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         self._refuse(503, "the node is busy, try again later", retry_after=FULL_RETRY_AFTER)
 
     def data_received(self, data: bytes) -> None:
+        if self._first_read:
+            self._first_read = True
+            if self._upgraded_at_once(data):
+                return
         if self._answer_later is None:  # else the connection ends after that answer
             self._unparsed += data
             self._parse()
+
+    def _upgraded_at_once(self, data: bytes) -> bool:
+        """Hand a plain upgrade request, whole in the first read, to the WebSocket protocol.
+
+        Most connections open so, and httptools, uvicorn's request, and the
+        request head uvicorn writes again for the WebSocket protocol to parse
+        were a fifth of a registration in a reconnect storm (issue 22).
+        Anything not plain, whole and within the head bounds takes the
+        general path (``rfc6455.plain_upgrade``).
+        """
+        if not self._counted or not self._takes_requests:
+            return False
+        end = data.find(_BLANK_LINE)
+        if end < 0 or end + len(_BLANK_LINE) > self._limits.max_header_bytes:
+            return False
+        request = plain_upgrade(data[:end])
+        if request is None or len(request.headers) > self._limits.max_header_count:
+            return False
+        self._release()
+        self._disarm()
+        self.connections.discard(self)
+        del self.parser  # as in _upgrade
+        protocol = cast("type[RelayWebSocketProtocol]", self.ws_protocol_class)(
+            config=self.config, server_state=self.server_state, app_state=self.app_state
+        )
+        protocol.connection_made(self.transport)
+        self.transport.set_protocol(protocol)
+        protocol.take_request(request, data[end + len(_BLANK_LINE) :])
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

@@ -510,3 +510,51 @@ async def test_an_upgrade_leaves_no_http_protocol_for_the_collector(relay: Runni
     assert left == []
     for peer in peers:
         await peer.close()
+
+
+# --- the plain upgrade, whole in the first read ------------------------------------------
+
+
+async def test_a_plain_upgrade_in_one_read_skips_the_http_parser_and_is_answered_alike(
+    relay: RunningRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed: list[bytes] = []
+    feed, received = RelayHTTPProtocol._feed, RelayHTTPProtocol.data_received
+    read = asyncio.Event()
+
+    def counting_feed(self: RelayHTTPProtocol, piece: bytes) -> bool:
+        fed.append(piece)
+        return feed(self, piece)
+
+    def noting_reads(self: RelayHTTPProtocol, data: bytes) -> None:
+        read.set()
+        received(self, data)
+
+    monkeypatch.setattr(RelayHTTPProtocol, "_feed", counting_feed)
+    monkeypatch.setattr(RelayHTTPProtocol, "data_received", noting_reads)
+    request = upgrade_request(relay.port, "/v1/ws", subprotocols=("relay.v1",))
+    hello = client_frame(0x2, msgpack.packb({"type": "hello", "id": "alice"}))
+    heads = []
+    for cut in (None, 40):  # whole in one read, frames after it included; then in two reads
+        fed.clear()
+        read.clear()
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        if cut is None:
+            writer.write(request + hello)
+        else:
+            writer.write(request[:cut])
+            with anyio.fail_after(TIMEOUT):
+                await read.wait()  # the relay read the first part alone
+            writer.write(request[cut:] + hello)
+        buffer = bytearray()
+        response = await read_response(reader, buffer)
+        assert response.status == 101
+        heads.append([line for line in response.head.split(b"\r\n") if b"date:" not in line])
+        assert (fed == []) == (cut is None), fed
+        writer.write(close_frame(1000))
+        frames = ServerFrames()
+        frames.feed(bytes(buffer) + await ended(reader))
+        welcome = frames.next()
+        assert welcome is not None and msgpack.unpackb(welcome.payload)["id"] == "alice"
+        writer.close()
+    assert heads[0] == heads[1]

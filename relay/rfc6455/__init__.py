@@ -77,6 +77,7 @@ from relay.rfc6455.handshake import (
     accept_response,
     http_response,
     parse_request,
+    plain_upgrade,
     validate_handshake,
 )
 
@@ -128,6 +129,7 @@ __all__ = [
     "is_valid_close_code",
     "parse_close",
     "parse_request",
+    "plain_upgrade",
     "validate_handshake",
     "wire_size",
 ]

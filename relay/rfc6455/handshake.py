@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -73,6 +75,43 @@ def parse_request(head: bytes) -> Request:
         raise HandshakeError(400, "malformed request line") from None
 
 
+# A head no HTTP/1.1 parser could read two ways: a GET of an origin-form target
+# (RFC 3986 characters only) and header fields of token names and visible
+# ASCII values. Anything else (obs-fold, obs-text, absolute targets, bare CRs)
+# is left to the general parser, strict where this is not.
+_PLAIN_HEAD: Final = re.compile(
+    rb"GET /[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]* HTTP/1\.1"
+    rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\x21-\x7e \t]*)*"
+)
+# Headers after which a request is not plain: a body, or an answer to wait for.
+_NOT_PLAIN: Final = frozenset((b"content-length", b"transfer-encoding", b"expect"))
+
+
+def plain_upgrade(head: bytes) -> Request | None:
+    """``head`` parsed, if it is a WebSocket upgrade request in the plainest form; else None.
+
+    ``head`` is a request line and headers without the blank line that ends
+    them. The plain form is what browsers and client libraries send: a GET
+    of an origin-form target over HTTP/1.1, header names that are tokens,
+    values of visible ASCII, no body, ``Connection`` listing ``upgrade`` and
+    one ``Upgrade: websocket``. Such a head means the same to any HTTP
+    parser, so the HTTP stage may hand it to the WebSocket protocol unparsed
+    (``relay.httpserver``); None means only that the general parser decides.
+    The handshake itself is still ``validate_handshake``'s to check.
+    """
+    if _PLAIN_HEAD.fullmatch(head) is None:
+        return None
+    request = parse_request(head)
+    upgrades = request.values(b"upgrade")
+    if len(upgrades) != 1 or upgrades[0].lower() != b"websocket":
+        return None
+    if "upgrade" not in request.tokens(b"connection"):
+        return None
+    if any(name in _NOT_PLAIN for name, _ in request.headers):
+        return None
+    return request
+
+
 def validate_handshake(request: Request) -> Handshake:
     """Check ``request`` against RFC 6455 section 4.2.1; raise ``HandshakeError`` if not.
 
@@ -120,14 +159,23 @@ def accept_key(key: bytes) -> str:
     return base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode("ascii")
 
 
-def _head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+_BAD_NAME: Final = re.compile(rb"[\r\n\0: \t]")
+_BAD_VALUE: Final = re.compile(rb"[\r\n\0]")
+
+
+@functools.cache
+def _status_line(status: int) -> bytes:
     try:
         phrase = HTTPStatus(status).phrase.encode("ascii")
     except ValueError:
         phrase = b""
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
+    return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
+
+
+def _head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
+    lines = [_status_line(status)]
     for name, value in headers:
-        if not name or any(c in name for c in b"\r\n\0: \t") or any(c in value for c in b"\r\n\0"):
+        if not name or _BAD_NAME.search(name) or _BAD_VALUE.search(value):
             raise ValueError(f"invalid HTTP header {name!r}: {value!r}")
         lines.append(b"%s: %s\r\n" % (name, value))
     lines.append(b"\r\n")

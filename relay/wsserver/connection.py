@@ -392,6 +392,18 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._head = b""
         try:
             request = rfc6455.parse_request(buffered[:end])
+        except HandshakeError as exc:
+            self.respond(exc.status, list(exc.headers), exc.message.encode())
+            return
+        self.take_request(request, buffered[end + 4 :])
+
+    def take_request(self, request: rfc6455.Request, rest: bytes) -> None:
+        """The upgrade request, parsed already, and the bytes read after its head.
+
+        For a new connection, instead of ``data_received``: the HTTP stage
+        hands over a plain upgrade request (``rfc6455.plain_upgrade``) so.
+        """
+        try:
             handshake = rfc6455.validate_handshake(request)
         except HandshakeError as exc:
             self.respond(exc.status, list(exc.headers), exc.message.encode())
@@ -400,7 +412,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             self._config.ws_max_size,
             getattr(self._config, "ws_max_fragments", DEFAULT_MAX_FRAGMENTS),
         )
-        self._parser.feed(buffered[end + 4 :])
+        self._parser.feed(rest)
         self.state = CONNECTING
         self._sync_reading()
         self._bridge = ASGIBridge(
