@@ -12,6 +12,7 @@ waits, unread.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import secrets
@@ -89,6 +90,7 @@ class Hub(Router):
         self.draining = False
         self._drain_keeps = True  # a drained peer can resume on another node
         self._tasks: TaskGroup | None = None
+        self._steps: set[asyncio.Task[None]] = set()  # what spawn started and is running
         self._changed = anyio.Event()  # set when a session or a peer goes away
 
     # --- lifecycle -----------------------------------------------------------
@@ -109,6 +111,10 @@ class Hub(Router):
                     self._sweep_timer.cancel()
                 tasks.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
+                    for step in self._steps:
+                        step.cancel()
+                    if self._steps:
+                        await asyncio.wait(self._steps)
                     await self.broker.close()
 
     async def drain(self, seconds: float) -> None:
@@ -174,9 +180,22 @@ class Hub(Router):
         return True
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` in the hub's task group (it ends with the hub)."""
+        """Run ``work`` as a task that ends with the hub.
+
+        A plain asyncio task: the task group's ``start_soon`` cost a tenth
+        of a registration in a reconnect storm (issue 22), and every hello
+        spawns one. An exception ``work`` lets out is raised in the task
+        group, which ends the hub as it would have before.
+        """
         assert self._tasks is not None, "the hub is not running"
-        self._tasks.start_soon(lambda: work)
+        step = asyncio.get_running_loop().create_task(work)
+        self._steps.add(step)
+        step.add_done_callback(self._step_done)
+
+    def _step_done(self, step: asyncio.Task[None]) -> None:
+        self._steps.discard(step)
+        if not step.cancelled() and (exc := step.exception()) is not None and self._tasks:
+            self._tasks.start_soon(_reraise, exc)
 
     def sweep_slow_consumers(self) -> None:
         """Close 4008 every live peer whose queue has not moved for ``slow_consumer_seconds``.
@@ -570,3 +589,7 @@ class Hub(Router):
     def _announce_lost(self, room: str, peer_id: str) -> None:
         with suppress(BrokerUnavailable):  # not keeping up: dropped, as any frame is then
             self._announce(room, peer_id, "leave")
+
+
+async def _reraise(exc: BaseException) -> None:
+    raise exc
