@@ -64,6 +64,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
+@functools.lru_cache(maxsize=4096)  # see _parse_ip
 def canonical_ip(text: str) -> str:
     """``text`` as the address the caps count (IPv4-mapped IPv6 as IPv4), or as it is."""
     address = _parse_ip(text)
@@ -76,10 +77,14 @@ class AddressSet:
     def __init__(self, entries: tuple[str, ...]) -> None:
         # Settings has checked that every entry parses.
         self._networks = _networks(entries)
+        self._holds = functools.lru_cache(maxsize=4096)(self._lookup)  # see _parse_ip
 
     def __contains__(self, ip: object) -> bool:
         if not self._networks or not isinstance(ip, str):
             return False
+        return self._holds(ip)
+
+    def _lookup(self, ip: str) -> bool:
         address = _parse_ip(ip)
         return address is not None and any(address in network for network in self._networks)
 
