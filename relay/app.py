@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from relay import admin, api, ice
 from relay.broker import Broker, create_broker
@@ -42,7 +42,7 @@ class RelayApp(Starlette):
 
     def __init__(
         self,
-        websocket: tuple[str, ASGIApp],
+        websocket: tuple[str, RelayEndpoint],
         http: tuple[str, ASGIApp] | None,
         admin_port: int | None,
         **kwargs: Any,
@@ -53,11 +53,19 @@ class RelayApp(Starlette):
         self._http_app: ASGIApp | None = http[1] if http else None
         self._admin_port = admin_port
 
+    def _peers_side(self, scope: Scope) -> bool:
+        return self._admin_port is None or (scope.get("server") or ("", 0))[1] != self._admin_port
+
+    def take_websocket(self, scope: Scope, answer: Callable[[Message], None]) -> bool:
+        """A socket of the peers' path, at once (``relay.wsserver.asgi.TakesWebSockets``)."""
+        if scope["path"] != self._ws_path or not self._peers_side(scope):
+            return False
+        scope["app"] = self
+        return self._ws_app.take_websocket(scope, answer)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind != "lifespan" and (
-            self._admin_port is None or (scope.get("server") or ("", 0))[1] != self._admin_port
-        ):
+        if kind != "lifespan" and self._peers_side(scope):
             if kind == "websocket" and scope["path"] == self._ws_path:
                 scope["app"] = self
                 await self._ws_app(scope, receive, send)

@@ -18,9 +18,10 @@ otherwise: 1013 for admission's refusals, 1008 for the others.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from relay.admission import Admission
 from relay.decisions import ConnectInfo
@@ -60,25 +61,30 @@ class Gate:
         message = await receive()
         if message["type"] != "websocket.connect":
             return None
+        decided = self.decide(scope)
+        if isinstance(decided, Refusal):
+            for answer in refusal_messages(scope, decided):
+                await send(answer)
+            return None
+        return decided
+
+    def decide(self, scope: Scope) -> str | Refusal:
+        """Check the upgrade request: the client's address once admitted, or the refusal.
+
+        An admitted address holds a socket of admission's caps until ``release``.
+        """
         refused = self.check(scope)
         if refused is not None:
             status, body = refused
             retry_after = DRAINING_RETRY_AFTER if status == 503 else None
-            await refuse(scope, send, status, body, retry_after=retry_after)
-            return None
+            return Refusal(status, body, CloseCode.POLICY_VIOLATION, retry_after)
         ip = self.admission.client_ip(scope)
         denied = self.admission.admit(ip)
         if denied is not None:
             self.hub.metrics.refused.labels(denied.reason).inc()
-            await refuse(
-                scope,
-                send,
-                denied.status,
-                denied.message,
-                close_code=CloseCode.TRY_AGAIN_LATER,
-                retry_after=denied.retry_after,
+            return Refusal(
+                denied.status, denied.message, CloseCode.TRY_AGAIN_LATER, denied.retry_after
             )
-            return None
         return ip
 
     def check(self, scope: Scope) -> tuple[int, str] | None:
@@ -121,24 +127,27 @@ def direct_connection(scope: Scope) -> Any | None:
     return None if direct is None else direct["connection"]
 
 
-async def refuse(
-    scope: Scope,
-    send: Send,
-    status: int,
-    body: str,
-    *,
-    close_code: int = CloseCode.POLICY_VIOLATION,
-    retry_after: int | None = None,
-) -> None:
-    """Refuse before the upgrade: an HTTP answer where the server can give one, else a close."""
-    if "websocket.http.response" in scope.get("extensions", {}):
-        headers = [(b"content-type", b"text/plain; charset=utf-8")]
-        if retry_after is not None:
-            headers.append((b"retry-after", str(retry_after).encode()))
-        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body.encode()})
-    else:
-        await send({"type": "websocket.close", "code": close_code})
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why an upgrade is refused: the HTTP answer, or the close code without one."""
+
+    status: int
+    body: str
+    close_code: int = CloseCode.POLICY_VIOLATION
+    retry_after: int | None = None
+
+
+def refusal_messages(scope: Scope, refusal: Refusal) -> list[Message]:
+    """A refusal's ASGI messages: an HTTP answer where the server can give one, else a close."""
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        return [{"type": "websocket.close", "code": refusal.close_code}]
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    if refusal.retry_after is not None:
+        headers.append((b"retry-after", str(refusal.retry_after).encode()))
+    return [
+        {"type": "websocket.http.response.start", "status": refusal.status, "headers": headers},
+        {"type": "websocket.http.response.body", "body": refusal.body.encode()},
+    ]
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

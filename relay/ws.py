@@ -8,7 +8,8 @@ subprotocols but not ``relay.v1``.
 On the relay's own frame layer (``relay.wsserver``, the default) the socket
 is then handed over in *direct mode*: the connection calls the session for
 each message and the session writes straight to it, with no ASGI message, no
-queue and no task per frame. On uvicorn's own WebSocket implementations an
+queue and no task per frame; the upgrade itself is answered synchronously
+(``take_websocket``), with no task either. On uvicorn's own WebSocket implementations an
 ``ASGITransport`` runs the same session over ASGI messages, so there is one
 code path for the rules whichever implementation serves the socket.
 """
@@ -19,18 +20,19 @@ import asyncio
 import functools
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import anyio
 from starlette.responses import PlainTextResponse
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from relay.admission import Admission
 from relay.hub import Hub
 from relay.protocol.codes import CloseCode
 from relay.session import Session
-from relay.upgrade import Gate, direct_connection
+from relay.upgrade import Gate, Refusal, direct_connection, refusal_messages
 
 log = logging.getLogger("relay.ws")
 
@@ -51,19 +53,40 @@ class RelayEndpoint:
         self.gate = Gate(hub, Admission(hub.settings), _check_subprotocol)
         self.admission = self.gate.admission  # shared with the PeerJS endpoint
 
+    def take_websocket(self, scope: Scope, answer: Callable[[Message], None]) -> bool:
+        """Take a socket of the relay's frame layer at once (``wsserver.asgi.TakesWebSockets``).
+
+        The gate's checks and admission never wait, and in direct mode
+        nothing else is asked of ASGI: no task, no message for the upgrade.
+        """
+        connection = direct_connection(scope)
+        if connection is None:
+            return False
+        decided = self.gate.decide(scope)
+        if isinstance(decided, Refusal):
+            for message in refusal_messages(scope, decided):
+                answer(message)
+        else:
+            self._open_direct(scope, connection, decided)
+        return True
+
+    def _open_direct(self, scope: Scope, connection: Any, ip: str) -> None:
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
+        session = Session(self.hub, connection, on_end=functools.partial(self.gate.release, ip))
+        session.connect_info = self.gate.connect_info(scope, ip)
+        self.hub.opened(session)
+        connection.accept_direct(session, subprotocol)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ip = await self.gate.admit(scope, receive, send)
         if ip is None:
             return
-        subprotocol = SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
-        release = functools.partial(self.gate.release, ip)
         connection = direct_connection(scope)
         if connection is not None:
-            session = Session(self.hub, connection, on_end=release)
-            session.connect_info = self.gate.connect_info(scope, ip)
-            self.hub.opened(session)
-            connection.accept_direct(session, subprotocol)
+            self._open_direct(scope, connection, ip)
             return
+        subprotocol = SUBPROTOCOL if SUBPROTOCOL in (scope.get("subprotocols") or ()) else None
+        release = functools.partial(self.gate.release, ip)
         accept: dict[str, Any] = {"type": "websocket.accept"}
         if subprotocol is not None:
             accept["subprotocol"] = subprotocol

@@ -12,7 +12,7 @@ from websockets.exceptions import InvalidStatus
 from relay.admission import Admission
 from relay.session import Session
 from relay.settings import Settings
-from relay.upgrade import refuse
+from relay.upgrade import Refusal, refusal_messages
 from tests.conftest import RelayFactory, RunningRelay
 from tests.peers import RawPeer, join_as, open_peer
 
@@ -168,13 +168,9 @@ async def test_the_node_cap_gets_503(relay_factory: RelayFactory) -> None:
     await (await open_peer(relay.url)).close()
 
 
-async def test_refusals_are_1013_where_no_http_response_is_possible() -> None:
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    await refuse({"type": "websocket", "extensions": {}}, send, 503, "full", close_code=1013)
+def test_refusals_are_1013_where_no_http_response_is_possible() -> None:
+    refusal = Refusal(503, "full", close_code=1013)
+    sent = refusal_messages({"type": "websocket", "extensions": {}}, refusal)
     assert sent == [{"type": "websocket.close", "code": 1013}]
 
 

@@ -84,6 +84,21 @@ class BridgedConnection(Protocol):
         """Deliver messages again."""
 
 
+class TakesWebSockets(Protocol):
+    """An ASGI app that may take a WebSocket connection without an ASGI cycle.
+
+    The bridge offers every connection to ``take_websocket`` before it
+    starts a task for the app: an app that can decide at once (the relay's
+    own endpoint: its checks and admission never wait) answers the upgrade
+    through ``answer`` (``websocket.accept``, ``websocket.close``, a denial
+    response) or takes it in direct mode, and returns True. False: the app
+    is run as ever.
+    """
+
+    def take_websocket(self, scope: Scope, answer: Callable[[Message], None]) -> bool:
+        """Answer or take the connection now and return True, or return False."""
+
+
 class ASGIBridge:
     """Runs the ASGI app of one connection; in ASGI mode, its ``FrameHandler`` too."""
 
@@ -127,8 +142,26 @@ class ASGIBridge:
         self._disconnect: Message | None = None
         self._response: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
 
+    def offer(self) -> bool:
+        """Let the app take the connection at once, if it can (``TakesWebSockets``).
+
+        True when it did (it accepted or answered the upgrade, or failed):
+        nothing is left to run. False: run the app (``run``) in a task.
+        """
+        take = getattr(self._app, "take_websocket", None)
+        if take is None:
+            return False
+        try:
+            if not take(self.scope, self.answer):
+                return False
+        except Exception:
+            log.exception("Exception in ASGI application\n")
+            self._fail()
+            return True
+        self._app_returned()
+        return True
+
     async def run(self) -> None:
-        conn = self._conn
         try:
             result = await self._app(self.scope, self.receive, self.send)
         except ClientDisconnected:
@@ -139,6 +172,10 @@ class ASGIBridge:
             return
         if result is not None:
             log.error("ASGI callable should return None, but returned '%s'.", result)
+        self._app_returned()
+
+    def _app_returned(self) -> None:
+        conn = self._conn
         state = conn.state
         if state == CONNECTING:
             # Not an error worth ERROR: the client gets a 500, as from uvicorn.
@@ -236,7 +273,24 @@ class ASGIBridge:
                     "Expected ASGI message 'websocket.send' or 'websocket.close', "
                     f"but got {kind!r}."
                 )
-        elif state == CONNECTING:
+        elif state in (CONNECTING, RESPONDING):
+            self.answer(message)
+        elif self._app_closed and state != LOST:
+            raise RuntimeError(f"Unexpected ASGI message {kind!r} after sending 'websocket.close'.")
+        else:
+            raise ClientDisconnected
+
+    def answer(self, message: Message) -> None:
+        """Send a message that answers the upgrade (accept, close, denial response); never waits.
+
+        ``send`` for these; what ``TakesWebSockets.take_websocket`` is given.
+        """
+        conn = self._conn
+        kind = message["type"]
+        state = conn.state
+        if self.direct:
+            raise RuntimeError("the connection was accepted in direct mode: no ASGI messages")
+        if state == CONNECTING:
             if kind == "websocket.accept":
                 conn.accept(self, message.get("subprotocol"), list(message.get("headers", [])))
             elif kind == "websocket.close":
@@ -264,8 +318,6 @@ class ASGIBridge:
             if not message.get("more_body", False):
                 self.disconnected(rfc6455.ABNORMAL_CLOSURE, "")
                 conn.respond(status, headers, b"".join(body))
-        elif self._app_closed and state != LOST:
-            raise RuntimeError(f"Unexpected ASGI message {kind!r} after sending 'websocket.close'.")
         else:
             raise ClientDisconnected
 

@@ -415,7 +415,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._parser.feed(rest)
         self.state = CONNECTING
         self._sync_reading()
-        self._bridge = ASGIBridge(
+        self._bridge = bridge = ASGIBridge(
             self,
             websocket_scope(
                 self._config,
@@ -431,7 +431,9 @@ class RelayWebSocketProtocol(asyncio.Protocol):
             max_queue=self._config.ws_max_queue,
             loop=self._loop,
         )
-        task = self._loop.create_task(self._bridge.run())
+        if bridge.offer():
+            return
+        task = self._loop.create_task(bridge.run())
         self._server_state.tasks.add(task)
         task.add_done_callback(self._server_state.tasks.discard)
 

@@ -199,6 +199,65 @@ async def test_an_app_that_raises_gets_500_or_1011_with_an_error_log(
     assert len(errors) == 2 and all(r.exc_info for r in errors)
 
 
+class TakesAtOnce:
+    """An app with ``take_websocket`` (``TakesWebSockets``), doing what ``how`` says.
+
+    ``how``: "deny" answers 418 at once, "accept" accepts in ASGI mode, "decline"
+    leaves the connection to ``__call__``, "silent" returns True without answering,
+    "raise" fails.
+    """
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.called = 0  # times __call__ ran
+
+    def take_websocket(self, scope: Any, answer: Any) -> bool:
+        if self.how == "decline":
+            return False
+        if self.how == "raise":
+            raise RuntimeError("bug in take_websocket")
+        if self.how == "deny":
+            answer({"type": "websocket.http.response.start", "status": 418, "headers": []})
+            answer({"type": "websocket.http.response.body", "body": b"not now"})
+        elif self.how == "accept":
+            answer({"type": "websocket.accept"})
+        return True
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.called += 1
+        await deny(WebSocket(scope, receive, send))
+
+
+@pytest.mark.parametrize(
+    ("how", "status", "body"),
+    [("deny", 418, b"not now"), ("decline", 418, b"no entry"), ("silent", 500, None),
+     ("raise", 500, None)],
+)  # fmt: skip
+async def test_an_app_may_answer_the_upgrade_at_once(
+    serve: Serve, caplog: pytest.LogCaptureFixture, how: str, status: int, body: bytes | None
+) -> None:
+    app = TakesAtOnce(how)
+    served = await serve(app, proxy_headers=False)  # uvicorn's middleware would hide the method
+    stream = await RawStream.open(served.port)
+    assert stream.status == status
+    answered = await stream.read_body()
+    if body is not None:
+        assert answered == body
+    stream.close()
+    # Only a declined connection runs the app as ASGI; as before, only a bug logs an error.
+    assert app.called == (1 if how == "decline" else 0)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == (1 if how == "raise" else 0)
+
+
+async def test_an_app_that_accepts_at_once_and_returns_closes_the_socket(serve: Serve) -> None:
+    served = await serve(TakesAtOnce("accept"), proxy_headers=False)
+    async with connect(served.url) as ws:
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+    assert ws.close_code == 1000  # the app returned: as after an ASGI app
+
+
 async def test_an_invalid_handshake_is_refused_before_the_app(serve: Serve) -> None:
     called = False
 
