@@ -120,6 +120,7 @@ class Admission:
         self._clock = clock
         # Settings has checked that every entry parses.
         self._trusted = _networks(settings.trusted_proxies)
+        self._trusted_peers = AddressSet(settings.trusted_proxies)
         self._exempt = AddressSet(settings.admission_exempt)
         self.total = 0
         self.per_ip: dict[str, int] = {}
@@ -137,8 +138,8 @@ class Admission:
         client = scope.get("client")
         peer_text = str(client[0]) if client else "unknown"
         peer = _parse_ip(peer_text)
-        if peer is None or not self._trusted or not self._is_trusted(peer):
-            return str(peer) if peer is not None else peer_text
+        if peer is None or peer_text not in self._trusted_peers:
+            return canonical_ip(peer_text)
         forwarded: list[str] = []
         for key, value in scope.get("headers", []):
             if key == b"x-forwarded-for":
