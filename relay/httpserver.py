@@ -32,7 +32,9 @@ A WebSocket upgrade request in its plain form (``rfc6455.plain_upgrade``:
 what browsers and client libraries send), whole in a connection's first read
 and within the head bounds, goes to the WebSocket protocol without httptools:
 the protocol's own parser has read it, and a reconnect storm is thousands of
-them a second. Anything else takes the general path below.
+them a second. Anything else takes the general path below, and only then is
+uvicorn's per-connection state made (``_become_http``): its loggers, parser
+and flow control are not built for a connection that never needs them.
 
 Pipelined requests are parsed one at a time: the next request is read only
 once the previous one is answered, so the responses go out in order and an
@@ -66,6 +68,7 @@ import httptools
 from prometheus_client import Counter
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import get_remote_addr
 from uvicorn.server import ServerState
 
 from relay.admission import FULL_RETRY_AFTER, AddressSet, canonical_ip
@@ -245,7 +248,21 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
+        # uvicorn's own state (its loggers, parser, flow control, addresses) is
+        # made by ``_become_http``, on a first read that is not a plain upgrade:
+        # most connections are one, and need none of it. Until then, only what
+        # the methods that may run before that read use is here.
+        if not config.loaded:
+            config.load()  # as uvicorn's own __init__ does (uvicorn has loaded it by now)
+        self.config = config
+        self.server_state = server_state
+        self.app_state = app_state
+        self.loop = _loop or asyncio.get_event_loop()
+        self.connections = server_state.connections
+        self.ws_protocol_class = config.ws_protocol_class
+        self.cycle = None  # type: ignore[assignment]
+        self.flow = None  # type: ignore[assignment]
+        self._http = False  # uvicorn's state is made: the connection speaks HTTP
         self._pending = _pending_of(server_state, config)
         self._limits = self._pending.limits
         self._ip = ""
@@ -262,7 +279,6 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         self._waiting = False  # in ``_Pending.waiting``, unread, for a place
         self._answer_later: _Refused | None = None  # once the request before is answered
         self._held_open = False  # its response is held open, out of the pending counts
-        self._first_read = True
         # Whether the WebSocket protocol takes requests parsed here (``--ws-impl relay``).
         self._takes_requests = isinstance(self.ws_protocol_class, type) and issubclass(
             self.ws_protocol_class, RelayWebSocketProtocol
@@ -271,9 +287,18 @@ class RelayHTTPProtocol(HttpToolsProtocol):
     # --- asyncio.Protocol -----------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._ip = canonical_ip(self.client[0]) if self.client else ""
+        self.transport = transport
+        self.connections.add(self)
+        client = get_remote_addr(transport)
+        self._ip = canonical_ip(client[0]) if client else ""
         self._enter(waited=False)
+
+    def _become_http(self) -> None:
+        """Make uvicorn's state: the first read is not a plain upgrade."""
+        self._http = True
+        transport = self.transport
+        super().__init__(self.config, self.server_state, self.app_state, self.loop)
+        super().connection_made(transport)
 
     def _enter(self, *, waited: bool) -> None:
         """Take a place among the pending connections, wait for one, or be refused."""
@@ -318,10 +343,10 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         self._refuse(503, "the node is busy, try again later", retry_after=FULL_RETRY_AFTER)
 
     def data_received(self, data: bytes) -> None:
-        if self._first_read:
-            self._first_read = True
+        if not self._http:
             if self._upgraded_at_once(data):
                 return
+            self._become_http()
         if self._answer_later is None:  # else the connection ends after that answer
             self._unparsed += data
             self._parse()
@@ -346,7 +371,6 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         self._release()
         self._disarm()
         self.connections.discard(self)
-        del self.parser  # as in _upgrade
         protocol = cast("type[RelayWebSocketProtocol]", self.ws_protocol_class)(
             config=self.config, server_state=self.server_state, app_state=self.app_state
         )
@@ -356,11 +380,22 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
+        if self._http:
+            super().connection_lost(exc)
+        else:
+            self.connections.discard(self)
         self._stop_waiting()
         self._release()
         self._disarm()
         self._unparsed = b""
+
+    def pause_writing(self) -> None:
+        if self._http:  # nothing but a refusal is written before
+            super().pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._http:
+            super().resume_writing()
 
     # --- feeding the parser ---------------------------------------------------------
 

@@ -558,3 +558,29 @@ async def test_a_plain_upgrade_in_one_read_skips_the_http_parser_and_is_answered
         assert welcome is not None and msgpack.unpackb(welcome.payload)["id"] == "alice"
         writer.close()
     assert heads[0] == heads[1]
+
+
+async def test_only_a_first_read_may_skip_the_parser(
+    relay: RunningRelay, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A body that reads like a plain upgrade, arriving in a read of its own,
+    # is a body: the connection speaks HTTP since its first read.
+    received = RelayHTTPProtocol.data_received
+    read = asyncio.Event()
+
+    def noting_reads(self: RelayHTTPProtocol, data: bytes) -> None:
+        read.set()
+        received(self, data)
+
+    monkeypatch.setattr(RelayHTTPProtocol, "data_received", noting_reads)
+    body = upgrade_request(relay.port, "/v1/ws")
+    head = f"POST /healthz HTTP/1.1\r\nHost: relay\r\nContent-Length: {len(body)}\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(head.encode())
+    with anyio.fail_after(TIMEOUT):
+        await read.wait()
+    writer.write(body + get("/healthz", "Connection: close"))
+    buffer = bytearray()
+    assert (await read_response(reader, buffer)).status == 405
+    assert (await read_response(reader, buffer)).status == 200
+    writer.close()
