@@ -119,15 +119,11 @@ class Admission:
         self._table_size = max(1, settings.ip_table_size)
         self._clock = clock
         # Settings has checked that every entry parses.
-        self._trusted = _networks(settings.trusted_proxies)
-        self._trusted_peers = AddressSet(settings.trusted_proxies)
+        self._trusted = AddressSet(settings.trusted_proxies)
         self._exempt = AddressSet(settings.admission_exempt)
         self.total = 0
         self.per_ip: dict[str, int] = {}
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
-
-    def _is_trusted(self, address: IPAddress) -> bool:
-        return any(address in network for network in self._trusted)
 
     def is_exempt(self, ip: str) -> bool:
         """Whether ``ip`` skips the per-address caps (``admission_exempt``)."""
@@ -138,7 +134,7 @@ class Admission:
         client = scope.get("client")
         peer_text = str(client[0]) if client else "unknown"
         peer = _parse_ip(peer_text)
-        if peer is None or peer_text not in self._trusted_peers:
+        if peer is None or peer_text not in self._trusted:
             return canonical_ip(peer_text)
         forwarded: list[str] = []
         for key, value in scope.get("headers", []):
@@ -150,7 +146,7 @@ class Admission:
             if address is None:
                 break  # garbage: believe no further than the last trusted hop
             current = address
-            if not self._is_trusted(address):
+            if hop not in self._trusted:
                 break
         return str(current)
 
