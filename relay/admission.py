@@ -76,8 +76,13 @@ class AddressSet:
 
     def __init__(self, entries: tuple[str, ...]) -> None:
         # Settings has checked that every entry parses.
+        self._entries = entries
         self._networks = _networks(entries)
         self._holds = functools.lru_cache(maxsize=4096)(self._lookup)  # see _parse_ip
+
+    def __reduce__(self) -> tuple[type[AddressSet], tuple[tuple[str, ...]]]:
+        # Workers get it pickled (``relay serve --workers``); the cache is not sent.
+        return AddressSet, (self._entries,)
 
     def __contains__(self, ip: object) -> bool:
         if not self._networks or not isinstance(ip, str):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from typing import Any
 
 import anyio
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from relay.admission import Admission
+from relay.admission import AddressSet, Admission
 from relay.session import Session
 from relay.settings import Settings
 from relay.upgrade import Refusal, refusal_messages
@@ -347,3 +348,11 @@ async def test_behind_a_local_proxy_each_forwarded_client_has_its_own_budget(
     other = await open_peer(relay.url, **xff("203.0.113.8"))
     for peer in (held, other):
         await peer.close()
+
+
+def test_an_address_set_reaches_workers_whole() -> None:
+    # ``relay serve --workers`` pickles the settings' derived bounds to each worker.
+    exempt = AddressSet(("127.0.0.0/8", "::1"))
+    assert "127.0.0.9" in exempt
+    copy = pickle.loads(pickle.dumps(exempt))
+    assert "127.0.0.9" in copy and "::1" in copy and "10.0.0.1" not in copy
