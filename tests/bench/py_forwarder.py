@@ -18,8 +18,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
+import secrets
 import struct
 import sys
+from pathlib import Path
 from typing import Any, cast
 
 import msgpack
@@ -31,6 +34,9 @@ CARRIED = ("ev", "room", "rid", "re")  # the request fields a msg keeps, as ws_f
 BINARY, CLOSE, PING, PONG = 0x2, 0x8, 0x9, 0xA
 HEAD_ENDS = b"\r\n\r\n"
 BACKLOG = 2048  # the relay's (uvicorn's) listen backlog, for the reconnect storm
+# A v1 welcome's resume secret, node and limits, as ws_forwarder.mjs sends them.
+LIMITS = json.loads((Path(__file__).parent / "welcome_limits.json").read_text())
+NODE = f"node-{secrets.token_hex(4)}"
 
 peers: dict[str, Connection] = {}
 rooms: dict[str, set[Connection]] = {}
@@ -140,7 +146,9 @@ class Connection(asyncio.Protocol):
         if kind == "hello":
             self.me = envelope["id"]
             peers[envelope["id"]] = self
-            self.write(packed({"type": "welcome", "id": self.me, "resumed": False}))
+            welcome = {"type": "welcome", "id": self.me, "resume": secrets.token_urlsafe(24)}
+            welcome.update(limits=LIMITS, node=NODE, resumed=False)
+            self.write(packed(welcome))
             return  # a hello's id is the peer's, not a request's
         if kind == "send":
             target = peers.get(envelope.get("to"))

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from relay.settings import Settings
+
 BENCH = Path(__file__).with_name("bench.py")
 SERVERS = ("relay", "ws", "ws-msgpackr", "bare", "pyfloor", "relay-http")
 LABELS = ["relay", "node ws", "node ws (msgpackr)", "bare", "pyfloor", "relay over HTTP"]
@@ -121,3 +123,9 @@ def test_help_names_every_option() -> None:
         "--busy-seconds",
     ):
         assert option in text
+
+
+def test_the_references_welcome_with_the_relays_own_limits() -> None:
+    # The references' welcome is as large as the relay's only while these match its defaults.
+    limits = json.loads(BENCH.with_name("welcome_limits.json").read_text())
+    assert limits == Settings().advertised_limits()

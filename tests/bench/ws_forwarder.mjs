@@ -11,9 +11,16 @@
 // stamped, pub → msg to every member of the room, join → ok; a request's `id` is echoed in an
 // ok. It routes and does nothing else (no validation, limits, queues, resume or metrics), on one
 // thread: the strongest reference a node server doing the same routing can be.
+import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { Decoder, Encoder } from "@msgpack/msgpack";
 import { Packr, Unpackr } from "msgpackr";
 import { WebSocketServer } from "ws";
+
+// A v1 welcome carries a resume secret, the node and the limits (docs/protocol.md): the reference
+// sends as much as the relay does, so the generator reads an answer of the same size from both.
+const LIMITS = JSON.parse(readFileSync(new URL("./welcome_limits.json", import.meta.url), "utf8"));
+const NODE = `node-${randomBytes(4).toString("hex")}`;
 
 const [portArg, codecFlag, codecName = "msgpack"] = process.argv.slice(2);
 if (codecFlag !== undefined && codecFlag !== "--codec") throw new Error(`unknown option ${codecFlag}`);
@@ -55,7 +62,10 @@ function serve(ws) {
       case "hello":
         me = envelope.id;
         peers.set(me, ws);
-        ws.send(encoder.encode({ type: "welcome", id: me, resumed: false }));
+        ws.send(encoder.encode({
+          type: "welcome", id: me, resume: randomBytes(24).toString("base64url"), limits: LIMITS,
+          node: NODE, resumed: false,
+        }));
         return; // a hello's id is the peer's, not a request's
       case "send":
         peers.get(envelope.to)?.send(delivered(envelope, me));
