@@ -51,20 +51,29 @@ for (const k of Object.keys(opts)) if (!["url", "steps", "transport"].includes(k
 
 const run = Math.random().toString(36).slice(2, 8); // fresh ids per run: old ones wait for a resume
 
-function open(name, localAddress = undefined) {
+// `phases`, if given, gets [ms until the 101, ms from the 101 to the welcome] of this connection.
+function open(name, localAddress = undefined, phases = undefined) {
   const id = `${run}-${name}`;
   if (opts.transport === "http") return openHttp(id);
   return new Promise((resolve, reject) => {
+    const start = performance.now();
+    let upgraded = start;
     const ws = new WebSocket(opts.url, "relay.v1", { perMessageDeflate: false, localAddress });
     ws.binaryType = "nodebuffer";
     // kept after the welcome: a server killed under its clients resets their sockets
     ws.on("error", reject);
     ws.once("close", () => reject(new Error("closed before the welcome")));
-    ws.once("open", () => ws.send(encode({ type: "hello", id })));
+    ws.once("open", () => {
+      upgraded = performance.now();
+      ws.send(encode({ type: "hello", id }));
+    });
     ws.once("message", (data) => {
       const welcome = decode(data);
       if (welcome.type !== "welcome") reject(new Error(`hello refused: ${JSON.stringify(welcome)}`));
-      else resolve(ws);
+      else {
+        phases?.push([upgraded - start, performance.now() - upgraded]);
+        resolve(ws);
+      }
     });
   });
 }
@@ -252,11 +261,12 @@ async function idle() {
 async function storm() {
   const address = (i) => `127.0.0.${opts["first-address"] + Math.floor(i / opts["per-address"])}`;
   const sockets = new Array(opts.clients);
+  const phases = []; // where each client waited: for the 101, then for the welcome
   let next = 0;
   const connectEach = async () => {
     while (next < opts.clients) {
       const i = next++;
-      sockets[i] = await open(`s${i}`, address(i));
+      sockets[i] = await open(`s${i}`, address(i), phases);
     }
   };
   mark("measuring");
@@ -264,8 +274,10 @@ async function storm() {
   await Promise.all(Array.from({ length: Math.min(opts.window, opts.clients) }, connectEach));
   const seconds = (performance.now() - t0) / 1000;
   mark("measured");
+  const mean = (k) => phases.reduce((sum, p) => sum + p[k], 0) / phases.length;
   const result = { mode, clients: opts.clients, window: opts.window, connect_seconds: seconds,
-    registered_per_second: Math.round(opts.clients / seconds) };
+    registered_per_second: Math.round(opts.clients / seconds),
+    upgrade_ms: mean(0), welcome_ms: mean(1) };
   if (!opts.restart) {
     finish(sockets);
     return result;
