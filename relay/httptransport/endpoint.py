@@ -44,7 +44,7 @@ from relay.httptransport.records import (
 from relay.httptransport.transport import HTTPTransport, OutOfOrder, SessionOver
 from relay.hub import Hub
 from relay.session import Session
-from relay.upgrade import DRAINING_RETRY_AFTER, Gate
+from relay.upgrade import Gate, Refusal
 
 log = logging.getLogger("relay.http")
 
@@ -135,18 +135,12 @@ class HTTPEndpoint:
     # --- opening ----------------------------------------------------------------------
 
     async def _open(self, scope: Scope) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
-        refused = self.gate.check(scope)
-        if refused is not None:
-            status, text = refused
-            retry = [(b"retry-after", str(DRAINING_RETRY_AFTER).encode())] if status == 503 else []
-            return status, text.encode(), retry
-        admission = self.gate.admission
-        ip = admission.client_ip(scope)
-        denied = admission.admit(ip)
-        if denied is not None:
-            self.hub.metrics.refused.labels(denied.reason).inc()
-            retry = [(b"retry-after", str(denied.retry_after).encode())]
-            return denied.status, denied.message.encode(), retry
+        decided = self.gate.decide(scope)
+        if isinstance(decided, Refusal):
+            after = decided.retry_after
+            retry = [(b"retry-after", str(after).encode())] if after is not None else []
+            return decided.status, decided.body.encode(), retry
+        ip = decided
         settings = self.settings
         secret = f"{self._node_tag}.{secrets.token_urlsafe(32)}"
         transport = HTTPTransport(
