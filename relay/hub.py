@@ -339,8 +339,8 @@ class Hub(Router):
         )
         if handover is not None:
             peer.take_over(handover)
-            for room in handover.rooms:
-                self.rooms.add(room, peer)
+            for room, watching in handover.rooms.items():
+                self.rooms.add(room, peer, watching=watching)
             self.metrics.rooms.set(len(self.rooms))
         self.peers[peer_id] = peer
         self.metrics.peers.inc()
@@ -482,13 +482,15 @@ class Hub(Router):
             joined = await self.broker.join(room, peer.id, self.settings.peers_per_room)
             if joined is Joined.FULL:
                 raise RoomFull(f"{room} has {self.settings.peers_per_room} members")
-            self.rooms.add(room, peer)
+            self.rooms.add(room, peer, watching=request.presence)
             self.metrics.rooms.set(len(self.rooms))
             self._announce(room, peer.id, "join")
             for observer in self.observers:
                 if joined is Joined.FIRST:
                     observer.occupied(room)
                 observer.joined(room, peer.id)
+        else:  # joined again: presence as this join asks
+            self.rooms.add(room, peer, watching=request.presence)
         peer.rooms[room] = request.presence
         if request.presence:
             members = await self.broker.members(room)

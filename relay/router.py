@@ -318,8 +318,9 @@ class Router:
         """Hand ``frame`` to this node's members of ``room``; True if one was resuming."""
         kind = "presence" if presence_only else "msg"
         queued = False
-        for member in self.rooms.members(room):
-            if member.id == exclude or (presence_only and not member.rooms.get(room)):
+        members = self.rooms.watchers(room) if presence_only else self.rooms.members(room)
+        for member in members:
+            if member.id == exclude:
                 continue
             delivery = member.enqueue(frame, kind, undelivered)
             if delivery is Delivery.OVERLOADED:

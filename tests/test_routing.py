@@ -169,6 +169,25 @@ async def test_members_without_presence_get_no_presence_events(relay: RunningRel
     await alice.expect(type="pong", id=2)
 
 
+async def test_joining_again_turns_presence_on_and_off(relay: RunningRelay) -> None:
+    alice = await join_as(relay.url, "alice")
+    await alice.request({"type": "join", "room": "r", "id": 1})
+    await alice.send({"type": "join", "room": "r", "presence": True, "id": 2})
+    snapshot = await alice.expect(type="presence", room="r", peer="alice", event="join")
+    assert snapshot["members"] == ["alice"]
+    await alice.expect(type="ok", id=2)
+    bob = await join_as(relay.url, "bob")
+    await bob.request({"type": "join", "room": "r", "id": 1})
+    await alice.expect(type="presence", room="r", peer="bob", event="join")
+    await alice.request({"type": "join", "room": "r", "presence": False, "id": 3})
+    carol = await join_as(relay.url, "carol")
+    await carol.request({"type": "join", "room": "r", "id": 1})
+    await bob.close()
+    # Presence off: the next frame alice gets is the pong, not carol's join or bob's leave.
+    await alice.send({"type": "ping", "id": 4})
+    assert await alice.recv() == {"type": "pong", "id": 4}
+
+
 async def test_ping_pong_with_and_without_id(relay: RunningRelay) -> None:
     alice = await join_as(relay.url, "alice")
     assert await alice.request({"type": "ping", "id": "x"}) == {"type": "pong", "id": "x"}
