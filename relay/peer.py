@@ -17,7 +17,18 @@ from relay.auth import Claims
 from relay.clock import Timer
 from relay.rfc6455 import wire_size
 from relay.transport import Transport
-from relay.values import Answer, Delivery, Handover, Queued, QueueEntry, Undelivered
+from relay.values import (
+    DELIVERED,
+    OVERLOADED,
+    PENDING,
+    QUEUED,
+    Answer,
+    Delivery,
+    Handover,
+    Queued,
+    QueueEntry,
+    Undelivered,
+)
 
 # What one kept frame costs beyond its bytes (the deque slot, the tuple, the
 # bytes object's header): tiny frames cannot make the replay ring unbounded.
@@ -239,19 +250,19 @@ class Peer:
         """The socket's first ``acked_bytes`` reached the peer's host: answer their senders."""
         acks = self.acks
         while acks and acks[0][0] <= acked_bytes:
-            acks.popleft()[1](Delivery.DELIVERED)
+            acks.popleft()[1](DELIVERED)
 
     def answer_queued(self) -> None:
         """The peer is kept for a resume: senders still waiting are answered ``ok queued``."""
         acks, self.acks = self.acks, None
         for _end, answer, _entry in acks or ():
-            answer(Delivery.QUEUED)
+            answer(QUEUED)
         answers = [entry[3] for entry in self.queue or () if entry[3] is not None]
         if answers:
             self.queue = deque((frame, kind, undelivered, None)
                                for frame, kind, undelivered, _ in self.queue or ())  # fmt: skip
             for answer in answers:
-                answer(Delivery.QUEUED)
+                answer(QUEUED)
 
     def take_undelivered(self) -> list[tuple[Undelivered | None, Answer | None]]:
         """Everything the peer provably never got: its unsent frames and its queue.
@@ -288,15 +299,15 @@ class Peer:
         if session is not None and session.close_code is None:
             if not self.queue and not session.transport.writing_paused:
                 session.write(frame, kind, undelivered, answer)
-                return Delivery.DELIVERED if answer is None else Delivery.PENDING
-            delivered = Delivery.DELIVERED if answer is None else Delivery.PENDING
+                return DELIVERED if answer is None else PENDING
+            delivered = DELIVERED if answer is None else PENDING
         else:
-            delivered = Delivery.QUEUED
+            delivered = QUEUED
             answer = None
         size = len(frame)
         queue = self._open_queue()
         if len(queue) >= self.max_queue_messages or self.queued_bytes + size > self.max_queue_bytes:
-            return Delivery.OVERLOADED
+            return OVERLOADED
         if not queue and session is not None:
             session.queue_started(self)
         queue.append((frame, kind, undelivered, answer))

@@ -35,7 +35,17 @@ from relay.protocol.envelopes import BACKEND_ID, SERVER_ID, Publish, Send
 from relay.rooms import Rooms
 from relay.session import Session
 from relay.settings import Settings
-from relay.values import Answer, Delivery, RequestId, Undelivered
+from relay.values import (
+    DELIVERED,
+    OFFLINE,
+    OVERLOADED,
+    PENDING,
+    QUEUED,
+    Answer,
+    Delivery,
+    RequestId,
+    Undelivered,
+)
 
 
 class Backend(Protocol):
@@ -101,14 +111,14 @@ class Router:
             if target is not None:  # the common case: one local target
                 if request.id is None:
                     delivery = target.enqueue(frame, "msg", undelivered)
-                    if delivery is Delivery.DELIVERED:
+                    if delivery is DELIVERED:
                         if target.queue:
                             session.wait_for(target)
                         return
                 else:
                     answer = functools.partial(self._answer_one, undelivered, to)
                     delivery = target.enqueue(frame, "msg", undelivered, answer)
-                    if delivery is Delivery.PENDING:
+                    if delivery is PENDING:
                         sender.owed += 1
                         if target.queue:
                             session.wait_for(target)
@@ -145,7 +155,7 @@ class Router:
         sender = self.peers.get(sender_id)
         if sender is not None and sender.owed:
             sender.owed -= 1
-        if delivery is Delivery.DELIVERED:
+        if delivery is DELIVERED:
             frame, kind = codec.encode_ok(request_id), "ok"
         else:
             routed = Routed(self, None, request_id, False, None)
@@ -180,7 +190,7 @@ class Router:
             if target is not None:
                 answer = routed.answerer(target_id) if acked else None
                 delivery = target.enqueue(frame, "msg", undelivered, answer)
-                if delivery is Delivery.PENDING:
+                if delivery is PENDING:
                     routed.expect(remote=False)
                 else:
                     routed.add(target_id, delivery)
@@ -293,10 +303,10 @@ class Router:
         """Hand ``frame`` to one of this node's peers (``answer``: see ``NodeHandler``)."""
         peer = self.peers.get(peer_id)
         if peer is None:
-            return Delivery.OFFLINE
+            return OFFLINE
         kind = "msg" if undelivered is not None else "err"
         delivery = peer.enqueue(frame, kind, undelivered, answer)
-        if delivery is Delivery.OVERLOADED:
+        if delivery is OVERLOADED:
             self.metrics.drops.labels("queue-full").inc()
         return delivery
 
@@ -323,18 +333,18 @@ class Router:
             if member.id == exclude:
                 continue
             delivery = member.enqueue(frame, kind, undelivered)
-            if delivery is Delivery.OVERLOADED:
+            if delivery is OVERLOADED:
                 self.metrics.drops.labels("queue-full").inc()
                 if undelivered is not None:
                     self.report(undelivered, member.id, ErrorCode.OVERLOADED)
-            elif delivery is Delivery.QUEUED:
+            elif delivery is QUEUED:
                 queued = True
             elif waiter is not None and member.queue:
                 waiter.wait_for(member)
         return queued
 
 
-_ON_ITS_WAY = frozenset({Delivery.DELIVERED, Delivery.PENDING})
+_ON_ITS_WAY = frozenset({DELIVERED, PENDING})
 
 
 def _ignore(delivery: Delivery) -> None:
@@ -390,11 +400,11 @@ class Routed:
 
     def add(self, target: str, delivery: Delivery) -> None:
         """Record what became of the frame for ``target``."""
-        if delivery is Delivery.DELIVERED:
+        if delivery is DELIVERED:
             self.delivered.append(target)
-        elif delivery is Delivery.QUEUED:
+        elif delivery is QUEUED:
             self.queued.append(target)
-        elif delivery is Delivery.OFFLINE:
+        elif delivery is OFFLINE:
             self.offline.append(target)
         else:
             self.overloaded.append(target)
