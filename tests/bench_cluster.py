@@ -11,11 +11,15 @@ Starts a throwaway redis-server (or uses REDIS_URL) and, per scenario:
 Each pair is two peers: ``a`` sends pings to ``b``, ``b`` sends each back,
 ``a`` measures the round trip. By default every pair keeps ``--inflight``
 pings in flight (throughput); with ``--rate`` the pings go out at that many
-round trips per second in all (latency when not saturated). The load comes
-from separate client processes (Python ``websockets``), so the generator and
-the relays do not share an interpreter. Prints relayed messages per second
-(pings and pongs both count), round-trip p50/p99, and the CPU the relays and
-redis-server spent per relayed message (from /proc, over the measured window).
+round trips per second in all (latency when not saturated). The load is
+``tests/bench/load.mjs`` (``pairs``, or ``fixed`` with ``--rate``; in
+``nodes`` its ``--echo-url`` puts every ``b`` on the second node), pinned to
+CPU 1; the relays and a redis-server this script started are pinned to CPU 0,
+so every scenario's servers share one core and their CPU per message compares
+directly. Prints relayed messages per second (pings and pongs both count),
+round-trip p50/p99, the CPU the relays and redis-server spent per relayed
+message and in all (from /proc, over load.mjs's measured window), and the
+generator's.
 
     python3 tests/bench_cluster.py --help
     python3 tests/bench_cluster.py --seconds 5 --scenario one --scenario nodes
@@ -25,19 +29,14 @@ redis-server spent per relayed message (from /proc, over the measured window).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import multiprocessing
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import msgpack
-from websockets.asyncio.client import ClientConnection, connect
-
+from tests.bench.procs import Generator, can_pin
+from tests.bench.procs import cpu_seconds as process_seconds
 from tests.cluster.processes import RelayProcess
 from tests.redis_server import RedisServer, redis_url_from_env
 
@@ -46,19 +45,22 @@ UNLIMITED = (
     "--handshake-rate-per-second", "0", "--max-connections-per-ip", "0",
     "--queue-messages", "100000", "--queue-bytes", "100000000",
 )  # fmt: skip
-TICKS = os.sysconf("SC_CLK_TCK")
 WARMUP = 1.0  # seconds of load before the measured window opens
+RELAYS_CPU = 0
+# redis-server shares the generator's core (tests/bench/procs.py pins it to CPU 1):
+# on CPU 0 it would share the relays' with them, and three processes taking turns
+# on a core cost their switches; a backplane has a machine of its own in practice.
+REDIS_CPU = 1
 
 
 def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes (and their reaped children)."""
+    """CPU time used so far by these processes (gone ones count nothing)."""
     total = 0.0
     for pid in pids:
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += process_seconds(pid)
         except FileNotFoundError:
             continue
-        total += sum(int(f) for f in fields[11:15]) / TICKS
     return total
 
 
@@ -69,134 +71,47 @@ def family(pid: int) -> list[int]:
     return [pid, *found]
 
 
-async def _hello(url: str, peer_id: str) -> ClientConnection:
-    ws = await connect(url, subprotocols=["relay.v1"], max_size=None)  # type: ignore[list-item]
-    await ws.send(msgpack.packb({"type": "hello", "id": peer_id}))
-    welcome = msgpack.unpackb(await ws.recv())
-    assert welcome["type"] == "welcome", welcome
-    return ws
-
-
-class Load:
-    """One client process's pairs, the samples and the counts of its measured window."""
-
-    def __init__(self, payload: bytes, window: tuple[float, float]) -> None:
-        self.payload = payload
-        self.window = window  # wall-clock start and end of the measured window
-        self.rtts: list[float] = []
-        self.relayed = 0
-        self.sent_at: dict[int, float] = {}
-        self.seq = 0
-
-    def measuring(self) -> bool:
-        now = time.time()
-        return self.window[0] <= now < self.window[1]
-
-
-async def _pair(urls: tuple[str, str], name: str, load: Load, inflight: int) -> Any:
-    a = await _hello(urls[0], f"{name}a")
-    b = await _hello(urls[1], f"{name}b")
-
-    async def echo() -> None:
-        async for frame in b:
-            msg = msgpack.unpackb(frame)
-            if msg.get("type") == "msg":
-                await b.send(msgpack.packb({"type": "send", "to": f"{name}a", "d": msg["d"],
-                                            "re": msg.get("rid")}))  # fmt: skip
-                if load.measuring():
-                    load.relayed += 1
-
-    async def ping() -> None:
-        load.seq += 1
-        load.sent_at[load.seq] = time.perf_counter()
-        await a.send(msgpack.packb({"type": "send", "to": f"{name}b", "d": load.payload,
-                                    "rid": load.seq}))  # fmt: skip
-
-    async def pongs() -> None:
-        async for frame in a:
-            msg = msgpack.unpackb(frame)
-            if msg.get("type") == "err":
-                raise RuntimeError(f"relay refused: {msg}")
-            if msg.get("type") != "msg":
-                continue
-            sent = load.sent_at.pop(msg.get("re"), None)
-            if sent is not None and load.measuring():
-                load.relayed += 1
-                load.rtts.append(time.perf_counter() - sent)
-            if inflight and time.time() < load.window[1]:
-                await ping()
-
-    tasks = [asyncio.create_task(echo()), asyncio.create_task(pongs())]
-    return a, b, tasks, ping
-
-
-def _client(urls: tuple[str, str], names: list[str], inflight: int, rate: float, size: int,
-            window: tuple[float, float], results: Any) -> None:  # fmt: skip
-    async def main() -> None:
-        load = Load(os.urandom(size), window)
-        pairs = [await _pair(urls, name, load, inflight) for name in names]
-        await asyncio.sleep(max(0.0, window[0] - WARMUP - time.time()))
-        if inflight:
-            for _a, _b, _tasks, ping in pairs:
-                for _ in range(inflight):
-                    await ping()
-        else:
-            started, fired = time.monotonic(), 0
-            while time.time() < window[1]:
-                due = int((time.monotonic() - started) * rate)
-                for _ in range(due - fired):
-                    await pairs[fired % len(pairs)][3]()
-                    fired += 1
-                await asyncio.sleep(0.001)
-        await asyncio.sleep(max(0.0, window[1] - time.time()) + 0.5)
-        for a, b, tasks, _ping in pairs:
-            for task in tasks:
-                task.cancel()
-            await a.close()
-            await b.close()
-        results.put((load.relayed, load.rtts))
-
-    asyncio.run(main())
+def pin(pids: list[int], cpu: int) -> None:
+    """Every thread of these processes on ``cpu``; threads they make later follow."""
+    if not can_pin():
+        return
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            os.sched_setaffinity(int(task.name), {cpu})
 
 
 def run_load(urls: tuple[str, str], pids: list[int], redis_pids: list[int],
-             args: argparse.Namespace, tag: str) -> dict[str, float]:  # fmt: skip
-    ctx = multiprocessing.get_context("spawn")
-    results = ctx.Queue()
-    start = time.time() + 3.0 + WARMUP  # every client connected, then warmed up
-    window = (start, start + args.seconds)
-    procs = []
-    for c in range(args.clients):
-        names = [f"{tag}{os.getpid()}c{c}x{p}" for p in range(args.pairs) if p % args.clients == c]
-        rate = args.rate / args.clients
-        inflight = 0 if args.rate else args.inflight
-        work = (urls, names, inflight, rate, args.size, window, results)
-        proc = ctx.Process(target=_client, args=work)
-        proc.start()
-        procs.append(proc)
-    time.sleep(max(0.0, window[0] - time.time()))
-    cpu_before = cpu_seconds(pids), cpu_seconds(redis_pids)
-    time.sleep(max(0.0, window[1] - time.time()))
-    relay_cpu = cpu_seconds(pids) - cpu_before[0]
-    redis_cpu = cpu_seconds(redis_pids) - cpu_before[1]
+             args: argparse.Namespace) -> dict[str, float]:  # fmt: skip
+    if args.rate:
+        load = ["fixed", "--rate", str(args.rate)]
+    else:
+        load = ["pairs", "--inflight", str(args.inflight)]
+    load += ["--pairs", str(args.pairs), "--size", str(args.size), "--seconds",
+             str(args.seconds), "--warmup", str(WARMUP)]  # fmt: skip
+    options = ["--echo-url", urls[1]] if urls[1] != urls[0] else []
+    generator = Generator(load, urls[0], options, deadline=args.seconds + 120)
+    assert generator.next_line()["event"] == "measuring"
+    before = cpu_seconds(pids), cpu_seconds(redis_pids), process_seconds(generator.process.pid)
+    assert generator.next_line()["event"] == "measured"
+    relay_cpu = cpu_seconds(pids) - before[0]
+    redis_cpu = cpu_seconds(redis_pids) - before[1]
+    generator_cpu = process_seconds(generator.process.pid) - before[2]
+    result = generator.next_line()
+    generator.finish()
+    if result["closed"]:
+        raise SystemExit(f"the relays closed load connections: {result['closed']}")
+    seconds = result["seconds"]
+    total = result["relayed_per_second"] * seconds
     cpu = relay_cpu + redis_cpu
-    total = 0
-    rtts: list[float] = []
-    for _ in procs:
-        count, samples = results.get(timeout=args.seconds + 60)
-        total += count
-        rtts += samples
-    for proc in procs:
-        proc.join(10)
-    rtts.sort()
     return {
-        "msg_per_s": total / args.seconds,
-        "p50_ms": 1000 * rtts[len(rtts) // 2],
-        "p99_ms": 1000 * rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))],
-        "round_trips": len(rtts),
+        "msg_per_s": result["relayed_per_second"],
+        "p50_ms": result["p50_ms"],
+        "p99_ms": result["p99_ms"],
+        "round_trips": result["samples"],
         "cpu_us_per_msg": 1e6 * cpu / max(1, total),
-        "cpu_pct": 100 * cpu / args.seconds,
+        "cpu_pct": 100 * cpu / seconds,
         "redis_us_per_msg": 1e6 * redis_cpu / max(1, total),
+        "generator_pct": 100 * generator_cpu / seconds,
     }
 
 
@@ -206,7 +121,6 @@ def main() -> None:
     parser.add_argument("--inflight", type=int, default=16, help="pings in flight per pair")
     parser.add_argument("--rate", type=float, default=0, help="round trips/s in all (fixed rate)")
     parser.add_argument("--seconds", type=float, default=10, help="measured time per scenario")
-    parser.add_argument("--clients", type=int, default=2, help="load generator processes")
     parser.add_argument("--size", type=int, default=64, help="payload bytes (default 64)")
     parser.add_argument(
         "--scenario",
@@ -223,6 +137,7 @@ def main() -> None:
         server.start()
         url = server.url
     redis_pids = [server.process.pid] if server is not None and server.process else []
+    pin(redis_pids, REDIS_CPU)
     mode = f"rate={args.rate:g} RT/s" if args.rate else f"inflight={args.inflight}"
     try:
         for scenario in scenarios:
@@ -240,8 +155,9 @@ def main() -> None:
                     relay.wait_ready()
                 urls = (relays[0].url, relays[-1].url)
                 pids = [p for relay in relays for p in family(relay.process.pid)]
+                pin(pids, RELAYS_CPU)
                 redis = redis_pids if scenario != "one" else []
-                result = run_load(urls, pids, redis, args, scenario.replace("-", ""))
+                result = run_load(urls, pids, redis, args)
             finally:
                 for relay in relays:
                     relay.stop()
@@ -251,7 +167,7 @@ def main() -> None:
                 f"rtt p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
                 f"relay+redis cpu {result['cpu_us_per_msg']:.0f} us/msg "
                 f"(redis {result['redis_us_per_msg']:.0f}; {result['cpu_pct']:.0f}% of a core; "
-                f"{result['round_trips']} round trips)",
+                f"generator {result['generator_pct']:.0f}%; {result['round_trips']} round trips)",
                 flush=True,
             )
     finally:

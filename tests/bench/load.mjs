@@ -7,6 +7,7 @@
 //
 //   node tests/bench/load.mjs pairs --url ws://127.0.0.1:8080/v1/ws --pairs 50 --inflight 16 --size 64 --seconds 10
 //   node tests/bench/load.mjs fixed --url ... --pairs 50 --rate 2000 --size 64 --seconds 10
+//   node tests/bench/load.mjs pairs --url ws://node-a/v1/ws --echo-url ws://node-b/v1/ws ...
 //   node tests/bench/load.mjs room  --url ... --members 200 --rate 500 --size 64 --seconds 10 --grace 2
 //   node tests/bench/load.mjs idle  --url ... --steps 5000,10000   (holds them until stdin closes)
 //   node tests/bench/load.mjs storm --url ... --clients 18000 --window 200 --per-address 4000 --restart 1
@@ -18,6 +19,9 @@
 // {"event":"registered"} and every client reconnects as soon as the server closes it (a fresh
 // hello, retried every 100-300 ms while refused), and the result says how long all took to be
 // back, counted from the first close.
+//
+// --echo-url puts the echoing side of every pair (pairs, fixed) on another relay node
+// (tests/bench_cluster.py's split pairs); by default both sides use --url.
 //
 // --transport http runs pairs and fixed over the relay's HTTP transport instead
 // (tests/bench/http_peer.mjs): bench.py's "relay-http" server.
@@ -45,20 +49,20 @@ const decode = (data) => decoder.decode(data);
 const [mode, ...rest] = process.argv.slice(2);
 const opts = { url: "ws://127.0.0.1:8080/v1/ws", pairs: 50, inflight: 16, size: 64, seconds: 10,
   rate: 2000, members: 200, steps: "5000", warmup: 2, grace: 2, ids: 0, clients: 18000, window: 200,
-  "per-address": 4000, "first-address": 2, restart: 0, transport: "websocket" };
+  "per-address": 4000, "first-address": 2, restart: 0, transport: "websocket", "echo-url": "" };
 for (let i = 0; i < rest.length; i += 2) opts[rest[i].replace(/^--/, "")] = rest[i + 1];
-for (const k of Object.keys(opts)) if (!["url", "steps", "transport"].includes(k)) opts[k] = Number(opts[k]);
+for (const k of Object.keys(opts)) if (!["url", "steps", "transport", "echo-url"].includes(k)) opts[k] = Number(opts[k]);
 
 const run = Math.random().toString(36).slice(2, 8); // fresh ids per run: old ones wait for a resume
 
 // `phases`, if given, gets [ms until the 101, ms from the 101 to the welcome] of this connection.
-function open(name, localAddress = undefined, phases = undefined) {
+function open(name, localAddress = undefined, phases = undefined, url = opts.url) {
   const id = `${run}-${name}`;
-  if (opts.transport === "http") return openHttp(id);
+  if (opts.transport === "http") return openHttp(id, url);
   return new Promise((resolve, reject) => {
     const start = performance.now();
     let upgraded = start;
-    const ws = new WebSocket(opts.url, "relay.v1", { perMessageDeflate: false, localAddress });
+    const ws = new WebSocket(url, "relay.v1", { perMessageDeflate: false, localAddress });
     ws.binaryType = "nodebuffer";
     // kept after the welcome: a server killed under its clients resets their sockets
     ws.on("error", reject);
@@ -79,8 +83,8 @@ function open(name, localAddress = undefined, phases = undefined) {
 }
 
 // --transport http: the relay's HTTP transport (tests/bench/http_peer.mjs), same events.
-async function openHttp(id) {
-  const peer = new HttpPeer(httpBase(opts.url));
+async function openHttp(id, url) {
+  const peer = new HttpPeer(httpBase(url));
   const welcome = new Promise((resolve, reject) => {
     peer.once("message", (data) => resolve(decode(data)));
     peer.once("close", (code) => reject(new Error(`closed before the welcome: ${code}`)));
@@ -92,10 +96,11 @@ async function openHttp(id) {
   return peer;
 }
 
-async function openAll(ids, batch = 200) {
+async function openAll(ids, batch = 200, url = opts.url) {
   const sockets = [];
   for (let i = 0; i < ids.length; i += batch) {
-    sockets.push(...(await Promise.all(ids.slice(i, i + batch).map((name) => open(name)))));
+    const opened = ids.slice(i, i + batch).map((name) => open(name, undefined, undefined, url));
+    sockets.push(...(await Promise.all(opened)));
   }
   return sockets;
 }
@@ -156,7 +161,8 @@ const payload = new Uint8Array(opts.size).fill(120);
 
 async function pingPong(fixedRate) {
   const pingers = await openAll([...Array(opts.pairs).keys()].map((i) => `a${i}`));
-  const echoers = await openAll([...Array(opts.pairs).keys()].map((i) => `b${i}`));
+  const echoers = await openAll([...Array(opts.pairs).keys()].map((i) => `b${i}`), 200,
+    opts["echo-url"] || opts.url);
   const closed = countCloses([...pingers, ...echoers]);
   let measuring = false, relayed = 0, seq = 0;
   const latencies = [];

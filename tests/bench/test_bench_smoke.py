@@ -130,3 +130,20 @@ def test_the_references_welcome_with_the_relays_own_limits() -> None:
     # The references' welcome is as large as the relay's only while these match its defaults.
     limits = json.loads(BENCH.with_name("welcome_limits.json").read_text())
     assert limits == Settings().advertised_limits()
+
+
+def test_the_cluster_bench_runs_split_pairs_over_redis() -> None:
+    """tests/bench_cluster.py: one node, then two over Redis with every pair split."""
+    cluster_bench = Path(__file__).parents[1] / "bench_cluster.py"
+    run = subprocess.run(
+        [sys.executable, str(cluster_bench), "--seconds", "1", "--pairs", "4",
+         "--scenario", "one", "--scenario", "nodes"],
+        capture_output=True, text=True, timeout=180, check=True,
+    )  # fmt: skip
+    lines = {line.split()[0]: line for line in run.stdout.splitlines()}
+    assert set(lines) == {"one", "nodes"}, run.stdout
+    for line in lines.values():
+        relayed = re.search(r"(\d+) msg/s relayed", line)
+        round_trips = re.search(r"(\d+) round trips", line)
+        assert relayed and round_trips, line
+        assert int(relayed.group(1)) > 0 and int(round_trips.group(1)) > 0, line
