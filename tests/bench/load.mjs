@@ -49,11 +49,13 @@ const decode = (data) => decoder.decode(data);
 const [mode, ...rest] = process.argv.slice(2);
 const opts = { url: "ws://127.0.0.1:8080/v1/ws", pairs: 50, inflight: 16, size: 64, seconds: 10,
   rate: 2000, members: 200, steps: "5000", warmup: 2, grace: 2, ids: 0, clients: 18000, window: 200,
-  "per-address": 4000, "first-address": 2, restart: 0, transport: "websocket", "echo-url": "" };
+  "per-address": 4000, "first-address": 2, restart: 0, transport: "websocket", "echo-url": "",
+  run: "" };
 for (let i = 0; i < rest.length; i += 2) opts[rest[i].replace(/^--/, "")] = rest[i + 1];
-for (const k of Object.keys(opts)) if (!["url", "steps", "transport", "echo-url"].includes(k)) opts[k] = Number(opts[k]);
+for (const k of Object.keys(opts)) if (!["url", "steps", "transport", "echo-url", "run"].includes(k)) opts[k] = Number(opts[k]);
 
-const run = Math.random().toString(36).slice(2, 8); // fresh ids per run: old ones wait for a resume
+// fresh ids per run: old ones wait for a resume (a room's publisher process takes its parent's)
+const run = opts.run || Math.random().toString(36).slice(2, 8);
 
 // `phases`, if given, gets [ms until the 101, ms from the 101 to the welcome] of this connection.
 function open(name, localAddress = undefined, phases = undefined, url = opts.url) {
@@ -209,6 +211,13 @@ async function pingPong(fixedRate) {
 // window; the share counts, for the messages published in the window, how many
 // of members × published reached a member, waiting up to opts.grace seconds
 // after the window for those still on their way.
+//
+// The publisher is a process of its own (this file's `publisher` mode, over IPC):
+// in the members' event loop its clock would wait while they read a fan-out,
+// and the late publishes would then leave at once. Both stamp time as
+// performance.timeOrigin + performance.now(), which two processes share.
+const epochNow = () => performance.timeOrigin + performance.now();
+
 async function room() {
   const members = await openAll([...Array(opts.members).keys()].map((i) => `m${i}`));
   await Promise.all(members.map((ws) => new Promise((resolve) => {
@@ -216,35 +225,72 @@ async function room() {
     ws.send(encode({ type: "join", room: "bench", id: 1 }));
   })));
   const closed = countCloses(members);
-  const [publisher] = await openAll(["publisher"]);
-  let measuring = false, delivered = 0, seq = 0, first = null, arrived = 0, expected = null;
+  const publisher = await startPublisher();
+  let measuring = false, delivered = 0, window = null, arrived = 0, expected = null;
   let allArrived;
   const everyArrival = new Promise((resolve) => { allArrived = resolve; });
   const latencies = [];
   members.forEach((ws) => ws.on("message", (data) => {
     const m = decode(data);
     if (m.type !== "msg") return;
-    const [sentAt, n] = m.d;
-    if (first !== null && n >= first && ++arrived === expected) allArrived();
+    const now = epochNow();
+    const [sentAt] = m.d;
+    if (window !== null && sentAt >= window[0] && (window[1] === null || sentAt < window[1])
+        && ++arrived === expected) allArrived();
     if (!measuring) return;
     delivered++;
-    latencies.push(performance.now() - sentAt);
+    latencies.push(now - sentAt);
   }));
-  const timer = atRate(opts.rate, () =>
-    publisher.send(encode({ type: "pub", room: "bench", d: [performance.now(), seq++, payload] })));
+  publisher.send({ publish: opts.rate });
   const elapsed = await measure((on) => {
     measuring = on;
-    if (on) first = seq;
-    else clearInterval(timer); // nothing is published after the window
+    if (on) window = [epochNow(), null];
+    else window[1] = epochNow(); // published from now on is outside the window
   });
-  const published = seq - first;
+  const published = await publisher.ask({ stop: window }); // the publishes inside it
   expected = published * opts.members;
   if (arrived < expected) await Promise.race([everyArrival, sleep(opts.grace * 1000)]);
   const result = summary(latencies, delivered, elapsed, { members: opts.members,
     publish_rate: opts.rate, size: opts.size, expected_per_second: opts.rate * opts.members,
     published, delivered_share: expected ? arrived / expected : null, closed });
-  finish([...members, publisher]);
+  finish(members);
+  publisher.kill();
   return result;
+}
+
+// The room's publisher process: registered when this resolves; `send` and `ask` talk to it.
+async function startPublisher() {
+  const { fork } = await import("node:child_process");
+  const args = ["publisher", "--url", opts.url, "--size", String(opts.size), "--run", run];
+  const child = fork(new URL(import.meta.url).pathname, args, { stdio: ["ignore", "ignore", "inherit", "ipc"] });
+  const replies = [];
+  child.on("message", (message) => replies.shift()?.(message));
+  const ask = (message) => new Promise((resolve) => { replies.push(resolve); child.send(message); });
+  child.once("exit", (code) => { if (!finishing && code) { console.error(`publisher exited ${code}`); process.exit(1); } });
+  await ask({ ready: true });
+  return { send: (message) => child.send(message), ask, kill: () => child.kill() };
+}
+
+// `publisher` mode: the room's publisher, driven over IPC by a room run (not for the command line).
+async function publisherProcess() {
+  const [socket] = await openAll(["publisher"]);
+  const sentAt = [];
+  let timer;
+  process.on("message", (message) => {
+    if (message.ready) process.send(true);
+    else if (message.publish) {
+      timer = atRate(message.publish, () => {
+        const now = epochNow();
+        sentAt.push(now);
+        socket.send(encode({ type: "pub", room: "bench", d: [now, sentAt.length, payload] }));
+      });
+    } else if (message.stop) {
+      clearInterval(timer);
+      const [from, to] = message.stop;
+      process.send(sentAt.filter((t) => t >= from && t < to).length);
+    }
+  });
+  await new Promise(() => {}); // until the room run kills it
 }
 
 const stdinLines = (async function* () {
@@ -305,7 +351,8 @@ async function storm() {
   return { ...result, back_seconds: (lastBack - firstClose) / 1000, retries };
 }
 
-const scenario = { pairs: () => pingPong(false), fixed: () => pingPong(true), room, idle, storm }[mode];
+const scenario = { pairs: () => pingPong(false), fixed: () => pingPong(true), room, idle, storm,
+  publisher: publisherProcess }[mode];
 if (!scenario) {
   console.error("usage: load.mjs pairs|fixed|room|idle|storm [--url U] [--pairs N] ...");
   process.exit(2);

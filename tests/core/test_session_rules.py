@@ -10,6 +10,7 @@ from typing import Any
 
 import msgpack
 
+from relay.peer import REPLAY_OVERHEAD
 from relay.protocol.codes import CloseCode
 from tests.core.fakes import Node, send
 
@@ -226,6 +227,8 @@ def test_acknowledged_frames_leave_the_replay_window_and_the_rest_is_replayed() 
         send(bob, {"type": "send", "to": "alice", "d": [n, blob]})
     # Trimmed by acknowledgement, not by size: far under replay_bytes (1 MiB).
     assert peer.written_bytes <= 33 * 1024
+    kept = sum(len(frame) + REPLAY_OVERHEAD for frame, _kind, _sender in peer.written or ())
+    assert peer.written_bytes == kept
     # One look at the kernel's count per 32 KiB written, not one per frame.
     assert alice_socket.acks_asked <= 200 * 1064 // (32 * 1024) + 1
     alice_socket.acking = False
