@@ -77,11 +77,13 @@ def parse_request(head: bytes) -> Request:
 
 # A head no HTTP/1.1 parser could read two ways: a GET of an origin-form target
 # (RFC 3986 characters only) and header fields of token names and visible
-# ASCII values. Anything else (obs-fold, obs-text, absolute targets, bare CRs)
-# is left to the general parser, strict where this is not.
+# ASCII values with no whitespace after them (httptools keeps it, so uvicorn
+# would not read "Upgrade: websocket " as an upgrade). Anything else
+# (obs-fold, obs-text, absolute targets, bare CRs) is left to the general
+# parser, strict where this is not.
 _PLAIN_HEAD: Final = re.compile(
     rb"GET /[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]* HTTP/1\.1"
-    rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[\x21-\x7e \t]*)*"
+    rb"(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[ \t]*(?:[\x21-\x7e](?:[\x21-\x7e \t]*[\x21-\x7e])?)?)*"
 )
 # Headers after which a request is not plain: a body, or an answer to wait for.
 _NOT_PLAIN: Final = frozenset((b"content-length", b"transfer-encoding", b"expect"))
