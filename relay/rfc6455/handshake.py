@@ -95,9 +95,10 @@ def plain_upgrade(head: bytes) -> Request | None:
     ``head`` is a request line and headers without the blank line that ends
     them. The plain form is what browsers and client libraries send: a GET
     of an origin-form target over HTTP/1.1, header names that are tokens,
-    values of visible ASCII, no body, ``Connection`` listing ``upgrade`` and
-    one ``Upgrade: websocket``. Such a head means the same to any HTTP
-    parser, so the HTTP stage may hand it to the WebSocket protocol unparsed
+    values of visible ASCII (no whitespace after them), no body,
+    ``Connection`` listing ``upgrade`` and one ``Upgrade: websocket``. Such
+    a head means the same to any HTTP parser, so the HTTP stage may hand it
+    to the WebSocket protocol unparsed
     (``relay.httpserver``); None means only that the general parser decides.
     The handshake itself is still ``validate_handshake``'s to check.
     """
