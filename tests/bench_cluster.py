@@ -14,8 +14,8 @@ pings in flight (throughput); with ``--rate`` the pings go out at that many
 round trips per second in all (latency when not saturated). The load is
 ``tests/bench/load.mjs`` (``pairs``, or ``fixed`` with ``--rate``; in
 ``nodes`` its ``--echo-url`` puts every ``b`` on the second node), pinned to
-CPU 1; the relays and a redis-server this script started are pinned to CPU 0,
-so every scenario's servers share one core and their CPU per message compares
+CPU 1 with a redis-server this script started; the relays are pinned to CPU 0,
+so every scenario's relays share one core and their CPU per message compares
 directly. Prints relayed messages per second (pings and pongs both count),
 round-trip p50/p99, the CPU the relays and redis-server spent per relayed
 message and in all (from /proc, over load.mjs's measured window), and the
@@ -47,7 +47,7 @@ UNLIMITED = (
 )  # fmt: skip
 WARMUP = 1.0  # seconds of load before the measured window opens
 RELAYS_CPU = 0
-# redis-server shares the generator's core (tests/bench/procs.py pins it to CPU 1):
+# redis-server shares the generator's core (tests/bench/procs.py pins load.mjs to CPU 1):
 # on CPU 0 it would share the relays' with them, and three processes taking turns
 # on a core cost their switches; a backplane has a machine of its own in practice.
 REDIS_CPU = 1
