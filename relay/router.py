@@ -130,6 +130,9 @@ class Router:
             if to == BACKEND_ID:
                 self._call_backend(session, request)
                 return
+            if request.id is None:  # the common case on a cluster: one peer elsewhere
+                RemoteSend(self, session, sender, to).send(frame, undelivered)
+                return
             targets: tuple[str, ...] = (to,)
         else:
             undelivered = (sender.id, request.id, True)
@@ -156,11 +159,17 @@ class Router:
         if sender is not None and sender.owed:
             sender.owed -= 1
         if delivery is DELIVERED:
-            frame, kind = codec.encode_ok(request_id), "ok"
+            self.tell(sender_id, codec.encode_ok(request_id), "ok")
         else:
-            routed = Routed(self, None, request_id, False, None)
-            routed.add(target, delivery)
-            frame, kind = routed.answer_frame()
+            self.tell_failure(sender_id, request_id, target, delivery)
+
+    def tell_failure(
+        self, sender_id: str, request_id: RequestId | None, target: str, delivery: Delivery
+    ) -> None:
+        """Tell the sender of a ``send`` to one target that it did not reach it."""
+        routed = Routed(self, None, request_id, False, None)
+        routed.add(target, delivery)
+        frame, kind = routed.answer_frame()
         self.tell(sender_id, frame, kind)
 
     def tell(self, peer_id: str, frame: bytes, kind: str) -> None:
@@ -349,6 +358,43 @@ _ON_ITS_WAY = frozenset({DELIVERED, PENDING})
 
 def _ignore(delivery: Delivery) -> None:
     """The answer to a report: nobody is told that a report was not delivered."""
+
+
+class RemoteSend:
+    """A ``send`` without id to one peer on another node: only a failure is answered.
+
+    ``Routed`` answers any send the same way; this lean form, made once per
+    frame on a cluster's busiest path, keeps only what that case needs: the
+    sender's count of answers owed and of sends in flight to other nodes.
+    """
+
+    __slots__ = ("_router", "_sender", "_session", "_target")
+
+    def __init__(self, router: Router, session: Session, sender: Peer, target: str) -> None:
+        self._router = router
+        self._session = session
+        self._sender = sender
+        self._target = target
+
+    def send(self, frame: bytes, undelivered: Undelivered) -> None:
+        """Hand ``frame`` to the broker; the broker calls this object with the outcome."""
+        self._sender.owed += 1
+        session = self._session
+        session.inflight += 1
+        if session.inflight == self._router.settings.inflight_per_session:
+            session.hold()
+        self._router.broker.send(self._target, frame, undelivered, self)
+
+    def __call__(self, delivery: Delivery) -> None:
+        sender = self._sender
+        if sender.owed:
+            sender.owed -= 1
+        session = self._session
+        session.inflight -= 1
+        if session.inflight == self._router.settings.inflight_per_session - 1:
+            session.resume()
+        if delivery is not DELIVERED and delivery is not QUEUED:
+            self._router.tell_failure(sender.id, None, self._target, delivery)
 
 
 class Routed:

@@ -165,8 +165,8 @@ def main() -> None:
                 f"{scenario:9} pairs={args.pairs} {mode}: "
                 f"{result['msg_per_s']:8.0f} msg/s relayed, "
                 f"rtt p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
-                f"relay+redis cpu {result['cpu_us_per_msg']:.0f} us/msg "
-                f"(redis {result['redis_us_per_msg']:.0f}; {result['cpu_pct']:.0f}% of a core; "
+                f"relay+redis cpu {result['cpu_us_per_msg']:.1f} us/msg "
+                f"(redis {result['redis_us_per_msg']:.1f}; {result['cpu_pct']:.0f}% of a core; "
                 f"generator {result['generator_pct']:.0f}%; {result['round_trips']} round trips)",
                 flush=True,
             )

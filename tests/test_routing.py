@@ -8,6 +8,9 @@ import anyio
 import msgpack
 import pytest
 
+from relay.broker.memory import MemoryBroker
+from relay.session import Session
+from relay.values import Answer, Delivery, Undelivered
 from tests.conftest import RelayFactory, RunningRelay
 from tests.peers import join_as
 
@@ -253,3 +256,54 @@ async def test_a_peer_that_never_reads_holds_its_senders_only_until_it_is_closed
     stuck.ws.transport.abort()
     for peer in (sender, other, reader):
         await peer.close()
+
+
+class AnswerLaterBroker(MemoryBroker):
+    """Every peer it is asked for is on another node, which answers when the test says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sends: list[tuple[str, bytes, Answer]] = []
+        self.changed = anyio.Event()
+
+    def send(
+        self, peer_id: str, frame: bytes, undelivered: Undelivered | None, answer: Answer
+    ) -> None:
+        self.sends.append((peer_id, frame, answer))
+        self.changed.set()
+        self.changed = anyio.Event()
+
+    async def sent(self, count: int) -> None:
+        with anyio.fail_after(10):
+            while len(self.sends) < count:
+                await self.changed.wait()
+
+
+async def test_sends_without_id_to_another_node_hold_the_sender_and_report_failures(
+    relay_factory: RelayFactory,
+) -> None:
+    broker = AnswerLaterBroker()
+    relay = await relay_factory(broker=broker, inflight_per_session=2)
+    alice = await join_as(relay.url, "alice")
+    bob = await join_as(relay.url, "bob")
+    for n in range(3):
+        await alice.send({"type": "send", "to": "faraway", "d": n})
+    await alice.send({"type": "ping", "id": "p"})
+    await broker.sent(2)
+    # bob's round trip passes while alice is not read: two sends are in flight.
+    await bob.request({"type": "ping", "id": 1})
+    assert len(broker.sends) == 2
+    session = relay.hub.peers["alice"].session
+    assert isinstance(session, Session) and session.inflight == 2
+    assert relay.hub.peers["alice"].owed == 2
+    broker.sends[0][2](Delivery.DELIVERED)  # delivered: nothing to say
+    await broker.sent(3)
+    assert session.inflight == 2  # the ping waits again
+    broker.sends[1][2](Delivery.OFFLINE)
+    err = await alice.expect(type="err", code="peer-offline", to="faraway")
+    assert "id" not in err
+    await alice.expect(type="pong", id="p")
+    broker.sends[2][2](Delivery.OVERLOADED)
+    await alice.expect(type="err", code="overloaded", to="faraway")
+    assert [msgpack.unpackb(frame)["d"] for _to, frame, _answer in broker.sends] == [0, 1, 2]
+    assert session.inflight == 0 and relay.hub.peers["alice"].owed == 0
