@@ -229,11 +229,13 @@ _storm_runs = 0
 
 
 def fresh_addresses(load: list[str]) -> list[str]:
-    """``--first-address`` for a storm run: loopback addresses no earlier run of this bench used.
+    """``--first-address`` for a storm run: loopback addresses no socket holds now.
 
     A run leaves its clients' sockets in TIME_WAIT for a minute, and a client
     bound to an address cannot take a port held so: reusing the addresses
     would slow the next server's connects for reasons of the bench's own.
+    That holds across invocations too: a bench started within a minute of
+    another skips the addresses the other left in TIME_WAIT.
     """
     global _storm_runs
     clients = int(load[load.index("--clients") + 1])
@@ -242,9 +244,25 @@ def fresh_addresses(load: list[str]) -> list[str]:
     blocks = 252 // count
     if not blocks:
         raise SystemExit(f"storm: {clients} clients need more than 127.0.0.2-254")
-    first = 2 + count * (_storm_runs % blocks)
-    _storm_runs += 1
-    return ["--first-address", str(first)]
+    busy = busy_loopback_addresses()
+    for step in range(blocks):
+        first = 2 + count * ((_storm_runs + step) % blocks)
+        if busy.isdisjoint(range(first, first + count)):
+            _storm_runs += step + 1
+            return ["--first-address", str(first)]
+    raise SystemExit("storm: every block of loopback addresses holds sockets; wait a minute")
+
+
+def busy_loopback_addresses() -> set[int]:
+    """The last bytes of the 127.0.0.x addresses a TCP socket is bound to (TIME_WAIT too)."""
+    busy: set[int] = set()
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            address = int(line.split(None, 2)[1].split(":")[0], 16)  # little-endian
+            if address & 0xFF == 127:
+                busy.add(address >> 24)
+    return busy
 
 
 def run_storm(server: Server, load: list[str]) -> dict[str, Any]:
