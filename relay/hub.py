@@ -29,6 +29,7 @@ from relay.broker.base import Broker, BrokerUnavailable
 from relay.clock import LoopScheduler, Scheduler, Timer
 from relay.decisions import Admitted, HelloAsked
 from relay.delivery import AckWatch
+from relay.eager import start_eagerly
 from relay.events import SessionObserver
 from relay.exceptions import Forbidden, IdTaken, RoomFull
 from relay.metrics import Metrics
@@ -179,16 +180,25 @@ class Hub(Router):
             await anyio.sleep(_DRAIN_POLL_SECONDS)
         return True
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` as a task that ends with the hub.
+    def spawn(self, work: Coroutine[Any, Any, None], *, eager: bool = True) -> None:
+        """Run ``work`` in a task that ends with the hub: at once up to its first wait if ``eager``.
 
-        A plain asyncio task: the task group's ``start_soon`` cost a tenth
-        of a registration in a reconnect storm (issue 22), and every hello
-        spawns one. An exception ``work`` lets out is raised in the task
-        group, which ends the hub as it would have before.
+        A session's steps are eager (``relay.eager``): on one node most of
+        them never wait, and their answer then goes out in the pass that read
+        the request. The hub's own clean-up is not, since it can be set off
+        from inside loops over peers and sessions. An exception ``work`` lets
+        out is raised in the task group, which ends the hub as it would have
+        before.
         """
         assert self._tasks is not None, "the hub is not running"
-        step = asyncio.get_running_loop().create_task(work)
+        if eager:
+            self._track(start_eagerly(work))
+        else:
+            self._track(asyncio.get_running_loop().create_task(work))
+
+    def _track(self, step: asyncio.Task[None]) -> None:
+        # Plain asyncio tasks: the task group's ``start_soon`` cost a tenth
+        # of a registration in a reconnect storm (issue 22).
         self._steps.add(step)
         step.add_done_callback(self._step_done)
 
@@ -403,12 +413,12 @@ class Hub(Router):
                 self.settings.resume_seconds, self._expire, peer
             )
         else:
-            self.spawn(self._remove(peer, "closed"))
+            self.spawn(self._remove(peer, "closed"), eager=False)
 
     def _expire(self, peer: Peer) -> None:
         peer.expiry = None
         if peer.session is None and self.peers.get(peer.id) is peer:
-            self.spawn(self._remove(peer, "expired"))
+            self.spawn(self._remove(peer, "expired"), eager=False)
 
     async def _remove(self, peer: Peer, reason: str) -> None:
         """Forget ``peer``: leave its rooms, free its id, report what it never got."""

@@ -75,7 +75,7 @@ class Routing(Protocol):
     backlogged: set[Peer]  # live peers whose queue is not empty
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run an asynchronous step."""
+        """Run an asynchronous step: at once, up to its first wait (the hub's are eager)."""
         ...
 
     async def register(self, session: Session, hello: Hello) -> bytes:

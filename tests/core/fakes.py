@@ -189,7 +189,7 @@ class Steps:
     def __init__(self) -> None:
         self.waiting: list[Coroutine[Any, Any, None]] = []
 
-    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, work: Coroutine[Any, Any, None], *, eager: bool = True) -> None:
         self._step(work)
 
     def run(self) -> None:
