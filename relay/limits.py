@@ -23,8 +23,11 @@ class TokenBucket:
     def _refill(self, now: float) -> float:
         # Refilling stops at the burst; a credit above it is spent, not topped up.
         tokens = self._tokens
-        if tokens < self._burst:
-            tokens = min(self._burst, tokens + (now - self._stamp) * self._rate)
+        burst = self._burst
+        if tokens < burst:
+            tokens += (now - self._stamp) * self._rate
+            if tokens > burst:
+                tokens = burst
         return tokens
 
     def take(self) -> bool:

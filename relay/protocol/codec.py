@@ -365,13 +365,16 @@ def _build_send(
         targets = to  # an RPC to the backend: the router decides whether it is served
     else:
         targets = limits.check_peer_id(to, "to")
+    if len(fields) == 2:  # type and to alone, the common case: nothing else to check
+        return Send(targets, _payload(d_raw), None, None, None, None)
+    # Positional: a slotted dataclass takes keywords at twice the cost, per message.
     return Send(
-        to=targets,
-        d_raw=_payload(d_raw),
-        ev=_optional_str(fields, "ev", limits.max_event_length),
-        id=_checked_request_id(fields, request_id),
-        rid=_pass_through(fields, "rid"),
-        re=_pass_through(fields, "re"),
+        targets,
+        _payload(d_raw),
+        _optional_str(fields, "ev", limits.max_event_length),
+        _checked_request_id(fields, request_id),
+        _pass_through(fields, "rid"),
+        _pass_through(fields, "re"),
     )
 
 
@@ -457,6 +460,8 @@ def encode_msg(
     re: PassThrough | None = None,
 ) -> bytes:
     """Encode a ``msg`` envelope around the sender's untouched payload bytes."""
+    if ev is None and room is None and rid is None and re is None:
+        return b"".join((_FIXMAP[3], _MSG_HEAD, _packb(sender), _KEY_D, d_raw))
     parts = [b"", _MSG_HEAD, _packb(sender), _KEY_D, d_raw]
     entries = 3  # type, from, d
     if ev is not None:
