@@ -18,22 +18,25 @@ import hashlib
 import logging
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from relay.settings import Settings
 
 log = logging.getLogger("relay.webhooks")
 
 KEEP_SECONDS = 7 * 24 * 3600  # a note no start of the node took is forgotten after this
 WRITE_EVERY_SECONDS = 1.0
-_ERRORS = (RedisError, OSError, TimeoutError)
 
 
 class Ledger:
     """The Redis notes of one node's webhook URLs: taken at start, written as they move."""
 
     def __init__(self, redis_url: str, prefix: str, node_id: str, timeout_seconds: float) -> None:
+        # Imported here, as the Redis broker is: a node without Redis starts
+        # without loading redis-py, a quarter of its start-up, which the
+        # clients of a restarted node wait for.
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        self._errors = (RedisError, OSError, TimeoutError)
         self._client: Any = aioredis.Redis.from_url(
             redis_url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
         )
@@ -47,7 +50,7 @@ class Ledger:
         """What the last run of this node left unsettled for ``url`` (0 if nothing), forgotten."""
         try:
             note = await self._client.getdel(self._key(url))
-        except _ERRORS as exc:
+        except self._errors as exc:
             log.warning("webhooks: could not read what the last run left unsent: %s", exc)
             return 0
         if note is None:
@@ -62,7 +65,7 @@ class Ledger:
         """Note ``made`` and ``settled`` for ``url``; a failure is only logged (at debug)."""
         try:
             await self._client.set(self._key(url), f"{made},{settled}", ex=KEEP_SECONDS)
-        except _ERRORS as exc:
+        except self._errors as exc:
             log.debug("webhooks: could not note the progress of %s: %s", url, exc)
 
     async def close(self) -> None:

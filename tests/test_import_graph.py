@@ -8,6 +8,8 @@ cannot be read, tested or replaced one without the other.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,3 +106,20 @@ def test_design_md_names_every_module() -> None:
     }
     assert sorted(present - named) == [], "modules docs/design.md does not name"
     assert sorted(named - present) == [], "names in docs/design.md that are no module"
+
+
+def test_a_node_without_redis_does_not_load_redis_py() -> None:
+    # Start-up is what a restarted node's clients wait for, and redis-py was
+    # a quarter of it: it is loaded only by what needs Redis.
+    code = (
+        "import sys\n"
+        "from relay.app import create_app\n"
+        "from relay.settings import Settings\n"
+        "import relay.cli\n"
+        "create_app(Settings(webhook_urls=('http://127.0.0.1:9/hook',), webhook_secret='s' * 32))\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'redis'))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert run.stdout.strip() == "[]"
