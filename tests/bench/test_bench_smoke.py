@@ -147,3 +147,14 @@ def test_the_cluster_bench_runs_split_pairs_over_redis() -> None:
         round_trips = re.search(r"(\d+) round trips", line)
         assert relayed and round_trips, line
         assert int(relayed.group(1)) > 0 and int(round_trips.group(1)) > 0, line
+
+
+def test_the_microbenchmarks_run_and_print_a_figure_each() -> None:
+    run = subprocess.run(
+        [sys.executable, str(BENCH.with_name("micro.py")), "--steps", "5", "--rounds", "1"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    figures = re.findall(r"^(session|links): ([\d,]+) ns per frame", run.stdout, re.M)
+    assert [name for name, _ in figures] == ["session", "links"]
+    assert all(int(ns.replace(",", "")) > 0 for _, ns in figures)
