@@ -156,12 +156,14 @@ async def _links_send(steps: int, rounds: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", nargs="*", choices=["session", "links"], default=[],
-                        help="the loops to run (default: both)")  # fmt: skip
+    parser.add_argument("which", nargs="*", help="the loops to run: session, links (default: both)")
     parser.add_argument("--steps", type=int, default=2000, help="batches of 100 frames per round")
     parser.add_argument("--rounds", type=int, default=7, help="rounds; the median is printed")
     args = parser.parse_args()
     loops = {"session": session_send, "links": links_send}
+    unknown = sorted(set(args.which) - set(loops))
+    if unknown:
+        parser.error(f"no loop named {', '.join(unknown)}: choose from session, links")
     for name in args.which or list(loops):
         ns = loops[name](args.steps, args.rounds)
         print(f"{name}: {ns:,.0f} ns per frame (median of {args.rounds} rounds)", flush=True)
