@@ -31,8 +31,8 @@ class Ledger:
 
     def __init__(self, redis_url: str, prefix: str, node_id: str, timeout_seconds: float) -> None:
         # Imported here, as the Redis broker is: a node without Redis starts
-        # without loading redis-py, a quarter of its start-up, which the
-        # clients of a restarted node wait for.
+        # without loading redis-py (7 MiB of RSS, and time the clients of a
+        # restarted node wait for).
         import redis.asyncio as aioredis
         from redis.exceptions import RedisError
 
