@@ -5,7 +5,8 @@ which has not. A session's step (a ``hello``, a ``join``) mostly never waits
 on one node, since the memory broker answers at once; run eagerly, its
 answer is written in the same event-loop pass as the read that brought the
 request, instead of a pass or two later when a new task would first run. In
-a reconnect storm that halved the wait for the ``welcome`` (docs/design.md).
+a reconnect storm that cut the wait for the ``welcome`` by a third to a
+half (docs/benchmarks.md).
 
 The first part runs as the task's own, as 3.12 does it: code that asks for
 the current task (anyio's cancel scopes, ``asyncio.timeout``) sees the task

@@ -379,20 +379,14 @@ class RemoteSend:
     def send(self, frame: bytes, undelivered: Undelivered) -> None:
         """Hand ``frame`` to the broker; the broker calls this object with the outcome."""
         self._sender.owed += 1
-        session = self._session
-        session.inflight += 1
-        if session.inflight == self._router.settings.inflight_per_session:
-            session.hold()
+        self._session.sent_elsewhere()
         self._router.broker.send(self._target, frame, undelivered, self)
 
     def __call__(self, delivery: Delivery) -> None:
         sender = self._sender
         if sender.owed:
             sender.owed -= 1
-        session = self._session
-        session.inflight -= 1
-        if session.inflight == self._router.settings.inflight_per_session - 1:
-            session.resume()
+        self._session.answered_from_elsewhere()
         if delivery is not DELIVERED and delivery is not QUEUED:
             self._router.tell_failure(sender.id, None, self._target, delivery)
 
@@ -461,10 +455,7 @@ class Routed:
         self._pending += 1
         if remote and not self._remote and self._session is not None:
             self._remote = True
-            session = self._session
-            session.inflight += 1
-            if session.inflight == self._hub.settings.inflight_per_session:
-                session.hold()
+            self._session.sent_elsewhere()
 
     def answerer(self, target: str) -> Callable[[Delivery], None]:
         """The callback a broker calls with ``target``'s outcome."""
@@ -488,11 +479,8 @@ class Routed:
             return
         if self._owed and self._sender is not None and self._sender.owed:
             self._sender.owed -= 1
-        session = self._session
-        if self._remote and session is not None:
-            session.inflight -= 1
-            if session.inflight == self._hub.settings.inflight_per_session - 1:
-                session.resume()
+        if self._remote and self._session is not None:
+            self._session.answered_from_elsewhere()
         self._answer()
         if self.on_done is not None:
             self.on_done()

@@ -337,6 +337,18 @@ class Session:
             self._rate.credit(self.routing.scheduler.time() - self._held_since)
             self.transport.resume_reading()
 
+    def sent_elsewhere(self) -> None:
+        """A send went to another node; with ``inflight_per_session`` out, read no more."""
+        self.inflight += 1
+        if self.inflight == self.routing.settings.inflight_per_session:
+            self.hold()
+
+    def answered_from_elsewhere(self) -> None:
+        """Another node answered one of this session's sends."""
+        self.inflight -= 1
+        if self.inflight == self.routing.settings.inflight_per_session - 1:
+            self.resume()
+
     def wait_for(self, target: Peer) -> None:
         """Read nothing more from this socket until ``target``'s queue has drained."""
         if target.session is None or target.session is self or self.draining:
