@@ -40,6 +40,7 @@ from relay.rfc6455 import (
 )
 from relay.wsserver.asgi import ASGIBridge, request_line, websocket_scope
 from relay.wsserver.direct import FrameHandler
+from relay.wsserver.flushing import flusher_of
 from relay.wsserver.keepalive import keepalive_of
 from relay.wsserver.message_timer import MessageTimer
 from relay.wsserver.states import CLOSED, CLOSING, CONNECTING, HANDSHAKE, LOST, OPEN, RESPONDING
@@ -68,7 +69,8 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     Besides asyncio's protocol and ``DirectConnection``, two attributes are read
     from outside: ``state`` (one of ``relay.wsserver.states``, by the ASGI
     bridge) and ``alive`` (True once any byte arrived since the last keepalive
-    ping, by the keepalive).
+    ping, by the keepalive). ``DirectConnection.writing_paused`` is a plain
+    attribute here, not a property: every frame a room's publish writes reads it.
     """
 
     __slots__ = (
@@ -83,6 +85,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_dropped",
         "_end_mark",
         "_fin_sent",
+        "_flusher",
         "_handler",
         "_head",
         "_keepalive",
@@ -98,9 +101,9 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         "_transport",
         "_transport_paused",
         "_unsent",
-        "_writing_paused",
         "alive",
         "state",
+        "writing_paused",
         "written_bytes",
     )
 
@@ -121,6 +124,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._close_timeout: float = getattr(config, "ws_close_timeout", DEFAULT_CLOSE_TIMEOUT)
         self._send_buffer: int = getattr(config, "ws_send_buffer_bytes", DEFAULT_SEND_BUFFER)
         self._keepalive = keepalive_of(server_state, config, self._loop)
+        self._flusher = flusher_of(server_state, self._loop)
         self.state = HANDSHAKE
         self._head = b""
         self._transport: asyncio.Transport = None  # type: ignore[assignment]
@@ -132,7 +136,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._out_size = 0
         self._reading_paused = False  # the owner's wish
         self._transport_paused = False  # what we told the transport
-        self._writing_paused = False
+        self.writing_paused = False
         self.alive = True  # data arrived since the last keepalive ping
         self._deadline: asyncio.TimerHandle | None = None
         self._unsent: int | None = None  # bytes that never left, counted when the end is seen
@@ -175,7 +179,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # The client will send nothing more: flush, then the transport closes.
-        self._flush()
+        self.flush()
         if self.state < CLOSED:
             self.state = CLOSED
             self._keepalive.discard(self)
@@ -207,10 +211,10 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._bridge = None
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
+        self.writing_paused = True
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
+        self.writing_paused = False
         handler = self._handler
         if handler is not None and self.state < LOST:
             try:
@@ -268,10 +272,6 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         header = TEXT_HEADERS[size] if size < 126 else frame_header(OP_TEXT, size)
         self._queue(header, data, size + len(header))
 
-    @property
-    def writing_paused(self) -> bool:
-        return self._writing_paused
-
     def write_buffer_size(self) -> int:
         if self.state == LOST:
             return 0
@@ -294,7 +294,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         if not frame:
             return  # not open: not yet, closing already, or closed
         self._queue(frame, b"", len(frame))
-        self._flush()
+        self.flush()
         self.state = CLOSING
         self._keepalive.discard(self)
         self._sync_reading()
@@ -505,7 +505,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
                     return
                 elif opcode == OP_TEXT:
                     handler.text_received(parser.text)
-                elif opcode == OP_PING and not self._writing_paused:
+                elif opcode == OP_PING and not self.writing_paused:
                     # A peer that pings but does not read gets no pongs piling up:
                     # answering only some pings is allowed (RFC 6455 5.5.3).
                     self._send_frame(OP_PONG, parser.payload)
@@ -581,7 +581,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
 
     def _finish(self) -> None:
         """Nothing more to send: flush, half-close, and read until the client's FIN."""
-        self._flush()
+        self.flush()
         self.state = CLOSED
         self._keepalive.discard(self)
         self._sync_reading()
@@ -620,19 +620,20 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         if out is None:
             self._out = [header, data]
             self._out_size = size
-            self._loop.call_soon(self._flush)
+            self._flusher.flush_after_pass(self)
         else:
             out.append(header)
             out.append(data)
             self._out_size += size
             if self._out_size >= WRITE_HIGH_WATER:
-                self._flush()  # let the transport see it now, and pause us if it must
+                self.flush()  # let the transport see it now, and pause us if it must
 
     def _send_frame(self, opcode: int, payload: bytes) -> None:
         header = frame_header(opcode, len(payload))
         self._queue(header, payload, len(header) + len(payload))
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Hand the frames gathered in this pass to the transport (``relay.wsserver.flushing``)."""
         out = self._out
         if out is None:
             return
