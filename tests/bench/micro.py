@@ -11,19 +11,32 @@ after (``PYTHONPATH`` pointing at a checkout of the code before):
   given to the frame written to the target's transport (the codec, the rate
   limit, the router, the replay window, the metrics): real ``Session``s and a
   real ``Hub`` on fake transports (``tests/core/fakes.py``).
+- ``room``: a ``pub`` to a room of ``ROOM`` members, from the frame the
+  publisher's session is given to the frames handed to each member's socket:
+  real ``Session``s on the relay's own frame layer (``relay.wsserver``), its
+  sockets replaced by ones that take every write, on uvloop. Per delivery.
 - ``links``: what a frame to a peer on another node costs the two nodes'
   links (``relay.broker.redis.links``): numbering, the batch's encoding and
   decoding, the delivery, the ack's way back; Redis itself is left out.
 
 The figure is the median of ``--rounds`` rounds. It is not a ratio against a
 reference, so compare only figures taken on one machine, one after another.
+On a shared machine even those move by a third between runs; ``--instructions``
+counts the instructions per frame instead, under valgrind (cachegrind), which
+gives the same figure for the same code on every run: the difference between
+two runs of the loop, one twice as long, so the set-up drops out.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import os
+import re
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -33,19 +46,42 @@ from typing import Any
 # Appended: a PYTHONPATH given for an A/B run comes first, for relay as for tests.
 sys.path.append(str(Path(__file__).resolve().parents[2]))
 
+import uvicorn
+import uvloop
+from uvicorn.server import ServerState
+
 from relay.broker import wire
 from relay.broker.redis.links import Links
 from relay.broker.redis.resp import Done
 from relay.protocol import codec
+from relay.session import Session
 from relay.values import Answer, Delivery, Undelivered
+from relay.wsserver import RelayWebSocketProtocol
 from tests.cluster.fakes import FakeNode
 from tests.core.fakes import Node
 
 BATCH = 100  # frames per round trip of the links loop, about what a busy pass batches
+ROOM = 1000  # members of the room loop's room
+
+
+_exact = False  # set by --exact: a child of --instructions
 
 
 def median_ns(step: Callable[[], None], frames_per_step: int, steps: int, rounds: int) -> float:
-    """Nanoseconds per frame: the median over ``rounds`` of ``steps`` calls of ``step``."""
+    """Nanoseconds per frame: the median over ``rounds`` of ``steps`` calls of ``step``.
+
+    In a child of ``--instructions``: a fixed warm-up, then exactly ``steps``
+    calls, and what was run is printed for the parent instead.
+    """
+    gc.freeze()  # what the loop set up lives on, as relay.server does once it serves
+    gc.set_threshold(700, 10, 100)
+    if _exact:
+        for _ in range(20):
+            step()
+        for _ in range(steps):
+            step()
+        print(f"ran {steps} steps of {frames_per_step} frames", flush=True)
+        return 0.0
     for _ in range(max(1, steps // 10)):
         step()  # warm-up
     results = []
@@ -71,6 +107,81 @@ def session_send(steps: int, rounds: int) -> float:
         node.clock.run_soon()
 
     return median_ns(step, BATCH, steps, rounds)
+
+
+class _NullSocket(asyncio.Transport):
+    """An accepted socket that takes every write and never fills."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def writelines(self, list_of_data: Any) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def room_publish(steps: int, rounds: int) -> float:
+    loop = uvloop.new_event_loop()
+    try:
+        publish = loop.run_until_complete(_room(loop))
+
+        async def publish_once() -> None:
+            publish()
+            await asyncio.sleep(0)  # the pass ends: the members' flushes
+
+        def step() -> None:
+            loop.run_until_complete(publish_once())
+
+        return median_ns(step, ROOM, max(1, steps // 10), rounds)
+    finally:
+        loop.close()
+
+
+async def _room(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """A room of ``ROOM`` members on the frame layer; returns a call that publishes once."""
+    node = Node(rate_per_second=1e9, rate_burst=10**9)
+    sessions: asyncio.Queue[Session] = asyncio.Queue()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        connection = scope["extensions"]["relay.direct"]["connection"]
+        session = Session(node.hub, connection)
+        connection.accept_direct(session)
+        node.hub.opened(session)
+        await sessions.put(session)
+
+    config = uvicorn.Config(app, ws=RelayWebSocketProtocol, lifespan="off", log_level="warning")
+    config.load()
+    upgrade = (
+        b"GET / HTTP/1.1\r\nHost: micro\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    server_state = ServerState()
+    for n in range(ROOM):
+        protocol = RelayWebSocketProtocol(config, server_state, {}, _loop=loop)
+        protocol.connection_made(_NullSocket())
+        protocol.data_received(upgrade)
+        session = await sessions.get()
+        session.message_received(codec.encode({"type": "hello", "id": f"m{n}"}))
+        session.message_received(codec.encode({"type": "join", "room": "r"}))
+        node.run()
+    publisher, _, _ = node.peer("publisher")
+    pub = codec.encode({"type": "pub", "room": "r", "d": b"x" * 64})
+    received = publisher.message_received
+    return lambda: received(pub)
 
 
 class _Holder(FakeNode):
@@ -154,19 +265,62 @@ async def _links_send(steps: int, rounds: int) -> float:
     return result
 
 
+def instructions_per_frame(name: str, steps: int) -> float:
+    """Instructions per frame of loop ``name``, from runs of ``steps`` and twice as many."""
+    counted = []
+    for run_steps in (steps, 2 * steps):
+        run = subprocess.run(
+            [
+                "valgrind", "--tool=cachegrind", "--cache-sim=no",
+                "--cachegrind-out-file=/dev/null",
+                sys.executable, __file__, name, "--steps", str(run_steps), "--exact",
+            ],
+            env={**os.environ, "PYTHONHASHSEED": "0"}, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        ran = re.search(r"ran (\d+) steps of (\d+) frames", run.stdout)
+        refs = re.search(r"I\s+refs:\s+([\d,]+)", run.stderr)
+        if run.returncode != 0 or ran is None or refs is None:
+            raise SystemExit(f"{name} under valgrind failed:\n{run.stderr[-2000:]}")
+        counted.append((int(ran[1]) * int(ran[2]), int(refs[1].replace(",", ""))))
+    (frames, instructions), (more_frames, more_instructions) = counted
+    return (more_instructions - instructions) / (more_frames - frames)
+
+
 def main() -> None:
+    global _exact
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("which", nargs="*", help="the loops to run: session, links (default: both)")
-    parser.add_argument("--steps", type=int, default=2000, help="batches of 100 frames per round")
+    parser.add_argument(
+        "which", nargs="*", help="the loops to run: session, room, links (default: all)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None,
+        help="batches of 100 frames per round (room: a tenth as many publishes to 1,000 members); "
+        "default 2000, or 100 with --instructions",
+    )  # fmt: skip
     parser.add_argument("--rounds", type=int, default=7, help="rounds; the median is printed")
+    parser.add_argument(
+        "--instructions", action="store_true",
+        help="print instructions per frame, counted under valgrind, instead of time "
+        "(the same on every run: for changes smaller than the machine's noise)",
+    )  # fmt: skip
+    parser.add_argument("--exact", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    loops = {"session": session_send, "links": links_send}
+    loops = {"session": session_send, "room": room_publish, "links": links_send}
     unknown = sorted(set(args.which) - set(loops))
     if unknown:
-        parser.error(f"no loop named {', '.join(unknown)}: choose from session, links")
+        parser.error(f"no loop named {', '.join(unknown)}: choose from session, room, links")
+    if args.instructions and shutil.which("valgrind") is None:
+        parser.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
+    steps = args.steps or (100 if args.instructions else 2000)
+    _exact = args.exact
     for name in args.which or list(loops):
-        ns = loops[name](args.steps, args.rounds)
-        print(f"{name}: {ns:,.0f} ns per frame (median of {args.rounds} rounds)", flush=True)
+        if args.instructions:
+            count = instructions_per_frame(name, steps)
+            print(f"{name}: {count:,.0f} instructions per frame", flush=True)
+            continue
+        ns = loops[name](steps, 1 if _exact else args.rounds)
+        if not _exact:
+            print(f"{name}: {ns:,.0f} ns per frame (median of {args.rounds} rounds)", flush=True)
 
 
 if __name__ == "__main__":

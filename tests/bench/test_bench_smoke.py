@@ -155,6 +155,22 @@ def test_the_microbenchmarks_run_and_print_a_figure_each() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    figures = re.findall(r"^(session|links): ([\d,]+) ns per frame", run.stdout, re.M)
-    assert [name for name, _ in figures] == ["session", "links"]
+    figures = re.findall(r"^(session|room|links): ([\d,]+) ns per frame", run.stdout, re.M)
+    assert [name for name, _ in figures] == ["session", "room", "links"]
     assert all(int(ns.replace(",", "")) > 0 for _, ns in figures)
+
+
+def test_the_microbenchmarks_count_instructions_the_same_on_every_run() -> None:
+    counts = []
+    for _ in range(2):
+        run = subprocess.run(
+            [sys.executable, str(BENCH.with_name("micro.py")), "session", "--instructions",
+             "--steps", "2"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        counted = re.fullmatch(r"session: ([\d,]+) instructions per frame\n", run.stdout)
+        assert counted is not None, run.stdout
+        counts.append(int(counted[1].replace(",", "")))
+    assert counts[0] > 1000  # a send takes thousands of instructions, not a handful
+    assert abs(counts[0] - counts[1]) <= counts[0] // 100  # what the option promises
