@@ -4,8 +4,8 @@ A connection keeps the frames written to it during a pass and hands them to
 its transport when the pass ends (``DirectConnection.write``). One callback
 per server does that for every connection that gathered frames, rather than a
 ``call_soon`` per connection: a room's publish writes to thousands of
-connections in one pass, and uvloop's callback costs each of them about a
-fifth of the fan-out's own work (docs/benchmarks.md).
+connections in one pass, and a uvloop callback for each cost about a sixth
+of the fan-out's Python (docs/benchmarks.md).
 """
 
 from __future__ import annotations
