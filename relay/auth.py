@@ -26,17 +26,17 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jwt
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
 from relay.exceptions import Forbidden, Unauthorized
 from relay.protocol import codec
 from relay.protocol.envelopes import Hello
 from relay.settings import SettingError, Settings
 
+# PyJWT and cryptography are imported where a key is in use, not here: every
+# node imports this module, and a restarted node's clients wait for its
+# start-up (docs/benchmarks.md has what they cost).
 if TYPE_CHECKING:
-    pass
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -66,6 +66,8 @@ class Claims:
 
 def _algorithms_for(key: Any) -> frozenset[str]:
     """The algorithms a public key can verify (none for an unsupported key type)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     if isinstance(key, rsa.RSAPublicKey):
         return RSA_ALGORITHMS
     if isinstance(key, ec.EllipticCurvePublicKey):
@@ -150,6 +152,10 @@ class TokenVerifier:
 
     def _load(self) -> _Keys:
         """The keys the settings configure, checked against the accepted algorithms."""
+        import jwt
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
         settings = self._settings
         name = self._key_setting
         path = getattr(settings, name)
@@ -226,6 +232,8 @@ class TokenVerifier:
         What the claims mean is the caller's: ``verify`` for a peer, the admin
         page (``relay.admin.auth``) for its ``relay_admin`` claim.
         """
+        import jwt
+
         if not token:
             raise Unauthorized("a token is required")
         try:
@@ -371,6 +379,8 @@ def mint(
     now: float | None = None,
 ) -> str:
     """A signed token for ``sub`` (``relay token`` and the tests use it)."""
+    import jwt
+
     issued = int(now if now is not None else time.time())
     payload: dict[str, Any] = {"sub": sub, "iat": issued, "exp": issued + math.ceil(ttl_seconds)}
     if rooms is not None:

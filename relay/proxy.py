@@ -31,10 +31,9 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 import msgpack
 from anyio.abc import TaskGroup
 
@@ -57,6 +56,9 @@ from relay.router import Router
 from relay.session import Session
 from relay.settings import Settings
 from relay.webhooks import SIGNATURE_HEADER, sign
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("relay.proxy")
 
@@ -94,6 +96,8 @@ class Outbound:
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Hold the connection pool while open."""
+        import httpx  # loaded only where a URL is configured, not at every start-up
+
         settings = self._settings
         client = httpx.AsyncClient(
             timeout=settings.proxy_timeout_seconds,
@@ -127,6 +131,8 @@ class Outbound:
         ``Overloaded`` when the backend cannot be reached or does not answer
         within ``proxy_timeout_seconds``; ``AnswerTooLarge`` past ``limit``.
         """
+        import httpx
+
         client = self._client
         if client is None:
             raise Overloaded("the relay is stopping")

@@ -29,11 +29,10 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import anyio
-import httpx
 from anyio.abc import TaskGroup
 
 from relay import __version__
@@ -41,6 +40,9 @@ from relay.events import SessionObserver
 from relay.metrics import Metrics
 from relay.settings import Settings
 from relay.webhook_ledger import WRITE_EVERY_SECONDS, Ledger
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("relay.webhooks")
 
@@ -195,6 +197,8 @@ class Sender:
 
     async def _post(self, client: httpx.AsyncClient, body: bytes) -> bool:
         """One try: True for a 2xx. A timeout, a refused connection or any other answer is False."""
+        import httpx
+
         headers = {
             "content-type": "application/json",
             "user-agent": f"relay/{__version__}",
@@ -283,6 +287,8 @@ class Webhooks(SessionObserver):
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         """Deliver while open; on exit, send what is held within ``webhook_drain_seconds``."""
+        import httpx  # loaded only where a URL is configured, not at every start-up
+
         settings = self._settings
         client = httpx.AsyncClient(
             timeout=settings.webhook_timeout_seconds,

@@ -123,3 +123,25 @@ def test_a_node_without_redis_does_not_load_redis_py() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert run.stdout.strip() == "[]"
+
+
+def test_an_open_node_without_backend_urls_does_not_load_pyjwt_or_httpx() -> None:
+    # PyJWT with cryptography, and httpx, cost a restarted node's clients
+    # time: they are loaded only where a key or a backend URL is configured.
+    code = (
+        "import sys\n"
+        "from relay.app import create_app\n"
+        "from relay.settings import Settings\n"
+        "import relay.cli\n"
+        "create_app(Settings())\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules}"
+        " & {'jwt', 'cryptography', 'httpx'}))\n"
+        "create_app(Settings(jwt_secret='s' * 32))\n"
+        "print(sorted({name.split('.')[0] for name in sys.modules}"
+        " & {'jwt', 'cryptography', 'httpx'}))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    # The verifier a key makes loads PyJWT (and cryptography with it).
+    assert run.stdout.split("\n")[:2] == ["[]", "['cryptography', 'jwt']"]
