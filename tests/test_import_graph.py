@@ -108,40 +108,31 @@ def test_design_md_names_every_module() -> None:
     assert sorted(named - present) == [], "names in docs/design.md that are no module"
 
 
-def test_a_node_without_redis_does_not_load_redis_py() -> None:
-    # Start-up is what a restarted node's clients wait for, and redis-py
-    # costs time and 7 MiB: it is loaded only by what needs Redis.
-    code = (
-        "import sys\n"
-        "from relay.app import create_app\n"
-        "from relay.settings import Settings\n"
-        "import relay.cli\n"
-        "create_app(Settings(webhook_urls=('http://127.0.0.1:9/hook',), webhook_secret='s' * 32))\n"
-        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'redis'))\n"
-    )
+def loaded_after(*settings: str, packages: tuple[str, ...]) -> list[list[str]]:
+    """Which of ``packages`` a fresh process has loaded once the CLI is imported and an app
+    made with each of ``settings`` (``Settings(...)``'s arguments, as source), one list each."""
+    code = "import sys\nimport relay.cli\nfrom relay.app import create_app\n"
+    code += "from relay.settings import Settings\n"
+    for arguments in settings:
+        code += f"create_app(Settings({arguments}))\n"
+        code += f"print(sorted({{n.split('.')[0] for n in sys.modules}} & {set(packages)!r}))\n"
     run = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
-    assert run.stdout.strip() == "[]"
+    return [ast.literal_eval(line) for line in run.stdout.splitlines()]
+
+
+def test_a_node_without_redis_does_not_load_redis_py() -> None:
+    # Start-up is what a restarted node's clients wait for, and redis-py
+    # costs time and 7 MiB: it is loaded only by what needs Redis.
+    webhooks = "webhook_urls=('http://127.0.0.1:9/hook',), webhook_secret='s' * 32"
+    assert loaded_after(webhooks, packages=("redis",)) == [[]]
 
 
 def test_an_open_node_without_backend_urls_does_not_load_pyjwt_or_httpx() -> None:
     # PyJWT with cryptography, and httpx, cost a restarted node's clients
     # time: they are loaded only where a key or a backend URL is configured.
-    code = (
-        "import sys\n"
-        "from relay.app import create_app\n"
-        "from relay.settings import Settings\n"
-        "import relay.cli\n"
-        "create_app(Settings())\n"
-        "print(sorted({name.split('.')[0] for name in sys.modules}"
-        " & {'jwt', 'cryptography', 'httpx'}))\n"
-        "create_app(Settings(jwt_secret='s' * 32))\n"
-        "print(sorted({name.split('.')[0] for name in sys.modules}"
-        " & {'jwt', 'cryptography', 'httpx'}))\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
-    )
-    # The verifier a key makes loads PyJWT (and cryptography with it).
-    assert run.stdout.split("\n")[:2] == ["[]", "['cryptography', 'jwt']"]
+    packages = ("jwt", "cryptography", "httpx")
+    open_node, with_a_key = loaded_after("", "jwt_secret='s' * 32", packages=packages)
+    assert open_node == []
+    assert with_a_key == ["cryptography", "jwt"]  # the verifier loads PyJWT, and cryptography
