@@ -23,8 +23,9 @@ The figure is the median of ``--rounds`` rounds. It is not a ratio against a
 reference, so compare only figures taken on one machine, one after another.
 On a shared machine even those move by a third between runs; ``--instructions``
 counts the instructions per frame instead, under valgrind (cachegrind), which
-gives the same figure for the same code on every run: the difference between
-two runs of the loop, one twice as long, so the set-up drops out.
+gives the same figure for the same code on every run, to a few instructions:
+the difference between two runs of the loop, one twice as long, so the set-up
+drops out.
 """
 
 from __future__ import annotations
