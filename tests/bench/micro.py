@@ -60,6 +60,7 @@ from relay.values import Answer, Delivery, Undelivered
 from relay.wsserver import RelayWebSocketProtocol
 from tests.cluster.fakes import FakeNode
 from tests.core.fakes import Node
+from tests.wsserver.frames import upgrade_request
 
 BATCH = 100  # frames per round trip of the links loop, about what a busy pass batches
 ROOM = 1000  # members of the room loop's room
@@ -166,15 +167,11 @@ async def _room(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
 
     config = uvicorn.Config(app, ws=RelayWebSocketProtocol, lifespan="off", log_level="warning")
     config.load()
-    upgrade = (
-        b"GET / HTTP/1.1\r\nHost: micro\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
     server_state = ServerState()
     for n in range(ROOM):
         protocol = RelayWebSocketProtocol(config, server_state, {}, _loop=loop)
         protocol.connection_made(_NullSocket())
-        protocol.data_received(upgrade)
+        protocol.data_received(upgrade_request(80))
         session = await sessions.get()
         session.message_received(codec.encode({"type": "hello", "id": f"m{n}"}))
         session.message_received(codec.encode({"type": "join", "room": "r"}))
@@ -302,7 +299,7 @@ def main() -> None:
     parser.add_argument(
         "--instructions", action="store_true",
         help="print instructions per frame, counted under valgrind, instead of time "
-        "(the same on every run: for changes smaller than the machine's noise)",
+        "(the same on every run to a few instructions: for changes below the machine's noise)",
     )  # fmt: skip
     parser.add_argument("--exact", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
