@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 
 import pytest
 import uvicorn
 from uvicorn.server import ServerState
 
-from relay.wsserver import RelayWebSocketProtocol
+from relay.wsserver import DirectConnection, RelayWebSocketProtocol
 from relay.wsserver.flushing import Flusher, flusher_of
 from tests.wsserver.conftest import DirectApp
 from tests.wsserver.frames import upgrade_request
@@ -84,20 +85,29 @@ def test_the_connections_of_one_server_share_its_flusher() -> None:
         loop.close()
 
 
-async def test_frames_written_to_many_connections_in_one_pass_leave_from_one_callback() -> None:
+async def open_connections(
+    count: int,
+) -> list[tuple[RelayWebSocketProtocol, CountingTransport, DirectConnection]]:
+    """``count`` open connections of one server, each on a transport that records its writes."""
     app = DirectApp()
     config = uvicorn.Config(app, ws=RelayWebSocketProtocol, lifespan="off", log_level="warning")
     config.load()
     server_state = ServerState()
-    transports, connections = [], []
-    for _ in range(3):
+    opened = []
+    for _ in range(count):
         protocol = RelayWebSocketProtocol(config=config, server_state=server_state, app_state={})
         transport = CountingTransport()
         protocol.connection_made(transport)
         protocol.data_received(upgrade_request(80))
-        connections.append((await app.next()).conn)
-        transports.append(transport)
+        opened.append((protocol, transport, (await app.next()).conn))
         transport.calls.clear()  # the 101
+    return opened
+
+
+async def test_frames_written_to_many_connections_in_one_pass_leave_from_one_callback() -> None:
+    opened = await open_connections(3)
+    transports = [transport for _, transport, _ in opened]
+    connections = [connection for _, _, connection in opened]
     loop = asyncio.get_running_loop()
     scheduled: list[object] = []
     original = loop.call_soon
@@ -119,3 +129,25 @@ async def test_frames_written_to_many_connections_in_one_pass_leave_from_one_cal
     for index, transport in enumerate(transports):
         assert len(transport.calls) == 1
         assert frames_in(transport.calls[0]) == [b"first %d" % index, b"second %d" % index]
+
+
+async def test_a_lone_frame_waiting_for_the_flush_is_untracked_by_the_collector() -> None:
+    # A room's publish leaves one frame waiting on each of thousands of
+    # connections while the pass goes on: held in a list, each outlived the
+    # pass's collections and was promoted, and full collections followed.
+    [(protocol, transport, connection)] = await open_connections(1)
+    connection.write(b"only")
+    gc.collect()
+    assert not gc.is_tracked(protocol._out)
+    await asyncio.sleep(0)
+    assert [frames_in(call) for call in transport.calls] == [[b"only"]]
+
+
+async def test_frames_after_the_first_in_a_pass_leave_with_it_in_order() -> None:
+    [(_, transport, connection)] = await open_connections(1)
+    for n in range(4):
+        connection.write(b"frame %d" % n)
+    await asyncio.sleep(0)
+    assert [frames_in(call) for call in transport.calls] == [
+        [b"frame 0", b"frame 1", b"frame 2", b"frame 3"]
+    ]
