@@ -198,6 +198,26 @@ def test_a_clean_close_removes_the_peer_and_leaves_its_rooms() -> None:
     assert presence == {"type": "presence", "room": "r", "peer": "alice", "event": "leave"}
 
 
+def test_a_publish_waits_behind_a_members_full_socket_and_its_queue() -> None:
+    node = Node()
+    publisher, _, _ = node.peer("publisher")
+    other, _, _ = node.peer("other")  # not held back by the member's queue, as publisher is
+    member, socket, _ = node.peer("member")
+    send(member, {"type": "join", "room": "r", "id": 1})
+    node.run()
+    socket.take()
+    socket.paused = True  # the member's socket is full: the first publish is queued
+    send(publisher, {"type": "pub", "room": "r", "d": 1})
+    node.run()
+    assert msgs(socket.take()) == []
+    socket.paused = False  # room again, but the queue is not empty: the next one goes behind it
+    send(other, {"type": "pub", "room": "r", "d": 2})
+    node.run()
+    assert msgs(socket.take()) == []
+    member.writable()
+    assert msgs(socket.take()) == [1, 2]
+
+
 def test_a_policy_close_flushes_for_at_most_its_explain_time() -> None:
     node = Node(bad_envelope_budget=0)
     alice, socket, _ = node.peer("alice")
