@@ -18,6 +18,11 @@ after (``PYTHONPATH`` pointing at a checkout of the code before):
 - ``links``: what a frame to a peer on another node costs the two nodes'
   links (``relay.broker.redis.links``): numbering, the batch's encoding and
   decoding, the delivery, the ack's way back; Redis itself is left out.
+- ``storm``: one client's registration, as in a reconnect storm: from the
+  accepted connection's first read (a plain upgrade) through the ``101``,
+  the ``hello`` and the ``welcome``, on the relay's own HTTP and frame
+  layers and the whole app, with the bench's lifted admission caps; the
+  sockets take every write. Per registration; the clients stay connected.
 
 The figure is the median of ``--rounds`` rounds. It is not a ratio against a
 reference, so compare only figures taken on one machine, one after another.
@@ -33,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import os
 import re
 import shutil
@@ -51,19 +57,26 @@ import uvicorn
 import uvloop
 from uvicorn.server import ServerState
 
+from relay.app import create_app
 from relay.broker import wire
 from relay.broker.redis.links import Links
 from relay.broker.redis.resp import Done
+from relay.httpserver import RelayHTTPProtocol
 from relay.protocol import codec
+from relay.rfc6455 import OP_BINARY
+from relay.server import uvicorn_config
 from relay.session import Session
+from relay.settings import Settings
 from relay.values import Answer, Delivery, Undelivered
 from relay.wsserver import RelayWebSocketProtocol
 from tests.cluster.fakes import FakeNode
 from tests.core.fakes import Node
+from tests.inloop import InLoopServer
 from tests.wsserver.frames import upgrade_request
 
 BATCH = 100  # frames per round trip of the links loop, about what a busy pass batches
 ROOM = 1000  # members of the room loop's room
+_ZERO_MASK = bytes(4)
 
 
 _exact = False  # set by --exact: a child of --instructions
@@ -182,6 +195,71 @@ async def _room(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
     return lambda: received(pub)
 
 
+class _AcceptedSocket(_NullSocket):
+    """An accepted connection from 127.0.0.2 that takes every write, and its protocol."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self._extra = {"peername": ("127.0.0.2", 40000), "sockname": ("127.0.0.1", port)}
+        self.protocol: asyncio.BaseProtocol | None = None
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def storm_register(steps: int, rounds: int) -> float:
+    loop = uvloop.new_event_loop()
+    try:
+        register = loop.run_until_complete(_storm(loop))
+
+        async def register_once() -> None:
+            register()
+            await asyncio.sleep(0)  # the pass ends: the welcome's flush, the step's task
+
+        def step() -> None:
+            loop.run_until_complete(register_once())
+
+        return median_ns(step, 1, steps, rounds)
+    finally:
+        loop.close()
+
+
+async def _storm(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
+    """The whole app served in ``loop``; returns a call that opens and registers one client."""
+    settings = Settings(
+        port=0, log_level="warning", max_connections=0, max_connections_per_ip=0,
+        handshake_rate_per_second=0,
+    )  # fmt: skip
+    server = InLoopServer(uvicorn_config(create_app(settings), settings))
+    loop.create_task(server.serve())
+    await server.ready.wait()
+    port = server.servers[0].sockets[0].getsockname()[1]
+    upgrade = upgrade_request(port, "/v1/ws", subprotocols=("relay.v1",))
+    config, state = server.config, server.server_state
+    count = itertools.count()
+
+    def register() -> None:
+        socket = _AcceptedSocket(port)
+        http = RelayHTTPProtocol(config, state, {}, _loop=loop)
+        http.connection_made(socket)
+        http.data_received(upgrade)
+        assert isinstance(socket.protocol, RelayWebSocketProtocol), "taken as a plain upgrade"
+        hello = codec.encode({"type": "hello", "id": f"c{next(count):07d}"})
+        # Masked with zeros, so the payload goes as it is: nothing of the
+        # client's own work lands in the figure.
+        socket.protocol.data_received(
+            bytes((0x80 | OP_BINARY, 0x80 | len(hello))) + _ZERO_MASK + hello
+        )
+
+    return register
+
+
 class _Holder(FakeNode):
     """A node that takes every frame and keeps none: the links' cost alone."""
 
@@ -288,7 +366,7 @@ def main() -> None:
     global _exact
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "which", nargs="*", help="the loops to run: session, room, links (default: all)"
+        "which", nargs="*", help="the loops to run: session, room, links, storm (default: all)"
     )
     parser.add_argument(
         "--steps", type=int, default=None,
@@ -303,10 +381,13 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--exact", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    loops = {"session": session_send, "room": room_publish, "links": links_send}
+    loops = {
+        "session": session_send, "room": room_publish, "links": links_send,
+        "storm": storm_register,
+    }  # fmt: skip
     unknown = sorted(set(args.which) - set(loops))
     if unknown:
-        parser.error(f"no loop named {', '.join(unknown)}: choose from session, room, links")
+        parser.error(f"no loop named {', '.join(unknown)}: choose from session, room, links, storm")
     if args.instructions and shutil.which("valgrind") is None:
         parser.error("--instructions needs valgrind (Debian: apt-get install valgrind)")
     steps = args.steps or (100 if args.instructions else 2000)

@@ -155,8 +155,8 @@ def test_the_microbenchmarks_run_and_print_a_figure_each() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    figures = re.findall(r"^(session|room|links): ([\d,]+) ns per frame", run.stdout, re.M)
-    assert [name for name, _ in figures] == ["session", "room", "links"]
+    figures = re.findall(r"^(session|room|links|storm): ([\d,]+) ns per frame", run.stdout, re.M)
+    assert [name for name, _ in figures] == ["session", "room", "links", "storm"]
     assert all(int(ns.replace(",", "")) > 0 for _, ns in figures)
 
 
