@@ -151,18 +151,35 @@ class _NullSocket(asyncio.Transport):
 
 
 def room_publish(steps: int, rounds: int) -> float:
+    return _per_pass(_room, 1, ROOM, steps, rounds)
+
+
+def _per_pass(
+    set_up: Callable[[asyncio.AbstractEventLoop], Coroutine[Any, Any, Callable[[], None]]],
+    calls: int,
+    frames: int,
+    steps: int,
+    rounds: int,
+) -> float:
+    """Nanoseconds per frame of ``calls`` calls of what ``set_up`` returns, in one loop pass.
+
+    On uvloop; the pass ends after the calls, so what waits for its end (the
+    flushes, the steps' tasks) runs too. A tenth as many ``steps``: each is
+    ``frames`` frames.
+    """
     loop = uvloop.new_event_loop()
     try:
-        publish = loop.run_until_complete(_room(loop))
+        call = loop.run_until_complete(set_up(loop))
 
-        async def publish_once() -> None:
-            publish()
-            await asyncio.sleep(0)  # the pass ends: the members' flushes
+        async def one_pass() -> None:
+            for _ in range(calls):
+                call()
+            await asyncio.sleep(0)  # the pass ends
 
         def step() -> None:
-            loop.run_until_complete(publish_once())
+            loop.run_until_complete(one_pass())
 
-        return median_ns(step, ROOM, max(1, steps // 10), rounds)
+        return median_ns(step, frames, max(1, steps // 10), rounds)
     finally:
         loop.close()
 
@@ -215,21 +232,7 @@ class _AcceptedSocket(_NullSocket):
 
 
 def storm_register(steps: int, rounds: int) -> float:
-    loop = uvloop.new_event_loop()
-    try:
-        register = loop.run_until_complete(_storm(loop))
-
-        async def register_some() -> None:
-            for _ in range(STORM):
-                register()
-            await asyncio.sleep(0)  # the pass ends: the welcomes' flush, the steps' tasks
-
-        def step() -> None:
-            loop.run_until_complete(register_some())
-
-        return median_ns(step, STORM, max(1, steps // 10), rounds)
-    finally:
-        loop.close()
+    return _per_pass(_storm, STORM, STORM, steps, rounds)
 
 
 async def _storm(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
