@@ -76,7 +76,7 @@ from tests.wsserver.frames import upgrade_request
 
 BATCH = 100  # frames per round trip of the links loop, about what a busy pass batches
 ROOM = 1000  # members of the room loop's room
-STORM = 10  # registrations per step of the storm loop (a step's loop run costs 80,000)
+STORM = 10  # registrations per step of the storm loop (a run of the loop: 80,000 instructions)
 _ZERO_MASK = bytes(4)
 
 
@@ -164,8 +164,8 @@ def _per_pass(
     """Nanoseconds per frame of ``calls`` calls of what ``set_up`` returns, in one loop pass.
 
     On uvloop; the pass ends after the calls, so what waits for its end (the
-    flushes, the steps' tasks) runs too. A tenth as many ``steps``: each is
-    ``frames`` frames.
+    flushes, the steps' tasks) runs too. Each step is one such pass, of
+    ``frames`` frames; a tenth of ``steps`` are run.
     """
     loop = uvloop.new_event_loop()
     try:
