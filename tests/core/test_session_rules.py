@@ -218,6 +218,24 @@ def test_a_publish_waits_behind_a_members_full_socket_and_its_queue() -> None:
     assert msgs(socket.take()) == [1, 2]
 
 
+def test_a_publish_to_a_member_the_relay_has_closed_waits_for_its_resume() -> None:
+    node = Node(bad_envelope_budget=0)
+    publisher, publisher_socket, _ = node.peer("publisher")
+    member, socket, _ = node.peer("member")
+    send(member, {"type": "join", "room": "r", "id": 1})
+    node.run()
+    member.message_received(b"\xc1")  # over the budget: explained, then closed 4500
+    node.run()
+    assert socket.closed is not None and socket.closed[0] == CloseCode.TOO_MANY_BAD_ENVELOPES
+    socket.take()
+    send(publisher, {"type": "pub", "room": "r", "d": 1, "id": 5})
+    node.run()
+    assert msgs(socket.take()) == []  # not written to the closed socket
+    assert answers(publisher_socket.take()) == [{"type": "ok", "id": 5, "queued": True}]
+    queue = node.hub.peers["member"].queue
+    assert queue is not None and [msgpack.unpackb(entry[0])["d"] for entry in queue] == [1]
+
+
 def test_a_policy_close_flushes_for_at_most_its_explain_time() -> None:
     node = Node(bad_envelope_budget=0)
     alice, socket, _ = node.peer("alice")
