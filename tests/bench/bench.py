@@ -121,7 +121,11 @@ SCENARIOS: dict[str, Scenario] = {
         "five loopback addresses (fresh ones each run); then the server SIGKILLed and started "
         "again on its port, every client reconnecting at once",
         "registered_per_second", "registered/s", "higher", kind="storm", long=True,
-        crowd="--clients", also=[("back_seconds", "s until all are back", "lower")],
+        crowd="--clients",
+        also=[
+            ("server_us_per_registration", "server CPU µs per registration", "lower"),
+            ("back_seconds", "s until all are back", "lower"),
+        ],
     ),
     "room10k": Scenario(
         ["room", "--members", "10000", "--rate", "20", "--size", "64", "--grace", "5"],
@@ -280,7 +284,12 @@ def run_storm(server: Server, load: list[str]) -> dict[str, Any]:
             result.update(line)
     server.check_alive()
     generator.finish()
-    return {**result, **window(*samples)}
+    start, end = samples
+    # what a registration costs the server, whichever process set the rate
+    result["server_us_per_registration"] = round(
+        1e6 * (end.server - start.server) / result["clients"], 1
+    )
+    return {**result, **window(start, end)}
 
 
 def run_rate(server: Server, load: list[str], seconds: float, warmup: float) -> dict[str, Any]:

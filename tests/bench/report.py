@@ -106,6 +106,7 @@ def columns(kind: str, load: str) -> list[Column]:
             # a client's mean wait: from its connect to the 101, then from the 101 to the welcome
             ("101 after ms", shown("upgrade_ms", 1)),
             ("welcome after ms", shown("welcome_ms", 1)),
+            ("server µs/registration", shown("server_us_per_registration", 1)),
             *LOAD,
             ("server RSS MiB", shown("server_rss_mib", 0)),
             ("ready after SIGKILL s", shown("restart_seconds", 2)),
