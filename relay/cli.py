@@ -222,7 +222,7 @@ def serve(ctx: click.Context, /, **values: Any) -> None:
 
         sys.exit(run_workers(settings, sockets))
     app = create_app(settings)
-    server = RelayServer(uvicorn_config(app, settings), app.state.hub)
+    server = RelayServer(uvicorn_config(app, settings, inherited_send_buffer=True), app.state.hub)
     server.run(sockets=sockets)
     sys.exit(0 if server.started else 1)
 
@@ -257,13 +257,15 @@ def listening_sockets(
     listeners apart (the workers' apps too).
     """
     try:
-        sockets = bind(settings.host, settings.port)
+        sockets = bind(settings.host, settings.port, send_buffer_bytes=settings.send_buffer_bytes)
     except ListenError as exc:
         raise _unservable(ctx, settings, exc) from None
     if not settings.admin_listen:
         return sockets, settings
     try:
-        admin, address = bind_admin(settings.admin_listen, sockets)
+        admin, address = bind_admin(
+            settings.admin_listen, sockets, send_buffer_bytes=settings.send_buffer_bytes
+        )
     except ListenError as exc:
         for sock in sockets:
             sock.close()

@@ -68,13 +68,13 @@ import httptools
 from prometheus_client import Counter
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.utils import get_remote_addr
 from uvicorn.server import ServerState
 
 from relay.admission import FULL_RETRY_AFTER, AddressSet, canonical_ip
 from relay.fdlimit import RESERVED_FILES
 from relay.rfc6455 import NEEDS_HTTP_11, http_response, plain_upgrade
 from relay.settings import Settings
+from relay.wsserver.addresses import remote_address
 from relay.wsserver.connection import RelayWebSocketProtocol
 
 log = logging.getLogger("relay.http")
@@ -289,7 +289,7 @@ class RelayHTTPProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
         self.connections.add(self)
-        client = get_remote_addr(transport)
+        client = remote_address(transport)
         self._ip = canonical_ip(client[0]) if client else ""
         self._enter(waited=False)
 

@@ -127,8 +127,15 @@ def without_password(url: str) -> str:
     return url
 
 
-def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvicorn.Config:
-    """The uvicorn configuration that serves ``app`` as ``settings`` say."""
+def uvicorn_config(
+    app: Starlette, settings: Settings, *, inherited_send_buffer: bool = False, **overrides: Any
+) -> uvicorn.Config:
+    """The uvicorn configuration that serves ``app`` as ``settings`` say.
+
+    ``inherited_send_buffer``: the sockets it will serve were bound by
+    ``relay.listen.bind`` with ``send_buffer_bytes``, so each accepted socket
+    has it already and the frame layer leaves it alone.
+    """
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -153,7 +160,9 @@ def uvicorn_config(app: Starlette, settings: Settings, **overrides: Any) -> uvic
     config = uvicorn.Config(app, **{**options, **overrides})
     # uvicorn's Config has no field for these; the relay's frame layer reads them.
     config.ws_close_timeout = settings.close_timeout_seconds  # type: ignore[attr-defined]
-    config.ws_send_buffer_bytes = settings.send_buffer_bytes  # type: ignore[attr-defined]
+    config.ws_send_buffer_bytes = (  # type: ignore[attr-defined]
+        None if inherited_send_buffer else settings.send_buffer_bytes
+    )
     config.http_limits = HTTPLimits.from_settings(settings)  # type: ignore[attr-defined]
     hub = getattr(getattr(app, "state", None), "hub", None)
     if hub is not None:  # the HTTP stage's refusals are counted in the node's metrics

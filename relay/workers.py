@@ -96,7 +96,11 @@ def run_workers(settings: Settings, sockets: list[socket.socket]) -> int:
     """
     os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(settings))
     config = uvicorn_config(
-        cast(Starlette, APP_FACTORY), settings, factory=True, workers=settings.workers
+        cast(Starlette, APP_FACTORY),
+        settings,
+        inherited_send_buffer=True,
+        factory=True,
+        workers=settings.workers,
     )
     # The supervisor builds its workers from this module-level name.
     multiprocess.Process = WorkerProcess  # type: ignore[misc]

@@ -22,12 +22,12 @@ from uvicorn.config import Config
 from uvicorn.protocols.utils import (
     ClientDisconnected,
     get_client_addr,
-    get_local_addr,
     get_path_with_query_string,
     is_ssl,
 )
 
 from relay import rfc6455
+from relay.wsserver.addresses import local_address
 from relay.wsserver.states import CONNECTING, LOST, OPEN, RESPONDING
 
 if TYPE_CHECKING:
@@ -351,7 +351,7 @@ def websocket_scope(
         "asgi": {"version": config.asgi_version, "spec_version": "2.4"},
         "http_version": "1.1",
         "scheme": "wss" if is_ssl(transport) else "ws",
-        "server": get_local_addr(transport),
+        "server": local_address(transport),
         "client": client,
         "root_path": root_path,
         "path": root_path + unquote(raw_path.decode("latin-1")),

@@ -18,7 +18,6 @@ import termios
 from typing import Any, Final, cast
 
 from uvicorn.config import Config
-from uvicorn.protocols.utils import get_remote_addr
 from uvicorn.server import ServerState
 
 from relay import rfc6455
@@ -38,6 +37,7 @@ from relay.rfc6455 import (
     ProtocolError,
     frame_header,
 )
+from relay.wsserver.addresses import remote_address
 from relay.wsserver.asgi import ASGIBridge, request_line, websocket_scope
 from relay.wsserver.direct import FrameHandler
 from relay.wsserver.flushing import flusher_of
@@ -56,7 +56,8 @@ DEFAULT_SEND_BUFFER: Final = 256 * 1024
 """SO_SNDBUF of each socket (Linux doubles it) unless ``config.ws_send_buffer_bytes`` says.
 
 Fixed rather than autotuned, so that the relay's replay window always covers
-what a socket can hold."""
+what a socket can hold. ``ws_send_buffer_bytes`` None: the listening socket
+has it, and each accepted socket inherits it (``relay.listen.bind``)."""
 
 _PING_FRAME: Final = rfc6455.encode_frame(OP_PING, b"")
 KEEPALIVE_TIMEOUT: Final = "keepalive ping timeout"
@@ -122,7 +123,7 @@ class RelayWebSocketProtocol(asyncio.Protocol):
         self._server_state = server_state
         self._connections: set[Any] = server_state.connections
         self._close_timeout: float = getattr(config, "ws_close_timeout", DEFAULT_CLOSE_TIMEOUT)
-        self._send_buffer: int = getattr(config, "ws_send_buffer_bytes", DEFAULT_SEND_BUFFER)
+        self._send_buffer: int | None = getattr(config, "ws_send_buffer_bytes", DEFAULT_SEND_BUFFER)
         self._keepalive = keepalive_of(server_state, config, self._loop)
         self._flusher = flusher_of(server_state, self._loop)
         self.state = HANDSHAKE
@@ -156,11 +157,12 @@ class RelayWebSocketProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         self._transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        sock = self._transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
-        self._peer = get_remote_addr(self._transport)
+        if self._send_buffer is not None:
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._send_buffer)
+        self._peer = remote_address(self._transport)
         self._connections.add(self)
 
     def data_received(self, data: bytes) -> None:
