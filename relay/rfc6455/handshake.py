@@ -8,7 +8,7 @@ import functools
 import hashlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Final
 
@@ -18,6 +18,7 @@ MAX_REQUEST_HEAD: Final = 16384
 """Largest handshake request (request line and headers) accepted, in bytes."""
 
 _GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_NO_VALUES: Final[list[bytes]] = []
 
 NEEDS_HTTP_11: Final = "a WebSocket handshake needs HTTP/1.1"
 """Why an upgrade request of another HTTP version is refused (400)."""
@@ -31,10 +32,12 @@ class Request:
     target: bytes
     version: str
     headers: list[tuple[bytes, bytes]]  # names lower-cased, values stripped
+    # The same values by name, in order: the handshake asks for eight names.
+    by_name: dict[bytes, list[bytes]] = field(repr=False, compare=False)
 
     def values(self, name: bytes) -> list[bytes]:
-        """Every value of header ``name`` (lower-case), in order."""
-        return [value for key, value in self.headers if key == name]
+        """Every value of header ``name`` (lower-case), in order (not to be changed)."""
+        return self.by_name.get(name, _NO_VALUES)
 
     def tokens(self, name: bytes) -> list[str]:
         """The comma-separated tokens of every ``name`` header, lower-cased."""
@@ -64,13 +67,21 @@ def parse_request(head: bytes) -> Request:
         raise HandshakeError(400, "malformed request line")
     method, target, version = parts
     headers: list[tuple[bytes, bytes]] = []
+    by_name: dict[bytes, list[bytes]] = {}
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
         if not colon or not name or name != name.strip() or b" " in name or b"\t" in name:
             raise HandshakeError(400, "malformed header line")
-        headers.append((name.lower(), value.strip(b" \t")))
+        name = name.lower()
+        value = value.strip(b" \t")
+        headers.append((name, value))
+        same = by_name.get(name)
+        if same is None:
+            by_name[name] = [value]
+        else:
+            same.append(value)
     try:
-        return Request(method.decode("ascii"), target, version.decode("ascii"), headers)
+        return Request(method.decode("ascii"), target, version.decode("ascii"), headers, by_name)
     except UnicodeDecodeError:
         raise HandshakeError(400, "malformed request line") from None
 
@@ -175,27 +186,38 @@ def _status_line(status: int) -> bytes:
     return b"HTTP/1.1 %d %s\r\n" % (status, phrase)
 
 
+# Checked once per distinct header: the same few (date, the subprotocol) recur
+# on every handshake of a storm.
+@functools.lru_cache(maxsize=256)
+def _header_line(name: bytes, value: bytes) -> bytes:
+    if not name or _BAD_NAME.search(name) or _BAD_VALUE.search(value):
+        raise ValueError(f"invalid HTTP header {name!r}: {value!r}")
+    return b"%s: %s\r\n" % (name, value)
+
+
 def _head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
     lines = [_status_line(status)]
-    for name, value in headers:
-        if not name or _BAD_NAME.search(name) or _BAD_VALUE.search(value):
-            raise ValueError(f"invalid HTTP header {name!r}: {value!r}")
-        lines.append(b"%s: %s\r\n" % (name, value))
+    lines.extend(_header_line(name, value) for name, value in headers)
     lines.append(b"\r\n")
     return lines
+
+
+_ACCEPTED: Final = (
+    b"HTTP/1.1 101 Switching Protocols\r\n"
+    b"upgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: "
+)
 
 
 def accept_response(accept: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> bytes:
     """The ``101 Switching Protocols`` response; ``headers`` are added after the required ones.
 
-    Raises ``ValueError`` for a header that would break the response (CR, LF, NUL).
+    ``accept`` is what ``accept_key`` gave. Raises ``ValueError`` for a
+    header that would break the response (CR, LF, NUL).
     """
-    required = [
-        (b"upgrade", b"websocket"),
-        (b"connection", b"Upgrade"),
-        (b"sec-websocket-accept", accept.encode("ascii")),
-    ]
-    return b"".join(_head(101, [*required, *headers]))
+    lines = [_ACCEPTED, accept.encode("ascii"), b"\r\n"]
+    lines.extend(_header_line(name, value) for name, value in headers)
+    lines.append(b"\r\n")
+    return b"".join(lines)
 
 
 def http_response(status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes) -> bytes:
