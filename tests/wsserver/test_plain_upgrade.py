@@ -4,7 +4,8 @@ The HTTP stage hands a plain upgrade request to the WebSocket protocol
 without httptools (``relay.httpserver``), so every head ``plain_upgrade``
 takes must be one httptools reads as the same WebSocket upgrade: a GET over
 HTTP/1.1, the same target, the same header fields, and an upgrade by
-uvicorn's rule. Hypothesis builds heads near the plain form and off it in
+uvicorn's rule; and ``plain_upgrade`` reads it in one scan, which must give
+what ``parse_request`` gives. Hypothesis builds heads near the plain form and off it in
 the ways parsers disagree on (odd bytes in names, values and targets, folded
 lines, other versions and methods, bodies).
 """
@@ -15,7 +16,7 @@ import httptools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.rfc6455 import plain_upgrade
+from relay.rfc6455 import parse_request, plain_upgrade
 from tests.wsserver.frames import upgrade_request
 
 
@@ -63,6 +64,8 @@ def check(head: bytes) -> bool:
     request = plain_upgrade(head)
     if request is None:
         return False
+    general = parse_request(head)  # what plain_upgrade's own scan stands for
+    assert (request, request.by_name) == (general, general.by_name)
     found = httptools_upgrade(head)
     assert found is not None, f"httptools does not read {head!r} as an upgrade"
     parser, parsed = found
