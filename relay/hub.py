@@ -93,6 +93,10 @@ class Hub(Router):
         self._tasks: TaskGroup | None = None
         self._steps: set[asyncio.Task[None]] = set()  # what spawn started and is running
         self._changed = anyio.Event()  # set when a session or a peer goes away
+        # Read when scraped: an inc and a dec at every open, registration and
+        # end took a lock each time, in a reconnect storm's every registration.
+        metrics.connections.set_function(lambda: len(self.sessions))
+        metrics.peers.set_function(lambda: len(self.peers))
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -234,7 +238,6 @@ class Hub(Router):
     def opened(self, session: Session) -> None:
         """A socket was accepted."""
         self.sessions.add(session)
-        self.metrics.connections.inc()
 
     def session_closing(self, session: Session, code: int, message: str, label: str) -> None:
         """The relay decided to close ``session``: observers hear it."""
@@ -353,7 +356,6 @@ class Hub(Router):
                 self.rooms.add(room, peer, watching=watching)
             self.metrics.rooms.set(len(self.rooms))
         self.peers[peer_id] = peer
-        self.metrics.peers.inc()
         return peer
 
     async def hand_over(self, peer_id: str, proof: Proof) -> Handover | None:
@@ -371,7 +373,6 @@ class Hub(Router):
         if peer.expiry is not None:
             peer.expiry.cancel()
         del self.peers[peer_id]
-        self.metrics.peers.dec()
         self._changed.set()
         for room in peer.rooms:
             self.rooms.discard(room, peer)
@@ -394,7 +395,6 @@ class Hub(Router):
         """
         if session in self.sessions:
             self.sessions.discard(session)
-            self.metrics.connections.dec()
             self._changed.set()
         peer = session.peer
         if peer is None or peer.session is not session:
@@ -425,7 +425,6 @@ class Hub(Router):
         if self.peers.get(peer.id) is not peer:
             return
         del self.peers[peer.id]
-        self.metrics.peers.dec()
         self._changed.set()
         for observer in self.observers:
             observer.offline(peer.id, reason)

@@ -129,7 +129,7 @@ class ASGIBridge:
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self._conn = conn
-        self._app = cast(Callable[..., Awaitable[Any]], app)
+        self._app: Callable[..., Awaitable[Any]] = app
         self._max_queue = max(1, max_queue)
         self._loop = loop
         self.scope = scope

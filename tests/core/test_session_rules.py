@@ -312,3 +312,27 @@ def test_a_replay_bound_under_the_trim_step_still_holds() -> None:
     for n in range(20):
         send(bob, {"type": "send", "to": "alice", "d": [n, b"x" * 1000]})
     assert node.hub.peers["alice"].written_bytes <= 4096
+
+
+def test_the_connection_and_peer_gauges_follow_sessions_and_resume_windows() -> None:
+    node = Node(resume_seconds=30)
+
+    def gauges() -> tuple[float | None, float | None]:
+        registry = node.hub.metrics.registry
+        return (
+            registry.get_sample_value("relay_connections"),
+            registry.get_sample_value("relay_peers"),
+        )
+
+    alice, _, _ = node.peer("alice")
+    bob, _, _ = node.peer("bob")
+    node.connect()  # no hello yet: a connection, not a peer
+    assert gauges() == (3, 2)
+    alice.connection_lost(1006)  # kept for its resume
+    node.run()
+    assert gauges() == (2, 2)
+    bob.connection_lost(1000)  # a goodbye: removed
+    node.run()
+    assert gauges() == (1, 1)
+    node.run(31)  # alice's window passes
+    assert gauges() == (1, 0)
