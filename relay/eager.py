@@ -24,10 +24,13 @@ _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
 
 
-def start_eagerly(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+def start_eagerly(work: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
     """Run ``work`` now up to its first wait, inside the task returned, which runs the rest.
 
     An exception the first part raises is the task's, as if it had run there.
+    None when ``work`` ended in its first part without one: its task (the
+    current task meanwhile) ends in the next pass with nothing left to do,
+    and nobody need track it.
     """
     loop = asyncio.get_running_loop()
     rest = _Rest(work)
@@ -42,7 +45,7 @@ def start_eagerly(work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         _leave_task(loop, task)
         if current is not None:
             _enter_task(loop, current)
-    return task
+    return None if rest.ended_cleanly else task
 
 
 class _Rest:
@@ -54,6 +57,11 @@ class _Rest:
         self._work: Coroutine[Any, Any, None] | None = work
         self._waiting: Any = None
         self._error: BaseException | None = None
+
+    @property
+    def ended_cleanly(self) -> bool:
+        """``work`` ended, and raised nothing."""
+        return self._work is None and self._error is None
 
     def begin(self) -> None:
         assert self._work is not None

@@ -196,7 +196,8 @@ class Hub(Router):
         """
         assert self._tasks is not None, "the hub is not running"
         if eager:
-            self._track(start_eagerly(work))
+            if (step := start_eagerly(work)) is not None:
+                self._track(step)
         else:
             self._track(asyncio.get_running_loop().create_task(work))
 
