@@ -593,17 +593,25 @@ class Session:
         Frames that arrive in the meantime stay with the transport, so the
         peer's requests are still handled in the order it sent them.
         """
-        self.hold()
+        ended = held = False
 
         async def run_step() -> None:
+            nonlocal ended
             try:
                 await step
             except Exception as exc:
                 self._fail(exc, envelope)
             finally:
-                self.resume()
+                ended = True
+                if held:
+                    self.resume()
 
+        # Steps are eager: most end inside spawn, having read nothing meanwhile.
+        # Only one that waits holds the socket (before the loop can read it).
         self.routing.spawn(run_step())
+        if not ended:
+            held = True
+            self.hold()
 
     def _fail(self, exc: Exception, envelope: object) -> None:
         request_id = envelope_id(envelope)

@@ -94,6 +94,7 @@ class FakeTransport:
         self.frames: list[bytes] = []
         self.paused = False
         self.reading = True
+        self.pauses = 0  # calls of pause_reading: on a real socket, each costs the loop work
         self.closed: tuple[int, str] | None = None
         self.aborted = False
         self.acking = True
@@ -129,6 +130,7 @@ class FakeTransport:
         self._acked = self.written_bytes
 
     def pause_reading(self) -> None:
+        self.pauses += 1
         self.reading = False
 
     def resume_reading(self) -> None:

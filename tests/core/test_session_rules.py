@@ -33,6 +33,15 @@ def test_a_hello_registers_and_is_welcomed() -> None:
     assert transport.reading
 
 
+def test_steps_that_end_at_once_never_stop_reading() -> None:
+    node = Node()
+    session, transport, _ = node.peer("alice")
+    send(session, {"type": "join", "room": "r", "id": 1})
+    send(session, {"type": "leave", "room": "r", "id": 2})
+    assert [a["id"] for a in answers(transport.take())] == [1, 2]
+    assert transport.pauses == 0 and transport.reading
+
+
 def test_the_first_envelope_must_be_hello() -> None:
     node = Node()
     session, transport = node.connect()
