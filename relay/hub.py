@@ -79,6 +79,7 @@ class Hub(Router):
         self.scheduler: Scheduler = scheduler or LoopScheduler()
         self.codec_limits = settings.codec_limits()
         self.node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
+        self._welcome = codec.WelcomeEncoder(settings.advertised_limits(), self.node_id)
         self.sessions: set[Session] = set()
         self.accepting = False
         self._make_peer_id = make_peer_id
@@ -318,16 +319,7 @@ class Hub(Router):
             session.queue_started(peer)
         for observer in self.observers:
             observer.online(peer_id, resumed=resumed, meta=peer.meta)
-        return codec.encode(
-            {
-                "type": "welcome",
-                "id": peer_id,
-                "resume": peer.secret,
-                "limits": self.settings.advertised_limits(),
-                "node": self.node_id,
-                "resumed": resumed,
-            }
-        )
+        return self._welcome.encode(peer_id, peer.secret, resumed=resumed)
 
     async def _decide_hello(
         self, session: Session, hello: Hello, peer_id: str, claims: Claims | None

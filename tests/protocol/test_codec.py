@@ -11,8 +11,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.exceptions import BadEnvelope, RelayError, TooLarge, UnknownType
-from relay.protocol.codec import CodecLimits, decode, encode_err, encode_msg, encode_ok
+from relay.protocol.codec import (
+    CodecLimits,
+    WelcomeEncoder,
+    decode,
+    encode,
+    encode_err,
+    encode_msg,
+    encode_ok,
+)
 from relay.protocol.envelopes import Hello, Join, Leave, Ping, Publish, Refresh, Send
+from relay.settings import Settings
 
 LIMITS = CodecLimits()
 
@@ -237,3 +246,23 @@ def test_payload_survives_and_mutations_never_crash(payload: object, noise: byte
         mutated = frame[:cut] + noise + frame[cut + len(noise) :]
         with contextlib.suppress(RelayError):
             decode(mutated, LIMITS)
+
+
+@settings(max_examples=300)
+@given(
+    peer_id=st.text(min_size=1, max_size=300),
+    resume=st.text(max_size=64),
+    node=st.text(max_size=40),
+    resumed=st.booleans(),
+)
+def test_a_welcome_is_the_map_encode_gives(
+    peer_id: str, resume: str, node: str, resumed: bool
+) -> None:
+    limits = Settings().advertised_limits()
+    welcome = WelcomeEncoder(limits, node).encode(peer_id, resume, resumed=resumed)
+    expected = {
+        "type": "welcome", "id": peer_id, "resume": resume, "limits": limits, "node": node,
+        "resumed": resumed,
+    }  # fmt: skip
+    assert welcome == encode(expected)
+    assert msgpack.unpackb(welcome) == expected
