@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 import functools
 import hashlib
@@ -39,12 +38,18 @@ class Request:
         """Every value of header ``name`` (lower-case), in order (not to be changed)."""
         return self.by_name.get(name, _NO_VALUES)
 
-    def tokens(self, name: bytes) -> list[str]:
-        """The comma-separated tokens of every ``name`` header, lower-cased."""
+    def tokens(self, name: bytes) -> list[bytes]:
+        """The comma-separated tokens of every ``name`` header, ASCII lower-cased."""
+        values = self.by_name.get(name)
+        if values is None:
+            return []
+        if len(values) == 1 and b"," not in values[0]:  # one token: what clients send
+            token = values[0].strip().lower()
+            return [token] if token else []
         return [
-            token.strip().decode("latin-1").lower()
-            for value in self.values(name)
-            for token in value.split(b",")
+            token.strip()
+            for value in values
+            for token in value.lower().split(b",")
             if token.strip()
         ]
 
@@ -130,7 +135,7 @@ def plain_upgrade(head: bytes) -> Request | None:
     upgrades = request.values(b"upgrade")
     if len(upgrades) != 1 or upgrades[0].lower() != b"websocket":
         return None
-    if "upgrade" not in request.tokens(b"connection"):
+    if b"upgrade" not in request.tokens(b"connection"):
         return None
     if any(name in _NOT_PLAIN for name, _ in request.headers):
         return None
@@ -149,39 +154,44 @@ def validate_handshake(request: Request) -> Handshake:
         raise HandshakeError(405, "a WebSocket handshake uses GET", ((b"allow", b"GET"),))
     if request.version != "HTTP/1.1":
         raise HandshakeError(400, NEEDS_HTTP_11)
-    hosts = request.values(b"host")
-    if len(hosts) != 1 or not hosts[0]:
+    by_name = request.by_name
+    hosts = by_name.get(b"host")
+    if hosts is None or len(hosts) != 1 or not hosts[0]:
         raise HandshakeError(400, "a WebSocket handshake needs exactly one Host header")
-    upgrading = "upgrade" in request.tokens(b"connection")
-    if not upgrading or "websocket" not in request.tokens(b"upgrade"):
+    upgrading = b"upgrade" in request.tokens(b"connection")
+    if not upgrading or b"websocket" not in request.tokens(b"upgrade"):
         message = "this is a WebSocket endpoint: use a WebSocket client"
         raise HandshakeError(426, message, ((b"upgrade", b"websocket"),))
-    versions = request.values(b"sec-websocket-version")
-    if versions != [b"13"]:
+    if by_name.get(b"sec-websocket-version") != [b"13"]:
         raise HandshakeError(
             426, "Sec-WebSocket-Version must be 13", ((b"sec-websocket-version", b"13"),)
         )
-    keys = request.values(b"sec-websocket-key")
-    if len(keys) != 1:
+    keys = by_name.get(b"sec-websocket-key")
+    if keys is None or len(keys) != 1:
         raise HandshakeError(400, "exactly one Sec-WebSocket-Key is required")
     try:
-        raw_key = base64.b64decode(keys[0], validate=True)
+        raw_key = binascii.a2b_base64(keys[0], strict_mode=True)
     except binascii.Error:
         raw_key = b""
     if len(raw_key) != 16:
         raise HandshakeError(400, "Sec-WebSocket-Key must be 16 bytes in base64")
-    subprotocols = [
-        token.strip().decode("latin-1")
-        for value in request.values(b"sec-websocket-protocol")
-        for token in value.split(b",")
-        if token.strip()
-    ]
+    offered = by_name.get(b"sec-websocket-protocol")
+    subprotocols = (
+        [
+            token.strip().decode("latin-1")
+            for value in offered
+            for token in value.split(b",")
+            if token.strip()
+        ]
+        if offered
+        else []
+    )
     return Handshake(accept_key(keys[0]), subprotocols)
 
 
 def accept_key(key: bytes) -> str:
     """The ``Sec-WebSocket-Accept`` value answering ``Sec-WebSocket-Key: key``."""
-    return base64.b64encode(hashlib.sha1(key + _GUID).digest()).decode("ascii")
+    return binascii.b2a_base64(hashlib.sha1(key + _GUID).digest(), newline=False).decode("ascii")
 
 
 _BAD_NAME: Final = re.compile(rb"[\r\n\0: \t]")

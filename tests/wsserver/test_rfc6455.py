@@ -54,6 +54,25 @@ def test_a_valid_request_is_parsed_and_accepted() -> None:
     assert handshake.subprotocols == ["relay.v1", "chat", "other"]
 
 
+@pytest.mark.parametrize(
+    ("lines", "tokens"),
+    [
+        ([b"Connection: Upgrade"], [b"upgrade"]),  # one token, the usual
+        ([b"Connection:  UpGrade "], [b"upgrade"]),
+        ([b"Connection:"], []),
+        ([b"Connection: keep-alive, Upgrade"], [b"keep-alive", b"upgrade"]),
+        ([b"Connection: ,, a ,"], [b"a"]),
+        ([b"Connection: Upgrade", b"Connection: Close"], [b"upgrade", b"close"]),
+        ([b"Host: x"], []),
+    ],
+)
+def test_tokens_are_every_comma_separated_value_lower_cased(
+    lines: list[bytes], tokens: list[bytes]
+) -> None:
+    request = rfc6455.parse_request(b"\r\n".join([b"GET / HTTP/1.1", *lines]))
+    assert request.tokens(b"connection") == tokens
+
+
 def _with(header: bytes, value: bytes | None) -> bytes:
     lines = [
         line for line in GOOD_REQUEST.split(b"\r\n") if not line.lower().startswith(header + b":")
