@@ -24,15 +24,18 @@ _enter_task = asyncio.tasks._enter_task
 _leave_task = asyncio.tasks._leave_task
 
 
-def start_eagerly(work: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+def start_eagerly(
+    work: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop | None = None
+) -> asyncio.Task[None] | None:
     """Run ``work`` now up to its first wait, inside the task returned, which runs the rest.
 
     An exception the first part raises is the task's, as if it had run there.
     None when ``work`` ended in its first part without one: its task (the
     current task meanwhile) ends in the next pass with nothing left to do,
-    and nobody need track it.
+    and nobody need track it. ``loop``: the running loop, if the caller knows
+    it (asking costs a system call).
     """
-    loop = asyncio.get_running_loop()
+    loop = loop or asyncio.get_running_loop()
     rest = _Rest(work)
     task = loop.create_task(rest.finish())
     current = asyncio.current_task(loop)

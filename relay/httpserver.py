@@ -372,7 +372,10 @@ class RelayHTTPProtocol(HttpToolsProtocol):
         self._disarm()
         self.connections.discard(self)
         protocol = cast("type[RelayWebSocketProtocol]", self.ws_protocol_class)(
-            config=self.config, server_state=self.server_state, app_state=self.app_state
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.app_state,
+            _loop=self.loop,
         )
         protocol.connection_made(self.transport)
         self.transport.set_protocol(protocol)

@@ -92,6 +92,7 @@ class Hub(Router):
         self.draining = False
         self._drain_keeps = True  # a drained peer can resume on another node
         self._tasks: TaskGroup | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # while running
         self._steps: set[asyncio.Task[None]] = set()  # what spawn started and is running
         self._changed = anyio.Event()  # set when a session or a peer goes away
         # Read when scraped: an inc and a dec at every open, registration and
@@ -106,6 +107,7 @@ class Hub(Router):
         """Serve while the context is open: broker started, timers running."""
         async with anyio.create_task_group() as tasks:
             self._tasks = tasks
+            self._loop = asyncio.get_running_loop()
             await self.broker.start(self)
             self.sweep_slow_consumers()
             self.accepting = True
@@ -195,12 +197,12 @@ class Hub(Router):
         out is raised in the task group, which ends the hub as it would have
         before.
         """
-        assert self._tasks is not None, "the hub is not running"
+        assert self._tasks is not None and self._loop is not None, "the hub is not running"
         if eager:
-            if (step := start_eagerly(work)) is not None:
+            if (step := start_eagerly(work, self._loop)) is not None:
                 self._track(step)
         else:
-            self._track(asyncio.get_running_loop().create_task(work))
+            self._track(self._loop.create_task(work))
 
     def _track(self, step: asyncio.Task[None]) -> None:
         # Plain asyncio tasks: the task group's ``start_soon`` cost a tenth
