@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
+
+_Item = TypeVar("_Item")
 
 
 class Timer(Protocol):
@@ -57,3 +59,54 @@ class LoopScheduler:
     def call_soon(self, callback: Callable[..., object], *args: Any) -> None:
         """``loop.call_soon`` on the running loop."""
         asyncio.get_running_loop().call_soon(callback, *args)
+
+
+class Deadlines(Generic[_Item]):
+    """Items that each expire ``seconds`` after they were added, on one timer.
+
+    Every item waits as long, so they fall due in the order they were added,
+    and one timer, armed for the oldest, serves them all: a timer each (made,
+    then cancelled by almost every item: a hello that comes, a request head
+    that arrives) was a fortieth of a registration in a reconnect storm.
+    """
+
+    __slots__ = ("_due", "_expire", "_scheduler", "_seconds", "_timer")
+
+    def __init__(
+        self, scheduler: Scheduler, seconds: float, expire: Callable[[_Item], object]
+    ) -> None:
+        self._scheduler = scheduler
+        self._seconds = seconds
+        self._expire = expire
+        self._due: dict[_Item, float] = {}  # in the order added, which is the order due
+        self._timer: Timer | None = None
+
+    def add(self, item: _Item) -> None:
+        """``expire(item)`` ``seconds`` from now, unless discarded first."""
+        self._due[item] = self._scheduler.time() + self._seconds
+        if self._timer is None:
+            self._timer = self._scheduler.call_later(self._seconds, self._fire)
+
+    def discard(self, item: _Item) -> None:
+        """Forget ``item`` (nothing if it is not waiting)."""
+        self._due.pop(item, None)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._due
+
+    def _fire(self) -> None:
+        self._timer = None
+        now = self._scheduler.time()
+        due = self._due
+        expired = []
+        for item, when in due.items():
+            if when > now:
+                break
+            expired.append(item)
+        for item in expired:
+            del due[item]
+        for item in expired:
+            self._expire(item)
+        if due and self._timer is None:
+            oldest = next(iter(due.values()))
+            self._timer = self._scheduler.call_later(max(0.0, oldest - now), self._fire)

@@ -26,7 +26,7 @@ from anyio.abc import TaskGroup
 
 from relay.auth import Claims, load_verifier
 from relay.broker.base import Broker, BrokerUnavailable
-from relay.clock import LoopScheduler, Scheduler, Timer
+from relay.clock import Deadlines, LoopScheduler, Scheduler, Timer
 from relay.decisions import Admitted, HelloAsked
 from relay.delivery import AckWatch
 from relay.eager import start_eagerly
@@ -77,6 +77,9 @@ class Hub(Router):
     ) -> None:
         super().__init__(settings, broker, metrics, load_verifier(settings))
         self.scheduler: Scheduler = scheduler or LoopScheduler()
+        self.hello_deadlines: Deadlines[Session] = Deadlines(
+            self.scheduler, settings.hello_timeout_seconds, Session.hello_timed_out
+        )
         self.codec_limits = settings.codec_limits()
         self.node_id = settings.node_id or f"node-{secrets.token_hex(4)}"
         self._welcome = codec.WelcomeEncoder(settings.advertised_limits(), self.node_id)

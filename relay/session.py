@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from relay.auth import Claims, TokenVerifier
 from relay.broker.base import BrokerUnavailable
-from relay.clock import Scheduler, Timer
+from relay.clock import Deadlines, Scheduler, Timer
 from relay.decisions import ConnectInfo
 from relay.delivery import AckWatch
 from relay.exceptions import (
@@ -70,6 +70,7 @@ class Routing(Protocol):
     metrics: Metrics
     codec_limits: CodecLimits
     scheduler: Scheduler
+    hello_deadlines: Deadlines[Session]  # sessions that sent no hello yet
     acks: AckWatch
     auth: TokenVerifier | None
     backlogged: set[Peer]  # live peers whose queue is not empty
@@ -189,9 +190,8 @@ class Session:
         self._limits = routing.codec_limits
         self._metrics = routing.metrics
         self._on_end = on_end
-        self._close_timer: Timer | None = routing.scheduler.call_later(
-            settings.hello_timeout_seconds, self._hello_timed_out
-        )
+        self._close_timer: Timer | None = None
+        routing.hello_deadlines.add(self)
         self._expiry_timer: Timer | None = None
 
     # --- what the connection calls --------------------------------------------
@@ -238,6 +238,7 @@ class Session:
         if self.ended:
             return
         self.ended = True
+        self.routing.hello_deadlines.discard(self)
         for timer in (self._close_timer, self._expiry_timer, self.ack_timer):
             if timer is not None:
                 timer.cancel()
@@ -414,6 +415,7 @@ class Session:
             message,
         )
         self.routing.session_closing(self, code, message, label)
+        self.routing.hello_deadlines.discard(self)
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
@@ -441,8 +443,8 @@ class Session:
             self._close_timer = None
         self.transport.close(self.close_code or CloseCode.NORMAL, self.close_reason[:120])
 
-    def _hello_timed_out(self) -> None:
-        self._close_timer = None
+    def hello_timed_out(self) -> None:
+        """No hello came within ``hello_timeout_seconds`` (``Routing.hello_deadlines``)."""
         if self.peer is None:
             self.close(CloseCode.POLICY_VIOLATION, "no hello in time", label="hello")
 
@@ -487,9 +489,7 @@ class Session:
         if not isinstance(envelope, Hello):
             self._refuse_hello(NotRegistered("the first envelope must be hello"))
             return
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-            self._close_timer = None
+        self.routing.hello_deadlines.discard(self)
         self.run(self.register(envelope))
 
     async def register(self, hello: Hello) -> bool:
@@ -517,6 +517,8 @@ class Session:
         if self.ended:  # the socket died while the hello was being checked
             self.routing.session_ended(self, 1006)
             return False
+        # A dialect whose hello is no frame (PeerJS's URL) is timed until here.
+        self.routing.hello_deadlines.discard(self)
         # Nothing awaited since the hub attached the peer: the welcome goes
         # out before any frame for it.
         self.transport.write(welcome)

@@ -60,6 +60,22 @@ def test_no_hello_in_time_closes_1008() -> None:
     assert transport.closed == (CloseCode.POLICY_VIOLATION, "no hello in time")
 
 
+def test_the_hello_deadline_lets_go_of_a_session_that_said_hello_ended_or_was_closed() -> None:
+    node = Node(hello_timeout_seconds=5)
+    waiting = node.hub.hello_deadlines
+    greeted, _, _ = node.peer("alice")
+    gone, _ = node.connect()
+    gone.connection_lost(1006)
+    refused, refused_socket = node.connect()
+    send(refused, {"type": "ping"})  # not a hello: refused and closed
+    silent, silent_socket = node.connect()
+    assert silent in waiting
+    assert not any(session in waiting for session in (greeted, gone, refused))
+    node.run(6)
+    assert silent_socket.closed == (CloseCode.POLICY_VIOLATION, "no hello in time")
+    assert refused_socket.closed is not None and refused_socket.closed[1] != "no hello in time"
+
+
 def test_a_held_id_is_refused_without_its_resume_secret() -> None:
     node = Node()
     node.peer("alice")
