@@ -82,8 +82,10 @@ class Deadlines(Generic[_Item]):
         self._timer: Timer | None = None
 
     def add(self, item: _Item) -> None:
-        """``expire(item)`` ``seconds`` from now, unless discarded first."""
-        self._due[item] = self._scheduler.time() + self._seconds
+        """``expire(item)`` ``seconds`` from now, unless discarded first (again: from now)."""
+        due = self._due
+        due.pop(item, None)  # a key set again would keep its place, out of order
+        due[item] = self._scheduler.time() + self._seconds
         if self._timer is None:
             self._timer = self._scheduler.call_later(self._seconds, self._fire)
 

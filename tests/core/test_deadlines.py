@@ -73,3 +73,18 @@ def test_an_item_expiring_may_add_another() -> None:
     clock.advance(1.0)
     clock.advance(1.0)
     assert expired == ["first", "second"]
+
+
+def test_an_item_added_again_waits_from_then_behind_the_others() -> None:
+    clock = FakeScheduler()
+    expired: list[tuple[str, float]] = []
+    deadlines: Deadlines[str] = Deadlines(
+        clock, 5.0, lambda item: expired.append((item, clock.now))
+    )
+    start = clock.now
+    deadlines.add("a")
+    deadlines.add("b")
+    clock.advance(2.0)
+    deadlines.add("a")
+    clock.advance(10)
+    assert expired == [("b", start + 5.0), ("a", start + 7.0)]
