@@ -137,7 +137,7 @@ def plain_upgrade(head: bytes) -> Request | None:
         return None
     if b"upgrade" not in request.tokens(b"connection"):
         return None
-    if any(name in _NOT_PLAIN for name, _ in request.headers):
+    if not _NOT_PLAIN.isdisjoint(request.by_name):
         return None
     return request
 
@@ -218,7 +218,7 @@ def _header_line(name: bytes, value: bytes) -> bytes:
 
 def _head(status: int, headers: Iterable[tuple[bytes, bytes]]) -> list[bytes]:
     lines = [_status_line(status)]
-    lines.extend(_header_line(name, value) for name, value in headers)
+    lines += [_header_line(name, value) for name, value in headers]
     lines.append(b"\r\n")
     return lines
 
@@ -236,7 +236,7 @@ def accept_response(accept: str, headers: Iterable[tuple[bytes, bytes]] = ()) ->
     header that would break the response (CR, LF, NUL).
     """
     lines = [_ACCEPTED, accept.encode("ascii"), b"\r\n"]
-    lines.extend(_header_line(name, value) for name, value in headers)
+    lines += [_header_line(name, value) for name, value in headers]
     lines.append(b"\r\n")
     return b"".join(lines)
 

@@ -6,6 +6,8 @@ memory broker; time moves only when a test advances the fake scheduler.
 
 from __future__ import annotations
 
+import base64
+import string
 from typing import Any
 
 import msgpack
@@ -13,6 +15,8 @@ import msgpack
 from relay.peer import REPLAY_OVERHEAD
 from relay.protocol.codes import CloseCode
 from tests.core.fakes import Node, send
+
+URL_SAFE = set(string.ascii_letters + string.digits + "-_")
 
 
 def msgs(envelopes: list[dict[str, Any]]) -> list[Any]:
@@ -31,6 +35,15 @@ def test_a_hello_registers_and_is_welcomed() -> None:
     assert welcome["node"] == node.hub.node_id and welcome["resume"]
     assert node.hub.peers["alice"].session is session
     assert transport.reading
+
+
+def test_resume_secrets_are_24_random_bytes_in_url_safe_base64() -> None:
+    node = Node()
+    secrets = [node.peer(f"p{n}")[2]["resume"] for n in range(50)]
+    assert len(set(secrets)) == 50
+    for secret in secrets:
+        assert len(secret) == 32 and set(secret) <= URL_SAFE
+        assert len(base64.urlsafe_b64decode(secret)) == 24
 
 
 def test_steps_that_end_at_once_never_stop_reading() -> None:
