@@ -16,12 +16,18 @@ class CountingScheduler(FakeScheduler):
         return super().call_later(delay, callback, *args)  # type: ignore[arg-type]
 
 
-def test_each_item_expires_its_wait_after_it_was_added_unless_discarded() -> None:
-    clock = CountingScheduler()
+def recorded(clock: FakeScheduler) -> tuple[Deadlines[str], list[tuple[str, float]]]:
+    """Deadlines of 5 s on ``clock``, and the list of what expired when."""
     expired: list[tuple[str, float]] = []
     deadlines: Deadlines[str] = Deadlines(
         clock, 5.0, lambda item: expired.append((item, clock.now))
     )
+    return deadlines, expired
+
+
+def test_each_item_expires_its_wait_after_it_was_added_unless_discarded() -> None:
+    clock = CountingScheduler()
+    deadlines, expired = recorded(clock)
     start = clock.now
     deadlines.add("a")
     clock.advance(1.0)
@@ -77,10 +83,7 @@ def test_an_item_expiring_may_add_another() -> None:
 
 def test_an_item_added_again_waits_from_then_behind_the_others() -> None:
     clock = FakeScheduler()
-    expired: list[tuple[str, float]] = []
-    deadlines: Deadlines[str] = Deadlines(
-        clock, 5.0, lambda item: expired.append((item, clock.now))
-    )
+    deadlines, expired = recorded(clock)
     start = clock.now
     deadlines.add("a")
     deadlines.add("b")
