@@ -97,7 +97,8 @@ def test_the_crowd_scenarios_run_small(tmp_path: Path) -> None:
         assert int(row["registered/s"].replace(",", "")) > 0, row
         assert float(row["all back s"]) > 0, row
         assert float(row["101 after ms"]) > 0 and float(row["welcome after ms"]) > 0, row
-        assert float(row["server µs/registration"]) > 0, row
+        # 200 registrations may take less CPU than one clock tick: present, not negative
+        assert float(row["server µs/registration"]) >= 0, row
     for row in found["room10k"]:
         assert re.fullmatch(r"[\d.]+%", row["delivered"]), row
     saved = json.loads(results.read_text())["scenarios"]
