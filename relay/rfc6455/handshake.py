@@ -154,20 +154,19 @@ def validate_handshake(request: Request) -> Handshake:
         raise HandshakeError(405, "a WebSocket handshake uses GET", ((b"allow", b"GET"),))
     if request.version != "HTTP/1.1":
         raise HandshakeError(400, NEEDS_HTTP_11)
-    by_name = request.by_name
-    hosts = by_name.get(b"host")
-    if hosts is None or len(hosts) != 1 or not hosts[0]:
+    hosts = request.values(b"host")
+    if len(hosts) != 1 or not hosts[0]:
         raise HandshakeError(400, "a WebSocket handshake needs exactly one Host header")
     upgrading = b"upgrade" in request.tokens(b"connection")
     if not upgrading or b"websocket" not in request.tokens(b"upgrade"):
         message = "this is a WebSocket endpoint: use a WebSocket client"
         raise HandshakeError(426, message, ((b"upgrade", b"websocket"),))
-    if by_name.get(b"sec-websocket-version") != [b"13"]:
+    if request.values(b"sec-websocket-version") != [b"13"]:
         raise HandshakeError(
             426, "Sec-WebSocket-Version must be 13", ((b"sec-websocket-version", b"13"),)
         )
-    keys = by_name.get(b"sec-websocket-key")
-    if keys is None or len(keys) != 1:
+    keys = request.values(b"sec-websocket-key")
+    if len(keys) != 1:
         raise HandshakeError(400, "exactly one Sec-WebSocket-Key is required")
     try:
         raw_key = binascii.a2b_base64(keys[0], strict_mode=True)
@@ -175,17 +174,12 @@ def validate_handshake(request: Request) -> Handshake:
         raw_key = b""
     if len(raw_key) != 16:
         raise HandshakeError(400, "Sec-WebSocket-Key must be 16 bytes in base64")
-    offered = by_name.get(b"sec-websocket-protocol")
-    subprotocols = (
-        [
-            token.strip().decode("latin-1")
-            for value in offered
-            for token in value.split(b",")
-            if token.strip()
-        ]
-        if offered
-        else []
-    )
+    subprotocols = [
+        token.strip().decode("latin-1")
+        for value in request.values(b"sec-websocket-protocol")
+        for token in value.split(b",")
+        if token.strip()
+    ]
     return Handshake(accept_key(keys[0]), subprotocols)
 
 
